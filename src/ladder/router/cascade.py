@@ -1,0 +1,74 @@
+"""The cascade loop: one short function that is the same in the server, in batch jobs and offline.
+
+It knows the protocols only: the policy decides where to start and whether to accept, workers
+generate, the cache remembers decisions. A failing worker is an escalation, not a crash; only when
+every rung from the start has failed does it raise ``NoRungAvailable``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from ladder.errors import NoRungAvailable
+from ladder.protocols import Policy, RouteCache, Worker
+from ladder.router.keys import route_key
+from ladder.types import Attempt, CascadeResult, Generation, Query, Route
+
+CostFn = Callable[[Generation], float]
+
+
+def _free(_: Generation) -> float:
+    return 0.0
+
+
+async def decide(query: Query, policy: Policy, cache: RouteCache | None) -> tuple[Route, bool]:
+    """The routing decision, from the cache when it has one (a cache outage reads as a miss)."""
+    key = route_key(query, policy.version)
+    cached = await cache.get(key) if cache is not None else None
+    if cached is not None:
+        return cached, True
+    route = policy.route(query)
+    if cache is not None:
+        await cache.put(key, route)
+    return route, False
+
+
+async def run_cascade(
+    query: Query,
+    policy: Policy,
+    workers: Sequence[Worker],
+    cache: RouteCache | None = None,
+    cost: CostFn = _free,
+    route: Route | None = None,
+) -> CascadeResult:
+    """Answer ``query`` from the cheapest acceptable rung, climbing only upward.
+
+    ``route`` pins a decision (a client naming a tier); otherwise the policy/cache decides.
+    """
+    t0 = time.perf_counter()
+    if route is not None:
+        hit, source = False, "forced"
+    else:
+        route, hit = await decide(query, policy, cache)
+        source = "cache" if hit else "router"
+    decision_s = time.perf_counter() - t0
+    last = len(workers) - 1 if not route.pinned else route.start
+    attempts: list[Attempt] = []
+    for rung in range(min(route.start, len(workers) - 1), last + 1):
+        worker = workers[rung]
+        try:
+            answer = await worker.generate(query)
+        except Exception as exc:  # a failing tier degrades service: try the next rung
+            attempts.append(Attempt(rung, worker.tier, None, False, f"{type(exc).__name__}: {exc}"))
+            continue
+        accepted = rung == last or policy.accept(answer, route)
+        attempts.append(Attempt(rung, worker.tier, answer, accepted, cost_usd=cost(answer)))
+        if accepted:
+            return CascadeResult(answer, route, tuple(attempts), hit, source, decision_s)
+    answered = [a for a in attempts if a.generation is not None]
+    if answered:  # the top rung failed after a lower one answered: its answer beats none
+        best = answered[-1]
+        return CascadeResult(best.generation, route, tuple(attempts), hit, source, decision_s)  # type: ignore[arg-type]
+    errors = "; ".join(f"{a.tier}: {a.error}" for a in attempts)
+    raise NoRungAvailable(f"every rung failed ({errors})")

@@ -1,0 +1,105 @@
+"""Kernel value types shared by every layer.
+
+Frozen dataclasses only: what a query is, what a routing decision is, what a tier answered and what
+the cascade did. This module knows nothing about models, Ray, Redis or HTTP and imports nothing
+from the package, so every layer (and every Ray worker process) can depend on it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding settings of one request. temperature == 0 means greedy."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Query:
+    messages: tuple[Message, ...]
+    sampling: Sampling = field(default_factory=Sampling)
+
+    @staticmethod
+    def of(prompt: str, **sampling: object) -> Query:
+        return Query((Message("user", prompt),), Sampling(**sampling))  # type: ignore[arg-type]
+
+    @property
+    def text(self) -> str:
+        """The conversation as plain text, the input of routing featurizers."""
+        return "\n".join(m.content for m in self.messages)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A routing decision: the rung to start from, and the scores that led to it."""
+
+    start: int
+    policy_version: str
+    scores: tuple[float, ...] = ()  # per rung boundary: P(cheaper rung is good enough)
+    thresholds: tuple[float, ...] = ()
+    pinned: bool = False  # the client asked for this tier by name; never escalate
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one tier produced for one query."""
+
+    tier: str
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]  # log p of each generated token under the sampling distribution
+    prompt_tokens: int
+    finish_reason: str  # "stop" | "length"
+    prefill_s: float
+    decode_s: float
+    depths: tuple[int, ...] = ()  # layers (or iterations) each generated token used; empty = full
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+Answer = Generation  # the name the design notes use for a tier's output
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One rung tried by the cascade: its answer, or why it produced none."""
+
+    rung: int
+    tier: str
+    generation: Generation | None
+    accepted: bool
+    error: str | None = None
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class CascadeResult:
+    answer: Generation
+    route: Route
+    attempts: tuple[Attempt, ...]
+    cache_hit: bool
+    route_source: str  # "router" | "cache" | "forced"
+    decision_s: float
+
+    @property
+    def escalations(self) -> int:
+        return len(self.attempts) - 1
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(a.cost_usd for a in self.attempts)

@@ -1,0 +1,160 @@
+"""A tier backed by a Hugging Face transformers causal LM, on CPU or CUDA.
+
+The decode loop is written out (prefill, then one token at a time with the KV cache) rather than
+calling ``model.generate``, because the worker must report per-token log-probabilities, entropy
+and timings, and because the adaptive-depth work extends exactly this loop. Blocking model calls
+run in a thread so an event loop (Ray Serve replica) stays responsive; one lock per worker keeps
+concurrent requests from interleaving on one model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ladder.errors import InvalidRequest
+from ladder.types import Generation, Query, Sampling
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    device: str = "cpu"  # "cpu" | "cuda" | "cuda:1" ...
+    dtype: str = "bfloat16"
+    threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
+
+
+class TransformersWorker:
+    def __init__(self, tier: str, model_dir: Path, device: DeviceConfig = DeviceConfig()) -> None:
+        self.tier = tier
+        self.model_dir = Path(model_dir)
+        self.device_config = device
+        self.model = None
+        self.tokenizer = None
+        self.context_length = 0
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def load(self) -> TransformersWorker:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.device_config.threads:
+            torch.set_num_threads(self.device_config.threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.model_dir, dtype=getattr(torch, self.device_config.dtype)
+        ).to(self.device_config.device)
+        self.model.eval()
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        return self
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
+
+    # -- prompt ----------------------------------------------------------------------------
+    def encode(self, query: Query) -> list[int]:
+        if not query.messages or not any(m.content.strip() for m in query.messages):
+            raise InvalidRequest("the prompt is empty", param="messages")
+        messages = [{"role": m.role, "content": m.content} for m in query.messages]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) + query.sampling.max_tokens > self.context_length:
+            raise InvalidRequest(
+                f"prompt ({len(ids)} tokens) + max_tokens ({query.sampling.max_tokens}) exceeds "
+                f"tier {self.tier}'s context of {self.context_length} tokens",
+                param="messages",
+            )
+        return ids
+
+    # -- generation ------------------------------------------------------------------------
+    async def generate(self, query: Query) -> Generation:
+        return await asyncio.to_thread(self.generate_sync, query)
+
+    def generate_sync(self, query: Query) -> Generation:
+        if self.model is None:
+            raise RuntimeError(f"tier {self.tier}: call load() before generate()")
+        prompt_ids = self.encode(query)
+        with self._lock:
+            return self._decode(prompt_ids, query.sampling)
+
+    def _decode(self, prompt_ids: list[int], sampling: Sampling) -> Generation:
+        import torch
+
+        device = self.device_config.device
+        generator = None
+        if sampling.temperature > 0:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(sampling.seed if sampling.seed is not None else 0)
+        eos = _eos_ids(self.model, self.tokenizer)
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        finish, text = "length", ""
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            out = self.model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
+            prefill_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            for _ in range(sampling.max_tokens):
+                logits = out.logits[0, -1].float()  # logits: [V]
+                token, logprob = _pick(logits, sampling, generator)
+                if token in eos:
+                    finish = "stop"
+                    break
+                tokens.append(token)
+                logprobs.append(logprob)
+                if sampling.stop:
+                    text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                    cut = min((i for s in sampling.stop if (i := text.find(s)) >= 0), default=-1)
+                    if cut >= 0:
+                        text, finish = text[:cut], "stop"
+                        break
+                out = self.model(
+                    input_ids=torch.tensor([[token]], device=device),
+                    past_key_values=out.past_key_values,
+                    use_cache=True,
+                )
+            decode_s = time.perf_counter() - t1
+        if finish != "stop" or not sampling.stop:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return Generation(
+            tier=self.tier,
+            text=text,
+            token_ids=tuple(tokens),
+            logprobs=tuple(logprobs),
+            prompt_tokens=len(prompt_ids),
+            finish_reason=finish,
+            prefill_s=prefill_s,
+            decode_s=decode_s,
+        )
+
+
+def _pick(logits, sampling: Sampling, generator) -> tuple[int, float]:  # noqa: ANN001 (torch)
+    """Choose the next token: greedy at temperature 0, else temperature + nucleus sampling."""
+    import torch
+
+    if sampling.temperature <= 0:
+        logp = torch.log_softmax(logits, dim=-1)
+        token = int(torch.argmax(logp))
+        return token, float(logp[token])
+    logp = torch.log_softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_logp, order = torch.sort(logp, descending=True)
+        keep = torch.cumsum(sorted_logp.exp(), dim=-1) - sorted_logp.exp() < sampling.top_p
+        masked = torch.full_like(logp, -math.inf)
+        masked[order[keep]] = logp[order[keep]]
+        logp = torch.log_softmax(masked, dim=-1)
+    token = int(torch.multinomial(logp.exp(), 1, generator=generator))
+    return token, float(logp[token])
+
+
+def _eos_ids(model, tokenizer) -> set[int]:  # noqa: ANN001 (transformers objects)
+    ids = model.generation_config.eos_token_id if model.generation_config else None
+    found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        found.add(tokenizer.eos_token_id)
+    return found
