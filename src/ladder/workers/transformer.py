@@ -13,6 +13,7 @@ import asyncio
 import math
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,9 @@ class TransformersWorker:
     def load(self) -> TransformersWorker:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a replica's log is no place for a progress bar
         if self.device_config.threads:
             torch.set_num_threads(self.device_config.threads)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
@@ -75,21 +78,62 @@ class TransformersWorker:
     async def generate(self, query: Query) -> Generation:
         return await asyncio.to_thread(self.generate_sync, query)
 
-    def generate_sync(self, query: Query) -> Generation:
+    def generate_sync(self, query: Query, on_text: Callable[[str], None] | None = None) -> Generation:
         if self.model is None:
             raise RuntimeError(f"tier {self.tier}: call load() before generate()")
         prompt_ids = self.encode(query)
         with self._lock:
-            return self._decode(prompt_ids, query.sampling)
+            return self._decode(prompt_ids, query.sampling, on_text)
 
-    def _decode(self, prompt_ids: list[int], sampling: Sampling) -> Generation:
+    async def stream(self, query: Query) -> AsyncIterator[str | Generation]:
+        """Text deltas as tokens are generated, then the complete ``Generation`` as the last item.
+
+        Text that could still turn out to be the start of a stop sequence (or half a UTF-8
+        character) is held back until it is certain, so no stop text ever reaches the client.
+        """
+        loop = asyncio.get_running_loop()
+        texts: asyncio.Queue[str] = asyncio.Queue()
+        prompt_ids = self.encode(query)  # bad input raises here, before any chunk is sent
+        sampling = query.sampling
+
+        def run() -> Generation:
+            with self._lock:
+                return self._decode(prompt_ids, sampling, lambda t: loop.call_soon_threadsafe(texts.put_nowait, t))
+
+        task = loop.run_in_executor(None, run)
+        holdback = max((len(s) for s in sampling.stop), default=1) - 1
+        sent = 0
+        while not (task.done() and texts.empty()):
+            getter = asyncio.ensure_future(texts.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                continue
+            text = getter.result()
+            safe = len(text) - holdback
+            while safe > sent and text[safe - 1] == "\ufffd":
+                safe -= 1
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        final = await task
+        if len(final.text) > sent:
+            yield final.text[sent:]
+        yield final
+
+    def _decode(
+        self, prompt_ids: list[int], sampling: Sampling, on_text: Callable[[str], None] | None = None
+    ) -> Generation:
         import torch
 
         device = self.device_config.device
         generator = None
         if sampling.temperature > 0:
             generator = torch.Generator(device=device)
-            generator.manual_seed(sampling.seed if sampling.seed is not None else 0)
+            if sampling.seed is None:
+                generator.seed()  # no seed: a fresh random stream, as OpenAI does
+            else:
+                generator.manual_seed(sampling.seed)
         eos = _eos_ids(self.model, self.tokenizer)
         tokens: list[int] = []
         logprobs: list[float] = []
@@ -107,11 +151,14 @@ class TransformersWorker:
                     break
                 tokens.append(token)
                 logprobs.append(logprob)
-                if sampling.stop:
+                if sampling.stop or on_text:
                     text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                     cut = min((i for s in sampling.stop if (i := text.find(s)) >= 0), default=-1)
                     if cut >= 0:
                         text, finish = text[:cut], "stop"
+                    if on_text:
+                        on_text(text)
+                    if cut >= 0:
                         break
                 out = self.model(
                     input_ids=torch.tensor([[token]], device=device),

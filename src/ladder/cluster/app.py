@@ -1,0 +1,239 @@
+"""The Ray Serve application: one deployment per tier, and a router ingress speaking OpenAI.
+
+``build_app(args)`` composes it from the YAML config, so the same app runs from ``ladder serve``,
+``serve run ladder.cluster.app:build_app config=...`` and a Serve config file (``serve deploy``).
+Deployments are thin: ``TierDeployment`` wraps a ``TransformersWorker``; ``LadderIngress`` holds
+the policy and the Redis route cache and runs ``run_cascade`` over tier handles. The router and
+the HTTP ingress are one deployment on purpose: it saves a network hop on every request.
+"""
+
+
+import asyncio
+import hmac
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from ladder.cluster import openai_api as oai
+from ladder.cluster.compose import build_policy, cost_function
+from ladder.cluster.metrics import LadderMetrics
+from ladder.cluster.settings import LadderConfig, load_config
+from ladder.cluster.tiers import TierDeployment, TierHandleWorker, unwrap_error
+from ladder.errors import InvalidRequest, NoRungAvailable, UnknownTier, WorkerFailed, WorkerTimeout
+from ladder.router.cascade import run_cascade
+from ladder.types import Query, Route
+
+
+api = FastAPI(title="Ladder", version="0.1.0")
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    msg = first.get("msg", "invalid request")
+    if first.get("type") == "json_invalid":
+        msg, loc = "the request body is not valid JSON", []
+    param = ".".join(loc) or None
+    return JSONResponse(oai.error_body(f"{param + ': ' if param else ''}{msg}", 400, param), status_code=400)
+
+
+@serve.deployment
+@serve.ingress(api)
+class LadderIngress:
+    def __init__(self, config_json: str, redis_url: str | None, tiers: dict[str, DeploymentHandle]) -> None:
+        config = LadderConfig.model_validate_json(config_json)
+        self.config = config
+        self.tier_names = config.tier_names
+        self.workers = [TierHandleWorker(t.name, tiers[t.name], t.timeout_s) for t in config.tiers]
+        self.streams = {name: handle.options(stream=True) for name, handle in tiers.items()}
+        self.policy = build_policy(config.policy, self.tier_names)
+        self.cost = cost_function(config)
+        self.metrics = LadderMetrics()
+        self.cache = None
+        if redis_url and config.cache.enabled:
+            from ladder.cluster.cache import RedisRouteCache
+
+            c = config.cache
+            self.cache = RedisRouteCache(redis_url, c.ttl_s, c.read_timeout_ms, c.connect_timeout_ms,
+                                         c.breaker_failures, c.breaker_cooldown_s)  # fmt: skip
+        self._keys = [k.encode() for k in config.server.api_keys]
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _authorized(self, request: Request) -> bool:
+        if not self._keys:
+            return True
+        header = request.headers.get("authorization", "")
+        token = header[7:].encode() if header.lower().startswith("bearer ") else b""
+        # Compare against every key, in constant time per key, so timing leaks nothing.
+        return any([hmac.compare_digest(token, k) for k in self._keys])
+
+    def _error(self, message: str, status: int, param: str | None = None, code: str | None = None,
+               headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+        self.metrics.requests.labels(status=str(status)).inc()
+        return JSONResponse(oai.error_body(message, status, param, code), status_code=status, headers=headers)
+
+    def _model_ids(self) -> list[str]:
+        return [self.config.server.router_model, *self.tier_names]
+
+    # -- endpoints -------------------------------------------------------------------------
+    @api.get("/health")
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "tiers": self.tier_names, "policy_version": self.policy.version}
+
+    @api.get("/metrics")
+    async def prometheus(self) -> PlainTextResponse:
+        from prometheus_client import generate_latest
+
+        return PlainTextResponse(generate_latest(self.metrics.registry).decode())
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> JSONResponse:
+        if not self._authorized(request):
+            return self._error("invalid or missing API key", 401, code="invalid_api_key")
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "ladder"} for m in self._model_ids()]
+        return JSONResponse({"object": "list", "data": data})
+
+    @api.get("/v1/models/{model_id}")
+    async def model(self, model_id: str, request: Request) -> JSONResponse:
+        if not self._authorized(request):
+            return self._error("invalid or missing API key", 401, code="invalid_api_key")
+        if model_id not in self._model_ids():
+            return self._error(f"model {model_id!r} not found", 404, "model", "model_not_found")
+        return JSONResponse({"id": model_id, "object": "model", "created": 0, "owned_by": "ladder"})
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, body: oai.ChatRequest, request: Request):  # noqa: ANN201
+        started = time.perf_counter()
+        if not self._authorized(request):
+            return self._error("invalid or missing API key", 401, code="invalid_api_key")
+        try:
+            route = self._forced_route(body.model)
+            query = body.to_query()
+            if body.stream and route is not None:
+                return await self._stream_tier(body, query, route)
+            result = await run_cascade(query, self.policy, self.workers, self.cache, self.cost, route)
+        except UnknownTier as exc:
+            return self._error(str(exc), 404, "model", "model_not_found")
+        except InvalidRequest as exc:
+            return self._error(str(exc), exc.status, exc.param, "context_length_exceeded"
+                               if "context" in str(exc) else None)  # fmt: skip
+        except WorkerFailed as exc:  # a pinned tier that failed: nothing else may answer
+            return self._error(str(exc), 504 if isinstance(exc, WorkerTimeout) else 503,
+                               code="tier_failed", headers={"Retry-After": "1"})  # fmt: skip
+        except NoRungAvailable as exc:
+            return self._error(str(exc), 503, code="no_rung_available", headers={"Retry-After": "1"})
+        self._record(result, time.perf_counter() - started)
+        completion_id = oai.new_completion_id()
+        headers = oai.ladder_headers(result)
+        if body.stream:
+            return StreamingResponse(self._replay(result, completion_id, body), media_type="text/event-stream",
+                                     headers=headers)  # fmt: skip
+        return JSONResponse(oai.completion_body(result, completion_id, body.logprobs), headers=headers)
+
+    def _forced_route(self, model: str) -> Route | None:
+        if model == self.config.server.router_model:
+            return None
+        if model not in self.tier_names:
+            raise UnknownTier(model, self._model_ids())
+        return Route(self.tier_names.index(model), self.policy.version, pinned=True)
+
+    def _record(self, result, elapsed: float) -> None:  # noqa: ANN001
+        m = self.metrics
+        m.requests.labels(status="200").inc()
+        m.answered.labels(tier=result.answer.tier).inc()
+        m.escalations.inc(result.escalations)
+        m.cache.labels(result="hit" if result.cache_hit else result.route_source).inc()
+        for a in result.attempts:
+            if a.error:
+                m.tier_errors.labels(tier=a.tier).inc()
+        m.tokens.labels(kind="prompt").inc(result.answer.prompt_tokens)
+        m.tokens.labels(kind="completion").inc(result.answer.completion_tokens)
+        m.cost.inc(result.cost_usd)
+        m.decision.observe(result.decision_s)
+        m.latency.observe(elapsed)
+
+    # -- streaming -------------------------------------------------------------------------
+    async def _replay(self, result, completion_id: str, body: oai.ChatRequest):  # noqa: ANN001, ANN202
+        """A routed answer is buffered until accepted (never splice two tiers), then streamed."""
+        created, model, gen = int(time.time()), result.answer.tier, result.answer
+        yield oai.sse(oai.chunk(completion_id, created, model, {"role": "assistant", "content": ""}))
+        if gen.text:
+            yield oai.sse(oai.chunk(completion_id, created, model, {"content": gen.text}))
+        yield oai.sse(oai.chunk(completion_id, created, model, {}, gen.finish_reason))
+        if body.stream_options and body.stream_options.include_usage:
+            yield oai.sse({**oai.chunk(completion_id, created, model, {}), "choices": [], "usage": oai.usage(gen)})
+        yield "data: [DONE]\n\n"
+
+    async def _stream_tier(self, body: oai.ChatRequest, query: Query, route: Route) -> StreamingResponse:
+        """A pinned tier streams token by token: there is nothing to escalate to."""
+        tier = self.tier_names[route.start]
+        completion_id, created = oai.new_completion_id(), int(time.time())
+        gen_iter = self.streams[tier].stream.remote(query)
+        try:  # the first item surfaces bad input as a 4xx before the 200 header is sent
+            first = await gen_iter.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except Exception as exc:
+            raise unwrap_error(exc, tier) from None
+
+        async def events():  # noqa: ANN202
+            yield oai.sse(oai.chunk(completion_id, created, tier, {"role": "assistant", "content": ""}))
+            item, final = first, None
+            try:
+                while item is not None:
+                    if isinstance(item, str):
+                        yield oai.sse(oai.chunk(completion_id, created, tier, {"content": item}))
+                    else:
+                        final = item
+                    item = await gen_iter.__anext__()
+            except StopAsyncIteration:
+                pass
+            except Exception as exc:  # after the 200 header: an error event, then close
+                yield oai.sse(oai.error_body(str(unwrap_error(exc, tier)), 503))
+                return
+            if final is not None:
+                yield oai.sse(oai.chunk(completion_id, created, tier, {}, final.finish_reason))
+                if body.stream_options and body.stream_options.include_usage:
+                    yield oai.sse({**oai.chunk(completion_id, created, tier, {}), "choices": [],
+                                "usage": oai.usage(final)})  # fmt: skip
+            yield "data: [DONE]\n\n"
+
+        self.metrics.requests.labels(status="200").inc()
+        headers = {"x-ladder-tier": tier, "x-ladder-route": "forced", "x-ladder-cache": "bypass"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve entry point: ``args`` = {"config": path | None, "redis_url": url | None}."""
+    if "config_json" in args:  # already validated by the caller (ladder serve)
+        config = LadderConfig.model_validate_json(args["config_json"])
+    else:
+        config = load_config(args.get("config"))
+    config_json = config.model_dump_json()
+    handles = {}
+    for tier in config.tiers:
+        actor = {"num_cpus": tier.num_cpus, "num_gpus": tier.num_gpus}
+        handles[tier.name] = (
+            serve.deployment(TierDeployment)
+            .options(
+                name=f"tier-{tier.name}",
+                num_replicas=tier.num_replicas,
+                ray_actor_options=actor,
+                max_ongoing_requests=tier.max_ongoing_requests,
+                max_queued_requests=tier.max_queued_requests,
+                health_check_period_s=10,
+            )
+            .bind(config_json, tier.name)
+        )
+    redis_url = args.get("redis_url") or config.cache.redis_url
+    return LadderIngress.options(
+        name="ladder-router", num_replicas=1, ray_actor_options={"num_cpus": 0.25},
+        max_ongoing_requests=256, max_queued_requests=512,
+    ).bind(config_json, redis_url, handles)  # fmt: skip

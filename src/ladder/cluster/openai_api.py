@@ -1,0 +1,172 @@
+"""The OpenAI chat-completions surface: request parsing, response and error bodies.
+
+Pydantic models at the HTTP boundary; they turn into the kernel's ``Query``. Parameters Ladder
+cannot honour (tools, JSON schemas, n > 1) are refused with a 400 before any routing, and the
+error body has OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+from ladder.errors import InvalidRequest
+from ladder.types import CascadeResult, Generation, Message, Query, Sampling
+
+DEFAULT_MAX_TOKENS = 256
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+                413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable",
+                504: "timeout"}  # fmt: skip
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: StrictInt | None = None
+    n: StrictInt = 1
+    logprobs: StrictBool = False
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> ChatRequest:
+        if self.n != 1:
+            raise ValueError("n: only n=1 is supported")
+        if self.tools:
+            raise ValueError("tools: tool calls are not supported by Ladder's tiers")
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            raise ValueError("response_format: only type 'text' is supported")
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop: up to 4 non-empty strings")
+        return self
+
+    def to_query(self) -> Query:
+        messages = tuple(Message("system" if m.role == "developer" else m.role, m.text()) for m in self.messages)
+        if not any(m.content.strip() for m in messages if m.role == "user"):
+            raise InvalidRequest("messages: at least one non-empty user message is required", "messages")
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        sampling = Sampling(
+            max_tokens=self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=tuple(stops),
+        )
+        return Query(messages, sampling)
+
+
+def error_body(message: str, status: int, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
+                      "param": param, "code": code}}  # fmt: skip
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def usage(gen: Generation) -> dict:
+    return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+            "total_tokens": gen.prompt_tokens + gen.completion_tokens}  # fmt: skip
+
+
+def ladder_extension(result: CascadeResult) -> dict:
+    """The route taken, for clients and dashboards (mirrors the x-ladder-* headers)."""
+    return {
+        "tier": result.answer.tier,
+        "route": result.route_source,
+        "policy_version": result.route.policy_version,
+        "start_rung": result.route.start,
+        "scores": list(result.route.scores),
+        "thresholds": list(result.route.thresholds),
+        "rungs_tried": [{"tier": a.tier, "accepted": a.accepted, "error": a.error,
+                         "completion_tokens": a.generation.completion_tokens if a.generation else 0,
+                         "mean_logprob": _mean(a.generation.logprobs) if a.generation else None,
+                         "cost_usd": a.cost_usd} for a in result.attempts],  # fmt: skip
+        "escalations": result.escalations,
+        "cache": "hit" if result.cache_hit else ("bypass" if result.route_source == "forced" else "miss"),
+        "cost_usd": result.cost_usd,
+        "decision_ms": result.decision_s * 1000,
+    }
+
+
+def ladder_headers(result: CascadeResult) -> dict[str, str]:
+    ext = ladder_extension(result)
+    headers = {
+        "x-ladder-tier": ext["tier"],
+        "x-ladder-route": ext["route"],
+        "x-ladder-policy-version": ext["policy_version"],
+        "x-ladder-escalations": str(ext["escalations"]),
+        "x-ladder-cache": ext["cache"],
+        "x-ladder-cost-usd": f"{ext['cost_usd']:.8f}",
+    }
+    if result.route.scores:
+        headers["x-ladder-score"] = ",".join(f"{s:.4f}" for s in result.route.scores)
+        headers["x-ladder-threshold"] = ",".join(f"{t:.4f}" for t in result.route.thresholds)
+    return headers
+
+
+def completion_body(result: CascadeResult, completion_id: str, want_logprobs: bool) -> dict:
+    gen = result.answer
+    logprobs = None
+    if want_logprobs:
+        logprobs = {"content": [{"token": str(t), "logprob": lp, "bytes": None, "top_logprobs": []}
+                                for t, lp in zip(gen.token_ids, gen.logprobs)]}  # fmt: skip
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": gen.tier,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
+                     "finish_reason": gen.finish_reason, "logprobs": logprobs}],  # fmt: skip
+        "usage": usage(gen),
+        "ladder": ladder_extension(result),
+    }
+
+
+def chunk(completion_id: str, created: int, model: str, delta: dict, finish: str | None = None) -> dict:
+    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+
+
+def _mean(values: tuple[float, ...]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"

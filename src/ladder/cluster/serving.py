@@ -1,0 +1,54 @@
+"""``ladder serve``: bring up the runtime, deploy the app, wait for Ctrl-C, tear everything down."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+from ladder.cluster.compose import materialize
+from ladder.cluster.runtime import Runtime
+from ladder.cluster.settings import LadderConfig
+
+
+def restrict(config: LadderConfig, tiers: list[str] | None, host: str | None, port: int | None) -> LadderConfig:
+    """The config with a subset of tiers and another bind address (re-validated)."""
+    data = config.model_dump()
+    if tiers:
+        data["tiers"] = [config.tier(t).model_dump() for t in tiers]
+        if data["policy"].get("start_tier") not in (None, *tiers):
+            data["policy"]["start_tier"] = None
+    if host:
+        data["server"]["host"] = host
+    if port:
+        data["server"]["port"] = port
+    return LadderConfig.model_validate(data)
+
+
+def deploy(config: LadderConfig, runtime: Runtime) -> str:
+    """Deploy the Serve app on the running Ray; returns the base URL once every replica is up."""
+    from ray import serve
+
+    from ladder.cluster.app import build_app
+
+    serve.start(http_options={"host": config.server.host, "port": config.server.port})
+    serve.run(build_app({"config_json": config.model_dump_json(), "redis_url": runtime.redis_url}),
+              name="ladder", route_prefix="/")  # fmt: skip
+    return f"http://{config.server.host}:{config.server.port}"
+
+
+def serve_forever(config: LadderConfig, host: str | None, port: int | None, tiers: list[str] | None) -> None:
+    config = restrict(config, tiers, host, port)
+    for tier in config.tiers:  # convert weights here, with progress, not inside replicas
+        print(f"preparing tier {tier.name} ...", file=sys.stderr, flush=True)
+        materialize(config, tier)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with Runtime.start(config) as runtime:
+        url = deploy(config, runtime)
+        print(f"Ladder is serving {config.tier_names} at {url}/v1 (redis: {runtime.redis_url}); "
+              "Ctrl-C to stop", file=sys.stderr, flush=True)  # fmt: skip
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping ...", file=sys.stderr, flush=True)

@@ -1,0 +1,55 @@
+"""Tier deployments and the handle adapter that makes them ``Worker``s for the cascade."""
+
+import asyncio
+
+from ray.serve.handle import DeploymentHandle
+
+from ladder.cluster.compose import build_worker, materialize
+from ladder.cluster.settings import LadderConfig
+from ladder.errors import InvalidRequest, WorkerFailed, WorkerTimeout
+from ladder.types import Generation, Query
+
+
+class TierDeployment:
+    """One tier's model in a replica. Loads from the weight cache (converting once if needed)."""
+
+    def __init__(self, config_json: str, tier_name: str) -> None:
+        config = LadderConfig.model_validate_json(config_json)
+        tier = config.tier(tier_name)
+        self.worker = build_worker(tier, materialize(config, tier)).load()
+
+    async def generate(self, query: Query) -> Generation:
+        return await self.worker.generate(query)
+
+    async def stream(self, query: Query):  # noqa: ANN201 (async generator of str | Generation)
+        async for item in self.worker.stream(query):
+            yield item
+
+    def check_health(self) -> None:
+        if self.worker.model is None:
+            raise RuntimeError("model not loaded")
+
+
+class TierHandleWorker:
+    """The ``Worker`` protocol over a tier deployment handle, with a timeout."""
+
+    def __init__(self, tier: str, handle: DeploymentHandle, timeout_s: float) -> None:
+        self.tier = tier
+        self.handle = handle
+        self.timeout_s = timeout_s
+
+    async def generate(self, query: Query) -> Generation:
+        try:
+            return await asyncio.wait_for(self.handle.generate.remote(query), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise WorkerTimeout(f"tier {self.tier} timed out after {self.timeout_s}s") from None
+        except Exception as exc:
+            raise unwrap_error(exc, self.tier) from None
+
+
+def unwrap_error(exc: Exception, tier: str) -> Exception:
+    """Ray wraps a replica's exception; a client error stays a client error, the rest is a tier failure."""
+    cause = getattr(exc, "cause", None) or exc
+    if isinstance(cause, InvalidRequest):
+        return cause
+    return WorkerFailed(f"tier {tier}: {type(cause).__name__}: {str(cause)[:300]}")
