@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
@@ -31,17 +31,6 @@ from ladder.types import Query, Route
 
 
 api = FastAPI(title="Ladder", version="0.1.0")
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    msg = first.get("msg", "invalid request")
-    if first.get("type") == "json_invalid":
-        msg, loc = "the request body is not valid JSON", []
-    param = ".".join(loc) or None
-    return JSONResponse(oai.error_body(f"{param + ': ' if param else ''}{msg}", 400, param), status_code=400)
 
 
 @serve.deployment
@@ -109,10 +98,15 @@ class LadderIngress:
         return JSONResponse({"id": model_id, "object": "model", "created": 0, "owned_by": "ladder"})
 
     @api.post("/v1/chat/completions")
-    async def chat(self, body: oai.ChatRequest, request: Request):  # noqa: ANN201
+    async def chat(self, request: Request):  # noqa: ANN201
         started = time.perf_counter()
-        if not self._authorized(request):
+        if not self._authorized(request):  # before parsing: strangers learn nothing about the API
             return self._error("invalid or missing API key", 401, code="invalid_api_key")
+        try:
+            body = oai.ChatRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            message, param = oai.validation_message(exc)
+            return self._error(message, 400, param)
         try:
             route = self._forced_route(body.model)
             query = body.to_query()

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
 from ladder.errors import InvalidRequest
 from ladder.types import CascadeResult, Generation, Message, Query, Sampling
@@ -170,3 +170,13 @@ def _mean(values: tuple[float, ...]) -> float | None:
 
 def sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    """One line naming the first offending parameter, and the parameter."""
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return "the request body is not valid JSON", None
+    param = ".".join(str(p) for p in first["loc"]) or None
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    return (f"{param}: {msg}" if param and not msg.startswith(param) else msg), param

@@ -26,7 +26,7 @@ def quiet_ray_env() -> None:
 class Runtime:
     config: LadderConfig
     redis_url: str | None = None
-    _redis: EmbeddedRedis | None = None
+    _redis: EmbeddedRedis | None = None  # set only when this runtime started Redis itself
     _started_ray: bool = False
     _closed: list[str] = field(default_factory=list)
 
@@ -77,3 +77,7 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def embedded_redis(self) -> EmbeddedRedis | None:
+        return self._redis

@@ -1,0 +1,16 @@
+# The two commands of the README. Each installs what it needs first (scripts/setup.sh is idempotent).
+.PHONY: serve test setup lint bench
+
+setup:
+	bash scripts/setup.sh
+
+serve: setup
+	.venv/bin/ladder prepare
+	.venv/bin/ladder serve
+
+test: setup
+	.venv/bin/lint-imports
+	.venv/bin/pytest -m "not gpu"
+
+bench: setup
+	.venv/bin/python benchmarks/tiers.py

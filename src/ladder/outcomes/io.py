@@ -1,0 +1,144 @@
+"""Reading and writing outcomes: Ladder's JSONL format and the RouteLLM evaluation CSVs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ladder.errors import OutcomesError
+from ladder.outcomes.schema import Outcomes
+
+ROUTELLM_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+ROUTELLM_STRONG = "gpt-4-1106-preview"
+
+
+def _bool_column(values, name: str, source: str) -> np.ndarray:  # noqa: ANN001 (pandas Series)
+    mapped = values.map(lambda v: {True: 1.0, False: 0.0, "True": 1.0, "False": 0.0}.get(v, np.nan))
+    if mapped.isna().any():
+        bad = values[mapped.isna()].iloc[0]
+        raise OutcomesError(f"{source}: column {name!r} must be boolean (True/False), found {bad!r}")
+    return mapped.to_numpy(dtype=np.float64)
+
+
+def _read_csv(path: Path, required: list[str]):  # noqa: ANN202
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, keep_default_na=False)
+    except FileNotFoundError:
+        raise OutcomesError(f"outcomes file not found: {path}") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise OutcomesError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    return frame
+
+
+def _contaminated(folder: Path) -> set[str]:
+    path = folder / "contaminated_prompts.jsonl"
+    if not path.is_file():
+        return set()
+    out = set()
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out.update(v for v in row.values() if isinstance(v, str))
+    return out
+
+
+def load_routellm(root: Path, benchmark: str) -> tuple[Outcomes, np.ndarray]:
+    """RouteLLM's MMLU or GSM8K outcomes (weak = Mixtral, strong = GPT-4) and a contamination mask."""
+    root = Path(root)
+    folder = root / "routellm" / benchmark if (root / "routellm").is_dir() else root / benchmark
+    required = ["prompt", ROUTELLM_WEAK, ROUTELLM_STRONG]
+    if benchmark == "mmlu":
+        files = sorted(folder.glob("mmlu_*.csv"))
+        if not files:
+            raise OutcomesError(f"no mmlu_*.csv files under {folder}")
+        frames = []
+        for f in files:
+            frame = _read_csv(f, required)
+            frame["group"] = f.stem.removeprefix("mmlu_")
+            frames.append(frame)
+        import pandas as pd
+
+        frame = pd.concat(frames, ignore_index=True)
+    elif benchmark == "gsm8k":
+        frame = _read_csv(folder / "gsm8k_responses.csv", [*required, f"{ROUTELLM_WEAK}_response"])
+        frame["group"] = "gsm8k"
+    else:
+        raise OutcomesError(f"unknown RouteLLM benchmark {benchmark!r} (mmlu or gsm8k)")
+    source = f"routellm/{benchmark}"
+    quality = np.stack([_bool_column(frame[ROUTELLM_WEAK], ROUTELLM_WEAK, source),
+                        _bool_column(frame[ROUTELLM_STRONG], ROUTELLM_STRONG, source)], axis=1)  # fmt: skip
+    prompts = tuple(frame["prompt"].astype(str))
+    responses = {}
+    for rung, model in (("weak", ROUTELLM_WEAK), ("strong", ROUTELLM_STRONG)):
+        if f"{model}_response" in frame.columns:
+            responses[rung] = tuple(frame[f"{model}_response"].astype(str))
+    ids = tuple(f"{g}:{p}" for g, p in zip(frame["group"], prompts))
+    contaminated = _contaminated(folder)
+    mask = np.array([p in contaminated for p in prompts])
+    outcomes = Outcomes(ids, prompts, ("weak", "strong"), quality, responses=responses,
+                        groups=tuple(frame["group"]), source=source)  # fmt: skip
+    return outcomes, mask
+
+
+def read_jsonl(path: Path) -> Outcomes:
+    rows = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise OutcomesError(f"outcomes file not found: {path}") from None
+    for n, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise OutcomesError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    if not rows:
+        raise OutcomesError(f"{path}: no rows")
+    for n, row in enumerate(rows, start=1):
+        for key in ("id", "query", "quality"):
+            if key not in row:
+                raise OutcomesError(f"{path}: row {n} has no {key!r} field")
+    rungs = tuple(rows[0]["quality"])
+    quality = np.full((len(rows), len(rungs)), np.nan)
+    for n, row in enumerate(rows):
+        if tuple(row["quality"]) != rungs:
+            raise OutcomesError(f"{path}: row {n + 1} has rungs {list(row['quality'])}, expected {list(rungs)}")
+        for j, rung in enumerate(rungs):
+            value = row["quality"][rung]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                if isinstance(value, bool):
+                    value = float(value)
+                else:
+                    raise OutcomesError(f"{path}: row {n + 1} quality[{rung!r}] = {value!r} is not a number")
+            quality[n, j] = value
+    tokens = None
+    if all("tokens" in r for r in rows):
+        tokens = np.array([[r["tokens"].get(k, np.nan) for k in rungs] for r in rows], dtype=float)
+    responses = {k: tuple(r.get("response", {}).get(k, "") for r in rows) for k in rungs
+                 if all(k in r.get("response", {}) for r in rows)}  # fmt: skip
+    signals: dict[str, np.ndarray] = {}
+    names = {(k, s) for r in rows for k, sig in r.get("signals", {}).items() for s in sig}
+    for k, s in sorted(names):
+        signals[f"{k}/{s}"] = np.array([r.get("signals", {}).get(k, {}).get(s, np.nan) for r in rows], dtype=float)
+    groups = tuple(str(r.get("group", "")) for r in rows)
+    return Outcomes(tuple(str(r["id"]) for r in rows), tuple(str(r["query"]) for r in rows), rungs, quality,
+                    tokens, responses, signals, groups, source=str(path))  # fmt: skip
+
+
+def write_jsonl(outcomes: Outcomes, path: Path) -> None:
+    with Path(path).open("w") as f:
+        for i in range(len(outcomes)):
+            row: dict = {"id": outcomes.ids[i], "query": outcomes.queries[i],
+                         "quality": {k: float(outcomes.quality[i, j]) for j, k in enumerate(outcomes.rungs)}}  # fmt: skip
+            if outcomes.tokens is not None:
+                row["tokens"] = {k: float(outcomes.tokens[i, j]) for j, k in enumerate(outcomes.rungs)}
+            if outcomes.responses:
+                row["response"] = {k: v[i] for k, v in outcomes.responses.items()}
+            if outcomes.groups is not None:
+                row["group"] = outcomes.groups[i]
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from ladder.cluster.settings import LadderConfig, load_config
+from ladder.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_default_yaml_equals_the_embedded_default(monkeypatch):
+    for var in ("LADDER_REDIS_URL", "LADDER_RAY_ADDRESS", "LADDER_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    assert load_config(ROOT / "configs" / "default.yaml") == LadderConfig()
+
+
+def test_default_has_three_tiers_with_checksums():
+    cfg = LadderConfig()
+    assert cfg.tier_names == ["small", "medium", "large"]
+    assert all(len(t.source.sha256) == 64 for t in cfg.tiers)
+    assert cfg.server.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("tiers: []", "tiers"),
+        ("server: {port: 70000}", "server.port"),
+        ("tiers:\n- {name: small, price: {input_per_1m: 1, output_per_1m: 1}, source: {kind: pypi, packages: [x], filename: f, sha256: nothex}}", "tiers.0.source.pypi.sha256"),
+        ("policy: {kind: learned}", "policy"),
+        ("policy: {start_tier: huge}", "(top level)"),
+        ("surprise: 1", "surprise"),
+    ],
+)
+def test_invalid_config_names_the_field(tmp_path, text, field):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert field in str(info.value)
+
+
+def test_missing_and_non_yaml_files_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiers: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_environment_overrides_redis_and_ray(monkeypatch):
+    monkeypatch.setenv("LADDER_REDIS_URL", "redis://10.0.0.1:6379/1")
+    monkeypatch.setenv("LADDER_RAY_ADDRESS", "ray://head:10001")
+    cfg = load_config()
+    assert cfg.cache.redis_url == "redis://10.0.0.1:6379/1"
+    assert cfg.ray.address == "ray://head:10001"
+
+
+def test_prices_give_costs():
+    price = LadderConfig().tier("large").price
+    assert price.cost(1_000_000, 0) == pytest.approx(price.input_per_1m)
+    assert price.cost(1000, 500) > price.cost(1000, 100)

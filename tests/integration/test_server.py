@@ -1,0 +1,147 @@
+"""The served app end to end: real Ray Serve, real Redis, the small tier's real weights, and the
+official ``openai`` client against the real endpoint."""
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from ladder.cluster.redis_server import EmbeddedRedis, free_port
+from ladder.cluster.runtime import Runtime
+from ladder.cluster.serving import deploy, restrict
+from ladder.cluster.settings import LadderConfig
+
+pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.model, pytest.mark.slow]
+KEY = "sk-ladder-test"
+
+
+@pytest.fixture(scope="module")
+def server():
+    data = LadderConfig().model_dump()
+    data["server"]["api_keys"] = [KEY]
+    data["cache"]["breaker_cooldown_s"] = 0.5
+    data["ray"]["num_cpus"] = 2
+    cfg = restrict(LadderConfig.model_validate(data), ["small"], "127.0.0.1", free_port())
+    runtime = Runtime.start(cfg)
+    try:
+        url = deploy(cfg, runtime)
+        yield url, runtime
+    finally:
+        runtime.close()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def ask(client, content="What is the capital of France?", model="ladder", **kw):
+    return client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": content}], max_tokens=12, temperature=0, **kw
+    )
+
+
+def test_chat_completion_answers_from_the_small_tier_with_route_headers(client):
+    raw = ask(client)
+    resp = raw.parse()
+    assert resp.model == "small"
+    assert "Paris" in resp.choices[0].message.content
+    assert resp.usage.completion_tokens > 0 and resp.usage.prompt_tokens > 0
+    assert raw.headers["x-ladder-tier"] == "small"
+    assert raw.headers["x-ladder-route"] in ("router", "cache")
+    assert float(raw.headers["x-ladder-cost-usd"]) > 0
+
+
+def test_second_identical_request_hits_the_redis_cache(client):
+    ask(client, "Cache me: what is 3+4?")
+    time.sleep(0.2)  # writes are fire-and-forget
+    raw = ask(client, "Cache me:   what is 3+4?")
+    assert raw.headers["x-ladder-cache"] == "hit"
+    assert raw.headers["x-ladder-route"] == "cache"
+
+
+def test_streaming_a_pinned_tier_matches_the_non_streamed_text(client):
+    chunks = list(
+        client.chat.completions.create(
+            model="small", messages=[{"role": "user", "content": "Name three colors."}], max_tokens=16,
+            temperature=0, stream=True, stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    plain = ask(client, "Name three colors.", model="small").parse()
+    plain = client.chat.completions.create(
+        model="small", messages=[{"role": "user", "content": "Name three colors."}], max_tokens=16, temperature=0
+    )
+    assert text == plain.choices[0].message.content
+
+
+def test_models_lists_router_and_tiers(client):
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["ladder", "small"]
+    assert client.models.retrieve("small").id == "small"
+
+
+def test_bad_requests_get_openai_errors(client, server):
+    with pytest.raises(openai.NotFoundError) as nf:
+        ask(client, model="gpt-17")
+    assert nf.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="ladder", messages=[], max_tokens=5)
+    with pytest.raises(openai.BadRequestError) as too_long:
+        ask(client, "word " * 9000)
+    assert too_long.value.body["code"] == "context_length_exceeded"
+    headers = {"authorization": f"Bearer {KEY}"}
+    for body in ('{"model": "ladder", "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}',
+                 "{not json", '{"model": "ladder", "messages": [{"role": "wizard", "content": "x"}]}'):
+        r = httpx.post(server[0] + "/v1/chat/completions", content=body, headers=headers, timeout=30)
+        assert r.status_code == 400, r.text
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_api_key_is_required(server):
+    r = httpx.post(server[0] + "/v1/chat/completions", json={"model": "ladder", "messages": []}, timeout=30)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    bad = openai.OpenAI(base_url=server[0] + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_redis_outage_degrades_to_misses_and_hits_resume_after_restart(client, server):
+    runtime = server[1]
+    port = runtime.embedded_redis.port
+    runtime.embedded_redis.stop()
+    try:
+        for i in range(3):
+            raw = ask(client, f"During the outage #{i}")
+            assert raw.parse().choices[0].message.content is not None
+            assert raw.headers["x-ladder-cache"] == "miss"
+    finally:
+        restarted = EmbeddedRedis(port=port).start()
+        runtime._redis = restarted  # so the fixture's close() stops it
+    time.sleep(0.6)
+    hit = None
+    for _ in range(10):
+        ask(client, "After the outage")
+        time.sleep(0.3)
+        hit = ask(client, "After the outage").headers["x-ladder-cache"]
+        if hit == "hit":
+            break
+    assert hit == "hit"
+
+
+def test_metrics_count_requests_and_cache(server, client):
+    ask(client, "metrics probe")
+    text = httpx.get(server[0] + "/metrics", timeout=30).text
+    assert 'ladder_requests_total{status="200"}' in text
+    assert 'ladder_answered_total{tier="small"}' in text
+    assert "ladder_decision_seconds_bucket" in text
+
+
+def test_health(server):
+    r = httpx.get(server[0] + "/health", timeout=30)
+    assert r.status_code == 200 and r.json()["tiers"] == ["small"]
