@@ -1,0 +1,77 @@
+"""Fit a ``HybridRouterPolicy`` (routers per boundary, IDK models per rung) from outcomes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ladder.outcomes import Outcomes
+from ladder.policies.features import Featurizer, FeaturizerKind, make_featurizer
+from ladder.policies.hybrid import HybridRouterPolicy
+from ladder.policies.idk import SIGNALS, AnswerView, IdkModel, signal_matrix
+from ladder.policies.labels import LabelScheme, boundary_labels
+from ladder.policies.linear import fit_logistic
+
+# Log-probability signals are useless (constant) where a data set has none; the rest always apply.
+TEXT_SIGNALS = tuple(n for n in SIGNALS if "logprob" not in n)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    featurizer: FeaturizerKind = FeaturizerKind.MINILM
+    scheme: LabelScheme = LabelScheme.DETERMINISTIC
+    c: float = 1.0  # inverse regularisation of the router's logistic models
+    idk: bool = True  # fit IDK models where the outcomes carry a rung's responses
+    idk_c: float = 0.1
+    folds: int = 5  # cross-fitting of the router prior the IDK model sees
+
+
+def _cross_fitted(x, y: np.ndarray, c: float, folds: int) -> np.ndarray:  # noqa: ANN001
+    """Out-of-fold router scores, so the IDK model learns from priors as noisy as at serving time."""
+    out = np.zeros(len(y))
+    fold = np.arange(len(y)) % folds
+    for k in range(folds):
+        train, held = fold != k, fold == k
+        out[held] = fit_logistic(x[train], y[train], c).proba(x[held])
+    return out
+
+
+def train_policy(
+    outcomes: Outcomes, spec: TrainSpec, featurizer: Featurizer | None = None, features=None  # noqa: ANN001
+) -> HybridRouterPolicy:
+    """Routers for every boundary; thresholds start at 0.5 until ``calibrate`` sets them."""
+    featurizer = featurizer or make_featurizer(spec.featurizer)
+    featurizer.fit(list(outcomes.queries))
+    x = featurizer.transform(list(outcomes.queries)) if features is None else features
+    r = len(outcomes.rungs)
+    labels = [boundary_labels(outcomes.quality, b, spec.scheme) for b in range(r - 1)]
+    boundaries = tuple(fit_logistic(x, labels[b], spec.c) for b in range(r - 1))
+    idk: dict[int, IdkModel] = {}
+    if spec.idk:
+        for b in range(r - 1):
+            rung = outcomes.rungs[b]
+            if rung not in outcomes.responses:
+                continue
+            prior = _cross_fitted(x, labels[b], spec.c, spec.folds)
+            views = [AnswerView(t, (), p) for t, p in zip(outcomes.response(rung), prior)]
+            hard = (labels[b] >= 0.5).astype(float)
+            scorer = fit_logistic(signal_matrix(views, TEXT_SIGNALS), hard, spec.idk_c, standardize=True)
+            idk[b] = IdkModel(TEXT_SIGNALS, scorer)
+    meta = {"label_scheme": spec.scheme.value, "c": spec.c, "data_hash": outcomes.fingerprint,
+            "data_source": outcomes.source, "train_rows": len(outcomes), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+    return HybridRouterPolicy(outcomes.rungs, featurizer, boundaries, (0.5,) * (r - 1), idk,
+                              {b: 0.5 for b in idk}, meta=meta)  # fmt: skip
+
+
+def idk_scores(policy: HybridRouterPolicy, outcomes: Outcomes, route_scores: np.ndarray) -> np.ndarray | None:
+    """[n, R-1] P(accept) of each non-top rung's recorded answer, or None without responses."""
+    if not policy.idk:
+        return None
+    n, r = len(outcomes), len(outcomes.rungs)
+    out = np.ones((n, r - 1))  # rungs without an IDK model accept
+    for b, model in policy.idk.items():
+        views = [AnswerView(t, (), float(p)) for t, p in zip(outcomes.response(outcomes.rungs[b]), route_scores[:, b])]
+        out[:, b] = model.proba(views)
+    return out

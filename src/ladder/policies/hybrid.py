@@ -1,0 +1,73 @@
+"""The learned ladder policy: Hybrid-LLM routers per rung boundary plus optional IDK steps.
+
+``route``: featurize the query once, score every boundary b with P(rung b is as good as the best
+rung above it), start at the first rung whose score reaches its threshold (else the top rung).
+``accept``: if the answering rung has an IDK model, accept when P(accept) reaches that rung's
+threshold; otherwise accept. Thresholds come from calibration and are part of the policy's version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ladder.policies.features import Featurizer, FeaturizerKind
+from ladder.policies.idk import AnswerView, IdkModel
+from ladder.policies.linear import LinearScorer
+from ladder.types import Generation, Query, Route
+
+
+@dataclass
+class HybridRouterPolicy:
+    rungs: tuple[str, ...]
+    featurizer: Featurizer
+    boundaries: tuple[LinearScorer, ...]  # R-1 scorers
+    thresholds: tuple[float, ...]  # R-1 router thresholds
+    idk: dict[int, IdkModel] = field(default_factory=dict)  # rung -> model
+    idk_thresholds: dict[int, float] = field(default_factory=dict)
+    name: str = "hybrid"
+    meta: dict = field(default_factory=dict)  # label scheme, data hash, target, Pareto table
+
+    def __post_init__(self) -> None:
+        if len(self.boundaries) != len(self.rungs) - 1 or len(self.thresholds) != len(self.rungs) - 1:
+            raise ValueError("a ladder of R rungs needs R-1 boundary scorers and thresholds")
+
+    @property
+    def version(self) -> str:
+        h = hashlib.blake2b(digest_size=6)
+        h.update(repr((self.rungs, self.thresholds, sorted(self.idk_thresholds.items()),
+                       self.meta.get("data_hash"), self.meta.get("created"))).encode())  # fmt: skip
+        return f"{self.name}-{h.hexdigest()}"
+
+    @property
+    def featurizer_kind(self) -> FeaturizerKind:
+        return self.featurizer.kind
+
+    def scores(self, texts: list[str]) -> np.ndarray:
+        """[n, R-1]: P(rung b is good enough) for each boundary."""
+        x = self.featurizer.transform(texts)
+        return np.stack([s.proba(x) for s in self.boundaries], axis=1)
+
+    def start_rungs(self, scores: np.ndarray) -> np.ndarray:
+        start = np.full(len(scores), len(self.rungs) - 1)
+        for b in reversed(range(len(self.rungs) - 1)):
+            start = np.where(scores[:, b] >= self.thresholds[b], b, start)
+        return start
+
+    def route(self, query: Query) -> Route:
+        scores = self.scores([query.text])
+        start = int(self.start_rungs(scores)[0])
+        return Route(start, self.version, tuple(float(s) for s in scores[0]), self.thresholds)
+
+    def accept(self, answer: Generation, route: Route) -> bool:
+        if answer.tier not in self.rungs:
+            return True
+        rung = self.rungs.index(answer.tier)
+        model = self.idk.get(rung)
+        if model is None or rung >= len(self.rungs) - 1:
+            return True
+        prior = route.scores[rung] if rung < len(route.scores) else 0.5
+        p = float(model.proba([AnswerView(answer.text, answer.logprobs, prior)])[0])
+        return p >= self.idk_thresholds.get(rung, 0.0)

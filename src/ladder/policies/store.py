@@ -1,0 +1,117 @@
+"""Policy files: a JSON document (versioned, human-readable) beside a safetensors file of arrays.
+
+Never pickle. The JSON records the format version, the rungs, the featurizer, thresholds, the
+training-data hash, the calibration target and its Pareto table, and the SHA-256 of the tensor
+file; a newer format or a checksum mismatch is refused with ``PolicyFileError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ladder.errors import PolicyFileError
+from ladder.policies.features import FeaturizerKind, make_featurizer
+from ladder.policies.hybrid import HybridRouterPolicy
+from ladder.policies.idk import SIGNALS, IdkModel
+from ladder.policies.linear import LinearScorer
+
+FORMAT = "ladder-policy"
+FORMAT_VERSION = 1
+
+
+def _scorer_arrays(prefix: str, s: LinearScorer) -> dict[str, np.ndarray]:
+    out = {f"{prefix}.weights": np.asarray(s.weights, np.float32), f"{prefix}.bias": np.array([s.bias], np.float64)}
+    if s.mean is not None:
+        out[f"{prefix}.mean"] = np.asarray(s.mean, np.float64)
+        out[f"{prefix}.scale"] = np.asarray(s.scale, np.float64)
+    return out
+
+
+def _scorer(prefix: str, t: dict[str, np.ndarray]) -> LinearScorer:
+    try:
+        return LinearScorer(t[f"{prefix}.weights"], float(t[f"{prefix}.bias"][0]), t.get(f"{prefix}.mean"),
+                            t.get(f"{prefix}.scale"))  # fmt: skip
+    except KeyError as exc:
+        raise PolicyFileError(f"policy tensors lack {exc.args[0]}") from None
+
+
+def save_policy(policy: HybridRouterPolicy, path: Path) -> Path:
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    tensors_path = path.with_suffix(".safetensors")
+    tensors: dict[str, np.ndarray] = {f"featurizer.{k}": v for k, v in policy.featurizer.state().items()}
+    for b, s in enumerate(policy.boundaries):
+        tensors.update(_scorer_arrays(f"boundary.{b}", s))
+    for rung, m in policy.idk.items():
+        tensors.update(_scorer_arrays(f"idk.{rung}", m.scorer))
+    save_file(tensors, str(tensors_path))
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": policy.name,
+        "version": policy.version,
+        "rungs": list(policy.rungs),
+        "featurizer": policy.featurizer.kind.value,
+        "thresholds": list(policy.thresholds),
+        "idk": {str(r): {"signals": list(m.signals), "threshold": policy.idk_thresholds.get(r, 0.0)}
+                for r, m in policy.idk.items()},  # fmt: skip
+        "meta": policy.meta,
+        "tensors_file": tensors_path.name,
+        "tensors_sha256": hashlib.sha256(tensors_path.read_bytes()).hexdigest(),
+    }
+    path.write_text(json.dumps(doc, indent=1, default=float))
+    return path
+
+
+def load_policy(path: Path, tier_names: list[str] | None = None) -> HybridRouterPolicy:
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PolicyFileError(f"policy file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise PolicyFileError(f"policy file {path} is not JSON: {exc.msg}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise PolicyFileError(f"{path} is not a Ladder policy file")
+    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
+        raise PolicyFileError(f"{path} has format version {doc['format_version']}; this Ladder reads up to "
+                              f"{FORMAT_VERSION} (upgrade Ladder)")  # fmt: skip
+    tensors_path = path.parent / doc["tensors_file"]
+    try:
+        raw = tensors_path.read_bytes()
+    except FileNotFoundError:
+        raise PolicyFileError(f"policy tensors not found: {tensors_path}") from None
+    if hashlib.sha256(raw).hexdigest() != doc.get("tensors_sha256"):
+        raise PolicyFileError(f"checksum mismatch for {tensors_path}: the file was altered or corrupted")
+    t = load_file(str(tensors_path))
+    rungs = tuple(doc["rungs"])
+    if tier_names is not None and list(rungs) != list(tier_names):
+        raise PolicyFileError(f"policy {path} was fitted for rungs {list(rungs)}, the config has {tier_names}")
+    state = {k.removeprefix("featurizer."): v for k, v in t.items() if k.startswith("featurizer.")}
+    idk, idk_thresholds = {}, {}
+    for key, spec in doc.get("idk", {}).items():
+        unknown = [s for s in spec["signals"] if s not in SIGNALS]
+        if unknown:
+            raise PolicyFileError(f"policy {path} uses unknown IDK signals {unknown}")
+        idk[int(key)] = IdkModel(tuple(spec["signals"]), _scorer(f"idk.{key}", t))
+        idk_thresholds[int(key)] = float(spec["threshold"])
+    policy = HybridRouterPolicy(
+        rungs=rungs,
+        featurizer=make_featurizer(FeaturizerKind(doc["featurizer"]), state),
+        boundaries=tuple(_scorer(f"boundary.{b}", t) for b in range(len(rungs) - 1)),
+        thresholds=tuple(float(x) for x in doc["thresholds"]),
+        idk=idk,
+        idk_thresholds=idk_thresholds,
+        name=doc.get("name", "hybrid"),
+        meta=doc.get("meta", {}),
+    )
+    if doc.get("version") and doc["version"] != policy.version:
+        raise PolicyFileError(f"policy {path}: recorded version {doc['version']} does not match its content")
+    return policy
