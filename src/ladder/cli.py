@@ -111,6 +111,72 @@ def serve(
     serve_forever(cfg, host=host, port=port, tiers=tiers.split(",") if tiers else None)
 
 
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="shared data folder (for routellm:* sources)")]
+SourceArg = Annotated[str, typer.Argument(help="outcomes: routellm:mmlu, routellm:gsm8k, or a Ladder JSONL file")]
+
+
+def _print_json(obj: dict) -> None:
+    import json
+
+    typer.echo(json.dumps(obj, indent=1, default=float))
+
+
+@app.command()
+def train(
+    source: SourceArg,
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("policy.json"),
+    data: DataOpt = None,
+    featurizer: Annotated[str, typer.Option(help="tfidf | minilm")] = "tfidf",
+    scheme: Annotated[str, typer.Option(help="deterministic | probabilistic | transformed")] = "deterministic",
+    c: Annotated[float, typer.Option(min=1e-6, help="inverse L2 strength of the logistic routers")] = 1.0,
+    idk: Annotated[bool, typer.Option(help="fit IDK models where responses are recorded")] = True,
+) -> None:
+    """Fit a router (+ IDK) policy on the fit part of an outcomes file (thresholds uncalibrated)."""
+    from ladder.offline.commands import train as run
+    from ladder.offline.training import TrainSpec
+    from ladder.policies.features import FeaturizerKind
+    from ladder.policies.labels import LabelScheme
+
+    try:
+        spec = TrainSpec(FeaturizerKind(featurizer), LabelScheme(scheme), c, idk)
+    except ValueError as exc:
+        _fail(str(exc))
+    _print_json(run(source, data, spec, out))
+
+
+@app.command()
+def calibrate(
+    policy: Path,
+    source: SourceArg,
+    target: Annotated[str, typer.Option("--target", "-t", help="e.g. strong<=0.3 | cost<=1.5 | quality>=0.8")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="default: overwrite POLICY")] = None,
+    data: DataOpt = None,
+    price: Annotated[Optional[list[str]], typer.Option(help="RUNG=IN:OUT USD per 1M tokens")] = None,
+) -> None:
+    """Choose thresholds on the validation part to meet a target; saves a new policy version."""
+    from ladder.offline.commands import calibrate_policy
+
+    _print_json(calibrate_policy(policy, source, data, target, price, out or policy))
+
+
+@app.command("eval")
+def evaluate(
+    policy: Path,
+    source: SourceArg,
+    data: DataOpt = None,
+    out_dir: Annotated[Path, typer.Option("--out-dir")] = Path("eval"),
+) -> None:
+    """Quality–cost curve, APGR, CPT(50/80%) on the test part beside random/weak/strong/oracle/kNN."""
+    from ladder.offline.commands import evaluate as run
+
+    result = run(policy, source, data, out_dir)
+    typer.echo(f"{'method':<24}{'APGR':>8}{'CPT50':>8}{'CPT80':>8}{'acc@30%':>9}")
+    for row in result["rows"]:
+        typer.echo(f"{row['method']:<24}{row['apgr']:>8.3f}{row['cpt50']:>8.3f}{row['cpt80']:>8.3f}"
+                   f"{row['quality_at_30']:>9.3f}")  # fmt: skip
+    typer.echo(f"plot: {result['plot']} (test rows: {result['test_rows']})")
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -116,7 +116,7 @@ def _point(sim: Simulation, th: tuple[float, ...], ath: tuple[float, ...] | None
 
 def _candidates(scores: np.ndarray, per_dim: int) -> list[float]:
     qs = np.quantile(scores, np.linspace(0, 1, per_dim))
-    return sorted({-np.inf, *qs.tolist(), np.inf})
+    return sorted({-1.0, *qs.tolist(), 2.0})  # scores are probabilities: -1 = always, 2 = never
 
 
 def sweep(

@@ -1,0 +1,83 @@
+"""The bodies of ``ladder train``, ``ladder calibrate`` and ``ladder eval``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ladder.errors import OutcomesError
+from ladder.offline.evaluation import compare, plot, table, tuned_knn
+from ladder.offline.featcache import featurize
+from ladder.offline.pipeline import load_outcomes, parse_prices, parse_target, rung_costs, three_way
+from ladder.offline.training import TrainSpec, idk_scores, train_policy
+from ladder.policies.calibrate import calibrate
+from ladder.policies.features import MiniLMFeaturizer
+from ladder.policies.hybrid import HybridRouterPolicy
+from ladder.policies.store import load_policy, save_policy
+
+
+def _scores(policy: HybridRouterPolicy, outcomes) -> tuple[np.ndarray, np.ndarray | None]:  # noqa: ANN001
+    x = featurize(policy.featurizer, list(outcomes.queries))
+    route = np.stack([s.proba(x) for s in policy.boundaries], axis=1)
+    return route, idk_scores(policy, outcomes, route)
+
+
+def train(source: str, data: Path | None, spec: TrainSpec, out: Path) -> dict:
+    outcomes, contaminated = load_outcomes(source, data)
+    parts = three_way(outcomes, contaminated)
+    policy = train_policy(parts.fit, spec)
+    policy.meta["source"] = source
+    save_policy(policy, out)
+    return {"policy": str(out), "version": policy.version, "fit_rows": len(parts.fit),
+            "validation_rows": len(parts.validation), "test_rows": len(parts.test),
+            "rungs": list(policy.rungs), "idk_rungs": sorted(policy.idk)}  # fmt: skip
+
+
+def calibrate_policy(policy_path: Path, source: str, data: Path | None, target_text: str,
+                     prices: list[str] | None, out: Path, n_future: int | None = None) -> dict:  # fmt: skip
+    policy = load_policy(policy_path)
+    outcomes, contaminated = load_outcomes(source, data)
+    if tuple(outcomes.rungs) != policy.rungs:
+        raise OutcomesError(f"outcomes have rungs {list(outcomes.rungs)}, the policy {list(policy.rungs)}")
+    val = three_way(outcomes, contaminated).validation
+    target = parse_target(target_text, policy.rungs)
+    route, accept = _scores(policy, val)
+    costs = rung_costs(val, parse_prices(prices, policy.rungs))
+    point, frontier = calibrate(target, route, val.quality, costs, accept, n_future)
+    calibrated = replace(
+        policy,
+        thresholds=point.thresholds,
+        idk_thresholds=({b: point.accept_thresholds[b] for b in policy.idk} if point.accept_thresholds else {}),
+        meta={**policy.meta, "target": target.describe(), "calibrated_on_rows": len(val),
+              "operating_point": point.as_dict(), "pareto": [p.as_dict() for p in frontier]},
+    )  # fmt: skip
+    save_policy(calibrated, out)
+    return {"policy": str(out), "version": calibrated.version, "target": target.describe(), **point.as_dict()}
+
+
+def evaluate(policy_path: Path, source: str, data: Path | None, out_dir: Path) -> dict:
+    policy = load_policy(policy_path)
+    outcomes, contaminated = load_outcomes(source, data)
+    parts = three_way(outcomes, contaminated)
+    test = parts.test
+    if len(policy.rungs) != 2:
+        raise OutcomesError("eval curves (PGR/APGR/CPT) are defined for two rungs")
+    route, accept = _scores(policy, test)
+    needs = {"router": 1 - route[:, 0]}
+    if accept is not None:
+        needs["router+idk"] = 1 - accept[:, 0]
+    minilm = MiniLMFeaturizer()
+    train_part = parts.fit
+    knn, k = tuned_knn(featurize(minilm, list(train_part.queries)), train_part.quality,
+                       featurize(minilm, list(test.queries)))  # fmt: skip
+    needs[f"knn-minilm (k={k})"] = knn
+    curves = compare(test.quality, needs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = plot(curves, test.quality, f"{source}: {policy.version} (test n={len(test)})", out_dir / "eval.png")
+    rows = table(curves, test.quality)
+    (out_dir / "eval.json").write_text(json.dumps({"policy": policy.version, "rows": rows}, indent=1, default=float))
+    return {"rows": rows, "plot": str(png), "test_rows": len(test)}
+

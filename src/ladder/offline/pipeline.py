@@ -1,0 +1,124 @@
+"""Shared steps of ``ladder train / calibrate / eval`` and the routing benchmark."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ladder.errors import OutcomesError
+from ladder.outcomes import Outcomes
+from ladder.outcomes.io import load_routellm, read_jsonl
+from ladder.outcomes.schema import stable_split
+
+# USD per 1M tokens (input, output) used for RouteLLM's models when a $ figure is wanted:
+# Mixtral-8x7B at a typical hosted price, GPT-4-1106-preview at OpenAI's list price.
+ROUTELLM_PRICES = {"weak": (0.6, 0.6), "strong": (10.0, 30.0)}
+
+
+@dataclass(frozen=True)
+class Split:
+    train: Outcomes
+    test: Outcomes
+
+
+def load_outcomes(source: str, data_root: Path | None = None) -> tuple[Outcomes, np.ndarray]:
+    """``routellm:mmlu`` / ``routellm:gsm8k`` (read from data_root) or a Ladder JSONL path.
+
+    Returns the outcomes and a mask of rows to keep out of test sets (contaminated prompts).
+    """
+    if source.startswith("routellm:"):
+        if data_root is None:
+            raise OutcomesError("routellm sources need --data (the shared data folder)")
+        return load_routellm(Path(data_root), source.split(":", 1)[1])
+    outcomes = read_jsonl(Path(source))
+    return outcomes, np.zeros(len(outcomes), bool)
+
+
+def split(outcomes: Outcomes, exclude_from_test: np.ndarray, test_fraction: float = 0.2) -> Split:
+    """80/20 by a stable hash of the id; excluded rows never enter the test part."""
+    is_test = stable_split(outcomes.ids, test_fraction)
+    return Split(outcomes.take(~is_test), outcomes.take(is_test & ~exclude_from_test))
+
+
+def rung_costs(outcomes: Outcomes, prices: dict[str, tuple[float, float]]) -> np.ndarray:
+    """[n, R] USD per call: prompt ≈ chars/4 tokens; output = recorded tokens, else response
+    length/4, else 1 token (a multiple-choice letter)."""
+    n = len(outcomes)
+    prompt_tokens = np.array([len(q) / 4 for q in outcomes.queries])
+    cols = []
+    for j, rung in enumerate(outcomes.rungs):
+        if rung not in prices:
+            raise OutcomesError(f"no price for rung {rung!r}; prices given for {sorted(prices)}")
+        if outcomes.tokens is not None:
+            out = outcomes.tokens[:, j]
+        elif rung in outcomes.responses:
+            out = np.array([len(t) / 4 for t in outcomes.responses[rung]])
+        else:
+            out = np.ones(n)
+        p_in, p_out = prices[rung]
+        cols.append((prompt_tokens * p_in + out * p_out) / 1e6)
+    return np.stack(cols, axis=1)
+
+
+def parse_prices(items: list[str] | None, rungs: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """``rung=IN:OUT`` strings (USD per 1M tokens); defaults to RouteLLM's when rungs are weak/strong."""
+    if not items:
+        if set(rungs) <= set(ROUTELLM_PRICES):
+            return dict(ROUTELLM_PRICES)
+        raise OutcomesError(f"give --price RUNG=IN:OUT for every rung of {list(rungs)}")
+    prices = {}
+    for item in items:
+        try:
+            rung, pair = item.split("=", 1)
+            p_in, p_out = (float(x) for x in pair.split(":", 1))
+        except ValueError:
+            raise OutcomesError(f"bad --price {item!r}; expected RUNG=IN:OUT, e.g. strong=10:30") from None
+        prices[rung] = (p_in, p_out)
+    return prices
+
+
+@dataclass(frozen=True)
+class ThreeWay:
+    fit: Outcomes
+    validation: Outcomes
+    test: Outcomes
+
+
+def three_way(outcomes: Outcomes, exclude_from_test: np.ndarray) -> ThreeWay:
+    """Test = the stable 20% (as in ``split``); the rest splits again, stably, 80/20 into
+    fit (train) and validation (calibration)."""
+    parts = split(outcomes, exclude_from_test)
+    is_val = stable_split(parts.train.ids, 0.2, salt="ladder-validation")
+    return ThreeWay(parts.train.take(~is_val), parts.train.take(is_val), parts.test)
+
+
+def parse_target(text: str, rungs: tuple[str, ...]):  # noqa: ANN201 (Target)
+    """``strong<=0.3``, ``large<=0.2,medium<=0.5``, ``cost<=1.5`` ($/1K queries), ``quality>=0.8``."""
+    from ladder.policies.calibrate import Target
+
+    caps: dict[int, float] = {}
+    cost = quality = None
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            if ">=" in part:
+                name, value = part.split(">=", 1)
+                if name.strip() != "quality":
+                    raise ValueError
+                quality = float(value)
+            else:
+                name, value = part.split("<=", 1)
+                name = name.strip()
+                if name == "cost":
+                    cost = float(value)
+                elif name in rungs:
+                    caps[rungs.index(name)] = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+                else:
+                    raise OutcomesError(f"target names rung {name!r}; the rungs are {list(rungs)}")
+        except ValueError:
+            raise OutcomesError(f"bad target {part!r}; use RUNG<=FRACTION, cost<=USD_PER_1K or quality>=X") from None
+    try:
+        return Target(caps, cost, quality)
+    except ValueError as exc:
+        raise OutcomesError(str(exc)) from None

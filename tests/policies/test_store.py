@@ -1,0 +1,74 @@
+"""Policy files round-trip, and bad files are refused."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ladder.errors import PolicyFileError
+from ladder.outcomes import Outcomes
+from ladder.offline.training import TrainSpec, train_policy
+from ladder.policies.features import FeaturizerKind
+from ladder.policies.store import load_policy, save_policy
+from ladder.types import Generation, Query
+
+
+def toy_outcomes(n: int = 400) -> Outcomes:
+    rng = np.random.default_rng(0)
+    hard = rng.random(n) < 0.4
+    queries = tuple(("prove the theorem about manifolds " if h else "what is two plus two ") + str(i) for i, h in enumerate(hard))
+    quality = np.stack([(~hard).astype(float), np.ones(n)], axis=1)
+    responses = {"weak": tuple("#### 4" if not h else "However, I cannot" for h in hard)}
+    return Outcomes(tuple(map(str, range(n))), queries, ("weak", "strong"), quality, responses=responses)
+
+
+@pytest.fixture
+def policy():
+    return train_policy(toy_outcomes(), TrainSpec(FeaturizerKind.TFIDF))
+
+
+def test_trained_router_separates_easy_from_hard(policy):
+    easy = policy.route(Query.of("what is two plus two 9999"))
+    hard = policy.route(Query.of("prove the theorem about manifolds 9999"))
+    assert easy.start == 0 and hard.start == 1
+    assert easy.scores[0] > 0.5 > hard.scores[0]
+
+
+def test_idk_step_rejects_a_hedging_answer(policy):
+    route = policy.route(Query.of("what is two plus two"))
+    gen = lambda text: Generation("weak", text, (1,), (-0.1,), 3, "stop", 0, 0)  # noqa: E731
+    assert policy.accept(gen("#### 4"), route)
+    assert not policy.accept(gen("However, I cannot"), route)
+
+
+def test_round_trip_keeps_decisions_and_version(policy, tmp_path):
+    path = save_policy(policy, tmp_path / "p.json")
+    loaded = load_policy(path, ["weak", "strong"])
+    assert loaded.version == policy.version
+    q = Query.of("prove the theorem about manifolds 1")
+    assert loaded.route(q) == policy.route(q)
+    assert json.loads(path.read_text())["meta"]["data_hash"] == policy.meta["data_hash"]
+
+
+def test_bad_checksum_is_refused(policy, tmp_path):
+    path = save_policy(policy, tmp_path / "p.json")
+    tensors = tmp_path / "p.safetensors"
+    raw = bytearray(tensors.read_bytes())
+    raw[-1] ^= 0xFF
+    tensors.write_bytes(bytes(raw))
+    with pytest.raises(PolicyFileError, match="checksum"):
+        load_policy(path)
+
+
+def test_newer_format_and_foreign_rungs_are_refused(policy, tmp_path):
+    path = save_policy(policy, tmp_path / "p.json")
+    with pytest.raises(PolicyFileError, match="fitted for rungs"):
+        load_policy(path, ["small", "large"])
+    doc = json.loads(path.read_text())
+    doc["format_version"] = 99
+    path.write_text(json.dumps(doc))
+    with pytest.raises(PolicyFileError, match="format version 99"):
+        load_policy(path)
+    path.write_text("{not json")
+    with pytest.raises(PolicyFileError, match="not JSON"):
+        load_policy(path)
