@@ -111,6 +111,37 @@ def serve(
     serve_forever(cfg, host=host, port=port, tiers=tiers.split(",") if tiers else None)
 
 
+@app.command()
+def score(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT.jsonl")],
+    out: Annotated[Path, typer.Option("--out", "-o")],
+    config: ConfigOpt = None,
+    tiers: Annotated[Optional[str], typer.Option(help="comma-separated subset of tiers")] = None,
+    actors: Annotated[int, typer.Option(min=1, help="actors in the Ray Data pool")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="default per row")] = 64,
+) -> None:
+    """Route and answer every row with Ray Data (resumable: ids already in OUT are skipped)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ladder.cluster.batch import score as run
+    from ladder.cluster.runtime import Runtime
+    from ladder.cluster.serving import restrict
+
+    cfg = restrict(_config(config), tiers.split(",") if tiers else None, None, None)
+    cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"enabled": False})})
+    with Runtime.start(cfg):
+        s = run(cfg, input_path, out, actors, batch_size, max_tokens)
+    table = Table("rows", "skipped (done before)", "errors", "rung mix", "escalations", "tokens", "cost USD",
+                  "wall s", "rows/s")  # fmt: skip
+    mix = ", ".join(f"{k}:{v}" for k, v in sorted((s.mix or {}).items()))
+    table.add_row(str(s.rows), str(s.skipped), str(s.errors), mix or "-", str(s.escalations),
+                  str(s.completion_tokens), f"{s.cost_usd:.6f}", f"{s.wall_s:.1f}",
+                  f"{s.rows / s.wall_s:.2f}" if s.wall_s > 0 else "-")  # fmt: skip
+    Console(width=160).print(table)
+
+
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="shared data folder (for routellm:* sources)")]
 SourceArg = Annotated[str, typer.Argument(help="outcomes: routellm:mmlu, routellm:gsm8k, or a Ladder JSONL file")]
 

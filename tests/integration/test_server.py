@@ -145,3 +145,38 @@ def test_metrics_count_requests_and_cache(server, client):
 def test_health(server):
     r = httpx.get(server[0] + "/health", timeout=30)
     assert r.status_code == 200 and r.json()["tiers"] == ["small"]
+
+
+def test_killed_tier_replica_gives_an_error_not_a_hang_and_serve_replaces_it(client, server):
+    """Runs last in this module: it kills the small tier's only replica in the middle of a request."""
+    import concurrent.futures
+
+    import ray
+
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "tier-small" in a["name"]]
+    assert replicas, "no tier-small replica actor found"
+    victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            lambda: httpx.post(server[0] + "/v1/chat/completions", timeout=120,
+                               headers={"authorization": f"Bearer {KEY}"},
+                               json={"model": "ladder", "max_tokens": 200, "temperature": 0,
+                                     "messages": [{"role": "user", "content": "Write a long essay about rivers."}]})
+        )  # fmt: skip
+        time.sleep(2.0)
+        ray.kill(victim, no_restart=True)
+        response = pending.result(timeout=150)
+    # The only rung died: a clear error (or, if Serve retried on a fresh replica, an answer) — never a hang.
+    assert response.status_code in (200, 503), response.text
+    if response.status_code == 503:
+        assert response.json()["error"]["code"] == "no_rung_available"
+        assert "Retry-After" in response.headers
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if ask(client, "Are you back?").parse().model == "small":
+                break
+        except openai.APIStatusError:
+            time.sleep(2)
+    else:
+        pytest.fail("Serve did not replace the killed replica within 120 s")
