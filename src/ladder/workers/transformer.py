@@ -127,6 +127,10 @@ class TransformersWorker:
         import torch
 
         device = self.device_config.device
+        if self.device_config.threads:
+            # OpenMP's thread count is per OS thread, and this runs in a pool thread (to_thread):
+            # set it here too, or the thread inherits OMP_NUM_THREADS (Ray sets it to the actor's CPUs).
+            torch.set_num_threads(self.device_config.threads)
         generator = None
         if sampling.temperature > 0:
             generator = torch.Generator(device=device)
