@@ -142,3 +142,33 @@ def write_jsonl(outcomes: Outcomes, path: Path) -> None:
             if outcomes.groups is not None:
                 row["group"] = outcomes.groups[i]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def load_model_ladder(path: Path, models: list[str], rungs: list[str] | None = None,
+                      question: str = "question") -> Outcomes:  # fmt: skip
+    """A ladder of models from a multi-model outcomes parquet (ZeroEval GSM8K, MMLU-Pro).
+
+    Quality = the model's 0/1 column; tokens ≈ the recorded output length (``|out_chars`` or
+    ``|gen_chars``) / 4. Rows where any rung has no outcome (NaN) are dropped.
+    """
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise OutcomesError(f"outcomes file not found: {path}") from None
+    missing = [m for m in models if m not in frame.columns]
+    if missing:
+        raise OutcomesError(f"{path}: no column(s) for model(s) {missing}")
+    frame = frame.dropna(subset=models).reset_index(drop=True)
+    quality = frame[models].to_numpy(dtype=float)
+    tokens = np.ones_like(quality)
+    for j, m in enumerate(models):
+        for suffix in ("|out_chars", "|gen_chars"):
+            if m + suffix in frame.columns:
+                tokens[:, j] = frame[m + suffix].fillna(0).to_numpy(dtype=float) / 4 + 1
+    id_col = "question_id" if "question_id" in frame.columns else "id"
+    return Outcomes(tuple(str(i) for i in frame[id_col]), tuple(frame[question].astype(str)),
+                    tuple(rungs or models), quality, tokens,
+                    groups=tuple(frame["category"].astype(str)) if "category" in frame.columns else None,
+                    source=f"{Path(path).parent.name}:{'>'.join(models)}")  # fmt: skip
