@@ -10,6 +10,7 @@ serve: setup
 
 test: setup
 	.venv/bin/lint-imports
+	.venv/bin/ruff check --select F,E9 src tests benchmarks
 	.venv/bin/pytest -m "not gpu"
 
 bench: setup

@@ -45,7 +45,7 @@ def labels(quality: np.ndarray) -> np.ndarray:
 
 
 def cloud(route, quality, costs, accept=None):  # noqa: ANN001, ANN201
-    pts = [p for p, _ in sweep(route, quality, costs, accept, per_dim=41 if accept is None else 11)]
+    pts = [p for p, _ in sweep(route, quality, costs, accept, per_dim=41 if accept is None else 15)]
     return np.array([p.cost_per_1k / 1000 for p in pts]), np.array([p.quality for p in pts])
 
 
@@ -91,14 +91,14 @@ def run_ladder(name: str, data: Path, cost_model: str) -> dict:
                                          costs(val)[:, 0].mean(), costs(val)[:, 2].mean()))  # fmt: skip
         methods[f"knn-{feat.value} (k={best})"] = cloud(
             np.stack([knn_scores(x_fit, y_fit[:, b], x_test, best) for b in range(2)], 1), q, c_test)
+        # Cascade: per non-top rung, P(accept) from the answer's length and the router's prior.
+        s_fit = np.stack([cross_fitted(x_fit, y_fit[:, b]) for b in range(2)], 1)
+        idk = [fit_logistic(cascade_features(fit.tokens[:, b], s_fit[:, b]), y_fit[:, b], 1.0, standardize=True)
+               for b in range(2)]  # fmt: skip
+        accept = lambda part, s: np.stack([idk[b].proba(cascade_features(part.tokens[:, b], s[:, b]))  # noqa: E731
+                                           for b in range(2)], 1)  # fmt: skip
+        methods[f"router+cascade-{feat.value}"] = cloud(s_test, q, c_test, accept(test, s_test))
         if feat is FeaturizerKind.TFIDF:
-            # Cascade: per non-top rung, P(accept) from the answer's length and the router's prior.
-            s_fit = np.stack([cross_fitted(x_fit, y_fit[:, b]) for b in range(2)], 1)
-            idk = [fit_logistic(cascade_features(fit.tokens[:, b], s_fit[:, b]), y_fit[:, b], 1.0, standardize=True)
-                   for b in range(2)]  # fmt: skip
-            accept = lambda part, s: np.stack([idk[b].proba(cascade_features(part.tokens[:, b], s[:, b]))  # noqa: E731
-                                               for b in range(2)], 1)  # fmt: skip
-            methods["router+cascade-tfidf"] = cloud(s_test, q, c_test, accept(test, s_test))
             s_val = np.stack([b.proba(x_val) for b in policy.boundaries], 1)
             # Calibration to a rung mix, chosen on validation, checked on test.
             point, _ = calibrate(Target({2: 0.2}), s_val, val.quality, costs(val), n_future=len(test))

@@ -25,7 +25,7 @@ from ladder.offline.featcache import featurize
 from ladder.offline.pipeline import ROUTELLM_PRICES, load_outcomes, rung_costs, split
 from ladder.offline.training import TrainSpec, idk_scores, train_policy
 from ladder.policies.calibrate import Target, calibrate, simulate
-from ladder.policies.features import FeaturizerKind, MiniLMFeaturizer, TfidfFeaturizer
+from ladder.policies.features import FeaturizerKind, MiniLMFeaturizer
 from ladder.types import Query
 
 RESULTS = Path(__file__).parent / "results"

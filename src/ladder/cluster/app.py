@@ -8,7 +8,6 @@ the HTTP ingress are one deployment on purpose: it saves a network hop on every 
 """
 
 
-import asyncio
 import hmac
 import time
 from typing import Any
