@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--requests", type=int, default=20)
+    ap.add_argument("--only-batch", action="store_true", help="run part 1 only (writes serving_batch.json)")
     args = ap.parse_args()
     base = LadderConfig().model_dump()
     base["tiers"][0]["threads"] = 2  # same torch threads for the Ray Data actor and the plain loop
@@ -145,6 +146,10 @@ def main() -> None:
     with Runtime.start(cfg) as runtime:
         report["batch"] = batch_vs_loop(cfg, args.rows)
         print("batch:", json.dumps(report["batch"]), flush=True)
+        if args.only_batch:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / "serving_batch.json").write_text(json.dumps(report, indent=1))
+            return
         url = deploy(cfg, runtime)
         report["router_overhead"] = router_overhead(url, args.requests)
         print("overhead:", json.dumps(report["router_overhead"]), flush=True)
