@@ -84,39 +84,27 @@ def calibration_trials(test, need: np.ndarray, splits: int, cap: float = 0.30) -
             "interval_covers": covered / splits, "trials": trials}  # fmt: skip
 
 
+def _timed(fn, batches: list) -> list[float]:  # noqa: ANN001
+    out = []
+    for b in batches:
+        t0 = time.perf_counter()
+        fn(b)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _latency_row(single: list[float], batch: list[float]) -> dict:
+    return {"single_p50_ms": 1e3 * float(np.percentile(single, 50)), "single_p99_ms": 1e3 * float(np.percentile(single, 99)),
+            "batch64_p50_ms": 1e3 * float(np.percentile(batch, 50)), "batch64_p99_ms": 1e3 * float(np.percentile(batch, 99))}  # fmt: skip
+
+
 def latency(policy, texts: list[str]) -> dict:  # noqa: ANN001
-    out = {}
-    for name, pol in (("tfidf", policy),):
-        single = []
-        for t in texts[:300]:
-            t0 = time.perf_counter()
-            pol.route(Query.of(t))
-            single.append(time.perf_counter() - t0)
-        batch = []
-        for i in range(0, 64 * 20, 64):
-            t0 = time.perf_counter()
-            pol.scores(texts[i : i + 64])
-            batch.append(time.perf_counter() - t0)
-        out[name] = {"single_p50_ms": 1e3 * float(np.percentile(single, 50)),
-                     "single_p99_ms": 1e3 * float(np.percentile(single, 99)),
-                     "batch64_p50_ms": 1e3 * float(np.percentile(batch, 50)),
-                     "batch64_p99_ms": 1e3 * float(np.percentile(batch, 99))}  # fmt: skip
+    """Decision latency of the deployed TF-IDF policy, and of the MiniLM featurizer alone."""
+    batches = [texts[i : i + 64] for i in range(0, 64 * 20, 64)]
+    out = {"tfidf": _latency_row(_timed(lambda t: policy.route(Query.of(t)), texts[:300]), _timed(policy.scores, batches))}
     minilm = MiniLMFeaturizer()
     minilm.transform(["warm up"])
-    single = []
-    for t in texts[:100]:
-        t0 = time.perf_counter()
-        minilm.transform([t])
-        single.append(time.perf_counter() - t0)
-    batch = []
-    for i in range(0, 64 * 5, 64):
-        t0 = time.perf_counter()
-        minilm.transform(texts[i : i + 64])
-        batch.append(time.perf_counter() - t0)
-    out["minilm"] = {"single_p50_ms": 1e3 * float(np.percentile(single, 50)),
-                     "single_p99_ms": 1e3 * float(np.percentile(single, 99)),
-                     "batch64_p50_ms": 1e3 * float(np.percentile(batch, 50)),
-                     "batch64_p99_ms": 1e3 * float(np.percentile(batch, 99))}  # fmt: skip
+    out["minilm"] = _latency_row(_timed(lambda t: minilm.transform([t]), texts[:100]), _timed(minilm.transform, batches[:5]))
     return out
 
 
