@@ -72,8 +72,6 @@ class Generation:
         return len(self.token_ids)
 
 
-Answer = Generation  # the name the design notes use for a tier's output
-
 
 @dataclass(frozen=True)
 class Attempt:

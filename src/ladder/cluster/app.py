@@ -124,11 +124,12 @@ class LadderIngress:
             return self._error(str(exc), 503, code="no_rung_available", headers={"Retry-After": "1"})
         self._record(result, time.perf_counter() - started)
         completion_id = oai.new_completion_id()
-        headers = oai.ladder_headers(result)
+        headers = oai.ladder_headers(result, self.cache is not None)
         if body.stream:
             return StreamingResponse(self._replay(result, completion_id, body), media_type="text/event-stream",
                                      headers=headers)  # fmt: skip
-        return JSONResponse(oai.completion_body(result, completion_id, body.logprobs), headers=headers)
+        body_json = oai.completion_body(result, completion_id, body.logprobs, self.cache is not None)
+        return JSONResponse(body_json, headers=headers)
 
     def _forced_route(self, model: str) -> Route | None:
         if model == self.config.server.router_model:

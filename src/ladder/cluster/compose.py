@@ -24,8 +24,6 @@ def materialize(config: LadderConfig, tier: TierConfig) -> Path:
 
 
 def build_worker(tier: TierConfig, model_dir: Path) -> TransformersWorker:
-    if tier.backend != "transformers":
-        raise NotImplementedError(f"tier {tier.name}: backend {tier.backend!r} is not available yet")
     return TransformersWorker(tier.name, model_dir, DeviceConfig(tier.device, tier.dtype, tier.threads))
 
 

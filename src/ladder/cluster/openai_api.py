@@ -105,7 +105,15 @@ def usage(gen: Generation) -> dict:
             "total_tokens": gen.prompt_tokens + gen.completion_tokens}  # fmt: skip
 
 
-def ladder_extension(result: CascadeResult) -> dict:
+def _cache_label(result: CascadeResult, cache_enabled: bool) -> str:
+    if result.route_source == "forced":
+        return "bypass"
+    if not cache_enabled:
+        return "off"
+    return "hit" if result.cache_hit else "miss"
+
+
+def ladder_extension(result: CascadeResult, cache_enabled: bool = True) -> dict:
     """The route taken, for clients and dashboards (mirrors the x-ladder-* headers)."""
     return {
         "tier": result.answer.tier,
@@ -119,14 +127,14 @@ def ladder_extension(result: CascadeResult) -> dict:
                          "mean_logprob": _mean(a.generation.logprobs) if a.generation else None,
                          "cost_usd": a.cost_usd} for a in result.attempts],  # fmt: skip
         "escalations": result.escalations,
-        "cache": "hit" if result.cache_hit else ("bypass" if result.route_source == "forced" else "miss"),
+        "cache": _cache_label(result, cache_enabled),
         "cost_usd": result.cost_usd,
         "decision_ms": result.decision_s * 1000,
     }
 
 
-def ladder_headers(result: CascadeResult) -> dict[str, str]:
-    ext = ladder_extension(result)
+def ladder_headers(result: CascadeResult, cache_enabled: bool = True) -> dict[str, str]:
+    ext = ladder_extension(result, cache_enabled)
     headers = {
         "x-ladder-tier": ext["tier"],
         "x-ladder-route": ext["route"],
@@ -141,7 +149,7 @@ def ladder_headers(result: CascadeResult) -> dict[str, str]:
     return headers
 
 
-def completion_body(result: CascadeResult, completion_id: str, want_logprobs: bool) -> dict:
+def completion_body(result: CascadeResult, completion_id: str, want_logprobs: bool, cache_enabled: bool = True) -> dict:
     gen = result.answer
     logprobs = None
     if want_logprobs:
@@ -155,7 +163,7 @@ def completion_body(result: CascadeResult, completion_id: str, want_logprobs: bo
         "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
                      "finish_reason": gen.finish_reason, "logprobs": logprobs}],  # fmt: skip
         "usage": usage(gen),
-        "ladder": ladder_extension(result),
+        "ladder": ladder_extension(result, cache_enabled),
     }
 
 

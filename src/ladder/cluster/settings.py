@@ -71,7 +71,7 @@ class TierConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
     source: SourceConfig
     price: PriceConfig
-    backend: Literal["transformers", "vllm"] = "transformers"
+    backend: Literal["transformers"] = "transformers"  # "vllm" arrives with issue 7
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     threads: int | None = Field(default=None, ge=1)

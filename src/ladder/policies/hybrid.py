@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ladder.policies.features import Featurizer, FeaturizerKind
+from ladder.policies.features import Featurizer
 from ladder.policies.idk import AnswerView, IdkModel
 from ladder.policies.linear import LinearScorer
 from ladder.types import Generation, Query, Route
@@ -40,10 +40,6 @@ class HybridRouterPolicy:
         h.update(repr((self.rungs, self.thresholds, sorted(self.idk_thresholds.items()),
                        self.meta.get("data_hash"), self.meta.get("created"))).encode())  # fmt: skip
         return f"{self.name}-{h.hexdigest()}"
-
-    @property
-    def featurizer_kind(self) -> FeaturizerKind:
-        return self.featurizer.kind
 
     def scores(self, texts: list[str]) -> np.ndarray:
         """[n, R-1]: P(rung b is good enough) for each boundary."""
