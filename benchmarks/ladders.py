@@ -23,6 +23,7 @@ from ladder.offline.evaluation import knn_scores
 from ladder.offline.featcache import featurize
 from ladder.offline.frontier import aiq, cost_to_reach, frontier
 from ladder.offline.pipeline import three_way
+from ladder.offline.plots import new_axes, save
 from ladder.offline.training import TrainSpec, train_policy
 from ladder.outcomes.io import load_model_ladder
 from ladder.policies.calibrate import Target, calibrate, simulate, sweep
@@ -130,12 +131,7 @@ def run_ladder(name: str, data: Path, cost_model: str) -> dict:
 
 
 def plot(name: str, rows: list[dict], always, large_cost: float) -> None:  # noqa: ANN001
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = new_axes()
     for r in rows:
         style = ":" if r["method"].startswith("random") else "-"
         marker = "*" if r["method"] == "oracle" else None
@@ -144,15 +140,7 @@ def plot(name: str, rows: list[dict], always, large_cost: float) -> None:  # noq
     for label, (c, qq) in zip(("small", "medium", "large"), always):
         ax.scatter([c / large_cost], [qq], color="k", zorder=5)
         ax.annotate(f"always-{label}", (c / large_cost, qq), textcoords="offset points", xytext=(4, -12), fontsize=8)
-    ax.set_xlabel("cost per query relative to always-large")
-    ax.set_ylabel("accuracy")
-    ax.set_title(name)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / f"ladders_{name}.png", dpi=110)
-    plt.close(fig)
+    save(fig, ax, "cost per query relative to always-large", name, RESULTS / f"ladders_{name}.png", legend_size=7)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ladder.offline.plots import new_axes, save
 from ladder.policies.labels import LabelScheme, boundary_labels
 from ladder.policies.metrics import RoutingCurve, oracle_curve, random_curve, routing_curve, summary
 
@@ -58,25 +59,11 @@ def table(curves: list[RoutingCurve], quality: np.ndarray) -> list[dict]:
 
 
 def plot(curves: list[RoutingCurve], quality: np.ndarray, title: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = new_axes()
     for c in curves:
         style = {"random": ":", "oracle": "--"}.get(c.name, "-")
         ax.plot(c.call_rate, c.quality, style, label=f"{c.name} (APGR {c.apgr:.3f})")
     ax.scatter([0, 1], [quality[:, 0].mean(), quality[:, 1].mean()], color="k", zorder=5)
     ax.annotate("always-weak", (0, quality[:, 0].mean()), textcoords="offset points", xytext=(5, -12))
     ax.annotate("always-strong", (1, quality[:, 1].mean()), textcoords="offset points", xytext=(-80, 6))
-    ax.set_xlabel("fraction of queries answered by the strong model (call rate)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, ax, "fraction of queries answered by the strong model (call rate)", title, path)
