@@ -72,3 +72,19 @@ def test_newer_format_and_foreign_rungs_are_refused(policy, tmp_path):
     path.write_text("{not json")
     with pytest.raises(PolicyFileError, match="not JSON"):
         load_policy(path)
+
+
+@pytest.mark.parametrize("scheme", ["probabilistic", "transformed"])
+def test_soft_and_relaxed_labels_train_a_router_on_success_rates(scheme):
+    from ladder.policies.labels import LabelScheme
+
+    base = toy_outcomes()
+    rng = np.random.default_rng(3)
+    hard = np.array(["prove" in q for q in base.queries])
+    rates = np.stack([np.where(hard, rng.uniform(0.0, 0.3, len(hard)), rng.uniform(0.7, 1.0, len(hard))),
+                      rng.uniform(0.8, 1.0, len(hard))], axis=1)  # fmt: skip
+    outcomes = Outcomes(base.ids, base.queries, base.rungs, rates)
+    policy = train_policy(outcomes, TrainSpec(FeaturizerKind.TFIDF, LabelScheme(scheme), idk=False))
+    easy = policy.route(Query.of("what is two plus two 9999")).scores[0]
+    hard_score = policy.route(Query.of("prove the theorem about manifolds 9999")).scores[0]
+    assert easy > hard_score + 0.2
