@@ -208,6 +208,53 @@ def evaluate(
     typer.echo(f"plot: {result['plot']} (test rows: {result['test_rows']})")
 
 
+recurrent_app = typer.Typer(no_args_is_help=True, help="The recurrent-depth worker: train it, ask it.")
+app.add_typer(recurrent_app, name="recurrent")
+
+
+def _bundled_checkpoint() -> Path:
+    return Path(__file__).parent / "data" / "recurrent-chains"
+
+
+@recurrent_app.command("train")
+def recurrent_train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint folder to write")] = Path("recurrent-chains"),
+    steps: Annotated[int, typer.Option(min=1)] = 3000,
+    batch: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    threads: Annotated[int, typer.Option(min=1)] = 2,
+) -> None:
+    """Train a recurrent-depth model from scratch on seeded variable-chain programs (CPU)."""
+    from ladder.offline.recurrent_training import TrainSpec, train as run
+
+    command = "ladder recurrent train " + " ".join(sys.argv[3:])
+    meta = run(TrainSpec(steps=steps, batch=batch, seed=seed, threads=threads), out, command.strip())
+    typer.echo(f"wrote {out} ({meta['parameters']:,} parameters, {meta['train_minutes']} min); "
+               f"last log: {meta['log'][-1]}")  # fmt: skip
+
+
+@recurrent_app.command("ask")
+def recurrent_ask(
+    program: Annotated[str, typer.Argument(help='e.g. "a=3;b=a+4;b?"')],
+    checkpoint: Annotated[Optional[Path], typer.Option(help="default: the bundled checkpoint")] = None,
+    max_iterations: Annotated[int, typer.Option("--max-iterations", "-r")] = 32,
+    exit_rule: Annotated[str, typer.Option("--exit", help="kl | latent | never")] = "kl",
+    threshold: float = 1e-3,
+) -> None:
+    """Answer one program; prints the answer and the core iterations each token used."""
+    from ladder.types import Query
+    from ladder.workers.exits import ExitKind
+    from ladder.workers.recurrent_worker import DepthBudget, RecurrentWorker
+
+    try:
+        budget = DepthBudget(max_iterations, ExitKind(exit_rule), threshold)
+    except ValueError:
+        _fail(f"--exit must be one of {[k.value for k in ExitKind]}, got {exit_rule!r}")
+    worker = RecurrentWorker("recurrent", checkpoint or _bundled_checkpoint(), budget).load()
+    gen = worker.generate_sync(Query.of(program, max_tokens=4))
+    typer.echo(f"{gen.text}\titerations per token: {list(gen.depths)}")
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -43,8 +43,16 @@ class WorkerTimeout(WorkerFailed):
     """A tier did not answer within its budget."""
 
 
+class TierOverloaded(WorkerFailed):
+    """A tier's queue is full: it shed the request at once rather than let it wait unbounded."""
+
+
 class NoRungAvailable(LadderError):
-    """Every rung the cascade tried failed."""
+    """Every rung the cascade tried failed; ``overloaded`` when every one of them shed load."""
+
+    def __init__(self, message: str, overloaded: bool = False) -> None:
+        super().__init__(message)
+        self.overloaded = overloaded
 
 
 class PolicyFileError(LadderError):

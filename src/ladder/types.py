@@ -25,6 +25,10 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Depth budget for workers whose compute per token can vary (recurrent-depth rungs); None =
+    # the rung's own budget. Workers of fixed depth ignore them.
+    max_iterations: int | None = None
+    exit_threshold: float | None = None
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ class LadderIngress:
             return self._error(f"model {model_id!r} not found", 404, "model", "model_not_found")
         return JSONResponse({"id": model_id, "object": "model", "created": 0, "owned_by": "ladder"})
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", openapi_extra=oai.CHAT_OPENAPI)
     async def chat(self, request: Request):  # noqa: ANN201
         started = time.perf_counter()
         if not self._authorized(request):  # before parsing: strangers learn nothing about the API
@@ -109,6 +109,9 @@ class LadderIngress:
         try:
             route = self._forced_route(body.model)
             query = body.to_query()
+            if query.sampling.max_tokens > self.config.server.max_completion_tokens:
+                raise InvalidRequest(f"max_tokens: at most {self.config.server.max_completion_tokens} on this "
+                                     f"server, got {query.sampling.max_tokens}", "max_tokens")  # fmt: skip
             if body.stream and route is not None:
                 return await self._stream_tier(body, query, route)
             result = await run_cascade(query, self.policy, self.workers, self.cache, self.cost, route)
@@ -120,8 +123,9 @@ class LadderIngress:
         except WorkerFailed as exc:  # a pinned tier that failed: nothing else may answer
             return self._error(str(exc), 504 if isinstance(exc, WorkerTimeout) else 503,
                                code="tier_failed", headers={"Retry-After": "1"})  # fmt: skip
-        except NoRungAvailable as exc:
-            return self._error(str(exc), 503, code="no_rung_available", headers={"Retry-After": "1"})
+        except NoRungAvailable as exc:  # shed load says so, so clients back off instead of retrying hot
+            code = "overloaded" if exc.overloaded else "no_rung_available"
+            return self._error(str(exc), 503, code=code, headers={"Retry-After": "2" if exc.overloaded else "1"})
         self._record(result, time.perf_counter() - started)
         completion_id = oai.new_completion_id()
         headers = oai.ladder_headers(result, self.cache is not None)

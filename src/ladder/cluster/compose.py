@@ -6,11 +6,15 @@ app and batch jobs alike so they build identical objects.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from ladder.cluster.settings import LadderConfig, PolicyConfig, TierConfig
-from ladder.protocols import Policy
+from ladder.cluster.settings import BundledSourceConfig, DepthConfig, LadderConfig, PolicyConfig, TierConfig
+from ladder.errors import WeightsUnavailable
+from ladder.protocols import Policy, Worker
 from ladder.types import Generation
+from ladder.workers.exits import ExitKind
+from ladder.workers.recurrent_worker import DepthBudget, RecurrentWorker
 from ladder.workers.transformer import DeviceConfig, TransformersWorker
 from ladder.workers.weights import WeightStore
 
@@ -20,10 +24,25 @@ def weight_store(config: LadderConfig, tier: TierConfig) -> WeightStore:
 
 
 def materialize(config: LadderConfig, tier: TierConfig) -> Path:
+    """The folder a tier's worker loads: the converted-weights cache, or a recurrent checkpoint as is."""
+    if tier.backend in ("recurrent", "huginn"):
+        src = tier.source
+        path = src.path if isinstance(src, BundledSourceConfig) else Path(os.path.expanduser(src.path))  # type: ignore[union-attr]
+        if not path.is_dir():
+            raise WeightsUnavailable(f"tier {tier.name}: checkpoint folder {path} not found")
+        return path
     return weight_store(config, tier).materialize(tier.name, tier.source.build())
 
 
-def build_worker(tier: TierConfig, model_dir: Path) -> TransformersWorker:
+def build_worker(tier: TierConfig, model_dir: Path) -> Worker:
+    d = tier.depth or DepthConfig()
+    budget = DepthBudget(d.max_iterations, ExitKind(d.exit), d.threshold)
+    if tier.backend == "recurrent":
+        return RecurrentWorker(tier.name, model_dir, budget, tier.threads)
+    if tier.backend == "huginn":
+        from ladder.workers.huginn import HuginnWorker
+
+        return HuginnWorker(tier.name, model_dir, budget, tier.device, tier.dtype)
     return TransformersWorker(tier.name, model_dir, DeviceConfig(tier.device, tier.dtype, tier.threads))
 
 

@@ -7,9 +7,10 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ladder.cluster.compose import weight_store
+from ladder.cluster.compose import materialize, weight_store
 from ladder.cluster.settings import LadderConfig, TierConfig
 from ladder.errors import ChecksumMismatch, WeightsUnavailable
+from ladder.workers.recurrent_worker import weights_sha256
 from ladder.workers.weights import PackageSource, package_chunks
 
 
@@ -47,7 +48,26 @@ def safetensors_params(folder: Path) -> int:
     return total
 
 
+def _describe_checkpoint(config: LadderConfig, tier: TierConfig) -> TierRow:
+    """A recurrent-depth rung: its checkpoint folder, checked against the SHA-256 in its config.json."""
+    try:
+        folder = materialize(config, tier)
+    except WeightsUnavailable as exc:
+        return TierRow(str(tier.source.kind), f"no ({exc})", "n/a", "n/a", "?", "?")
+    weights = folder / "model.safetensors"
+    expected = json.loads((folder / "config.json").read_text()).get("sha256", "")
+    if not weights.is_file():  # a sharded Huginn folder: shown, not hashed
+        return TierRow(f"{tier.source.kind}:{folder}", "yes", "n/a", "n/a (native)", f"{safetensors_params(folder) / 1e6:.0f}M", "?")
+    sha = "not recorded" if not expected else f"ok {expected[:12]}…" if weights_sha256(weights) == expected else "MISMATCH"
+    d = tier.depth
+    budget = f" r≤{d.max_iterations} {d.exit}" if d else ""
+    return TierRow(f"{tier.source.kind}:{folder.name}{budget}", "yes", sha, "n/a (native)",
+                   f"{safetensors_params(folder) / 1e6:.2f}M", _human(weights.stat().st_size))  # fmt: skip
+
+
 def describe_tier(config: LadderConfig, tier: TierConfig, force_verify: bool = False) -> TierRow:
+    if tier.backend in ("recurrent", "huginn"):
+        return _describe_checkpoint(config, tier)
     source = tier.source.build()
     store = weight_store(config, tier)
     present, sha, size = "yes", "n/a", "?"

@@ -44,6 +44,15 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
+class DepthRequest(BaseModel):
+    """Ladder extension: the depth budget for recurrent-depth rungs (others ignore it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_iterations: StrictInt | None = Field(default=None, ge=1)
+    exit_threshold: float | None = Field(default=None, gt=0)
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -62,6 +71,7 @@ class ChatRequest(BaseModel):
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
     user: str | None = None
+    depth: DepthRequest | None = None
 
     @model_validator(mode="after")
     def _supported(self) -> ChatRequest:
@@ -87,8 +97,32 @@ class ChatRequest(BaseModel):
             top_p=self.top_p,
             seed=self.seed,
             stop=tuple(stops),
+            max_iterations=self.depth.max_iterations if self.depth else None,
+            exit_threshold=self.depth.exit_threshold if self.depth else None,
         )
         return Query(messages, sampling)
+
+
+def _inline_refs(schema: dict) -> dict:
+    """The JSON schema with its ``$defs`` inlined, so it stands alone inside an OpenAPI document."""
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(schema)
+
+
+# The endpoint parses the raw body itself (auth first); this tells OpenAPI clients and fuzzers
+# what it accepts.
+CHAT_OPENAPI = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": _inline_refs(ChatRequest.model_json_schema())}}}}  # fmt: skip
 
 
 def error_body(message: str, status: int, param: str | None = None, code: str | None = None) -> dict:
@@ -125,6 +159,7 @@ def ladder_extension(result: CascadeResult, cache_enabled: bool = True) -> dict:
         "rungs_tried": [{"tier": a.tier, "accepted": a.accepted, "error": a.error,
                          "completion_tokens": a.generation.completion_tokens if a.generation else 0,
                          "mean_logprob": _mean(a.generation.logprobs) if a.generation else None,
+                         "depths": list(a.generation.depths) if a.generation else [],
                          "cost_usd": a.cost_usd} for a in result.attempts],  # fmt: skip
         "escalations": result.escalations,
         "cache": _cache_label(result, cache_enabled),

@@ -39,23 +39,29 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, port: int | None = None, maxmemory: str = "64mb") -> None:
+    def __init__(self, port: int | None = None, maxmemory: str = "64mb", password: str | None = None,
+                 policy: str = "allkeys-lru") -> None:  # fmt: skip
         self.port = port or free_port()
         self.maxmemory = maxmemory
+        self.password = password
+        self.policy = policy
         self.process: subprocess.Popen[bytes] | None = None
         self._dir: str | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         self._dir = tempfile.mkdtemp(prefix="ladder-redis-")
         args = [
             find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", self._dir,
-            "--maxmemory", self.maxmemory, "--maxmemory-policy", "allkeys-lru",
+            "--maxmemory", self.maxmemory, "--maxmemory-policy", self.policy,
         ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -65,7 +71,7 @@ class EmbeddedRedis:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # up (auth comes later)
                         return self
             except OSError:
                 time.sleep(0.02)

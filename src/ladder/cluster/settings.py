@@ -52,9 +52,30 @@ class HubSourceConfig(_Strict):
         return HubSource(self.repo_id, self.revision, self.gguf_file)
 
 
+class BundledSourceConfig(_Strict):
+    """A checkpoint shipped inside the ``ladder`` package (``ladder/data/<name>``): the recurrent-depth
+    model trained by ``ladder recurrent train``."""
+
+    kind: Literal["bundled"] = "bundled"
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+
+    @property
+    def path(self) -> Path:
+        return Path(__file__).parents[1] / "data" / self.name
+
+
 SourceConfig = Annotated[
-    PackageSourceConfig | LocalSourceConfig | HubSourceConfig, Field(discriminator="kind")
+    PackageSourceConfig | LocalSourceConfig | HubSourceConfig | BundledSourceConfig, Field(discriminator="kind")
 ]
+
+
+class DepthConfig(_Strict):
+    """A recurrent-depth rung's budget: at most ``max_iterations`` core iterations per token, fewer
+    when the ``exit`` rule fires (``kl``: successive output distributions within ``threshold``)."""
+
+    max_iterations: int = Field(default=32, ge=1, le=64)
+    exit: Literal["kl", "latent", "never"] = "kl"
+    threshold: float = Field(default=1e-3, gt=0)
 
 
 class PriceConfig(_Strict):
@@ -71,7 +92,10 @@ class TierConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
     source: SourceConfig
     price: PriceConfig
-    backend: Literal["transformers"] = "transformers"  # "vllm" arrives with issue 7
+    # transformers: GGUF/HF tiers; recurrent: Ladder's own recurrent-depth checkpoints; huginn: a
+    # published Huginn-format checkpoint in a local folder (not runnable here: see workers/huginn.py).
+    backend: Literal["transformers", "recurrent", "huginn"] = "transformers"
+    depth: DepthConfig | None = None  # recurrent and huginn backends only
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     threads: int | None = Field(default=None, ge=1)
@@ -82,6 +106,18 @@ class TierConfig(_Strict):
     max_ongoing_requests: int = Field(default=4, ge=1)
     max_queued_requests: int = Field(default=32, ge=-1)
     timeout_s: float = Field(default=120, gt=0)
+
+    @model_validator(mode="after")
+    def _backend_fits_source(self) -> TierConfig:
+        if self.backend == "recurrent" and not isinstance(self.source, (BundledSourceConfig, LocalSourceConfig)):
+            raise ValueError("backend 'recurrent' loads a checkpoint folder: source kind 'bundled' or 'local'")
+        if self.backend == "huginn" and not isinstance(self.source, LocalSourceConfig):
+            raise ValueError("backend 'huginn' loads a local checkpoint folder: source kind 'local'")
+        if self.backend != "recurrent" and isinstance(self.source, BundledSourceConfig):
+            raise ValueError("source kind 'bundled' belongs to backend 'recurrent'")
+        if self.backend == "transformers" and self.depth:
+            raise ValueError("'depth' belongs to the depth-adaptive backends (recurrent, huginn)")
+        return self
 
 
 class PolicyConfig(_Strict):
@@ -119,6 +155,7 @@ class ServerConfig(_Strict):
     port: int = Field(default=8000, ge=1, le=65535)
     api_keys: list[str] = Field(default_factory=list)  # empty: no auth
     router_model: str = "ladder"  # the virtual model id that routes
+    max_completion_tokens: int = Field(default=2048, ge=1)  # larger max_tokens requests get a 400
 
 
 def _default_tiers() -> list[TierConfig]:

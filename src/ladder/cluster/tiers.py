@@ -6,7 +6,7 @@ from ray.serve.handle import DeploymentHandle
 
 from ladder.cluster.compose import build_worker, materialize
 from ladder.cluster.settings import LadderConfig
-from ladder.errors import InvalidRequest, WorkerFailed, WorkerTimeout
+from ladder.errors import InvalidRequest, TierOverloaded, WorkerFailed, WorkerTimeout
 from ladder.types import Generation, Query
 
 
@@ -49,7 +49,11 @@ class TierHandleWorker:
 
 def unwrap_error(exc: Exception, tier: str) -> Exception:
     """Ray wraps a replica's exception; a client error stays a client error, the rest is a tier failure."""
+    from ray.serve.exceptions import BackPressureError
+
     cause = getattr(exc, "cause", None) or exc
     if isinstance(cause, InvalidRequest):
         return cause
+    if isinstance(cause, BackPressureError):  # the tier's queue is full: shed, do not wait
+        return TierOverloaded(f"tier {tier} is overloaded: {cause}")
     return WorkerFailed(f"tier {tier}: {type(cause).__name__}: {str(cause)[:300]}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from ladder.errors import InvalidRequest, NoRungAvailable
+from ladder.errors import InvalidRequest, NoRungAvailable, TierOverloaded
 from ladder.protocols import Policy, RouteCache, Worker
 from ladder.router.keys import route_key
 from ladder.types import Attempt, CascadeResult, Generation, Query, Route
@@ -56,6 +56,7 @@ async def run_cascade(
     last = len(workers) - 1 if not route.pinned else route.start
     attempts: list[Attempt] = []
     client_errors: list[InvalidRequest] = []
+    overloads = 0
     for rung in range(min(route.start, len(workers) - 1), last + 1):
         worker = workers[rung]
         try:
@@ -63,6 +64,7 @@ async def run_cascade(
         except Exception as exc:  # a failing tier degrades service: try the next rung
             if isinstance(exc, InvalidRequest):  # e.g. too long for this rung; a larger may fit
                 client_errors.append(exc)
+            overloads += isinstance(exc, TierOverloaded)
             attempts.append(Attempt(rung, worker.tier, None, False, f"{type(exc).__name__}: {exc}"))
             continue
         accepted = rung == last or policy.accept(answer, route)
@@ -76,4 +78,4 @@ async def run_cascade(
     if client_errors and len(client_errors) == len(attempts):
         raise client_errors[-1]  # the request itself is at fault, not the tiers
     errors = "; ".join(f"{a.tier}: {a.error}" for a in attempts)
-    raise NoRungAvailable(f"every rung failed ({errors})")
+    raise NoRungAvailable(f"every rung failed ({errors})", overloaded=overloads == len(attempts))

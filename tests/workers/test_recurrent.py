@@ -1,0 +1,157 @@
+"""The recurrent-depth model and worker: mechanics on a small random model, behaviour on the
+bundled trained checkpoint, and bad input (vocabulary, budgets, damaged checkpoints)."""
+
+import asyncio
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ladder.errors import ChecksumMismatch, InvalidRequest, WeightsUnavailable
+from ladder.offline.chains import PROMPT_LEN, VOCAB, make_item, make_items
+from ladder.offline.recurrent_training import TrainSpec, encode_batch, save
+from ladder.types import Query, Sampling
+from ladder.workers.exits import ExitKind, make_exit
+from ladder.workers.recurrent import RecurrentConfig, RecurrentDepthModel
+from ladder.workers.recurrent_worker import CharTokenizer, DepthBudget, RecurrentWorker, load_checkpoint
+
+BUNDLED = Path(__file__).parents[2] / "src" / "ladder" / "data" / "recurrent-chains"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return RecurrentDepthModel(RecurrentConfig(vocab=VOCAB, prompt_len=PROMPT_LEN, d_model=32, n_heads=2)).eval()
+
+
+def _prompts(n: int, seed: int = 1) -> torch.Tensor:
+    tok = CharTokenizer(VOCAB, PROMPT_LEN)
+    return torch.tensor([tok.encode_prompt(it.prompt) for it in make_items(seed, n)])
+
+
+def test_never_exit_prefill_equals_the_parallel_forward_at_the_same_r(tiny):
+    prompts = _prompts(6)
+    for r in (1, 3, 7):
+        out = tiny.generate(prompts, 1, r, make_exit(ExitKind.NEVER), generator=torch.Generator().manual_seed(5))
+        logits = tiny(prompts, r, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(out.tokens[:, 0], logits[:, -1].argmax(-1))
+        assert out.iterations.eq(r).all()
+
+
+def test_exit_depth_stays_within_budget_and_a_loose_threshold_exits_early(tiny):
+    prompts = _prompts(8)
+    strict = tiny.generate(prompts, 3, 12, make_exit(ExitKind.KL, 1e-12), stop_id=None)
+    loose = tiny.generate(prompts, 3, 12, make_exit(ExitKind.KL, 10.0), stop_id=None)
+    assert strict.iterations.le(12).all() and strict.iterations.ge(1).all()
+    assert loose.iterations.eq(2).all()  # the first comparison is possible after two iterations
+    latent = tiny.generate(prompts, 3, 12, make_exit(ExitKind.LATENT, 10.0), stop_id=None)
+    assert latent.iterations.eq(2).all()
+
+
+def test_a_row_that_exits_keeps_the_state_it_exited_with_while_others_iterate(tiny):
+    """Row b exited after k_b iterations: its answer must equal running the batch for exactly k_b."""
+    prompts = _prompts(6, seed=3)
+    adaptive = tiny.generate(prompts, 1, 12, make_exit(ExitKind.KL, 1e-2), generator=torch.Generator().manual_seed(0))
+    ks = adaptive.iterations[:, 0].tolist()
+    assert len(set(ks)) > 2, ks  # rows really exited at different depths
+    for b, k in enumerate(ks):
+        fixed = tiny.generate(prompts, 1, k, make_exit(ExitKind.NEVER), generator=torch.Generator().manual_seed(0))
+        assert fixed.tokens[b, 0] == adaptive.tokens[b, 0]
+        assert torch.isclose(fixed.logprobs[b, 0], adaptive.logprobs[b, 0], atol=1e-5)
+
+
+def test_same_seed_same_output_and_sampling_reports_logprobs(tiny):
+    prompts = _prompts(3)
+    a = tiny.generate(prompts, 3, 4, temperature=1.0, generator=torch.Generator().manual_seed(11), stop_id=None)
+    b = tiny.generate(prompts, 3, 4, temperature=1.0, generator=torch.Generator().manual_seed(11), stop_id=None)
+    assert torch.equal(a.tokens, b.tokens) and torch.allclose(a.logprobs, b.logprobs)
+    assert a.logprobs.le(0).all()
+
+
+def test_truncated_backprop_only_reaches_through_the_last_k_iterations(tiny):
+    ids, targets = encode_batch(make_items(2, 4), CharTokenizer(VOCAB, PROMPT_LEN), tiny.cfg.seq_len)
+    model = RecurrentDepthModel(tiny.cfg)
+    logits = model(ids, 6, backprop_k=2)
+    torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1)).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p is not model.pos)
+
+
+def test_tokenizer_rejects_characters_outside_the_vocabulary_and_long_prompts():
+    tok = CharTokenizer(VOCAB, PROMPT_LEN)
+    assert len(tok.encode_prompt("a = 3 ; a ?")) == PROMPT_LEN
+    for bad in ("a=3;A?", "a=3;b=a/2;b?", "a=3;b=a+4;b?\x00", "_", "."):
+        with pytest.raises(InvalidRequest):
+            tok.encode_prompt(bad)
+    with pytest.raises(InvalidRequest, match="context"):
+        tok.encode_prompt("a=1;" * 20 + "a?")
+    with pytest.raises(InvalidRequest, match="empty"):
+        tok.encode_prompt("   ")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny):
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save(tiny, out, TrainSpec(steps=0), "test", [], 0.0)
+    return out
+
+
+def test_worker_reports_iterations_per_token_and_honours_request_budgets(checkpoint):
+    worker = RecurrentWorker("think", checkpoint, DepthBudget(8, ExitKind.KL, 1e-3)).load()
+    gen = asyncio.run(worker.generate(Query.of("a=3;b=a+4;b?", max_tokens=4)))
+    assert gen.tier == "think" and 1 <= len(gen.depths) == gen.completion_tokens <= 4
+    assert all(1 <= d <= 8 for d in gen.depths)
+    shallow = worker.generate_sync(Query.of("a=3;b=a+4;b?", max_tokens=4, max_iterations=2))
+    assert all(d <= 2 for d in shallow.depths)
+    for bad in (Sampling(max_iterations=0), Sampling(max_iterations=9), Sampling(exit_threshold=-1.0)):
+        with pytest.raises(InvalidRequest):
+            worker.generate_sync(Query(Query.of("a=1;a?").messages, bad))
+
+
+def test_damaged_checkpoints_are_refused_with_a_clear_error(checkpoint, tmp_path):
+    with pytest.raises(WeightsUnavailable, match="needs config.json"):
+        load_checkpoint(tmp_path)
+    flipped = tmp_path / "flipped"
+    shutil.copytree(checkpoint, flipped)
+    data = bytearray((flipped / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (flipped / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch):
+        load_checkpoint(flipped)
+    garbage = tmp_path / "garbage"
+    shutil.copytree(checkpoint, garbage)
+    (garbage / "model.safetensors").write_bytes(b"not a safetensors file")
+    meta = json.loads((garbage / "config.json").read_text())
+    meta.pop("sha256")
+    (garbage / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsUnavailable):
+        load_checkpoint(garbage)
+    (garbage / "config.json").write_text("{not json")
+    with pytest.raises(WeightsUnavailable, match="bad config.json"):
+        load_checkpoint(garbage)
+
+
+# -- the bundled, trained checkpoint ------------------------------------------------------------
+def _accuracy(model, items, r: int) -> float:  # noqa: ANN001
+    tok = CharTokenizer(model.cfg.vocab, model.cfg.prompt_len)
+    prompts = torch.tensor([tok.encode_prompt(it.prompt) for it in items])
+    out = model.generate(prompts, 1, r, make_exit(ExitKind.NEVER), generator=torch.Generator().manual_seed(0))
+    return sum(tok.vocab[t] == it.answer for t, it in zip(out.tokens[:, 0].tolist(), items)) / len(items)
+
+
+def test_bundled_checkpoint_is_intact_and_records_how_it_was_made():
+    model, meta = load_checkpoint(BUNDLED)
+    assert meta["command"].startswith("ladder recurrent train") and meta["train"]["seed"] == 0
+    assert meta["train_minutes"] < 60
+    assert model.num_parameters() == meta["parameters"]
+
+
+def test_bundled_model_gains_from_more_iterations_on_hard_items():
+    model, _ = load_checkpoint(BUNDLED)
+    rng = random.Random(4242)
+    easy = [make_item(rng, h) for h in (1, 2) for _ in range(60)]
+    hard = [make_item(rng, h) for h in (5, 6) for _ in range(60)]
+    assert _accuracy(model, easy, 16) >= 0.9
+    assert _accuracy(model, hard, 16) >= _accuracy(model, hard, 2) + 0.25
