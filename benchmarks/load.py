@@ -7,7 +7,9 @@
    bounded queue, never a silent timeout).
 2. Soak: an open loop at a sustainable rate (default: half the best closed-loop throughput) for
    ``--soak-s`` seconds; errors, latency, and the RSS of every Ray/Serve process at start and end
-   (sampled every 15 s; plotted).
+   (sampled every 15 s; plotted). ``--soak-s 0`` re-runs the sweep and keeps the last soak.
+Closed-loop clients honour Retry-After (as OpenAI's clients do); a client that retried at once
+would turn shedding into a hot loop of rejections.
 Writes benchmarks/results/load.json and load.png.
 """
 
@@ -131,6 +133,9 @@ def main() -> None:
             soaked = soak(url, rate, args.soak_s)
             print(json.dumps({k: v for k, v in soaked.items() if k != "rss_samples"}, indent=1), flush=True)
     RESULTS.mkdir(exist_ok=True)
+    previous = RESULTS / "load.json"
+    if soaked is None and previous.exists():  # a sweep-only run keeps the last soak's figures
+        soaked = json.loads(previous.read_text()).get("soak")
     result = {"tier": "small", "max_ongoing_requests": tier.max_ongoing_requests,
               "max_queued_requests": tier.max_queued_requests, "duration_s": args.duration,
               "sweep": rows, "soak": soaked}  # fmt: skip

@@ -1,9 +1,9 @@
 """Recurrent-depth worker: accuracy vs core iterations by difficulty, and adaptive exit vs fixed r.
 
-    .venv/bin/python benchmarks/recurrent_depth.py [--checkpoint src/ladder/data/recurrent-chains] [--per-level 100]
+    .venv/bin/python benchmarks/recurrent_depth.py [--checkpoint src/ladder/data/recurrent-arith] [--per-level 100]
 
-All in one run, on held-out variable-chain programs (seeds never used in training):
-1. Fixed r in 1, 2, 4, 8, 16, 32: answer accuracy per difficulty level (hops 1..8).
+All in one run, on held-out left-to-right arithmetic (seeds never used in training):
+1. Fixed r in 1, 2, 4, 8, 16, 32: answer accuracy per difficulty level (1..12 operations).
 2. Adaptive exit (KL between successive output distributions, max r = 32) at several thresholds:
    mean core iterations per generated token and accuracy. The default threshold is chosen on a
    validation set (the largest whose accuracy is within 1 point of fixed r = 32) and reported on
@@ -21,19 +21,19 @@ from pathlib import Path
 
 import torch
 
-from ladder.offline.chains import STATEMENTS, ChainItem, make_items
+from ladder.offline.arithmetic import MAX_OPS, ArithItem, make_items
 from ladder.types import Query
 from ladder.workers.exits import ExitKind, ExitRule, make_exit
 from ladder.workers.recurrent_worker import CharTokenizer, DepthBudget, RecurrentWorker, load_checkpoint
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_CKPT = Path(__file__).parents[1] / "src" / "ladder" / "data" / "recurrent-chains"
+DEFAULT_CKPT = Path(__file__).parents[1] / "src" / "ladder" / "data" / "recurrent-arith"
 FIXED_R = (1, 2, 4, 8, 16, 32)
 THRESHOLDS = (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
-LEVELS = range(1, STATEMENTS + 1)
+LEVELS = range(1, MAX_OPS + 1)
 
 
-def run(model, tok: CharTokenizer, items: list[ChainItem], max_r: int, rule: ExitRule, batch: int = 200) -> dict:  # noqa: ANN001
+def run(model, tok: CharTokenizer, items: list[ArithItem], max_r: int, rule: ExitRule, batch: int = 200) -> dict:  # noqa: ANN001
     """Greedy answers for every item: per-level accuracy, mean iterations per generated token and
     per answer token, and the histogram of the answer token's iterations."""
     correct, iters_all, iters_answer = [], [], []
@@ -47,15 +47,15 @@ def run(model, tok: CharTokenizer, items: list[ChainItem], max_r: int, rule: Exi
             correct.append(tok.vocab[toks[0]] == it.answer)
             iters_all.extend(out.iterations[b, :n].tolist())
             iters_answer.append(int(out.iterations[b, 0]))
-    by_level = {lvl: sum(c for c, it in zip(correct, items) if it.hops == lvl) /
-                max(1, sum(1 for it in items if it.hops == lvl)) for lvl in LEVELS}  # fmt: skip
+    by_level = {lvl: sum(c for c, it in zip(correct, items) if it.ops == lvl) /
+                max(1, sum(1 for it in items if it.ops == lvl)) for lvl in LEVELS}  # fmt: skip
     return {"accuracy": sum(correct) / len(correct), "by_level": by_level,
             "iters_per_token": sum(iters_all) / len(iters_all),
             "iters_answer_token": sum(iters_answer) / len(iters_answer),
             "answer_iters_hist": [iters_answer.count(k) for k in range(max_r + 1)]}  # fmt: skip
 
 
-def tokens_per_s(worker: RecurrentWorker, items: list[ChainItem], budget: DepthBudget) -> float:
+def tokens_per_s(worker: RecurrentWorker, items: list[ArithItem], budget: DepthBudget) -> float:
     worker.budget = budget
     tokens, t0 = 0, time.perf_counter()
     for it in items:
@@ -72,8 +72,8 @@ def plot(fixed: dict, adaptive: dict, default: float, path: Path) -> None:
     fig, (ax, hx) = plt.subplots(1, 2, figsize=(12, 4.5))
     cmap = plt.get_cmap("viridis")
     for lvl in LEVELS:
-        ax.plot(FIXED_R, [fixed[r]["by_level"][lvl] for r in FIXED_R], marker="o", color=cmap((lvl - 1) / 7),
-                label=f"{lvl} hop{'s' if lvl > 1 else ''}")  # fmt: skip
+        ax.plot(FIXED_R, [fixed[r]["by_level"][lvl] for r in FIXED_R], marker="o", color=cmap((lvl - 1) / (MAX_OPS - 1)),
+                label=f"{lvl} op{'s' if lvl > 1 else ''}")  # fmt: skip
     ax.plot([adaptive[t]["iters_answer_token"] for t in THRESHOLDS], [adaptive[t]["accuracy"] for t in THRESHOLDS],
             "k*--", label="adaptive (KL), all levels")  # fmt: skip
     ax.set_xscale("log", base=2), ax.set_xlabel("core iterations r (adaptive: mean for the answer token)")
@@ -96,7 +96,7 @@ def main() -> None:
     model, meta = load_checkpoint(args.checkpoint)
     tok = CharTokenizer(model.cfg.vocab, model.cfg.prompt_len)
     n = args.per_level * len(LEVELS)
-    val, test = make_items(777_001, n), make_items(888_002, n)  # training used seed 0 / 10_000+
+    val, test = make_items(777_001, n), make_items(888_002, n)  # training drew from seed 0 and 10_000+
     never = make_exit(ExitKind.NEVER)
     fixed = {r: run(model, tok, test, r, never) for r in FIXED_R}
     for r in FIXED_R:

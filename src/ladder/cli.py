@@ -213,18 +213,18 @@ app.add_typer(recurrent_app, name="recurrent")
 
 
 def _bundled_checkpoint() -> Path:
-    return Path(__file__).parent / "data" / "recurrent-chains"
+    return Path(__file__).parent / "data" / "recurrent-arith"
 
 
 @recurrent_app.command("train")
 def recurrent_train(
-    out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint folder to write")] = Path("recurrent-chains"),
-    steps: Annotated[int, typer.Option(min=1)] = 3000,
+    out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint folder to write")] = Path("recurrent-arith"),
+    steps: Annotated[int, typer.Option(min=1)] = 4000,
     batch: Annotated[int, typer.Option(min=1)] = 64,
     seed: int = 0,
     threads: Annotated[int, typer.Option(min=1)] = 2,
 ) -> None:
-    """Train a recurrent-depth model from scratch on seeded variable-chain programs (CPU)."""
+    """Train a recurrent-depth model from scratch on seeded left-to-right arithmetic (CPU)."""
     from ladder.offline.recurrent_training import TrainSpec, train as run
 
     command = "ladder recurrent train " + " ".join(sys.argv[3:])
@@ -235,13 +235,13 @@ def recurrent_train(
 
 @recurrent_app.command("ask")
 def recurrent_ask(
-    program: Annotated[str, typer.Argument(help='e.g. "a=3;b=a+4;b?"')],
+    program: Annotated[str, typer.Argument(help='e.g. "7+3*9-4=" (left to right, mod 10)')],
     checkpoint: Annotated[Optional[Path], typer.Option(help="default: the bundled checkpoint")] = None,
     max_iterations: Annotated[int, typer.Option("--max-iterations", "-r")] = 32,
     exit_rule: Annotated[str, typer.Option("--exit", help="kl | latent | never")] = "kl",
     threshold: float = 1e-3,
 ) -> None:
-    """Answer one program; prints the answer and the core iterations each token used."""
+    """Answer one expression; prints the answer and the core iterations each token used."""
     from ladder.types import Query
     from ladder.workers.exits import ExitKind
     from ladder.workers.recurrent_worker import DepthBudget, RecurrentWorker

@@ -108,20 +108,44 @@ def test_garbage_bodies_and_auth_headers_get_4xx(server):
     print(f"\nraw bodies and auth headers: {sum(tried.values())} cases {dict(tried)}")
 
 
-def _cli(args: list[str]) -> None:
+def _cli(args: list[str]) -> str:
     result = CliRunner().invoke(app, args)
     if isinstance(result.exception, LadderError):
-        return  # main() turns these into one line and exit code 2
+        return "refused"  # main() turns these into one line and exit code 2
     assert result.exit_code in (0, 2), (args, result.output, repr(result.exception))
     assert "Traceback" not in result.output
+    return "ok" if result.exit_code == 0 else "refused"
 
 
-@settings(max_examples=60, **SETTINGS)
-@given(program=st.text(max_size=80), r=st.integers(-3, 80), threshold=st.floats(allow_nan=True))
-def test_cli_recurrent_ask_accepts_or_refuses_cleanly(program, r, threshold):
-    if program.startswith("-"):
-        program = " " + program  # an argument, not an option
-    _cli(["recurrent", "ask", program, "-r", str(r), "--threshold", str(threshold)])
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+
+    from ladder.offline.arithmetic import PROMPT_LEN, VOCAB
+    from ladder.offline.recurrent_training import TrainSpec, save
+    from ladder.workers.recurrent import RecurrentConfig, RecurrentDepthModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("fuzz") / "ckpt"
+    model = RecurrentDepthModel(RecurrentConfig(vocab=VOCAB, prompt_len=PROMPT_LEN, d_model=32, n_heads=2))
+    save(model.eval(), out, TrainSpec(steps=0), "test", [], 0.0)
+    return out
+
+
+def test_cli_recurrent_ask_accepts_or_refuses_cleanly(tiny_checkpoint):
+    tried = Counter()
+
+    @settings(max_examples=60, **SETTINGS)
+    @given(program=st.text(max_size=80), r=st.integers(-3, 80), threshold=st.floats(allow_nan=True))
+    def ask(program: str, r: int, threshold: float) -> None:
+        if program.startswith("-"):
+            program = " " + program  # an argument, not an option
+        tried[_cli(["recurrent", "ask", program, "--checkpoint", str(tiny_checkpoint), "-r", str(r),
+                    "--threshold", str(threshold)])] += 1  # fmt: skip
+
+    ask()
+    print(f"\nrecurrent ask: {sum(tried.values())} cases {dict(tried)}")
+    assert tried["ok"] >= 1 and tried["refused"] >= 1
 
 
 @settings(max_examples=60, **SETTINGS)

@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from ladder.errors import InvalidRequest, NoRungAvailable
+from ladder.errors import InvalidRequest, NoRungAvailable, TierOverloaded
 from ladder.router import route_key, run_cascade
 from ladder.router.memory import InMemoryRouteCache
 from ladder.types import Message, Query, Route, Sampling
@@ -66,6 +66,16 @@ def test_every_rung_failing_raises_no_rung_available():
     workers = ladder_of(-0.1, -0.1, fail={0: RuntimeError("a"), 1: TimeoutError("b")})
     with pytest.raises(NoRungAvailable, match="every rung failed"):
         run(run_cascade(Query.of("q"), ScriptedPolicy(), workers))
+
+
+def test_every_rung_shedding_load_is_reported_as_overload_and_a_mix_is_not():
+    full = TierOverloaded("queue full")
+    with pytest.raises(NoRungAvailable) as shed:
+        run(run_cascade(Query.of("q"), ScriptedPolicy(), ladder_of(-0.1, -0.1, fail={0: full, 1: full})))
+    assert shed.value.overloaded
+    with pytest.raises(NoRungAvailable) as mixed:
+        run(run_cascade(Query.of("q"), ScriptedPolicy(), ladder_of(-0.1, -0.1, fail={0: full, 1: RuntimeError("x")})))
+    assert not mixed.value.overloaded
 
 
 def test_client_error_on_every_rung_stays_a_client_error():

@@ -11,14 +11,13 @@ import pytest
 import torch
 
 from ladder.errors import ChecksumMismatch, InvalidRequest, WeightsUnavailable
-from ladder.offline.chains import PROMPT_LEN, VOCAB, make_item, make_items
+from ladder.offline.arithmetic import MAX_OPS, PROMPT_LEN, VOCAB, make_item, make_items
 from ladder.offline.recurrent_training import TrainSpec, encode_batch, save
 from ladder.types import Query, Sampling
 from ladder.workers.exits import ExitKind, make_exit
 from ladder.workers.recurrent import RecurrentConfig, RecurrentDepthModel
 from ladder.workers.recurrent_worker import CharTokenizer, DepthBudget, RecurrentWorker, load_checkpoint
 
-BUNDLED = Path(__file__).parents[2] / "src" / "ladder" / "data" / "recurrent-chains"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def test_exit_depth_stays_within_budget_and_a_loose_threshold_exits_early(tiny):
 def test_a_row_that_exits_keeps_the_state_it_exited_with_while_others_iterate(tiny):
     """Row b exited after k_b iterations: its answer must equal running the batch for exactly k_b."""
     prompts = _prompts(6, seed=3)
-    adaptive = tiny.generate(prompts, 1, 12, make_exit(ExitKind.KL, 1e-2), generator=torch.Generator().manual_seed(0))
+    adaptive = tiny.generate(prompts, 1, 12, make_exit(ExitKind.KL, 1e-4), generator=torch.Generator().manual_seed(0))
     ks = adaptive.iterations[:, 0].tolist()
     assert len(set(ks)) > 2, ks  # rows really exited at different depths
     for b, k in enumerate(ks):
@@ -76,17 +75,17 @@ def test_truncated_backprop_only_reaches_through_the_last_k_iterations(tiny):
     model = RecurrentDepthModel(tiny.cfg)
     logits = model(ids, 6, backprop_k=2)
     torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1)).backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p is not model.pos)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_tokenizer_rejects_characters_outside_the_vocabulary_and_long_prompts():
     tok = CharTokenizer(VOCAB, PROMPT_LEN)
-    assert len(tok.encode_prompt("a = 3 ; a ?")) == PROMPT_LEN
-    for bad in ("a=3;A?", "a=3;b=a/2;b?", "a=3;b=a+4;b?\x00", "_", "."):
+    assert len(tok.encode_prompt("7 + 3 * 9 =")) == PROMPT_LEN
+    for bad in ("7+3x9=", "7/3=", "7+3=\x00", "_", ".", "seven plus three"):
         with pytest.raises(InvalidRequest):
             tok.encode_prompt(bad)
     with pytest.raises(InvalidRequest, match="context"):
-        tok.encode_prompt("a=1;" * 20 + "a?")
+        tok.encode_prompt("1+1" * 20 + "=")
     with pytest.raises(InvalidRequest, match="empty"):
         tok.encode_prompt("   ")
 
@@ -100,14 +99,14 @@ def checkpoint(tmp_path_factory, tiny):
 
 def test_worker_reports_iterations_per_token_and_honours_request_budgets(checkpoint):
     worker = RecurrentWorker("think", checkpoint, DepthBudget(8, ExitKind.KL, 1e-3)).load()
-    gen = asyncio.run(worker.generate(Query.of("a=3;b=a+4;b?", max_tokens=4)))
+    gen = asyncio.run(worker.generate(Query.of("3+4*7=", max_tokens=4)))
     assert gen.tier == "think" and 1 <= len(gen.depths) == gen.completion_tokens <= 4
     assert all(1 <= d <= 8 for d in gen.depths)
-    shallow = worker.generate_sync(Query.of("a=3;b=a+4;b?", max_tokens=4, max_iterations=2))
+    shallow = worker.generate_sync(Query.of("3+4*7=", max_tokens=4, max_iterations=2))
     assert all(d <= 2 for d in shallow.depths)
     for bad in (Sampling(max_iterations=0), Sampling(max_iterations=9), Sampling(exit_threshold=-1.0)):
         with pytest.raises(InvalidRequest):
-            worker.generate_sync(Query(Query.of("a=1;a?").messages, bad))
+            worker.generate_sync(Query(Query.of("1+1=").messages, bad))
 
 
 def test_damaged_checkpoints_are_refused_with_a_clear_error(checkpoint, tmp_path):
@@ -133,25 +132,29 @@ def test_damaged_checkpoints_are_refused_with_a_clear_error(checkpoint, tmp_path
         load_checkpoint(garbage)
 
 
-# -- the bundled, trained checkpoint ------------------------------------------------------------
-def _accuracy(model, items, r: int) -> float:  # noqa: ANN001
-    tok = CharTokenizer(model.cfg.vocab, model.cfg.prompt_len)
-    prompts = torch.tensor([tok.encode_prompt(it.prompt) for it in items])
-    out = model.generate(prompts, 1, r, make_exit(ExitKind.NEVER), generator=torch.Generator().manual_seed(0))
-    return sum(tok.vocab[t] == it.answer for t, it in zip(out.tokens[:, 0].tolist(), items)) / len(items)
+def test_recurrent_train_cli_writes_a_loadable_checkpoint_with_its_recipe(tmp_path):
+    from typer.testing import CliRunner
 
+    from ladder.cli import app
 
-def test_bundled_checkpoint_is_intact_and_records_how_it_was_made():
-    model, meta = load_checkpoint(BUNDLED)
+    out = tmp_path / "ckpt"
+    result = CliRunner().invoke(app, ["recurrent", "train", "-o", str(out), "--steps", "3", "--batch", "4"])
+    assert result.exit_code == 0, result.output
+    model, meta = load_checkpoint(out)
     assert meta["command"].startswith("ladder recurrent train") and meta["train"]["seed"] == 0
-    assert meta["train_minutes"] < 60
-    assert model.num_parameters() == meta["parameters"]
+    assert meta["train"]["steps"] == 3 and len(meta["log"]) >= 1 and model.num_parameters() == meta["parameters"]
+    ask = CliRunner().invoke(app, ["recurrent", "ask", "3+4=", "--checkpoint", str(out), "-r", "3"])
+    assert ask.exit_code == 0 and "iterations per token" in ask.output
 
 
-def test_bundled_model_gains_from_more_iterations_on_hard_items():
-    model, _ = load_checkpoint(BUNDLED)
-    rng = random.Random(4242)
-    easy = [make_item(rng, h) for h in (1, 2) for _ in range(60)]
-    hard = [make_item(rng, h) for h in (5, 6) for _ in range(60)]
-    assert _accuracy(model, easy, 16) >= 0.9
-    assert _accuracy(model, hard, 16) >= _accuracy(model, hard, 2) + 0.25
+def test_arithmetic_items_are_seeded_and_their_answers_check_out():
+    assert make_items(5, 30) == make_items(5, 30) and make_items(5, 30) != make_items(6, 30)
+    for item in make_items(9, 120):
+        body = item.prompt.rstrip("=")
+        value = int(body[0])
+        for i in range(1, len(body), 2):  # an independent left-to-right evaluation
+            value = eval(f"({value}){body[i]}{body[i + 1]}") % 10
+        assert str(value) == item.answer == item.values[-1]
+        assert len(item.values) == item.ops == (len(body) - 1) // 2 and len(item.prompt) <= PROMPT_LEN
+    with pytest.raises(ValueError):
+        make_item(random.Random(0), MAX_OPS + 1)

@@ -38,6 +38,7 @@ class Outcome:
     failure: str | None = None  # "connect" | "timeout" | "protocol" for client-side failures
     code: str | None = None  # the OpenAI error body's code, when there was one
     retry_after: bool = False
+    retry_after_s: float = 0.0
     well_formed: bool = True  # a non-200 came with {"error": {message, type, param, code}}
 
 
@@ -60,7 +61,11 @@ async def send(client: httpx.AsyncClient, url: str, body: dict, t0: float) -> Ou
         code, well_formed = err.get("code"), {"message", "type", "param", "code"} <= set(err)
     except (ValueError, KeyError, TypeError):
         pass
-    return Outcome(start - t0, latency, r.status_code, None, code, "retry-after" in r.headers, well_formed)
+    try:
+        wait = float(r.headers.get("retry-after", 0))
+    except ValueError:
+        wait = 1.0
+    return Outcome(start - t0, latency, r.status_code, None, code, "retry-after" in r.headers, wait, well_formed)
 
 
 def _client(api_key: str | None, timeout_s: float, connections: int) -> httpx.AsyncClient:
@@ -70,15 +75,20 @@ def _client(api_key: str | None, timeout_s: float, connections: int) -> httpx.As
 
 
 async def closed_loop(base_url: str, api_key: str | None, concurrency: int, duration_s: float,
-                      make_body: Callable[[int], dict] = short_chat, timeout_s: float = 120) -> list[Outcome]:  # fmt: skip
-    """``concurrency`` clients back to back for ``duration_s`` (requests in flight then finish)."""
+                      make_body: Callable[[int], dict] = short_chat, timeout_s: float = 120,
+                      honour_retry_after: bool = True) -> list[Outcome]:  # fmt: skip
+    """``concurrency`` clients back to back for ``duration_s`` (requests in flight then finish).
+    A shed request's client waits its Retry-After before the next one, as OpenAI's clients do."""
     url, outcomes, counter = base_url + "/v1/chat/completions", [], iter(range(10**9))
     t0 = time.perf_counter()
     async with _client(api_key, timeout_s, concurrency) as client:
 
         async def user() -> None:
             while time.perf_counter() - t0 < duration_s:
-                outcomes.append(await send(client, url, make_body(next(counter)), t0))
+                outcome = await send(client, url, make_body(next(counter)), t0)
+                outcomes.append(outcome)
+                if honour_retry_after and outcome.retry_after:
+                    await asyncio.sleep(min(outcome.retry_after_s, max(0.0, duration_s - (time.perf_counter() - t0))))
 
         await asyncio.gather(*(user() for _ in range(concurrency)))
     return outcomes

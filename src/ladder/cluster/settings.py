@@ -104,7 +104,9 @@ class TierConfig(_Strict):
     num_cpus: float = Field(default=0.5, gt=0)
     num_gpus: float = Field(default=0, ge=0)
     max_ongoing_requests: int = Field(default=4, ge=1)
-    max_queued_requests: int = Field(default=32, ge=-1)
+    # A short queue: beyond ~8 waiting requests a client is better told "503, retry in 2 s" at once
+    # than kept waiting tens of seconds (measured: benchmarks/load.py, docs/RELIABILITY.md).
+    max_queued_requests: int = Field(default=8, ge=-1)
     timeout_s: float = Field(default=120, gt=0)
 
     @model_validator(mode="after")

@@ -60,8 +60,19 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
 
 
+def rope(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding: x [B, H, T, hd] at positions pos [T]. Relative offsets are what
+    the arithmetic needs ("the operand two tokens back"), whatever the left padding."""
+    half = x.shape[-1] // 2
+    freqs = 1.0 / (10000 ** (torch.arange(half, device=x.device, dtype=torch.float32) / half))
+    ang = pos.float()[:, None] * freqs[None]  # [T, half]
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+
 class Block(nn.Module):
-    """Pre-norm causal self-attention + MLP; returns this call's keys/values for the cache."""
+    """Pre-norm causal self-attention (rotary) + MLP; returns this call's keys/values for the cache."""
 
     def __init__(self, d: int, n_heads: int) -> None:
         super().__init__()
@@ -71,9 +82,11 @@ class Block(nn.Module):
         self.proj = nn.Linear(d, d, bias=False)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d, bias=False), nn.GELU(), nn.Linear(4 * d, d, bias=False))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: KV | None = None) -> tuple[torch.Tensor, KV]:
-        B, T, D = x.shape  # x: [B, T, D]; mask: [B, 1, T, S] with S = past + T
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
+                past: KV | None = None) -> tuple[torch.Tensor, KV]:  # fmt: skip
+        B, T, D = x.shape  # x: [B, T, D]; mask: [B, 1, T, S] with S = past + T; pos: [T]
         q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = rope(q, pos), rope(k, pos)
         kv = (k, v)  # [B, H, T, hd] each
         if past is not None:
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
@@ -105,8 +118,8 @@ class RecurrentDepthModel(nn.Module):
         self.cfg = cfg
         d, V = cfg.d_model, len(cfg.vocab)
         self.embed = nn.Embedding(V, d)
-        self.pos = nn.Parameter(torch.randn(cfg.seq_len, d) * 0.02)
         self.prelude = nn.ModuleList(Block(d, cfg.n_heads) for _ in range(cfg.prelude))
+        self.prelude_norm = RMSNorm(d)  # e at the scale of the state, so the noise does not drown it
         self.adapter = nn.Linear(2 * d, d, bias=False)  # [s, e] → core input
         self.core = nn.ModuleList(Block(d, cfg.n_heads) for _ in range(cfg.core))
         self.core_norm = RMSNorm(d)  # keeps the state's scale fixed however often the core runs
@@ -123,23 +136,29 @@ class RecurrentDepthModel(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
 
     # -- the three stages ------------------------------------------------------------------
-    def _stack(self, blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor,
+    def _stack(self, blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
                past: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:  # fmt: skip
         kvs = []
         for i, block in enumerate(blocks):
-            x, kv = block(x, mask, past[i] if past else None)
+            x, kv = block(x, mask, pos, past[i] if past else None)
             kvs.append(kv)
         return x, kvs
 
-    def step(self, s: torch.Tensor, e: torch.Tensor, mask: torch.Tensor,
+    def embed_input(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
+                    past: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:  # fmt: skip
+        """Prelude: ids [B, T] at positions pos [T] → e [B, T, D] (unit RMS) and its keys/values."""
+        e, kvs = self._stack(self.prelude, self.embed(ids), mask, pos, past)
+        return self.prelude_norm(e), kvs
+
+    def step(self, s: torch.Tensor, e: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
              past: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:  # fmt: skip
         """One core iteration: s, e: [B, T, D] → new s [B, T, D] and the core's keys/values."""
-        x, kvs = self._stack(self.core, self.adapter(torch.cat([s, e], -1)), mask, past)
+        x, kvs = self._stack(self.core, self.adapter(torch.cat([s, e], -1)), mask, pos, past)
         return self.core_norm(x), kvs
 
-    def decode_state(self, s: torch.Tensor, mask: torch.Tensor, past: list[KV] | None = None
-                     ) -> tuple[torch.Tensor, list[KV]]:  # fmt: skip
-        x, kvs = self._stack(self.coda, s, mask, past)
+    def decode_state(self, s: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
+                     past: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:  # fmt: skip
+        x, kvs = self._stack(self.coda, s, mask, pos, past)
         return self.head(self.norm(x)), kvs  # logits: [B, T, V]
 
     def initial_state(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -151,16 +170,16 @@ class RecurrentDepthModel(nn.Module):
         """ids: [B, T] → logits [B, T, V] after r core iterations; gradients flow through the last
         ``backprop_k`` iterations only (truncated backpropagation, as in the paper)."""
         T = ids.shape[1]
-        mask = attention_mask(ids != 0, T)
-        e, _ = self._stack(self.prelude, self.embed(ids) + self.pos[:T], mask)
+        mask, pos = attention_mask(ids != 0, T), torch.arange(T, device=ids.device)
+        e = self.embed_input(ids, pos, mask)[0]
         s = self.initial_state(e, generator)
         k = r if backprop_k is None else min(backprop_k, r)
         with torch.no_grad():
             for _ in range(r - k):
-                s, _ = self.step(s, e, mask)
+                s, _ = self.step(s, e, mask, pos)
         for _ in range(k):
-            s, _ = self.step(s, e, mask)
-        return self.decode_state(s, mask)[0]
+            s, _ = self.step(s, e, mask, pos)
+        return self.decode_state(s, mask, pos)[0]
 
     # -- inference: prefill, then one token at a time with adaptive exit ----------------------
     @torch.no_grad()
@@ -171,9 +190,9 @@ class RecurrentDepthModel(nn.Module):
         iterations each token used (≤ max_r). Rows stop at ``stop_id`` (later tokens are padding)."""
         B, P = prompt.shape
         valid = prompt != 0
-        mask = attention_mask(valid, P)
-        e, pre_kv = self._stack(self.prelude, self.embed(prompt) + self.pos[:P], mask)
-        s, core_kv, iters, logits = self._iterate(e, mask, None, None, max_r, rule, generator)
+        mask, pos = attention_mask(valid, P), torch.arange(P, device=prompt.device)
+        e, pre_kv = self.embed_input(prompt, pos, mask)
+        s, core_kv, iters, logits = self._iterate(e, mask, pos, None, None, max_r, rule, generator)
         tokens, logps, used = [], [], []
         finished = torch.zeros(B, dtype=torch.bool, device=prompt.device)
         coda_kv = logits[1]
@@ -183,17 +202,17 @@ class RecurrentDepthModel(nn.Module):
             tokens.append(nxt), logps.append(torch.where(finished, 0.0, lp)), used.append(torch.where(finished, 0, iters))
             if stop_id is not None:
                 finished = finished | (nxt == stop_id)
-            if bool(finished.all()) or t == max_new - 1 or P + t + 1 > self.cfg.seq_len:
+            if bool(finished.all()) or t == max_new - 1:
                 break
             valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=valid.device)], 1)
-            mask = attention_mask(valid, 1)
-            e_t, kv = self._stack(self.prelude, self.embed(nxt[:, None]) + self.pos[P + t], mask, pre_kv)
+            mask, pos = attention_mask(valid, 1), torch.tensor([P + t], device=prompt.device)
+            e_t, kv = self.embed_input(nxt[:, None], pos, mask, pre_kv)
             pre_kv = _append(pre_kv, kv)
-            s, kv, iters, logits = self._iterate(e_t, mask, core_kv, coda_kv, max_r, rule, generator)
+            s, kv, iters, logits = self._iterate(e_t, mask, pos, core_kv, coda_kv, max_r, rule, generator)
             core_kv, coda_kv = _append(core_kv, kv), _append(coda_kv, logits[1])
         return Decoded(torch.stack(tokens, 1), torch.stack(logps, 1), torch.stack(used, 1))
 
-    def _iterate(self, e: torch.Tensor, mask: torch.Tensor, core_past: list[KV] | None,
+    def _iterate(self, e: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, core_past: list[KV] | None,
                  coda_past: list[KV] | None, max_r: int, rule: ExitRule,
                  generator: torch.Generator | None):  # noqa: ANN202  fmt: skip
         """Iterate the core over the new positions until ``rule`` says each row's last position
@@ -206,7 +225,7 @@ class RecurrentDepthModel(nn.Module):
         kv_keep: list[KV] | None = None
         prev = None
         for _ in range(max_r):
-            s_new, kv = self.step(s, e, mask, core_past)
+            s_new, kv = self.step(s, e, mask, pos, core_past)
             rows = active[:, None, None]
             s = torch.where(rows, s_new, s)
             keep = active[:, None, None, None]
@@ -214,7 +233,7 @@ class RecurrentDepthModel(nn.Module):
                                                   for (k, v), (ko, vo) in zip(kv, kv_keep)]  # fmt: skip
             iters = iters + active.long()
             if rule.needs_logits:
-                cur = F.log_softmax(self.decode_state(s, mask, coda_past)[0][:, -1].float(), -1)
+                cur = F.log_softmax(self.decode_state(s, mask, pos, coda_past)[0][:, -1].float(), -1)
             else:
                 cur = s[:, -1]
             if prev is not None:
@@ -222,7 +241,7 @@ class RecurrentDepthModel(nn.Module):
             prev = cur
             if not bool(active.any()):
                 break
-        return s, kv_keep, iters, self.decode_state(s, mask, coda_past)
+        return s, kv_keep, iters, self.decode_state(s, mask, pos, coda_past)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
