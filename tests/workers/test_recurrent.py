@@ -5,7 +5,6 @@ import asyncio
 import json
 import random
 import shutil
-from pathlib import Path
 
 import pytest
 import torch

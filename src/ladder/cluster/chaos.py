@@ -50,10 +50,8 @@ def fill_redis(url: str, chunk_bytes: int = 64 * 1024, limit: int = 100_000) -> 
     for i in range(limit):
         try:
             client.set(f"junk:{i}", blob)
-        except redis.exceptions.ResponseError as exc:
-            if "OOM" in str(exc):
-                return i
-            raise
+        except redis.exceptions.OutOfMemoryError:  # "command not allowed when used memory > 'maxmemory'"
+            return i
     raise RuntimeError(f"Redis still accepted writes after {limit} × {chunk_bytes} bytes")
 
 
@@ -97,4 +95,5 @@ def account(outcomes: list[Outcome], fault_at: float) -> dict:
                     for o in outcomes if o.status != 200})  # fmt: skip
     return {"before": tally(before), "in_flight": tally(in_flight), "after": tally(after),
             "recovery_s": recovery, "error_kinds": codes,
+            "max_latency_after_s": max((o.latency_s for o in after if o.status == 200), default=None),
             "errors_without_body": sum(1 for o in outcomes if o.status not in (200, None) and not o.well_formed)}  # fmt: skip

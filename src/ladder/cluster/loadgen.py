@@ -78,7 +78,8 @@ async def closed_loop(base_url: str, api_key: str | None, concurrency: int, dura
                       make_body: Callable[[int], dict] = short_chat, timeout_s: float = 120,
                       honour_retry_after: bool = True) -> list[Outcome]:  # fmt: skip
     """``concurrency`` clients back to back for ``duration_s`` (requests in flight then finish).
-    A shed request's client waits its Retry-After before the next one, as OpenAI's clients do."""
+    A shed request's client waits its Retry-After before the next one, as OpenAI's clients do;
+    a request with no response at all is followed by a 0.5 s pause."""
     url, outcomes, counter = base_url + "/v1/chat/completions", [], iter(range(10**9))
     t0 = time.perf_counter()
     async with _client(api_key, timeout_s, concurrency) as client:
@@ -87,8 +88,12 @@ async def closed_loop(base_url: str, api_key: str | None, concurrency: int, dura
             while time.perf_counter() - t0 < duration_s:
                 outcome = await send(client, url, make_body(next(counter)), t0)
                 outcomes.append(outcome)
-                if honour_retry_after and outcome.retry_after:
-                    await asyncio.sleep(min(outcome.retry_after_s, max(0.0, duration_s - (time.perf_counter() - t0))))
+                # Back off as real clients do: Retry-After when given, half a second when the
+                # server did not answer at all (else a dead proxy turns into a hot connect loop).
+                wait = outcome.retry_after_s if honour_retry_after and outcome.retry_after else 0.0
+                wait = 0.5 if outcome.status is None else wait
+                if wait:
+                    await asyncio.sleep(min(wait, max(0.0, duration_s - (time.perf_counter() - t0))))
 
         await asyncio.gather(*(user() for _ in range(concurrency)))
     return outcomes
