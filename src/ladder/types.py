@@ -30,6 +30,12 @@ class Sampling:
     max_iterations: int | None = None
     exit_threshold: float | None = None
 
+    @property
+    def greedy(self) -> bool:
+        """Below 1e-4 the tempered distribution is a point mass, and dividing logits by such a
+        temperature overflows to inf/NaN (found by fuzzing): decode greedily instead."""
+        return self.temperature < 1e-4
+
 
 @dataclass(frozen=True)
 class Query:

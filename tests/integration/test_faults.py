@@ -13,10 +13,7 @@ import pytest
 
 from ladder.cluster.chaos import account, fill_redis, kill_proxy, kill_replica, scenario
 from ladder.cluster.loadgen import send, short_chat
-from ladder.cluster.redis_server import free_port
-from ladder.cluster.runtime import Runtime
-from ladder.cluster.serving import deploy, restrict
-from ladder.cluster.settings import LadderConfig
+from tests.integration.served import small_tier_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.model, pytest.mark.slow]
 KEY = "sk-faults-key-7f3a9c"
@@ -24,17 +21,10 @@ KEY = "sk-faults-key-7f3a9c"
 
 @pytest.fixture(scope="module")
 def server():
-    data = LadderConfig().model_dump()
-    data["server"]["api_keys"] = [KEY]
-    data["cache"]["breaker_cooldown_s"] = 0.5
-    data["ray"]["num_cpus"] = 2
-    data["tiers"][0].update(max_ongoing_requests=1, max_queued_requests=2)  # a tiny queue: easy to overflow
-    cfg = restrict(LadderConfig.model_validate(data), ["small"], "127.0.0.1", free_port())
-    runtime = Runtime.start(cfg)
-    try:
-        yield deploy(cfg, runtime), runtime, cfg
-    finally:
-        runtime.close()
+    # A tiny queue (1 running + 2 waiting): easy to overflow.
+    with small_tier_app(KEY, cache={"breaker_cooldown_s": 0.5},
+                        tier={"max_ongoing_requests": 1, "max_queued_requests": 2}) as served:  # fmt: skip
+        yield served
 
 
 def _no_silent_losses(report: dict) -> None:
@@ -67,7 +57,7 @@ def test_server_listens_on_loopback_only(server):
 
 
 def test_redis_full_with_eviction_off_still_answers_every_request(server):
-    url, runtime, _ = server
+    url, runtime = server
     outcomes, at = asyncio.run(scenario(url, KEY, lambda: fill_redis(runtime.redis_url), at_s=1, total_s=12))
     report = account(outcomes, at)
     assert report["after"]["total"] >= 3 and report["after"]["ok"] == report["after"]["total"], report

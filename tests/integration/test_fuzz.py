@@ -17,10 +17,7 @@ from schemathesis.generation.modes import GenerationMode
 from typer.testing import CliRunner
 
 from ladder.cli import app
-from ladder.cluster.redis_server import free_port
-from ladder.cluster.runtime import Runtime
-from ladder.cluster.serving import deploy, restrict
-from ladder.cluster.settings import LadderConfig
+from tests.integration.served import small_tier_app
 from ladder.errors import LadderError
 
 KEY = "sk-fuzz-key"
@@ -29,16 +26,8 @@ SETTINGS = dict(deadline=None, database=None, derandomize=True, suppress_health_
 
 @pytest.fixture(scope="module")
 def server():
-    data = LadderConfig().model_dump()
-    data["server"]["api_keys"] = [KEY]
-    data["server"]["max_completion_tokens"] = 4  # accepted cases stay quick on this CPU
-    data["ray"]["num_cpus"] = 2
-    cfg = restrict(LadderConfig.model_validate(data), ["small"], "127.0.0.1", free_port())
-    runtime = Runtime.start(cfg)
-    try:
-        yield deploy(cfg, runtime)
-    finally:
-        runtime.close()
+    with small_tier_app(KEY, server={"max_completion_tokens": 4}) as (url, _):  # accepted cases stay quick
+        yield url
 
 
 def _check(status: int, body: bytes, headers) -> None:  # noqa: ANN001

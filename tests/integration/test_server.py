@@ -7,10 +7,8 @@ import httpx
 import openai
 import pytest
 
-from ladder.cluster.redis_server import EmbeddedRedis, free_port
-from ladder.cluster.runtime import Runtime
-from ladder.cluster.serving import deploy, restrict
-from ladder.cluster.settings import LadderConfig
+from ladder.cluster.redis_server import EmbeddedRedis
+from tests.integration.served import small_tier_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.model, pytest.mark.slow]
 KEY = "sk-ladder-test"
@@ -18,17 +16,8 @@ KEY = "sk-ladder-test"
 
 @pytest.fixture(scope="module")
 def server():
-    data = LadderConfig().model_dump()
-    data["server"]["api_keys"] = [KEY]
-    data["cache"]["breaker_cooldown_s"] = 0.5
-    data["ray"]["num_cpus"] = 2
-    cfg = restrict(LadderConfig.model_validate(data), ["small"], "127.0.0.1", free_port())
-    runtime = Runtime.start(cfg)
-    try:
-        url = deploy(cfg, runtime)
-        yield url, runtime
-    finally:
-        runtime.close()
+    with small_tier_app(KEY, cache={"breaker_cooldown_s": 0.5}) as served:
+        yield served
 
 
 @pytest.fixture

@@ -66,3 +66,10 @@ def test_stream_yields_the_same_text_as_generate(worker):
     final = items[-1]
     assert "".join(items[:-1]) == final.text == worker.generate_sync(q).text
     assert len(items) > 2  # text arrived in pieces, not all at once
+
+
+def test_a_vanishing_temperature_decodes_greedily_instead_of_overflowing(worker):
+    """Found by fuzzing: logits / 1e-300 overflowed to NaN and the sampler raised."""
+    greedy = worker.generate_sync(Query.of("Name a color.", max_tokens=6, temperature=0))
+    tiny = worker.generate_sync(Query.of("Name a color.", max_tokens=6, temperature=1e-300, top_p=1e-9))
+    assert tiny.token_ids == greedy.token_ids

@@ -73,8 +73,8 @@ class HuginnWorker:
         chat = [{"role": m.role, "content": m.content} for m in query.messages]
         text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         ids = tok.encode(text, return_tensors="pt", add_special_tokens=False).to(self.device)
-        config = GenerationConfig(max_new_tokens=s.max_tokens, do_sample=s.temperature > 0, use_cache=True,
-                                  temperature=s.temperature or None, top_p=s.top_p, return_dict_in_generate=True,
+        config = GenerationConfig(max_new_tokens=s.max_tokens, do_sample=not s.greedy, use_cache=True,
+                                  temperature=None if s.greedy else s.temperature, top_p=s.top_p, return_dict_in_generate=True,
                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
         with self._lock:
             t0 = time.perf_counter()

@@ -136,7 +136,7 @@ class RecurrentWorker:
             t0 = time.perf_counter()
             out = self.model.generate(torch.tensor([ids]), min(s.max_tokens, self.model.cfg.max_new_tokens),
                                       budget.max_iterations, make_exit(budget.exit, budget.threshold),
-                                      s.temperature, generator=gen)  # fmt: skip
+                                      0.0 if s.greedy else s.temperature, generator=gen)  # fmt: skip
             elapsed = time.perf_counter() - t0
         tokens = out.tokens[0].tolist()
         finished = 1 in tokens

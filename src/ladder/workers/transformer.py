@@ -132,7 +132,7 @@ class TransformersWorker:
             # set it here too, or the thread inherits OMP_NUM_THREADS (Ray sets it to the actor's CPUs).
             torch.set_num_threads(self.device_config.threads)
         generator = None
-        if sampling.temperature > 0:
+        if not sampling.greedy:
             generator = torch.Generator(device=device)
             if sampling.seed is None:
                 generator.seed()  # no seed: a fresh random stream, as OpenAI does
@@ -188,7 +188,8 @@ def _pick(logits, sampling: Sampling, generator) -> tuple[int, float]:  # noqa: 
     """Choose the next token: greedy at temperature 0, else temperature + nucleus sampling."""
     import torch
 
-    if sampling.temperature <= 0:
+    logits = logits.float()  # bf16 logits / a small temperature overflow
+    if sampling.greedy:
         logp = torch.log_softmax(logits, dim=-1)
         token = int(torch.argmax(logp))
         return token, float(logp[token])

@@ -1,0 +1,26 @@
+"""One way to bring up the real app on the small tier for integration tests (loopback, a key)."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ladder.cluster.redis_server import free_port
+from ladder.cluster.runtime import Runtime
+from ladder.cluster.serving import deploy, restrict
+from ladder.cluster.settings import LadderConfig
+
+
+@contextmanager
+def small_tier_app(api_key: str, *, server: dict | None = None, cache: dict | None = None,
+                   tier: dict | None = None) -> Iterator[tuple[str, Runtime]]:  # fmt: skip
+    """(base URL, runtime) of a served app with only the small tier; overrides per config section."""
+    data = LadderConfig().model_dump()
+    data["server"].update(api_keys=[api_key], **(server or {}))
+    data["cache"].update(cache or {})
+    data["tiers"][0].update(tier or {})
+    data["ray"]["num_cpus"] = 2
+    cfg = restrict(LadderConfig.model_validate(data), ["small"], "127.0.0.1", free_port())
+    runtime = Runtime.start(cfg)
+    try:
+        yield deploy(cfg, runtime), runtime
+    finally:
+        runtime.close()
