@@ -73,3 +73,8 @@ def test_a_vanishing_temperature_decodes_greedily_instead_of_overflowing(worker)
     greedy = worker.generate_sync(Query.of("Name a color.", max_tokens=6, temperature=0))
     tiny = worker.generate_sync(Query.of("Name a color.", max_tokens=6, temperature=1e-300, top_p=1e-9))
     assert tiny.token_ids == greedy.token_ids
+    # and a top_p that rounds to 0 in float32 keeps exactly the most likely token (it kept none:
+    # NaN). Not compared with greedy token by token: bf16 logits tie, and sort and argmax may
+    # break a tie differently.
+    nucleus = worker.generate_sync(Query.of("Name a color.", max_tokens=6, temperature=0.7, top_p=1e-300, seed=1))
+    assert nucleus.completion_tokens > 0 and all(lp == 0.0 for lp in nucleus.logprobs)

@@ -197,6 +197,7 @@ def _pick(logits, sampling: Sampling, generator) -> tuple[int, float]:  # noqa: 
     if sampling.top_p < 1.0:
         sorted_logp, order = torch.sort(logp, descending=True)
         keep = torch.cumsum(sorted_logp.exp(), dim=-1) - sorted_logp.exp() < sampling.top_p
+        keep[0] = True  # the most likely token always stays: a top_p below float32's range kept none
         masked = torch.full_like(logp, -math.inf)
         masked[order[keep]] = logp[order[keep]]
         logp = torch.log_softmax(masked, dim=-1)
