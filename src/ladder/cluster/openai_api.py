@@ -65,7 +65,7 @@ class ChatRequest(BaseModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # int64, as OpenAI
     n: StrictInt = 1
     logprobs: StrictBool = False
     tools: list[Any] | None = None

@@ -129,7 +129,7 @@ class RecurrentWorker:
         user = [m.content for m in query.messages if m.role == "user"]
         ids = self.tokenizer.encode_prompt(user[-1] if user else "")
         s = query.sampling
-        gen = torch.Generator().manual_seed(s.seed if s.seed is not None else 0)
+        gen = torch.Generator().manual_seed(s.seed % 2**64 if s.seed is not None else 0)
         with self._lock:
             if self.threads:
                 torch.set_num_threads(self.threads)

@@ -137,7 +137,7 @@ class TransformersWorker:
             if sampling.seed is None:
                 generator.seed()  # no seed: a fresh random stream, as OpenAI does
             else:
-                generator.manual_seed(sampling.seed)
+                generator.manual_seed(sampling.seed % 2**64)  # any int: torch takes 64 bits (fuzzing)
         eos = _eos_ids(self.model, self.tokenizer)
         tokens: list[int] = []
         logprobs: list[float] = []
