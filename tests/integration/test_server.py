@@ -86,6 +86,8 @@ def test_bad_requests_get_openai_errors(client, server):
     assert too_long.value.body["code"] == "context_length_exceeded"
     headers = {"authorization": f"Bearer {KEY}"}
     for body in ('{"model": "ladder", "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}',
+                 '{"model": "ladder", "messages": [{"role": "user", "content": "lone \\ud800 surrogate"}]}',
+                 '{"model": "ladder", "messages": [{"role": "user", "content": "x"}], "seed": 99999999999999999999}',
                  "{not json", '{"model": "ladder", "messages": [{"role": "wizard", "content": "x"}]}'):
         r = httpx.post(server[0] + "/v1/chat/completions", content=body, headers=headers, timeout=30)
         assert r.status_code == 400, r.text

@@ -78,6 +78,9 @@ def test_a_vanishing_temperature_decodes_greedily_instead_of_overflowing(worker)
     # break a tie differently.
     nucleus = worker.generate_sync(Query.of("Name a color.", max_tokens=6, temperature=0.7, top_p=1e-300, seed=1))
     assert nucleus.completion_tokens > 0 and all(lp == 0.0 for lp in nucleus.logprobs)
+    # a lone surrogate (valid JSON: "\ud800") made the tokenizer raise a TypeError: now a 400
+    with pytest.raises(InvalidRequest, match="Unicode"):
+        worker.generate_sync(Query.of("hi \ud800 there", max_tokens=3))
     # a seed beyond 64 bits raised "Overflow when unpacking long long" (found by fuzzing)
     huge = worker.generate_sync(Query.of("Name a color.", max_tokens=3, temperature=0.7, seed=2**80 + 5))
     assert huge.token_ids == worker.generate_sync(Query.of("Name a color.", max_tokens=3, temperature=0.7,

@@ -63,6 +63,11 @@ class TransformersWorker:
     def encode(self, query: Query) -> list[int]:
         if not query.messages or not any(m.content.strip() for m in query.messages):
             raise InvalidRequest("the prompt is empty", param="messages")
+        for m in query.messages:
+            try:
+                m.content.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): the tokenizer would raise
+                raise InvalidRequest("messages: content is not valid Unicode (lone surrogate)", "messages") from None
         messages = [{"role": m.role, "content": m.content} for m in query.messages]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
