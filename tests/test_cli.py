@@ -66,3 +66,33 @@ def test_generate_prints_the_answer():
     assert proc.returncode == 0, proc.stderr
     assert "Paris" in proc.stdout
     assert "tok/s" in proc.stderr
+
+
+DATA = os.environ.get("LADDER_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_depth_train_then_calibrate_writes_usable_heads(tmp_path):
+    """`ladder depth train` end to end at toy size (4 questions, 8 tokens), then `depth calibrate`."""
+    out = tmp_path / "heads"
+    proc = ladder("depth", "train", "--tier", "small", "--data", DATA, "--prompts", "4", "--new-tokens", "8",
+                  "--epochs", "1", "-o", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "after layer   4" in proc.stdout and "after layer  28" in proc.stdout
+    import json
+
+    info = json.loads((out / "heads.json").read_text())
+    assert info["layers"] == [4, 8, 12, 16, 20, 24, 28] and 0 < info["early_exit_threshold"] <= 1
+    assert info["draft_layer"] in info["layers"] and info["command"].startswith("ladder depth train")
+    proc = ladder("depth", "calibrate", "--tier", "small", "--heads", str(out), "--budget", "0.5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "early-exit threshold" in proc.stdout
+    assert json.loads((out / "heads.json").read_text())["quality_budget"] == 0.5
+
+
+def test_depth_commands_refuse_bad_input(tmp_path):
+    assert_clean_error(ladder("depth", "train", "--tier", "huge"), "unknown tier 'huge'")
+    assert_clean_error(ladder("depth", "calibrate", "--tier", "small", "--heads", str(tmp_path)), "no trained heads")
+    assert_clean_error(ladder("depth", "train", "--tier", "small", "--data", str(tmp_path), "--prompts", "2", "-o", str(tmp_path / "h")),
+                       "GSM8K file")  # fmt: skip

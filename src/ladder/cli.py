@@ -255,6 +255,76 @@ def recurrent_ask(
     typer.echo(f"{gen.text}\titerations per token: {list(gen.depths)}")
 
 
+depth_app = typer.Typer(no_args_is_help=True, help="Token-level adaptive depth of transformer tiers: exit heads.")
+app.add_typer(depth_app, name="depth")
+
+
+@depth_app.command("train")
+def depth_train(
+    tier: Annotated[str, typer.Option("--tier", "-t")] = "small",
+    data: Annotated[Path, typer.Option(help="folder holding routellm/gsm8k/train.jsonl")] = Path("../shared/data"),
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="default: the bundled heads of the tier")] = None,
+    prompts: Annotated[int, typer.Option(min=2)] = 192,
+    new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    seed: int = 0,
+    threads: Annotated[int, typer.Option(min=1)] = 2,
+    config: ConfigOpt = None,
+) -> None:
+    """Fit early-exit heads (every 4th layer) to the tier's final layer by self-distillation on
+    its own greedy answers to GSM8K training questions."""
+    from ladder.cluster.compose import materialize, weights_id
+    from ladder.offline.exit_head_training import HeadSpec, train as run
+    from ladder.workers.exit_heads import bundled_heads
+
+    cfg = _config(config)
+    if tier not in cfg.tier_names:
+        _fail(f"unknown tier {tier!r}; configured: {cfg.tier_names}")
+    t = cfg.tier(tier)
+    if t.backend != "transformers":
+        _fail(f"tier {tier} has backend {t.backend!r}; exit heads are for transformer tiers")
+    target = out or bundled_heads(tier)
+    spec = HeadSpec(prompts=prompts, new_tokens=new_tokens, epochs=epochs, seed=seed, threads=threads)
+    command = "ladder depth train " + " ".join(sys.argv[3:])
+    try:
+        info = run(tier, materialize(cfg, t), weights_id(t), data, target, spec, command.strip())
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {target} in {info['total_s'] / 60:.1f} min; held-out agreement with the final layer:")
+    for layer, row in info["heldout"].items():
+        typer.echo(f"  after layer {layer:>3}: {row['agree']:.3f} (logit lens {row['agree_logit_lens']:.3f}), KL {row['kl']:.3f}")
+
+
+@depth_app.command("calibrate")
+def depth_calibrate(
+    tier: Annotated[str, typer.Option("--tier", "-t")] = "small",
+    heads: Annotated[Optional[Path], typer.Option(help="default: the bundled heads of the tier")] = None,
+    budget: Annotated[float, typer.Option(min=0.0, max=1.0, help="max share of tokens that may differ from full depth")] = 0.02,
+    config: ConfigOpt = None,
+) -> None:
+    """Choose the early-exit gate threshold for a quality budget and the draft layer, on the
+    held-out part of the heads' corpus; writes them into heads.json (the tier's defaults)."""
+    from ladder.cluster.compose import materialize, weights_id
+    from ladder.offline.exit_head_training import calibrate
+    from ladder.workers.exit_heads import bundled_heads
+
+    cfg = _config(config)
+    if tier not in cfg.tier_names:
+        _fail(f"unknown tier {tier!r}; configured: {cfg.tier_names}")
+    t = cfg.tier(tier)
+    folder = heads or bundled_heads(tier)
+    if not (folder / "heads.json").is_file():
+        _fail(f"no trained heads in {folder}: run `ladder depth train --tier {tier}` first")
+    try:
+        info = calibrate(materialize(cfg, t), weights_id(t), folder, budget)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    typer.echo(f"{'threshold':>10}{'disagree':>10}{'layers':>8}")
+    for row in info["threshold_table"]:
+        typer.echo(f"{row['threshold']:>10}{row['disagree']:>10.4f}{row['mean_layers']:>8.1f}")
+    typer.echo(f"early-exit threshold {info['early_exit_threshold']} (budget {budget}); draft layer {info['draft_layer']}")
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

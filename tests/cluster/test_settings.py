@@ -21,6 +21,9 @@ def test_default_has_three_tiers_with_checksums():
     assert cfg.server.host == "127.0.0.1"
 
 
+_TIER = "tiers:\n- {name: small, price: {input_per_1m: 1, output_per_1m: 1}, source: {kind: local, path: /x}"
+
+
 @pytest.mark.parametrize(
     "text, field",
     [
@@ -30,6 +33,10 @@ def test_default_has_three_tiers_with_checksums():
         ("policy: {kind: learned}", "policy"),
         ("policy: {start_tier: huge}", "(top level)"),
         ("surprise: 1", "surprise"),
+        (_TIER + ", adaptive: {mode: early_exit, threshold: 1.5}}", "tiers.0.adaptive.threshold"),
+        (_TIER + ", adaptive: {mode: sometimes}}", "tiers.0.adaptive.mode"),
+        (_TIER + ", adaptive: {mode: speculative, drafter: oracle}}", "tiers.0.adaptive.drafter"),
+        (_TIER + ", backend: recurrent, adaptive: {mode: early_exit}}", "adaptive"),
     ],
 )
 def test_invalid_config_names_the_field(tmp_path, text, field):

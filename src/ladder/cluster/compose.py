@@ -15,7 +15,7 @@ from ladder.protocols import Policy, Worker
 from ladder.types import Generation
 from ladder.workers.exits import ExitKind
 from ladder.workers.recurrent_worker import DepthBudget, RecurrentWorker
-from ladder.workers.transformer import DeviceConfig, TransformersWorker
+from ladder.workers.transformer import AdaptiveDepth, DeviceConfig, TransformersWorker
 from ladder.workers.weights import WeightStore
 
 
@@ -34,6 +34,11 @@ def materialize(config: LadderConfig, tier: TierConfig) -> Path:
     return weight_store(config, tier).materialize(tier.name, tier.source.build())
 
 
+def weights_id(tier: TierConfig) -> str:
+    """What exit heads are bound to: the tier's pinned weight hash, else its source's description."""
+    return getattr(tier.source, "sha256", None) or repr(tier.source)
+
+
 def build_worker(tier: TierConfig, model_dir: Path) -> Worker:
     d = tier.depth or DepthConfig()
     budget = DepthBudget(d.max_iterations, ExitKind(d.exit), d.threshold)
@@ -43,7 +48,11 @@ def build_worker(tier: TierConfig, model_dir: Path) -> Worker:
         from ladder.workers.huginn import HuginnWorker
 
         return HuginnWorker(tier.name, model_dir, budget, tier.device, tier.dtype)
-    return TransformersWorker(tier.name, model_dir, DeviceConfig(tier.device, tier.dtype, tier.threads))
+    adaptive = AdaptiveDepth()
+    if (a := tier.adaptive) is not None and a.mode != "full":
+        adaptive = AdaptiveDepth(a.mode, a.drafter, a.heads_path(tier.name), weights_id(tier), a.threshold,
+                                 a.draft_layer, a.max_draft, a.draft_threshold)  # fmt: skip
+    return TransformersWorker(tier.name, model_dir, DeviceConfig(tier.device, tier.dtype, tier.threads), adaptive)
 
 
 def build_policy(policy: PolicyConfig, tier_names: list[str]) -> Policy:

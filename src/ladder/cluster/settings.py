@@ -78,6 +78,30 @@ class DepthConfig(_Strict):
     threshold: float = Field(default=1e-3, gt=0)
 
 
+class AdaptiveDepthConfig(_Strict):
+    """Token-level adaptive depth of a transformer tier (issue 5; ``docs/ADAPTIVE_DEPTH.md``).
+
+    ``full``: every layer. ``early_exit``: lossy, a token stops at the first exit head whose gate
+    reaches ``threshold`` (calibrated with ``ladder depth calibrate``). ``speculative``: lossless for
+    greedy requests; drafts with the head after ``draft_layer`` layers, ``max_draft`` per
+    verification, stopping a draft early when the gate drops below ``draft_threshold``.
+    ``heads``: folder with ``heads.safetensors``; null = the heads bundled for the tier's name."""
+
+    mode: Literal["full", "early_exit", "speculative"] = "full"
+    # speculative drafts: the exit head after draft_layer, prompt lookup (free, needs no heads), or both
+    drafter: Literal["exit_head", "lookup", "lookup+exit_head"] = "exit_head"
+    heads: str | None = None
+    threshold: float | None = Field(default=None, gt=0, le=1)  # None: the heads' calibrated one
+    draft_layer: int | None = Field(default=None, ge=1)  # None: the heads' chosen one
+    max_draft: int = Field(default=6, ge=1, le=32)
+    draft_threshold: float = Field(default=0.0, ge=0, lt=1)
+
+    def heads_path(self, tier: str) -> Path:
+        from ladder.workers.exit_heads import bundled_heads  # torch: only when a tier asks for heads
+
+        return Path(os.path.expanduser(self.heads)) if self.heads else bundled_heads(tier)
+
+
 class PriceConfig(_Strict):
     """USD per million tokens; the cost model of routing and of the ``x-ladder-cost-usd`` header."""
 
@@ -96,6 +120,7 @@ class TierConfig(_Strict):
     # published Huginn-format checkpoint in a local folder (not runnable here: see workers/huginn.py).
     backend: Literal["transformers", "recurrent", "huginn"] = "transformers"
     depth: DepthConfig | None = None  # recurrent and huginn backends only
+    adaptive: AdaptiveDepthConfig | None = None  # transformers backend only
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     threads: int | None = Field(default=None, ge=1)
@@ -119,6 +144,8 @@ class TierConfig(_Strict):
             raise ValueError("source kind 'bundled' belongs to backend 'recurrent'")
         if self.backend == "transformers" and self.depth:
             raise ValueError("'depth' belongs to the depth-adaptive backends (recurrent, huginn)")
+        if self.backend != "transformers" and self.adaptive:
+            raise ValueError("'adaptive' (exit heads) belongs to backend 'transformers'")
         return self
 
 

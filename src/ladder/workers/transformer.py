@@ -13,12 +13,14 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Literal
 from pathlib import Path
 
-from ladder.errors import InvalidRequest
+from ladder.errors import InvalidRequest, WeightsUnavailable
 from ladder.types import Generation, Query, Sampling
+from ladder.workers.adaptive_depth import Pick, Step, early_exit, self_speculative
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,34 @@ class DeviceConfig:
     threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
 
 
+@dataclass(frozen=True)
+class AdaptiveDepth:
+    """A tier's token-level adaptive depth (see ``workers/adaptive_depth.py``). ``full``: every
+    layer for every token. ``early_exit``: lossy, stop at the first exit head whose gate reaches
+    ``threshold``. ``speculative``: lossless for greedy requests (sampled ones run at full depth),
+    draft with the head after ``draft_layer`` layers, at most ``max_draft`` tokens per
+    verification, fewer when the gate falls below ``draft_threshold``."""
+
+    mode: Literal["full", "early_exit", "speculative"] = "full"
+    drafter: Literal["exit_head", "lookup", "lookup+exit_head"] = "exit_head"  # speculative mode's drafts
+    heads: Path | None = None  # folder with heads.safetensors (required unless mode is full)
+    weights_id: str = ""  # what the heads must have been trained on (refused otherwise)
+    threshold: float | None = None  # None: the heads' calibrated threshold (heads.json)
+    draft_layer: int | None = None  # None: the heads' chosen draft layer
+    max_draft: int = 6
+    draft_threshold: float = 0.0
+
+
 class TransformersWorker:
-    def __init__(self, tier: str, model_dir: Path, device: DeviceConfig = DeviceConfig()) -> None:
+    def __init__(
+        self, tier: str, model_dir: Path, device: DeviceConfig = DeviceConfig(), adaptive: AdaptiveDepth = AdaptiveDepth()
+    ) -> None:
         self.tier = tier
         self.model_dir = Path(model_dir)
         self.device_config = device
+        self.adaptive = adaptive
+        self._heads = None
+        self._layerwise = None
         self.model = None
         self.tokenizer = None
         self.context_length = 0
@@ -52,6 +77,27 @@ class TransformersWorker:
             self.model_dir, dtype=getattr(torch, self.device_config.dtype)
         ).to(self.device_config.device)
         self.model.eval()
+        if self.adaptive.mode != "full":
+            from ladder.workers.layerwise import LayerwiseModel
+
+            self._layerwise = LayerwiseModel(self.model)
+        if self.adaptive.mode == "early_exit" or (self.adaptive.mode == "speculative" and "exit_head" in self.adaptive.drafter):
+            from ladder.workers.exit_heads import ExitHeads
+
+            if self.adaptive.heads is None:
+                raise WeightsUnavailable(f"tier {self.tier}: adaptive depth {self.adaptive.mode!r} needs exit heads")
+            heads = ExitHeads.load(self.adaptive.heads, self.adaptive.weights_id or None)
+            a = self.adaptive
+            self.adaptive = a = replace(
+                a,
+                threshold=a.threshold if a.threshold is not None else heads.info.get("early_exit_threshold", 0.9),
+                draft_layer=a.draft_layer if a.draft_layer is not None else heads.info.get("draft_layer", heads.layers[0]),
+            )
+            if a.mode == "speculative" and a.draft_layer not in heads.layers:
+                # an unknown draft layer fails at load, not per request
+                raise WeightsUnavailable(f"tier {self.tier}: no exit head after layer {a.draft_layer}; "
+                                         f"the heads have {list(heads.layers)}")
+            self._heads = heads.to(device=self.device_config.device, dtype=getattr(torch, self.device_config.dtype))
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
         return self
 
@@ -71,6 +117,11 @@ class TransformersWorker:
         messages = [{"role": m.role, "content": m.content} for m in query.messages]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        thr = query.sampling.exit_threshold
+        if self.adaptive.mode == "early_exit" and thr is not None and not 0 < thr <= 1:
+            # checked before any token is streamed; here the threshold is a gate probability, not a KL
+            raise InvalidRequest(f"tier {self.tier} exits early on a gate probability: depth.exit_threshold "
+                                 f"must be in (0, 1], got {thr}", param="depth")  # fmt: skip
         if len(ids) + query.sampling.max_tokens > self.context_length:
             raise InvalidRequest(
                 f"prompt ({len(ids)} tokens) + max_tokens ({query.sampling.max_tokens}) exceeds "
@@ -131,14 +182,13 @@ class TransformersWorker:
     ) -> Generation:
         import torch
 
-        device = self.device_config.device
         if self.device_config.threads:
             # OpenMP's thread count is per OS thread, and this runs in a pool thread (to_thread):
             # set it here too, or the thread inherits OMP_NUM_THREADS (Ray sets it to the actor's CPUs).
             torch.set_num_threads(self.device_config.threads)
         generator = None
         if not sampling.greedy:
-            generator = torch.Generator(device=device)
+            generator = torch.Generator(device=self.device_config.device)
             if sampling.seed is None:
                 generator.seed()  # no seed: a fresh random stream, as OpenAI does
             else:
@@ -146,20 +196,22 @@ class TransformersWorker:
         eos = _eos_ids(self.model, self.tokenizer)
         tokens: list[int] = []
         logprobs: list[float] = []
+        depths: list[int] = []
         finish, text = "length", ""
         with torch.inference_mode():
             t0 = time.perf_counter()
-            out = self.model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
-            prefill_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            for _ in range(sampling.max_tokens):
-                logits = out.logits[0, -1].float()  # logits: [V]
-                token, logprob = _pick(logits, sampling, generator)
+            steps = self._steps(prompt_ids, sampling, lambda logits: _pick(logits, sampling, generator))
+            prefill_s, t1 = 0.0, t0
+            for token, logprob, depth in steps:
+                if not prefill_s:
+                    prefill_s = time.perf_counter() - t0  # time to the first token
+                    t1 = time.perf_counter()
                 if token in eos:
                     finish = "stop"
                     break
                 tokens.append(token)
                 logprobs.append(logprob)
+                depths.append(depth)
                 if sampling.stop or on_text:
                     text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                     cut = min((i for s in sampling.stop if (i := text.find(s)) >= 0), default=-1)
@@ -169,11 +221,9 @@ class TransformersWorker:
                         on_text(text)
                     if cut >= 0:
                         break
-                out = self.model(
-                    input_ids=torch.tensor([[token]], device=device),
-                    past_key_values=out.past_key_values,
-                    use_cache=True,
-                )
+                if len(tokens) == sampling.max_tokens:
+                    break
+            steps.close()
             decode_s = time.perf_counter() - t1
         if finish != "stop" or not sampling.stop:
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -186,7 +236,33 @@ class TransformersWorker:
             finish_reason=finish,
             prefill_s=prefill_s,
             decode_s=decode_s,
+            depths=tuple(depths) if self.adaptive.mode != "full" else (),
         )
+
+    def _steps(self, prompt_ids: list[int], sampling: Sampling, pick: Pick) -> Iterator[Step]:
+        """(token, logprob, depth) in order; the tier's adaptive-depth mode picks the loop."""
+        a = self.adaptive
+        max_len = len(prompt_ids) + sampling.max_tokens + 1
+        if a.mode == "early_exit":
+            threshold = sampling.exit_threshold if sampling.exit_threshold is not None else a.threshold
+            return early_exit(self._layerwise, self._heads, prompt_ids, max_len, pick, threshold)
+        if a.mode == "speculative" and sampling.greedy:  # lossless only means something for greedy
+            return self_speculative(self._layerwise, self._heads, prompt_ids, max_len, pick, a.draft_layer,
+                                    a.max_draft, a.draft_threshold, lookup="lookup" in a.drafter)  # fmt: skip
+        return self._full_depth(prompt_ids, pick)
+
+    def _full_depth(self, prompt_ids: list[int], pick: Pick) -> Iterator[Step]:
+        """The transformers forward pass with its own KV cache: the reference path."""
+        import torch
+
+        device = self.device_config.device
+        n_layers = self.model.config.num_hidden_layers
+        out = self.model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
+        while True:
+            token, logprob = pick(out.logits[0, -1])
+            yield token, logprob, n_layers
+            out = self.model(input_ids=torch.tensor([[token]], device=device),
+                             past_key_values=out.past_key_values, use_cache=True)  # fmt: skip
 
 
 def _pick(logits, sampling: Sampling, generator) -> tuple[int, float]:  # noqa: ANN001 (torch)

@@ -1,0 +1,174 @@
+"""Adaptive depth vs full depth, side by side in one run (issue 5).
+
+For each tier and each GSM8K test question (greedy, up to --new-tokens new tokens) the same
+process runs, one after the other on the same prompt: full depth (the transformers forward pass
+the worker serves by default), self-speculation (lossless) and confident early exit at several
+gate thresholds (lossy). Reported per mode: generated tokens/s and its ratio to full depth,
+decoder-layer passes per generated token (sequential layer invocations: on a memory-bound decode
+step, reading a layer's weights once serves every position it processes), mean / p50 / p95 depth
+per token (see workers/adaptive_depth.py for what depth means in each mode), identical outputs (share of prompts whose whole output equals full
+depth), token match rate (position by position), GSM8K final-answer accuracy vs the gold answers,
+and for speculation the acceptance rate and tokens per verification. The default early-exit
+threshold is the fastest one within 1 point of full-depth accuracy. Writes
+benchmarks/results/adaptive_depth.json and adaptive_depth_<tier>.png (exit-depth histograms).
+
+    .venv/bin/python benchmarks/adaptive_depth.py --data ../shared/data [--tiers small,medium]
+        [--prompts 100] [--new-tokens 128] [--thresholds 0.6,0.8,0.9,0.95] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run_tier(name: str, args: argparse.Namespace) -> dict:
+    from ladder.cluster.compose import materialize, weights_id
+    from ladder.cluster.settings import load_config
+    from ladder.offline import gsm8k
+    from ladder.types import Query
+    from ladder.workers.adaptive_depth import SpecStats, early_exit, self_speculative
+    from ladder.workers.exit_heads import ExitHeads, bundled_heads
+    from ladder.workers.layerwise import LayerwiseModel
+    from ladder.workers.transformer import DeviceConfig, TransformersWorker, _eos_ids
+
+    cfg = load_config()
+    tier = cfg.tier(name)
+    worker = TransformersWorker(name, materialize(cfg, tier), DeviceConfig(dtype=args.dtype, threads=args.threads)).load()
+    lw = LayerwiseModel(worker.model)
+    heads = ExitHeads.load(bundled_heads(name), weights_id(tier)).to(getattr(torch, args.dtype))
+    info = json.loads((bundled_heads(name) / "heads.json").read_text())
+    draft_layer = args.draft_layer or info.get("draft_layer") or heads.layers[1]
+    eos = _eos_ids(worker.model, worker.tokenizer)
+    problems = gsm8k.load(Path(args.data) / "routellm" / "gsm8k" / "test.jsonl", limit=args.prompts)
+
+    def greedy(logits: torch.Tensor) -> tuple[int, float]:
+        lp = torch.log_softmax(logits.float(), -1)
+        t = int(lp.argmax())
+        return t, float(lp[t])
+
+    def timed(steps) -> tuple[list[int], list[int], float, int]:  # noqa: ANN001
+        tokens, depths = [], []
+        calls0 = lw.layer_calls
+        t0 = time.perf_counter()
+        for token, _, depth in steps:
+            if token in eos:
+                break
+            tokens.append(token)
+            depths.append(depth)
+            if len(tokens) == args.new_tokens:
+                break
+        steps.close()
+        seconds = time.perf_counter() - t0
+        calls = lw.layer_calls - calls0 if lw.layer_calls > calls0 else len(tokens) * lw.n_layers  # HF path: L per token
+        return tokens, depths, seconds, calls
+
+    drafters = {"spec:exit_head": (heads, False), "spec:lookup": (None, True), "spec:lookup+exit_head": (heads, True)}
+    modes = ["full", *drafters] + [f"early_exit@{t}" for t in args.thresholds]
+    rows = {m: {"tokens": 0, "seconds": 0.0, "calls": 0, "depths": [], "identical": 0, "match": [], "correct": 0} for m in modes}
+    stats = {m: SpecStats() for m in drafters}
+    for p in tqdm(problems, desc=f"{name}: prompts", unit="prompt"):
+        ids = worker.encode(Query.of(p.question, max_tokens=args.new_tokens))
+        max_len = len(ids) + args.new_tokens + 1
+        outputs = {}
+        with torch.inference_mode():
+            outputs["full"] = timed(worker._full_depth(ids, greedy))
+            for m, (h, lookup) in drafters.items():
+                outputs[m] = timed(self_speculative(lw, h, ids, max_len, greedy, draft_layer, args.max_draft,
+                                                    args.draft_threshold, stats[m], lookup))  # fmt: skip
+            for t in args.thresholds:
+                outputs[f"early_exit@{t}"] = timed(early_exit(lw, heads, ids, max_len, greedy, t))
+        ref = outputs["full"][0]
+        for m, (tokens, depths, seconds, calls) in outputs.items():
+            r = rows[m]
+            r["tokens"] += len(tokens)
+            r["seconds"] += seconds
+            r["calls"] += calls
+            r["depths"] += depths
+            r["identical"] += tokens == ref
+            n = max(len(tokens), len(ref))
+            r["match"].append(sum(a == b for a, b in zip(tokens, ref)) / n if n else 1.0)
+            r["correct"] += gsm8k.correct(worker.tokenizer.decode(tokens, skip_special_tokens=True), p.gold)
+    full_tps = rows["full"]["tokens"] / rows["full"]["seconds"]
+    table = []
+    for m, r in rows.items():
+        d = np.array(r["depths"])
+        tps = r["tokens"] / r["seconds"]
+        table.append({"mode": m, "tokens_per_s": round(tps, 2), "speedup": round(tps / full_tps, 3),
+                      "layer_passes_per_token": round(r["calls"] / r["tokens"], 2), "mean_depth": round(float(d.mean()), 2), "p50_layers": float(np.percentile(d, 50)),
+                      "p95_layers": float(np.percentile(d, 95)), "identical_outputs": r["identical"] / len(problems),
+                      "token_match": round(float(np.mean(r["match"])), 4), "accuracy": r["correct"] / len(problems),
+                      "tokens": r["tokens"]})  # fmt: skip
+    full_acc = rows["full"]["correct"] / len(problems)
+    ok = [row for row in table if row["mode"].startswith("early_exit") and row["accuracy"] >= full_acc - 0.01]
+    default = max(ok, key=lambda row: row["speedup"])["mode"] if ok else None
+    plot(name, lw.n_layers, {m: rows[m]["depths"] for m in modes if m != "full"}, RESULTS / f"adaptive_depth_{name}.png")
+    return {"tier": name, "layers": lw.n_layers, "exit_layers": list(heads.layers), "draft_layer": draft_layer,
+            "max_draft": args.max_draft, "draft_threshold": args.draft_threshold, "prompts": len(problems),
+            "new_tokens": args.new_tokens, "dtype": args.dtype, "rows": table, "default_early_exit": default,
+            "speculation": {m: {"acceptance": round(s.acceptance, 4), "drafted": s.drafted, "accepted": s.accepted,
+                                "verifications": s.verifications,
+                                "tokens_per_verification": round((s.accepted + s.verifications) / max(1, s.verifications), 3)}
+                            for m, s in stats.items()}}  # fmt: skip
+
+
+def plot(name: str, n_layers: int, depths: dict[str, list[int]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(depths), figsize=(3.2 * len(depths), 3), sharey=True)
+    bins = np.arange(0.5, n_layers + 1.5)
+    for ax, (mode, d) in zip(np.atleast_1d(axes), depths.items()):
+        ax.hist(d, bins=bins, weights=np.ones(len(d)) / max(1, len(d)))
+        ax.set_title(f"{mode}\nmean {np.mean(d):.1f} / {n_layers}", fontsize=9)
+        ax.set_xlabel("layers used by a token")
+    np.atleast_1d(axes)[0].set_ylabel("share of tokens")
+    fig.suptitle(f"{name} tier: exit depth per generated token")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--tiers", default="small,medium")
+    ap.add_argument("--prompts", type=int, default=100)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--thresholds", type=lambda s: [float(x) for x in s.split(",")], default=[0.6, 0.8, 0.9, 0.95])
+    ap.add_argument("--draft-layer", type=int, default=None, help="default: the heads file's choice")
+    ap.add_argument("--max-draft", type=int, default=6)
+    ap.add_argument("--draft-threshold", type=float, default=0.3)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(RESULTS / "adaptive_depth.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(exist_ok=True)
+    results = [run_tier(t, args) for t in args.tiers.split(",")]
+    Path(args.out).write_text(json.dumps({"command": "benchmarks/adaptive_depth.py", "args": vars(args), "tiers": results}, indent=2) + "\n")
+    for res in results:
+        print(f"\n{res['tier']} ({res['prompts']} prompts x {res['new_tokens']} new tokens, {res['dtype']}, "
+              f"{res['layers']} layers, draft layer {res['draft_layer']})")  # fmt: skip
+        print(f"{'mode':<22}{'tok/s':>7}{'x full':>8}{'passes':>7}{'depth':>6}{'p50':>5}{'p95':>5}{'identical':>10}{'match':>7}{'acc':>6}")
+        for r in res["rows"]:
+            print(f"{r['mode']:<22}{r['tokens_per_s']:>7.2f}{r['speedup']:>8.2f}{r['layer_passes_per_token']:>7.1f}{r['mean_depth']:>6.1f}"
+                  f"{r['p50_layers']:>5.0f}{r['p95_layers']:>5.0f}{r['identical_outputs']:>10.2f}"
+                  f"{r['token_match']:>7.3f}{r['accuracy']:>6.2f}")  # fmt: skip
+        for m, s in res["speculation"].items():
+            print(f"{m}: acceptance {s['acceptance']:.3f}, {s['tokens_per_verification']:.2f} tokens per verification")
+        print(f"default early-exit point (fastest within 1 point of full-depth accuracy): {res['default_early_exit']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Token-level adaptive depth for transformer tiers: confident early exit and self-speculation.
+
+Both are generators of ``(token, logprob, depth)`` that the worker's decode loop consumes exactly
+as it consumes full-depth tokens (stop sequences, streaming and max_tokens stay in one place).
+
+* ``early_exit`` (lossy, CALM): after each exit layer the head's gate estimates whether the head
+  already agrees with the full model; at ``threshold`` the token stops there and the layers it
+  skipped get K/V computed from the exited hidden state (CALM's state propagation), so later
+  tokens attend to every layer as usual. The gate is one dot product per check; the LM head runs
+  once per token, as at full depth.
+* ``self_speculative`` (lossless for greedy decoding, LayerSkip / Draft&Verify): draft up to
+  ``max_draft`` tokens with the head after ``draft_layer`` layers (stopping early when its gate
+  is unsure), then run only the remaining layers on all drafted positions in one pass — their
+  first layers' K/V and hidden states come from drafting — and keep the longest prefix the full
+  model agrees with, plus the full model's own next token. Every emitted token is the full
+  model's greedy choice; see ``docs/ADAPTIVE_DEPTH.md`` for how exact that is in float arithmetic.
+
+``depth`` of a token: how many layers had decided it. Early exit: its exit layer (the layers it
+really ran). Speculation: the draft layer for an accepted head draft, 0 for an accepted lookup
+draft, all layers when the verifier supplied it — every token still passes through all layers
+(verification), so there depth is a difficulty signal (how early the token was already known),
+not compute; speculation saves sequential passes, not arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ladder.workers.exit_heads import ExitHeads
+from ladder.workers.layerwise import LayerwiseModel
+
+Pick = Callable[[torch.Tensor], tuple[int, float]]  # logits [V] -> (token, logprob)
+Step = tuple[int, float, int]  # token, logprob, depth
+
+
+@dataclass
+class SpecStats:
+    """Self-speculation counters of one request."""
+
+    drafted: int = 0
+    accepted: int = 0
+    verifications: int = 0
+    accepted_runs: list[int] = field(default_factory=list)
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+def full_depth(lw: LayerwiseModel, prompt: list[int], max_len: int, pick: Pick) -> Iterator[Step]:
+    """Plain decoding through every layer (the reference the two modes are measured against)."""
+    lw.reset(max_len)
+    h = lw.layers_range(lw.embed_ids(prompt), 0, 0, lw.n_layers)
+    pos = len(prompt)
+    while True:
+        token, logprob = pick(lw.logits(h[:, -1:])[0, -1])
+        yield token, logprob, lw.n_layers
+        h = lw.layers_range(lw.embed_ids([token]), pos, 0, lw.n_layers)
+        pos += 1
+
+
+def early_exit(
+    lw: LayerwiseModel, heads: ExitHeads, prompt: list[int], max_len: int, pick: Pick, threshold: float
+) -> Iterator[Step]:
+    """CALM-style confident early exit; the prompt and the first token always use every layer."""
+    lw.reset(max_len)
+    h = lw.layers_range(lw.embed_ids(prompt), 0, 0, lw.n_layers)
+    logits, depth, pos = lw.logits(h[:, -1:])[0, -1], lw.n_layers, len(prompt)
+    while True:
+        token, logprob = pick(logits)
+        yield token, logprob, depth
+        h = lw.embed_ids([token])
+        rope = lw.rope(pos, 1, h)
+        done = 0
+        for i, layer in enumerate(heads.layers):
+            for j in range(done, layer):
+                h = lw.layer(j, h, pos, rope)
+            done = layer
+            normed = lw.norm(h)
+            if float(heads.confidence(i, normed)) >= threshold:
+                lw.fill_kv(h, pos, layer, lw.n_layers)
+                logits, depth = lw.lm_head(heads.adapt(i, normed)).float()[0, -1], layer
+                break
+        else:
+            for j in range(done, lw.n_layers):
+                h = lw.layer(j, h, pos, rope)
+            logits, depth = lw.logits(h)[0, -1], lw.n_layers
+        pos += 1
+
+
+def lookup_draft(context: list[int], max_draft: int, longest: int = 3, shortest: int = 2) -> list[int]:
+    """Prompt lookup: the tokens that followed the latest earlier occurrence of the context's last
+    n tokens (n = longest..shortest). Free to compute; answers restate their question's numbers
+    and phrases, which is what makes it pay on GSM8K-like text."""
+    for n in range(longest, shortest - 1, -1):
+        if len(context) <= n:
+            continue
+        tail = context[-n:]
+        for start in range(len(context) - n - 1, -1, -1):
+            if context[start : start + n] == tail:
+                return context[start + n : start + n + max_draft]
+    return []
+
+
+def self_speculative(
+    lw: LayerwiseModel,
+    heads: ExitHeads | None,
+    prompt: list[int],
+    max_len: int,
+    pick: Pick,
+    draft_layer: int | None,
+    max_draft: int,
+    draft_threshold: float = 0.0,
+    stats: SpecStats | None = None,
+    lookup: bool = False,
+) -> Iterator[Step]:
+    """Greedy decoding that emits exactly the tokens the full model chooses given the same prefix
+    (``pick`` must be greedy for that to mean anything). Drafts come from prompt lookup (when
+    ``lookup`` and the context repeats itself; depth 0: no layer was spent drafting them) or from
+    the exit head after ``draft_layer`` layers (when ``heads``); with neither, a plain full-depth step."""
+    i = heads.index(draft_layer) if heads is not None else -1
+    stats = stats if stats is not None else SpecStats()
+    L = lw.n_layers
+    lw.reset(max_len + max_draft + 1)
+    h = lw.layers_range(lw.embed_ids(prompt), 0, 0, L)
+    pending, logprob = pick(lw.logits(h[:, -1:])[0, -1])
+    context = list(prompt) + [pending]
+    yield pending, logprob, L
+    pos = len(prompt)  # where `pending` (emitted, not yet fed to the model) goes
+    while True:
+        drafts = lookup_draft(context, max_draft) if lookup else []
+        if drafts:  # verify from layer 0: nothing was computed for these drafts yet
+            first, draft_depth = 0, 0
+            states = lw.embed_ids([pending] + drafts)
+        elif heads is not None:
+            first, draft_depth = draft_layer, draft_layer
+            states = torch.cat(_head_drafts(lw, heads, i, pending, pos, draft_layer, max_draft, draft_threshold, drafts), 1)
+        else:
+            first, draft_depth = 0, L
+            states = lw.embed_ids([pending])
+        # Verify: the remaining layers on every drafted position at once.
+        out = lw.logits(lw.layers_range(states, pos, first, L))[0]  # [n+1, V]
+        verdicts = [pick(out[k]) for k in range(len(drafts) + 1)]
+        accepted = 0
+        while accepted < len(drafts) and drafts[accepted] == verdicts[accepted][0]:
+            accepted += 1
+        if drafts:
+            stats.drafted += len(drafts)
+            stats.accepted += accepted
+            stats.verifications += 1
+            stats.accepted_runs.append(accepted)
+        for k in range(accepted):
+            yield drafts[k], verdicts[k][1], draft_depth
+        pending, logprob = verdicts[accepted]
+        context += drafts[:accepted] + [pending]
+        yield pending, logprob, L
+        pos += accepted + 1  # positions beyond hold rejected drafts: overwritten next round
+
+
+def _head_drafts(lw: LayerwiseModel, heads: ExitHeads, i: int, pending: int, pos: int, draft_layer: int,
+                 max_draft: int, draft_threshold: float, drafts: list[int]) -> list[torch.Tensor]:  # fmt: skip
+    """Feed pending, then each draft, through the first layers; the head proposes the next token.
+    Appends to ``drafts``; returns the hidden states after ``draft_layer`` of every fed position
+    (one more than drafts: the last draft is fed too, so verification yields a bonus token)."""
+    states, x = [], pending
+    while True:
+        hs = lw.layers_range(lw.embed_ids([x]), pos + len(states), 0, draft_layer)
+        states.append(hs)
+        if len(drafts) == max_draft:
+            return states
+        normed = lw.norm(hs)
+        x = int(lw.lm_head(heads.adapt(i, normed))[0, -1].argmax())
+        drafts.append(x)
+        if draft_threshold > 0 and float(heads.confidence(i, normed)) < draft_threshold:
+            states.append(lw.layers_range(lw.embed_ids([x]), pos + len(states), 0, draft_layer))
+            return states

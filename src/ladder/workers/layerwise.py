@@ -1,0 +1,115 @@
+"""A Llama / Qwen2 causal LM run one decoder layer at a time, over its own KV cache.
+
+Adaptive depth needs what ``model(...)`` hides: stop after layer e for one token, fill the K/V of
+the layers it skipped, run layers e..L on a few drafted tokens at once, and roll the cache back
+when a draft is rejected. This class reuses the model's own modules (projections, norms, MLPs,
+rotary embedding), so it computes the same function as the transformers forward pass; only the
+cache is ours: one preallocated K and V tensor per layer, addressed by absolute position, so a
+rollback is just "write the next token at an earlier position".
+
+Batch size is 1 (the adaptive decode loops are per sequence, as LayerSkip's and CALM's are).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+SUPPORTED = ("llama", "qwen2")
+
+
+class LayerwiseModel:
+    def __init__(self, model) -> None:  # noqa: ANN001 (a transformers CausalLM)
+        kind = model.config.model_type
+        if kind not in SUPPORTED:
+            raise ValueError(f"adaptive depth supports {SUPPORTED} decoders, not {kind!r}")
+        cfg = model.config
+        self.model = model
+        self.embed = model.model.embed_tokens
+        self.layers = list(model.model.layers)
+        self.norm = model.model.norm
+        self.lm_head = model.lm_head
+        self.rotary = model.model.rotary_emb
+        self.n_layers = len(self.layers)
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.hidden = cfg.hidden_size
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.k: torch.Tensor | None = None  # [L, n_kv, T, hd]
+        self.v: torch.Tensor | None = None
+        # Work counters (benchmarks read them): decoder-layer invocations (sequential passes, what a
+        # memory-bound decode step pays for) and layer × positions (arithmetic).
+        self.layer_calls = 0
+        self.layer_positions = 0
+
+    # -- cache -----------------------------------------------------------------------------
+    def reset(self, max_len: int) -> None:
+        if self.k is None or self.k.shape[2] < max_len:
+            shape = (self.n_layers, self.n_kv, max_len, self.head_dim)
+            self.k = torch.empty(shape, device=self.device, dtype=self.dtype)
+            self.v = torch.empty(shape, device=self.device, dtype=self.dtype)
+
+    def rope(self, start: int, n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.arange(start, start + n, device=self.device)[None]
+        return self.rotary(like, pos)
+
+    # -- layers ----------------------------------------------------------------------------
+    def embed_ids(self, ids: list[int]) -> torch.Tensor:
+        return self.embed(torch.tensor([ids], device=self.device))  # [1, n, D]
+
+    def _qkv(self, j: int, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):  # noqa: ANN202
+        attn = self.layers[j].self_attn
+        n = x.shape[1]
+        q = attn.q_proj(x).view(1, n, self.n_heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *rope)
+        return q, k, v
+
+    def layer(self, j: int, h: torch.Tensor, start: int, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Run decoder layer j on h [1, n, D] at positions start..start+n, writing its K/V."""
+        block = self.layers[j]
+        n = h.shape[1]
+        self.layer_calls += 1
+        self.layer_positions += n
+        q, k, v = self._qkv(j, block.input_layernorm(h), rope)
+        end = start + n
+        self.k[j, :, start:end] = k[0]
+        self.v[j, :, start:end] = v[0]
+        keys, values = self.k[j : j + 1, :, :end], self.v[j : j + 1, :, :end]
+        if n == 1:
+            mask = None
+        else:  # query i sits at position start + i and sees keys up to it
+            mask = torch.ones(n, end, dtype=torch.bool, device=self.device).tril(diagonal=start)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
+        h = h + block.self_attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
+        return h + block.mlp(block.post_attention_layernorm(h))
+
+    def layers_range(self, h: torch.Tensor, start: int, first: int, last: int) -> torch.Tensor:
+        """Layers first..last-1 on h at positions start.. (one rotary computation for all)."""
+        rope = self.rope(start, h.shape[1], h)
+        for j in range(first, last):
+            h = self.layer(j, h, start, rope)
+        return h
+
+    def fill_kv(self, h: torch.Tensor, start: int, first: int, last: int) -> None:
+        """State propagation (CALM): the layers a token skipped still need its K/V for later
+        tokens' attention; compute them from the exited hidden state h (K/V projections only, no
+        attention or MLP, so it costs a fraction of running the layers)."""
+        rope = self.rope(start, h.shape[1], h)
+        n = h.shape[1]
+        for j in range(first, last):
+            block = self.layers[j]
+            x = block.input_layernorm(h)
+            k = block.self_attn.k_proj(x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+            v = block.self_attn.v_proj(x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+            k, _ = apply_rotary_pos_emb(k, k, *rope)
+            self.k[j, :, start : start + n] = k[0]
+            self.v[j, :, start : start + n] = v[0]
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head: the full-depth output distribution (float32 logits)."""
+        return self.lm_head(self.norm(h)).float()
