@@ -13,7 +13,7 @@ threshold is the fastest one within 1 point of full-depth accuracy. Writes
 benchmarks/results/adaptive_depth.json and adaptive_depth_<tier>.png (exit-depth histograms).
 
     .venv/bin/python benchmarks/adaptive_depth.py --data ../shared/data [--tiers small,medium]
-        [--prompts 100] [--new-tokens 128] [--thresholds 0.6,0.8,0.9,0.95] [--dtype float32]
+        [--prompts 100 | --prompts 25,10] [--new-tokens 128] [--thresholds 0.6,0.8,0.9,0.95] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tqdm import tqdm
 RESULTS = Path(__file__).parent / "results"
 
 
-def run_tier(name: str, args: argparse.Namespace) -> dict:
+def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
     from ladder.cluster.compose import materialize, weights_id
     from ladder.cluster.settings import load_config
     from ladder.offline import gsm8k
@@ -48,7 +48,7 @@ def run_tier(name: str, args: argparse.Namespace) -> dict:
     info = json.loads((bundled_heads(name) / "heads.json").read_text())
     draft_layer = args.draft_layer or info.get("draft_layer") or heads.layers[1]
     eos = _eos_ids(worker.model, worker.tokenizer)
-    problems = gsm8k.load(Path(args.data) / "routellm" / "gsm8k" / "test.jsonl", limit=args.prompts)
+    problems = gsm8k.load(Path(args.data) / "routellm" / "gsm8k" / "test.jsonl", limit=n_prompts)
 
     def greedy(logits: torch.Tensor) -> tuple[int, float]:
         lp = torch.log_softmax(logits.float(), -1)
@@ -143,7 +143,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--tiers", default="small,medium")
-    ap.add_argument("--prompts", type=int, default=100)
+    ap.add_argument("--prompts", default="100", help="per tier, comma-separated (one value: every tier)")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--thresholds", type=lambda s: [float(x) for x in s.split(",")], default=[0.6, 0.8, 0.9, 0.95])
     ap.add_argument("--draft-layer", type=int, default=None, help="default: the heads file's choice")
@@ -155,7 +155,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
-    results = [run_tier(t, args) for t in args.tiers.split(",")]
+    tiers = args.tiers.split(",")
+    counts = [int(x) for x in args.prompts.split(",")]
+    counts = counts * len(tiers) if len(counts) == 1 else counts
+    results = [run_tier(t, n, args) for t, n in zip(tiers, counts)]
     Path(args.out).write_text(json.dumps({"command": "benchmarks/adaptive_depth.py", "args": vars(args), "tiers": results}, indent=2) + "\n")
     for res in results:
         print(f"\n{res['tier']} ({res['prompts']} prompts x {res['new_tokens']} new tokens, {res['dtype']}, "

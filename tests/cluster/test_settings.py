@@ -68,3 +68,16 @@ def test_prices_give_costs():
     price = LadderConfig().tier("large").price
     assert price.cost(1_000_000, 0) == pytest.approx(price.input_per_1m)
     assert price.cost(1000, 500) > price.cost(1000, 100)
+
+
+def test_adaptive_example_config_is_valid_and_points_at_shipped_heads():
+    cfg = load_config(ROOT / "configs" / "adaptive.yaml")
+    small = cfg.tier("small")
+    assert small.adaptive.mode == "speculative" and small.adaptive.drafter == "lookup"
+    assert small.dtype == "float32"  # the lossless claim is made in float32 (docs/ADAPTIVE_DEPTH.md)
+    for name in ("small", "medium"):  # heads ship for both, with the weights they were fitted to
+        heads = cfg.tier(name).adaptive.heads_path(name)
+        assert (heads / "heads.safetensors").is_file()
+        import json
+
+        assert json.loads((heads / "heads.json").read_text())["model_sha256"] == cfg.tier(name).source.sha256
