@@ -108,16 +108,25 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
                       "token_match": round(float(np.mean(r["match"])), 4), "accuracy": r["correct"] / len(problems),
                       "tokens": r["tokens"]})  # fmt: skip
     full_acc = rows["full"]["correct"] / len(problems)
-    ok = [row for row in table if row["mode"].startswith("early_exit") and row["accuracy"] >= full_acc - 0.01]
-    default = max(ok, key=lambda row: row["speedup"])["mode"] if ok else None
+    default = choose_default(table, full_acc)
     plot(name, lw.n_layers, {m: rows[m]["depths"] for m in modes if m != "full"}, RESULTS / f"adaptive_depth_{name}.png")
     return {"tier": name, "layers": lw.n_layers, "exit_layers": list(heads.layers), "draft_layer": draft_layer,
             "max_draft": args.max_draft, "draft_threshold": args.draft_threshold, "prompts": len(problems),
             "new_tokens": args.new_tokens, "dtype": args.dtype, "rows": table, "default_early_exit": default,
+            "calibrated_threshold": info.get("early_exit_threshold"),
             "speculation": {m: {"acceptance": round(s.acceptance, 4), "drafted": s.drafted, "accepted": s.accepted,
                                 "verifications": s.verifications,
                                 "tokens_per_verification": round((s.accepted + s.verifications) / max(1, s.verifications), 3)}
                             for m, s in stats.items()}}  # fmt: skip
+
+
+def choose_default(table: list[dict], full_acc: float) -> str | None:
+    """The fastest early-exit point within 1 point of full-depth GSM8K accuracy — None when full
+    depth itself scores 0 (the rule would then pick the fastest point, whatever its quality)."""
+    if full_acc <= 0:
+        return None
+    ok = [r for r in table if r["mode"].startswith("early_exit") and r["accuracy"] >= full_acc - 0.01]
+    return max(ok, key=lambda r: r["speedup"])["mode"] if ok else None
 
 
 def plot(name: str, n_layers: int, depths: dict[str, list[int]], path: Path) -> None:
@@ -127,7 +136,7 @@ def plot(name: str, n_layers: int, depths: dict[str, list[int]], path: Path) -> 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(depths), figsize=(3.2 * len(depths), 3), sharey=True)
-    bins = np.arange(0.5, n_layers + 1.5)
+    bins = np.arange(-0.5, n_layers + 1.5)  # depth 0 = an accepted prompt-lookup draft
     for ax, (mode, d) in zip(np.atleast_1d(axes), depths.items()):
         ax.hist(d, bins=bins, weights=np.ones(len(d)) / max(1, len(d)))
         ax.set_title(f"{mode}\nmean {np.mean(d):.1f} / {n_layers}", fontsize=9)
@@ -170,7 +179,8 @@ def main() -> None:
                   f"{r['token_match']:>7.3f}{r['accuracy']:>6.2f}")  # fmt: skip
         for m, s in res["speculation"].items():
             print(f"{m}: acceptance {s['acceptance']:.3f}, {s['tokens_per_verification']:.2f} tokens per verification")
-        print(f"default early-exit point (fastest within 1 point of full-depth accuracy): {res['default_early_exit']}")
+        print(f"early exit: fastest point within 1 point of full-depth accuracy: {res['default_early_exit']}; "
+              f"calibrated threshold (heads.json, 2% held-out disagreement): {res['calibrated_threshold']}")
 
 
 if __name__ == "__main__":
