@@ -11,7 +11,9 @@ serve: setup
 test: setup
 	.venv/bin/lint-imports
 	.venv/bin/ruff check --select F,E9 src tests benchmarks
-	.venv/bin/pytest -m "not gpu"
+	.venv/bin/pytest -m "not gpu and not vllm"
+	bash scripts/setup-vllm.sh
+	.venv-vllm/bin/pytest -p no:cacheprovider -m "vllm and not gpu" tests/workers/test_vllm_worker.py tests/integration/test_vllm_serving.py
 
 bench: setup
 	.venv/bin/python benchmarks/tiers.py

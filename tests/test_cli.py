@@ -96,3 +96,10 @@ def test_depth_commands_refuse_bad_input(tmp_path):
     assert_clean_error(ladder("depth", "calibrate", "--tier", "small", "--heads", str(tmp_path)), "no trained heads")
     assert_clean_error(ladder("depth", "train", "--tier", "small", "--data", str(tmp_path), "--prompts", "2", "-o", str(tmp_path / "h")),
                        "GSM8K file")  # fmt: skip
+
+
+def test_collect_refuses_unknown_datasets_and_missing_data(tmp_path):
+    assert_clean_error(ladder("collect", "squad", "--data", DATA, "-o", str(tmp_path / "o.jsonl")), "unknown dataset")
+    assert_clean_error(ladder("collect", "gsm8k", "--data", str(tmp_path), "-o", str(tmp_path / "o.jsonl")),
+                       "not found")  # fmt: skip
+    assert not (tmp_path / "o.jsonl").exists()

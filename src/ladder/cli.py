@@ -142,6 +142,40 @@ def score(
     Console(width=160).print(table)
 
 
+@app.command()
+def collect(
+    dataset: Annotated[str, typer.Argument(help="gsm8k, gsm8k-train or mmlu-pro")],
+    data: Annotated[Path, typer.Option("--data", help="the shared data folder")],
+    out: Annotated[Path, typer.Option("--out", "-o")],
+    limit: Annotated[Optional[int], typer.Option(min=1, help="first N items by a stable id hash")] = None,
+    config: ConfigOpt = None,
+    tiers: Annotated[Optional[str], typer.Option(help="comma-separated subset of tiers (rungs)")] = None,
+    actors: Annotated[int, typer.Option(min=1, help="actors in the Ray Data pool")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="queries sent to a rung together (vLLM batches them)")] = 16,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="default: the dataset's")] = None,
+) -> None:
+    """Run every rung on a labelled dataset; write outcomes JSONL (resumable: done ids are skipped)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ladder.cluster.collect import collect as run
+    from ladder.cluster.runtime import Runtime
+    from ladder.cluster.serving import restrict
+    from ladder.offline.datasets import load_dataset
+
+    cfg = restrict(_config(config), tiers.split(",") if tiers else None, None, None)
+    cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"enabled": False})})
+    ds = load_dataset(dataset, data, limit)
+    with Runtime.start(cfg):
+        s = run(cfg, ds, data, out, actors, batch_size, max_tokens)
+    table = Table("rung", "accuracy (this run)", "mean latency s", "errors")
+    for rung in s.correct:
+        table.add_row(rung, f"{s.correct[rung] / s.rows:.3f}", f"{s.latency_s[rung] / s.rows:.2f}",
+                      str(s.errors.get(rung, 0)))  # fmt: skip
+    Console(width=160).print(table)
+    print(f"{s.rows} queries collected, {s.skipped} already in {out}, {s.wall_s:.0f} s")
+
+
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="shared data folder (for routellm:* sources)")]
 SourceArg = Annotated[str, typer.Argument(help="outcomes: routellm:mmlu, routellm:gsm8k, or a Ladder JSONL file")]
 

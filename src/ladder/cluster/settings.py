@@ -112,13 +112,25 @@ class PriceConfig(_Strict):
         return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6
 
 
+class VLLMConfig(_Strict):
+    """Engine settings of a ``backend: vllm`` tier (see workers/vllm_worker.py)."""
+
+    max_model_len: int = Field(default=4096, ge=64)
+    max_num_seqs: int = Field(default=32, ge=1)
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    kv_cache_gib: int = Field(default=2, ge=1)  # CPU backend only
+    enforce_eager: bool = False
+
+
 class TierConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
     source: SourceConfig
     price: PriceConfig
     # transformers: GGUF/HF tiers; recurrent: Ladder's own recurrent-depth checkpoints; huginn: a
-    # published Huginn-format checkpoint in a local folder (not runnable here: see workers/huginn.py).
-    backend: Literal["transformers", "recurrent", "huginn"] = "transformers"
+    # published Huginn-format checkpoint in a local folder (not runnable here: see workers/huginn.py);
+    # vllm: the same weights on vLLM's engine (continuous batching; needs the vllm package).
+    backend: Literal["transformers", "recurrent", "huginn", "vllm"] = "transformers"
+    vllm: VLLMConfig | None = None  # vllm backend only
     depth: DepthConfig | None = None  # recurrent and huginn backends only
     adaptive: AdaptiveDepthConfig | None = None  # transformers backend only
     device: str = "cpu"
@@ -142,10 +154,12 @@ class TierConfig(_Strict):
             raise ValueError("backend 'huginn' loads a local checkpoint folder: source kind 'local'")
         if self.backend != "recurrent" and isinstance(self.source, BundledSourceConfig):
             raise ValueError("source kind 'bundled' belongs to backend 'recurrent'")
-        if self.backend == "transformers" and self.depth:
+        if self.backend in ("transformers", "vllm") and self.depth:
             raise ValueError("'depth' belongs to the depth-adaptive backends (recurrent, huginn)")
         if self.backend != "transformers" and self.adaptive:
             raise ValueError("'adaptive' (exit heads) belongs to backend 'transformers'")
+        if self.backend != "vllm" and self.vllm:
+            raise ValueError("'vllm' (engine settings) belongs to backend 'vllm'")
         return self
 
 

@@ -14,8 +14,15 @@ from ladder.policies.idk import SIGNALS, AnswerView, IdkModel, signal_matrix
 from ladder.policies.labels import LabelScheme, boundary_labels
 from ladder.policies.linear import fit_logistic
 
-# Log-probability signals are useless (constant) where a data set has none; the rest always apply.
+# Log-probability signals are useless (constant) where a data set has none (RouteLLM's); outcomes
+# collected from Ladder's own tiers carry them, and then every signal is used.
 TEXT_SIGNALS = tuple(n for n in SIGNALS if "logprob" not in n)
+ALL_SIGNALS = tuple(SIGNALS)
+
+
+def _views(outcomes: Outcomes, rung: str, prior: np.ndarray) -> list[AnswerView]:
+    return [AnswerView(t, lp, float(p))
+            for t, lp, p in zip(outcomes.response(rung), outcomes.answer_logprobs(rung), prior)]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,10 +62,11 @@ def train_policy(
             if rung not in outcomes.responses:
                 continue
             prior = _cross_fitted(x, labels[b], spec.c, spec.folds)
-            views = [AnswerView(t, (), p) for t, p in zip(outcomes.response(rung), prior)]
+            names = ALL_SIGNALS if rung in outcomes.logprobs else TEXT_SIGNALS
+            views = _views(outcomes, rung, prior)
             hard = (labels[b] >= 0.5).astype(float)
-            scorer = fit_logistic(signal_matrix(views, TEXT_SIGNALS), hard, spec.idk_c, standardize=True)
-            idk[b] = IdkModel(TEXT_SIGNALS, scorer)
+            scorer = fit_logistic(signal_matrix(views, names), hard, spec.idk_c, standardize=True)
+            idk[b] = IdkModel(names, scorer)
     meta = {"label_scheme": spec.scheme.value, "c": spec.c, "data_hash": outcomes.fingerprint,
             "data_source": outcomes.source, "train_rows": len(outcomes), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
     return HybridRouterPolicy(outcomes.rungs, featurizer, boundaries, (0.5,) * (r - 1), idk,
@@ -72,6 +80,5 @@ def idk_scores(policy: HybridRouterPolicy, outcomes: Outcomes, route_scores: np.
     n, r = len(outcomes), len(outcomes.rungs)
     out = np.ones((n, r - 1))  # rungs without an IDK model accept
     for b, model in policy.idk.items():
-        views = [AnswerView(t, (), float(p)) for t, p in zip(outcomes.response(outcomes.rungs[b]), route_scores[:, b])]
-        out[:, b] = model.proba(views)
+        out[:, b] = model.proba(_views(outcomes, outcomes.rungs[b], route_scores[:, b]))
     return out

@@ -126,8 +126,10 @@ def read_jsonl(path: Path) -> Outcomes:
     for k, s in sorted(names):
         signals[f"{k}/{s}"] = np.array([r.get("signals", {}).get(k, {}).get(s, np.nan) for r in rows], dtype=float)
     groups = tuple(str(r.get("group", "")) for r in rows)
+    logprobs = {k: tuple(tuple(float(x) for x in r["logprobs"][k]) for r in rows) for k in rungs
+                if all(k in r.get("logprobs", {}) for r in rows)}  # fmt: skip
     return Outcomes(tuple(str(r["id"]) for r in rows), tuple(str(r["query"]) for r in rows), rungs, quality,
-                    tokens, responses, signals, groups, source=str(path))  # fmt: skip
+                    tokens, responses, signals, groups, source=str(path), logprobs=logprobs)  # fmt: skip
 
 
 def write_jsonl(outcomes: Outcomes, path: Path) -> None:
@@ -141,6 +143,8 @@ def write_jsonl(outcomes: Outcomes, path: Path) -> None:
                 row["response"] = {k: v[i] for k, v in outcomes.responses.items()}
             if outcomes.groups is not None:
                 row["group"] = outcomes.groups[i]
+            if outcomes.logprobs:
+                row["logprobs"] = {k: list(v[i]) for k, v in outcomes.logprobs.items()}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 

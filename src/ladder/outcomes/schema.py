@@ -31,6 +31,8 @@ class Outcomes:
     signals: dict[str, np.ndarray] = field(default_factory=dict)  # "rung/name" -> [n]
     groups: tuple[str, ...] | None = None  # e.g. MMLU subject (for reporting only)
     source: str = ""
+    # rung -> [n] per-token log-probabilities of its answer (collected from Ladder's own tiers)
+    logprobs: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n, r = len(self.ids), len(self.rungs)
@@ -74,7 +76,12 @@ class Outcomes:
             responses={k: pick(v) for k, v in self.responses.items()},
             signals={k: v[idx] for k, v in self.signals.items()},
             groups=None if self.groups is None else pick(self.groups),
+            logprobs={k: pick(v) for k, v in self.logprobs.items()},
         )
+
+    def answer_logprobs(self, rung: str) -> tuple[tuple[float, ...], ...]:
+        """Per-row token log-probabilities of a rung's answers; empty tuples where none were recorded."""
+        return self.logprobs.get(rung, ((),) * len(self.ids))
 
     def response(self, rung: str) -> tuple[str, ...]:
         if rung not in self.responses:

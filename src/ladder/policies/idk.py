@@ -99,6 +99,9 @@ def _integer_answer(a: AnswerView) -> float:
 
 
 SIGNALS: dict[str, Callable[[AnswerView], float]] = {
+    # The first token carries a multiple-choice answer's letter: its log-probability is the
+    # model's confidence in the choice itself.
+    "first_logprob": lambda a: float(a.logprobs[0]) if a.logprobs else 0.0,
     "mean_logprob": _mean_lp,
     "min_logprob": _min_lp,
     "p10_logprob": _p10_lp,
