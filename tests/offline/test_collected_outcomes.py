@@ -50,3 +50,13 @@ def test_idk_step_learns_from_collected_logprobs(tmp_path):
     right = test.quality[:, 0] == 1
     # The answer text is identical for right and wrong answers: only the log-probability separates them.
     assert accept[right].min() > accept[~right].max()
+
+
+def test_answers_with_absurdly_long_numbers_do_not_break_signals():
+    from ladder.offline.datasets import score_gsm8k
+    from ladder.policies.idk import SIGNALS, AnswerView, signal_matrix
+
+    text = "The answer is " + "9" * 400  # seen in the small tier's GSM8K answers: parses to inf
+    row = signal_matrix([AnswerView(text, (-0.1,), 0.5)], list(SIGNALS))
+    assert np.isfinite(row).all()
+    assert score_gsm8k(text, "18") == 0.0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,9 +58,10 @@ def final_number(text: str) -> float | None:
     if raw is None:
         return None
     try:
-        return float(raw.replace(",", ""))
+        value = float(raw.replace(",", ""))
     except ValueError:
         return None
+    return value if math.isfinite(value) else None  # hundreds of digits parse to inf
 
 
 def score_gsm8k(answer: str, gold: str) -> float:

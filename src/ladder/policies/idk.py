@@ -76,9 +76,11 @@ def _final_number(text: str) -> float | None:
     if raw is None:
         return None
     try:
-        return float(raw.replace(",", "").replace("$", ""))
+        value = float(raw.replace(",", "").replace("$", ""))
     except ValueError:
         return None
+    # a run of hundreds of digits (small models do write them) parses to inf: no usable number
+    return value if math.isfinite(value) else None
 
 
 def _mean_lp(a: AnswerView) -> float:
