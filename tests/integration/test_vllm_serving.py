@@ -24,13 +24,13 @@ def test_routed_and_streamed_answers_come_from_the_vllm_tier(client):
     raw = client.chat.completions.with_raw_response.create(model="ladder", messages=msgs, max_tokens=16, temperature=0)
     resp = raw.parse()
     assert raw.headers["x-ladder-tier"] == "small" and resp.choices[0].message.content
-    assert resp.usage.completion_tokens == 16 and resp.choices[0].finish_reason == "length"
+    assert 0 < resp.usage.completion_tokens <= 16 and resp.choices[0].finish_reason in ("stop", "length")
     chunks = list(client.chat.completions.create(model="small", messages=msgs, max_tokens=16, temperature=0,
                                                  stream=True, stream_options={"include_usage": True}))  # fmt: skip
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # really incremental
     assert streamed == resp.choices[0].message.content
-    assert chunks[-1].usage.completion_tokens == 16
+    assert chunks[-1].usage.completion_tokens == resp.usage.completion_tokens
 
 
 def test_bad_input_is_an_openai_error_not_a_crash(client):
