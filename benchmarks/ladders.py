@@ -21,7 +21,7 @@ import numpy as np
 
 from ladder.offline.evaluation import knn_scores
 from ladder.offline.featcache import featurize
-from ladder.offline.frontier import aiq, cost_to_reach, frontier
+from ladder.offline.frontier import aiq, cell_ceiling, cost_to_reach, frontier
 from ladder.offline.pipeline import three_way
 from ladder.offline.plots import new_axes, save
 from ladder.offline.training import TrainSpec, train_policy
@@ -111,15 +111,21 @@ def run_ladder(name: str, data: Path, cost_model: str) -> dict:
     oracle_rung = np.where(q.any(axis=1), np.argmax(q > 0, axis=1), 0)
     oracle = (np.array([c_test[np.arange(len(q)), oracle_rung].mean()]), np.array([q.max(axis=1).mean()]))
     methods["oracle"] = oracle
+    methods.update(ceilings(test, c_test))
     lo, hi = always[0][0], always[2][0]
     rows = []
     for m, (cs, qs) in methods.items():
         xs, ys = frontier(cs, qs)
-        if m.startswith("random"):
+        if m.startswith(("random", "ceiling")):  # straight lines between points (mixing)
             area = float(np.trapezoid(np.interp(np.linspace(lo, hi, 1001), xs, ys), np.linspace(lo, hi, 1001)) / (hi - lo))
         else:
             area = aiq(xs, ys, lo, hi)
-        reach = cost_to_reach(xs, ys, always[2][1]) if not m.startswith("random") else hi
+        if m.startswith("random"):
+            reach = hi
+        elif m.startswith("ceiling"):  # mixing within a cell: linear between hull points
+            reach = float(np.interp(always[2][1], ys, xs)) if ys.max() >= always[2][1] - 1e-9 else None
+        else:
+            reach = cost_to_reach(xs, ys, always[2][1])
         rows.append({"method": m, "aiq": area, "best_quality": float(ys.max()),
                      "cost_to_match_large": None if reach is None else reach / large_cost, "_xs": xs, "_ys": ys})  # fmt: skip
     plot(name, rows, always, large_cost)
@@ -130,10 +136,30 @@ def run_ladder(name: str, data: Path, cost_model: str) -> dict:
             "calibration": calibration}  # fmt: skip
 
 
+def ceilings(test, c_test: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # noqa: ANN001
+    """Upper bounds for any policy limited to what it can observe, tuned on the TEST outcomes
+    themselves (optimistic by construction; not methods, so not in the targets). ``category``: a
+    pre-generation router that knows each query's subject and the true accuracy of every rung per
+    subject. ``answers``: a cascade that runs the two cheaper rungs, sees whether each one's answer
+    parsed and whether they agree, and per cell accepts one of them or pays for the largest."""
+    q, out = test.quality, {}
+    cats = np.array(test.groups) if test.groups is not None else np.zeros(len(test), int).astype(str)
+    out["ceiling: subject-aware router"] = cell_ceiling(cats, q, c_test)
+    small, medium = test.rungs[0], test.rungs[1]
+    if small in test.responses and medium in test.responses:
+        a, b = np.array(test.response(small)), np.array(test.response(medium))
+        cells = np.char.add(np.char.add(cats, "|"), ((a != "").astype(int) * 4 + (b != "").astype(int) * 2
+                                                     + (a == b).astype(int)).astype(str))  # fmt: skip
+        base = c_test[:, 0] + c_test[:, 1]
+        out["ceiling: subject + both cheaper answers"] = cell_ceiling(
+            cells, q, np.stack([base, base, base + c_test[:, 2]], 1))
+    return out
+
+
 def plot(name: str, rows: list[dict], always, large_cost: float) -> None:  # noqa: ANN001
     fig, ax = new_axes()
     for r in rows:
-        style = ":" if r["method"].startswith("random") else "-"
+        style = ":" if r["method"].startswith("random") else "--" if r["method"].startswith("ceiling") else "-"
         marker = "*" if r["method"] == "oracle" else None
         ax.plot(r["_xs"] / large_cost, r["_ys"], style, marker=marker, ms=12, drawstyle="steps-post" if style == "-" else None,
                 label=f"{r['method']} (AIQ {r['aiq']:.3f})")  # fmt: skip

@@ -96,7 +96,8 @@ def main() -> None:
     model, meta = load_checkpoint(args.checkpoint)
     tok = CharTokenizer(model.cfg.vocab, model.cfg.prompt_len)
     n = args.per_level * len(LEVELS)
-    val, test = make_items(777_001, n), make_items(888_002, n)  # training drew from seed 0 and 10_000+
+    ops = meta.get("operators", "+-*")  # the operator set the checkpoint was trained on
+    val, test = make_items(777_001, n, operators=ops), make_items(888_002, n, operators=ops)  # training: seed 0, 10_000+
     never = make_exit(ExitKind.NEVER)
     fixed = {r: run(model, tok, test, r, never) for r in FIXED_R}
     for r in FIXED_R:

@@ -257,12 +257,19 @@ def recurrent_train(
     batch: Annotated[int, typer.Option(min=1)] = 64,
     seed: int = 0,
     threads: Annotated[int, typer.Option(min=1)] = 2,
+    operators: Annotated[str, typer.Option(help='operations to draw from, a subset of "+-*"')] = "+-*",
+    window: Annotated[Optional[int], typer.Option(min=1, help="sliding attention window (default: none)")] = None,
+    curriculum: Annotated[bool, typer.Option(help="start at 2 operations, add one when learned")] = False,
 ) -> None:
     """Train a recurrent-depth model from scratch on seeded left-to-right arithmetic (CPU)."""
     from ladder.offline.recurrent_training import TrainSpec, train as run
 
+    if not operators or set(operators) - set("+-*"):
+        _fail(f'--operators must be a non-empty subset of "+-*", got {operators!r}')
     command = "ladder recurrent train " + " ".join(sys.argv[3:])
-    meta = run(TrainSpec(steps=steps, batch=batch, seed=seed, threads=threads), out, command.strip())
+    spec = TrainSpec(steps=steps, batch=batch, seed=seed, threads=threads, operators=operators, window=window,
+                     curriculum=curriculum)  # fmt: skip
+    meta = run(spec, out, command.strip())
     typer.echo(f"wrote {out} ({meta['parameters']:,} parameters, {meta['train_minutes']} min); "
                f"last log: {meta['log'][-1]}")  # fmt: skip
 

@@ -157,3 +157,48 @@ def test_arithmetic_items_are_seeded_and_their_answers_check_out():
         assert len(item.values) == item.ops == (len(body) - 1) // 2 and len(item.prompt) <= PROMPT_LEN
     with pytest.raises(ValueError):
         make_item(random.Random(0), MAX_OPS + 1)
+
+
+def test_sliding_window_hides_far_tokens_and_generation_matches_the_parallel_forward():
+    torch.manual_seed(0)
+    cfg = RecurrentConfig(vocab=VOCAB, prompt_len=PROMPT_LEN, d_model=32, n_heads=2, window=3)
+    model = RecurrentDepthModel(cfg).eval()
+    prompts = _prompts(4, seed=7)
+    # Changing a token more than (prelude + r·core + coda)·window positions back cannot reach the
+    # last position; one inside that reach can (the window is what makes depth matter).
+    far, near = prompts.clone(), prompts.clone()
+    far[:, 0], near[:, -4] = 9, 9
+    g = lambda p: model(p, 1, generator=torch.Generator().manual_seed(1))[:, -1]  # noqa: E731
+    reach = (cfg.prelude + cfg.core + cfg.coda) * cfg.window  # 12 < PROMPT_LEN - 1
+    assert reach < PROMPT_LEN - 1
+    assert torch.equal(g(prompts), g(far)) and not torch.equal(g(prompts), g(near))
+    # The cached, one-token-at-a-time path applies the window too: the first token is 26
+    # positions from the generated ones, beyond every path through the cache at r = 1.
+    run = lambda m, p: m.generate(p, 2, 1, make_exit(ExitKind.NEVER), stop_id=None,  # noqa: E731
+                                  generator=torch.Generator().manual_seed(2)).logprobs  # fmt: skip
+    assert torch.equal(run(model, prompts), run(model, far))
+    unwindowed = RecurrentDepthModel(RecurrentConfig(**{**cfg.to_dict(), "window": None}))
+    unwindowed.load_state_dict(model.state_dict())
+    assert not torch.equal(run(unwindowed.eval(), prompts), run(unwindowed, far))
+
+
+def test_operator_subsets_and_the_curriculum_train_records_their_recipe(tmp_path):
+    items = make_items(3, 40, operators="+")
+    assert all(set(it.prompt[1:-1:2]) == {"+"} for it in items)
+    assert all(int(it.answer) == sum(map(int, it.prompt[0:-1:2])) % 10 for it in items)
+    with pytest.raises(ValueError, match="operators"):
+        make_item(random.Random(0), 2, "/")
+    from typer.testing import CliRunner
+
+    from ladder.cli import app
+
+    out = tmp_path / "plus"
+    args = ["recurrent", "train", "-o", str(out), "--steps", "100", "--batch", "4", "--operators", "+", "--window", "4",
+            "--curriculum"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model, meta = load_checkpoint(out)
+    assert meta["operators"] == "+" and model.cfg.window == 4 and meta["train"]["curriculum"] is True
+    assert meta["log"][-1]["max_ops"] in (2, 3)  # starts at 2 operations; 100 steps allow one check
+    bad = CliRunner().invoke(app, ["recurrent", "train", "-o", str(tmp_path / "x"), "--operators", "+/"])
+    assert bad.exit_code == 2 and "--operators" in bad.output

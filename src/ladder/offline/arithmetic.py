@@ -21,6 +21,7 @@ VOCAB = "_.0123456789+-*="  # 0 = padding, 1 = end of answer
 PAD, END = 0, 1
 MAX_OPS = 12
 PROMPT_LEN = 2 * MAX_OPS + 2  # first digit, MAX_OPS × (op digit), "="
+OPERATORS = "+-*"
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,17 @@ class ArithItem:
     values: str  # running result after each operation, one digit each
 
 
-def make_item(rng: random.Random, ops: int) -> ArithItem:
+def make_item(rng: random.Random, ops: int, operators: str = OPERATORS) -> ArithItem:
+    """One item with ``ops`` operations drawn from ``operators`` (a subset of "+-*"; "+" alone is
+    a running sum mod 10, the easiest table to learn)."""
     if not 1 <= ops <= MAX_OPS:
         raise ValueError(f"ops must be in 1..{MAX_OPS}, got {ops}")
+    if not operators or set(operators) - set(OPERATORS):
+        raise ValueError(f"operators must be a non-empty subset of {OPERATORS!r}, got {operators!r}")
     value = rng.randrange(10)
     text, values = [str(value)], []
     for _ in range(ops):
-        op = rng.choice("+-*")
+        op = rng.choice(operators)
         digit = rng.choice((3, 7, 9)) if op == "*" else rng.randrange(10)
         value = {"+": value + digit, "-": value - digit, "*": value * digit}[op] % 10
         text.append(f"{op}{digit}")
@@ -45,8 +50,9 @@ def make_item(rng: random.Random, ops: int) -> ArithItem:
     return ArithItem("".join(text) + "=", str(value), ops, "".join(values))
 
 
-def make_items(seed: int, n: int, levels: range | list[int] = range(1, MAX_OPS + 1)) -> list[ArithItem]:
+def make_items(seed: int, n: int, levels: range | list[int] = range(1, MAX_OPS + 1),
+               operators: str = OPERATORS) -> list[ArithItem]:  # fmt: skip
     """``n`` items, difficulty levels spread evenly (round-robin), reproducible from ``seed``."""
     rng = random.Random(seed)
     levels = list(levels)
-    return [make_item(rng, levels[i % len(levels)]) for i in range(n)]
+    return [make_item(rng, levels[i % len(levels)], operators) for i in range(n)]

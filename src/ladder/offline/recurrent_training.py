@@ -1,6 +1,8 @@
 """Train a recurrent-depth model from scratch on left-to-right arithmetic (``ladder recurrent train``).
 
-Each step draws a fresh batch from the seeded generator (1..12 operations evenly), samples the number of
+Each step draws a fresh batch from the seeded generator (1..12 operations evenly, or 1..the
+curriculum's current maximum, which rises by one whenever the model answers items at that maximum
+with ≥ 80% accuracy at r = max_train_r, checked every 100 steps), samples the number of
 core iterations r from the paper's log-normal Poisson, runs the first r-k iterations without
 gradients and backpropagates through the last k. The loss covers the answer digit and the end
 token, plus dense intermediate targets: at each operand the running result so far (the operands
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ladder.offline.arithmetic import END, MAX_OPS, PROMPT_LEN, VOCAB, ArithItem, make_item
+from ladder.offline.arithmetic import END, MAX_OPS, OPERATORS, PROMPT_LEN, VOCAB, ArithItem, make_item
 from ladder.workers.recurrent import RecurrentConfig, RecurrentDepthModel, sample_r
 from ladder.workers.recurrent_worker import CharTokenizer, weights_sha256
 
@@ -42,6 +44,9 @@ class TrainSpec:
     max_train_r: int = 16
     backprop_k: int = 4
     eval_every: int = 250
+    operators: str = OPERATORS
+    window: int | None = None  # sliding attention window (RecurrentConfig.window)
+    curriculum: bool = False
 
 
 def encode_batch(items: list[ArithItem], tok: CharTokenizer, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,12 +79,14 @@ def train(spec: TrainSpec, out: Path, command: str, progress: bool = True) -> di
     torch.set_num_threads(spec.threads)
     rng = random.Random(spec.seed)
     cfg = RecurrentConfig(vocab=VOCAB, prompt_len=PROMPT_LEN, d_model=spec.d_model, core=spec.core,
-                          mean_r=spec.mean_r, max_train_r=spec.max_train_r, backprop_k=spec.backprop_k)  # fmt: skip
+                          mean_r=spec.mean_r, max_train_r=spec.max_train_r, backprop_k=spec.backprop_k,
+                          window=spec.window)  # fmt: skip
     model = RecurrentDepthModel(cfg)
     tok = CharTokenizer(cfg.vocab, cfg.prompt_len)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(spec.seed)
-    held_out = [make_item(random.Random(10_000 + i), 1 + i % MAX_OPS) for i in range(480)]
+    held_out = [make_item(random.Random(10_000 + i), 1 + i % MAX_OPS, spec.operators) for i in range(480)]
+    level = 2 if spec.curriculum else MAX_OPS  # the most operations a training item may have
     started, log = time.perf_counter(), []
     bar = tqdm(range(spec.steps), desc="recurrent train", disable=not progress)
     ema = None
@@ -87,7 +94,7 @@ def train(spec: TrainSpec, out: Path, command: str, progress: bool = True) -> di
         lr = spec.lr * min(1.0, (step + 1) / spec.warmup) * 0.5 * (1 + math.cos(math.pi * step / spec.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        items = [make_item(rng, 1 + rng.randrange(MAX_OPS)) for _ in range(spec.batch)]
+        items = [make_item(rng, 1 + rng.randrange(level), spec.operators) for _ in range(spec.batch)]
         ids, targets = encode_batch(items, tok, cfg.seq_len)
         r = sample_r(spec.mean_r, spec.max_train_r, gen)
         logits = model(ids, r, spec.backprop_k, gen)
@@ -97,12 +104,17 @@ def train(spec: TrainSpec, out: Path, command: str, progress: bool = True) -> di
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if spec.curriculum and level < MAX_OPS and (step + 1) % 100 == 0:
+            probe = [make_item(rng, level, spec.operators) for _ in range(128)]
+            if evaluate(model.eval(), probe, spec.max_train_r, tok) >= 0.8:
+                level += 1
+            model.train()
         if step % spec.eval_every == 0 or step == spec.steps - 1:
             acc = evaluate(model.eval(), held_out, 16, tok)
             model.train()
-            log.append({"step": step, "loss": round(ema, 4), "acc_r16": round(acc, 4),
+            log.append({"step": step, "loss": round(ema, 4), "acc_r16": round(acc, 4), "max_ops": level,
                         "minutes": round((time.perf_counter() - started) / 60, 2)})  # fmt: skip
-            bar.set_postfix(loss=f"{ema:.3f}", acc16=f"{acc:.3f}")
+            bar.set_postfix(loss=f"{ema:.3f}", acc16=f"{acc:.3f}", max_ops=level)
     return save(model.eval(), out, spec, command, log, time.perf_counter() - started)
 
 
@@ -116,6 +128,7 @@ def save(model: RecurrentDepthModel, out: Path, spec: TrainSpec, command: str, l
         "format": 1,
         "model": model.cfg.to_dict(),
         "task": f"left-to-right arithmetic mod 10 (ladder.offline.arithmetic), 1..{MAX_OPS} operations",
+        "operators": spec.operators,
         "train": asdict(spec),
         "command": command,
         "train_minutes": round(seconds / 60, 2),

@@ -153,7 +153,8 @@ def load_model_ladder(path: Path, models: list[str], rungs: list[str] | None = N
     """A ladder of models from a multi-model outcomes parquet (ZeroEval GSM8K, MMLU-Pro).
 
     Quality = the model's 0/1 column; tokens ≈ the recorded output length (``|out_chars`` or
-    ``|gen_chars``) / 4. Rows where any rung has no outcome (NaN) are dropped.
+    ``|gen_chars``) / 4; responses = the extracted answer (``|pred``, "" when none was parsed)
+    where the file has it. Rows where any rung has no outcome (NaN) are dropped.
     """
     import pandas as pd
 
@@ -171,8 +172,11 @@ def load_model_ladder(path: Path, models: list[str], rungs: list[str] | None = N
         for suffix in ("|out_chars", "|gen_chars"):
             if m + suffix in frame.columns:
                 tokens[:, j] = frame[m + suffix].fillna(0).to_numpy(dtype=float) / 4 + 1
+    rung_names = tuple(rungs or models)
+    responses = {r: tuple(frame[m + "|pred"].fillna("").astype(str)) for r, m in zip(rung_names, models)
+                 if m + "|pred" in frame.columns}  # fmt: skip
     id_col = "question_id" if "question_id" in frame.columns else "id"
     return Outcomes(tuple(str(i) for i in frame[id_col]), tuple(frame[question].astype(str)),
-                    tuple(rungs or models), quality, tokens,
+                    rung_names, quality, tokens, responses=responses,
                     groups=tuple(frame["category"].astype(str)) if "category" in frame.columns else None,
                     source=f"{Path(path).parent.name}:{'>'.join(models)}")  # fmt: skip

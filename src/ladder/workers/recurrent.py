@@ -42,6 +42,11 @@ class RecurrentConfig:
     max_train_r: int = 16
     backprop_k: int = 4  # truncated backprop through the last k iterations
     max_r: int = 64  # the largest r inference accepts
+    # Sliding-window attention: a position sees itself and the ``window`` positions before it (None:
+    # the whole prefix). Local attention is what makes depth matter: one layer moves information at
+    # most ``window`` positions, so a long chain can only be read by iterating the core more often
+    # (otherwise a small model learns to sum short chains in a single pass and ignores r).
+    window: int | None = None
 
     @property
     def seq_len(self) -> int:
@@ -95,13 +100,14 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x)), kv
 
 
-def attention_mask(valid: torch.Tensor, n_new: int) -> torch.Tensor:
-    """Causal mask for the last ``n_new`` of S positions; padding is never a key (except to itself,
-    so a padded row is never empty). valid: [B, S] bool → [B, 1, n_new, S] bool."""
+def attention_mask(valid: torch.Tensor, n_new: int, window: int | None = None) -> torch.Tensor:
+    """Causal mask for the last ``n_new`` of S positions, limited to the ``window`` positions before
+    each (None: all); padding is never a key (except to itself, so a padded row is never empty).
+    valid: [B, S] bool → [B, 1, n_new, S] bool."""
     S = valid.shape[1]
     rows = torch.arange(S - n_new, S, device=valid.device)[:, None]  # [n_new, 1]
     cols = torch.arange(S, device=valid.device)[None, :]  # [1, S]
-    causal = cols <= rows  # [n_new, S]
+    causal = (cols <= rows) if window is None else (cols <= rows) & (cols >= rows - window)  # [n_new, S]
     return (causal & (valid[:, None, :] | (cols == rows)))[:, None]
 
 
@@ -170,7 +176,7 @@ class RecurrentDepthModel(nn.Module):
         """ids: [B, T] → logits [B, T, V] after r core iterations; gradients flow through the last
         ``backprop_k`` iterations only (truncated backpropagation, as in the paper)."""
         T = ids.shape[1]
-        mask, pos = attention_mask(ids != 0, T), torch.arange(T, device=ids.device)
+        mask, pos = attention_mask(ids != 0, T, self.cfg.window), torch.arange(T, device=ids.device)
         e = self.embed_input(ids, pos, mask)[0]
         s = self.initial_state(e, generator)
         k = r if backprop_k is None else min(backprop_k, r)
@@ -190,7 +196,7 @@ class RecurrentDepthModel(nn.Module):
         iterations each token used (≤ max_r). Rows stop at ``stop_id`` (later tokens are padding)."""
         B, P = prompt.shape
         valid = prompt != 0
-        mask, pos = attention_mask(valid, P), torch.arange(P, device=prompt.device)
+        mask, pos = attention_mask(valid, P, self.cfg.window), torch.arange(P, device=prompt.device)
         e, pre_kv = self.embed_input(prompt, pos, mask)
         s, core_kv, iters, logits = self._iterate(e, mask, pos, None, None, max_r, rule, generator)
         tokens, logps, used = [], [], []
@@ -205,7 +211,7 @@ class RecurrentDepthModel(nn.Module):
             if bool(finished.all()) or t == max_new - 1:
                 break
             valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=valid.device)], 1)
-            mask, pos = attention_mask(valid, 1), torch.tensor([P + t], device=prompt.device)
+            mask, pos = attention_mask(valid, 1, self.cfg.window), torch.tensor([P + t], device=prompt.device)
             e_t, kv = self.embed_input(nxt[:, None], pos, mask, pre_kv)
             pre_kv = _append(pre_kv, kv)
             s, kv, iters, logits = self._iterate(e_t, mask, pos, core_kv, coda_kv, max_r, rule, generator)
