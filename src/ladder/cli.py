@@ -260,6 +260,7 @@ def recurrent_train(
     operators: Annotated[str, typer.Option(help='operations to draw from, a subset of "+-*"')] = "+-*",
     window: Annotated[Optional[int], typer.Option(min=1, help="sliding attention window (default: none)")] = None,
     curriculum: Annotated[bool, typer.Option(help="start at 2 operations, add one when learned")] = False,
+    lr: Annotated[float, typer.Option(min=1e-6, max=1.0, help="peak learning rate (warm-up, then cosine)")] = 7e-4,
 ) -> None:
     """Train a recurrent-depth model from scratch on seeded left-to-right arithmetic (CPU)."""
     from ladder.offline.recurrent_training import TrainSpec, train as run
@@ -268,7 +269,7 @@ def recurrent_train(
         _fail(f'--operators must be a non-empty subset of "+-*", got {operators!r}')
     command = "ladder recurrent train " + " ".join(sys.argv[3:])
     spec = TrainSpec(steps=steps, batch=batch, seed=seed, threads=threads, operators=operators, window=window,
-                     curriculum=curriculum)  # fmt: skip
+                     curriculum=curriculum, lr=lr)  # fmt: skip
     meta = run(spec, out, command.strip())
     typer.echo(f"wrote {out} ({meta['parameters']:,} parameters, {meta['train_minutes']} min); "
                f"last log: {meta['log'][-1]}")  # fmt: skip

@@ -194,11 +194,12 @@ def test_operator_subsets_and_the_curriculum_train_records_their_recipe(tmp_path
 
     out = tmp_path / "plus"
     args = ["recurrent", "train", "-o", str(out), "--steps", "100", "--batch", "4", "--operators", "+", "--window", "4",
-            "--curriculum"]  # fmt: skip
+            "--curriculum", "--lr", "1e-3"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     model, meta = load_checkpoint(out)
     assert meta["operators"] == "+" and model.cfg.window == 4 and meta["train"]["curriculum"] is True
+    assert meta["train"]["lr"] == 1e-3
     assert meta["log"][-1]["max_ops"] in (2, 3)  # starts at 2 operations; 100 steps allow one check
     bad = CliRunner().invoke(app, ["recurrent", "train", "-o", str(tmp_path / "x"), "--operators", "+/"])
     assert bad.exit_code == 2 and "--operators" in bad.output
