@@ -260,16 +260,21 @@ def recurrent_train(
     operators: Annotated[str, typer.Option(help='operations to draw from, a subset of "+-*"')] = "+-*",
     window: Annotated[Optional[int], typer.Option(min=1, help="sliding attention window (default: none)")] = None,
     curriculum: Annotated[bool, typer.Option(help="start at 2 operations, add one when learned")] = False,
-    lr: Annotated[float, typer.Option(min=1e-6, max=1.0, help="peak learning rate (warm-up, then cosine)")] = 7e-4,
+    lr: Annotated[float, typer.Option(min=1e-6, max=1.0, help="peak learning rate (after warm-up)")] = 7e-4,
+    schedule: Annotated[str, typer.Option(help="cosine (decay to 0 over --steps) | constant | wsd (flat, "
+                                               "then linear decay over the last 20%)")] = "cosine",
+    max_minutes: Annotated[Optional[float], typer.Option(min=0.01, help="stop and save after this long")] = None,
 ) -> None:
     """Train a recurrent-depth model from scratch on seeded left-to-right arithmetic (CPU)."""
-    from ladder.offline.recurrent_training import TrainSpec, train as run
+    from ladder.offline.recurrent_training import SCHEDULES, TrainSpec, train as run
 
     if not operators or set(operators) - set("+-*"):
         _fail(f'--operators must be a non-empty subset of "+-*", got {operators!r}')
+    if schedule not in SCHEDULES:
+        _fail(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     command = "ladder recurrent train " + " ".join(sys.argv[3:])
     spec = TrainSpec(steps=steps, batch=batch, seed=seed, threads=threads, operators=operators, window=window,
-                     curriculum=curriculum, lr=lr)  # fmt: skip
+                     curriculum=curriculum, lr=lr, schedule=schedule, max_minutes=max_minutes)  # fmt: skip
     meta = run(spec, out, command.strip())
     typer.echo(f"wrote {out} ({meta['parameters']:,} parameters, {meta['train_minutes']} min); "
                f"last log: {meta['log'][-1]}")  # fmt: skip
@@ -277,7 +282,7 @@ def recurrent_train(
 
 @recurrent_app.command("ask")
 def recurrent_ask(
-    program: Annotated[str, typer.Argument(help='e.g. "7+3*9-4=" (left to right, mod 10)')],
+    program: Annotated[str, typer.Argument(help='e.g. "3+4+8=" (left to right, mod 10; the operators the checkpoint was trained on)')],
     checkpoint: Annotated[Optional[Path], typer.Option(help="default: the bundled checkpoint")] = None,
     max_iterations: Annotated[int, typer.Option("--max-iterations", "-r")] = 32,
     exit_rule: Annotated[str, typer.Option("--exit", help="kl | latent | never")] = "kl",

@@ -80,13 +80,15 @@ def test_backends_and_sources_must_fit_together(tmp_path):
             load_config(path)
 
 
-def test_the_example_config_names_the_bundled_checkpoint_and_says_when_it_is_missing(tmp_path):
+def test_the_example_config_serves_the_bundled_trained_checkpoint_on_both_rungs():
     cfg = load_config(RECURRENT_YAML)
     assert [t.depth.max_iterations for t in cfg.tiers] == [4, 32]
-    assert isinstance(cfg.tiers[0].source, BundledSourceConfig)
-    if not cfg.tiers[0].source.path.is_dir():
-        with pytest.raises(WeightsUnavailable, match="not found"):
-            materialize(cfg, cfg.tiers[0])
+    assert all(isinstance(t.source, BundledSourceConfig) for t in cfg.tiers)
+    workers = [build_worker(t, materialize(cfg, t)).load() for t in cfg.tiers]
+    for worker in workers:  # short sums the trained model gets right at either budget
+        for prompt, answer in (("3+4=", "7"), ("8+5=", "3"), ("9+9+2=", "0")):
+            gen = asyncio.run(worker.generate(Query.of(prompt, max_tokens=4)))
+            assert gen.text == answer and max(gen.depths) <= worker.budget.max_iterations, (prompt, gen)
 
 
 def test_missing_checkpoint_folder_and_non_huginn_folders_are_refused(tmp_path):

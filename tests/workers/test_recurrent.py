@@ -5,18 +5,19 @@ import asyncio
 import json
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
+import ladder
 from ladder.errors import ChecksumMismatch, InvalidRequest, WeightsUnavailable
 from ladder.offline.arithmetic import MAX_OPS, PROMPT_LEN, VOCAB, make_item, make_items
-from ladder.offline.recurrent_training import TrainSpec, encode_batch, save
+from ladder.offline.recurrent_training import TrainSpec, encode_batch, learning_rate, save
 from ladder.types import Query, Sampling
 from ladder.workers.exits import ExitKind, make_exit
 from ladder.workers.recurrent import RecurrentConfig, RecurrentDepthModel
 from ladder.workers.recurrent_worker import CharTokenizer, DepthBudget, RecurrentWorker, load_checkpoint
-
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +204,76 @@ def test_operator_subsets_and_the_curriculum_train_records_their_recipe(tmp_path
     assert meta["log"][-1]["max_ops"] in (2, 3)  # starts at 2 operations; 100 steps allow one check
     bad = CliRunner().invoke(app, ["recurrent", "train", "-o", str(tmp_path / "x"), "--operators", "+/"])
     assert bad.exit_code == 2 and "--operators" in bad.output
+
+
+def test_constant_schedule_and_the_time_limit_stop_and_save(tmp_path):
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    from ladder.cli import app
+
+    flat = TrainSpec(steps=1000, lr=1e-3, warmup=10, schedule="constant")
+    assert learning_rate(flat, 0) == pytest.approx(1e-4) and learning_rate(flat, 999) == pytest.approx(1e-3)
+    assert learning_rate(replace(flat, schedule="cosine"), 999) < 1e-7
+    wsd = replace(flat, schedule="wsd")  # flat until the last 20%, then linear to 0
+    assert learning_rate(wsd, 799) == pytest.approx(1e-3) and learning_rate(wsd, 900) == pytest.approx(5e-4)
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate(replace(flat, schedule="linear"), 0)
+    out = tmp_path / "timed"
+    args = ["recurrent", "train", "-o", str(out), "--steps", "100000", "--batch", "4", "--schedule", "constant",
+            "--max-minutes", "0.02"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    _, meta = load_checkpoint(out)
+    assert 0 < meta["steps_done"] < 100000 and meta["log"][-1]["step"] == meta["steps_done"] - 1
+    assert meta["train"]["schedule"] == "constant" and {"acc_r1", "acc_r16"} <= set(meta["log"][-1])
+    bad = CliRunner().invoke(app, ["recurrent", "train", "-o", str(tmp_path / "x"), "--schedule", "linear"])
+    assert bad.exit_code == 2 and "--schedule" in bad.output
+
+
+BUNDLED = Path(ladder.__file__).parent / "data" / "recurrent-arith"
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    assert (BUNDLED / "model.safetensors").is_file(), "the trained checkpoint ships with the package"
+    return load_checkpoint(BUNDLED)
+
+
+def test_bundled_checkpoint_records_a_reproducible_recipe_under_an_hour(bundled):
+    model, meta = bundled
+    assert meta["command"].startswith("ladder recurrent train -o src/ladder/data/recurrent-arith")
+    assert meta["train"]["seed"] == 0 and meta["train_minutes"] < 60 and meta["steps_done"] > 1000
+    assert model.cfg.window == meta["train"]["window"] and meta["operators"] == meta["train"]["operators"]
+
+
+def test_bundled_model_needs_more_iterations_for_longer_chains(bundled):
+    """The trained model's behaviour, not its mechanics: short chains are answered at any depth,
+    a 3-operation chain only with more core iterations (held-out seeds, never used in training)."""
+    model, meta = bundled
+    tok = CharTokenizer(model.cfg.vocab, model.cfg.prompt_len)
+
+    def accuracy(ops: int, r: int, rule=None) -> tuple[float, float]:  # noqa: ANN001
+        items = make_items(424_242 + ops, 60, levels=[ops], operators=meta["operators"])
+        prompts = torch.tensor([tok.encode_prompt(it.prompt) for it in items])
+        out = model.generate(prompts, 2, r, rule or make_exit(ExitKind.NEVER), generator=torch.Generator().manual_seed(0))
+        right = [tok.vocab[int(t)] == it.answer for t, it in zip(out.tokens[:, 0], items)]
+        return sum(right) / len(right), float(out.iterations[:, 0].float().mean())
+
+    assert accuracy(1, 4)[0] >= 0.9 and accuracy(2, 4)[0] >= 0.9
+    shallow, deep = accuracy(3, 1)[0], accuracy(3, 4)[0]
+    assert deep >= 0.8 and deep - shallow >= 0.5, (shallow, deep)
+    # Adaptive exit (max 32) stops long before the budget on chains the model can solve.
+    acc, iters = accuracy(3, 32, make_exit(ExitKind.LATENT, 5e-3))
+    assert acc >= 0.8 and iters <= 8, (acc, iters)
+
+
+def test_bundled_worker_refuses_operators_its_checkpoint_never_saw(bundled):
+    _, meta = bundled
+    unseen = sorted(set("+-*") - set(meta["operators"]))
+    assert unseen, "the shipped model is trained on a subset of the operators"
+    worker = RecurrentWorker("think", BUNDLED, DepthBudget(4)).load()
+    with pytest.raises(InvalidRequest, match="not trained on"):
+        worker.generate_sync(Query.of(f"3{unseen[0]}7=", max_tokens=4))
+    assert worker.generate_sync(Query.of("3+7=", max_tokens=4)).text == "0"

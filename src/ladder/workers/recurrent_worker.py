@@ -36,15 +36,20 @@ class DepthBudget:
 class CharTokenizer:
     """One id per character; prompts are left-padded to a fixed length (the model's positions)."""
 
-    def __init__(self, vocab: str, prompt_len: int) -> None:
+    def __init__(self, vocab: str, prompt_len: int, untrained: str = "") -> None:
         self.vocab, self.prompt_len = vocab, prompt_len
         self.ids = {c: i for i, c in enumerate(vocab)}
+        self.untrained = untrained  # in the vocabulary, but never seen in training: refused too
 
     def encode_prompt(self, text: str) -> list[int]:
         text = "".join(text.split())  # whitespace carries no meaning in these programs
         bad = sorted({c for c in text if c not in self.ids or self.ids[c] < 2})
         if bad:
             raise InvalidRequest(f"prompt: characters outside the model's vocabulary: {''.join(bad)!r}", "messages")
+        unseen = sorted({c for c in text if c in self.untrained})
+        if unseen:
+            raise InvalidRequest(f"prompt: this checkpoint was not trained on {''.join(unseen)!r} "
+                                 "(its config.json lists the operators it knows)", "messages")  # fmt: skip
         if not text:
             raise InvalidRequest("prompt: empty after removing whitespace", "messages")
         if len(text) > self.prompt_len:
@@ -95,10 +100,12 @@ class RecurrentWorker:
         self._lock = threading.Lock()
 
     def load(self) -> RecurrentWorker:
-        self.model, _ = load_checkpoint(self.checkpoint)
+        self.model, meta = load_checkpoint(self.checkpoint)
         cfg = self.model.cfg
         _validate(self.budget, cfg.max_r)
-        self.tokenizer = CharTokenizer(cfg.vocab, cfg.prompt_len)
+        # An operator the model never saw would get a confident, meaningless answer: refuse it.
+        untrained = "".join(sorted(set("+-*") - set(meta.get("operators", "+-*"))))
+        self.tokenizer = CharTokenizer(cfg.vocab, cfg.prompt_len, untrained)
         return self
 
     async def generate(self, query: Query) -> Generation:
