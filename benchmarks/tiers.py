@@ -38,7 +38,7 @@ def measure(tier_name: str, runs: int, new_tokens: int) -> dict:
     from ladder.cluster.settings import load_config
     from ladder.types import Query
 
-    cfg = load_config()
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "transformers.yaml")  # this measures transformers
     tier = cfg.tier(tier_name)
     path = materialize(cfg, tier)
     base = rss_mb()

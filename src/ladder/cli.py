@@ -118,7 +118,8 @@ def score(
     config: ConfigOpt = None,
     tiers: Annotated[Optional[str], typer.Option(help="comma-separated subset of tiers")] = None,
     actors: Annotated[int, typer.Option(min=1, help="actors in the Ray Data pool")] = 1,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="rows in flight together per actor "
+                                                       "(default: the largest engine's max_num_seqs)")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="default per row")] = 64,
 ) -> None:
     """Route and answer every row with Ray Data (resumable: ids already in OUT are skipped)."""
@@ -131,14 +132,17 @@ def score(
 
     cfg = restrict(_config(config), tiers.split(",") if tiers else None, None, None)
     cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"enabled": False})})
+    # A batch is what one actor holds in flight: at least a full engine batch keeps vLLM busy.
+    batch_size = batch_size or max(t.engine.max_num_seqs if t.backend == "vllm" else 8 for t in cfg.tiers)
     with Runtime.start(cfg):
         s = run(cfg, input_path, out, actors, batch_size, max_tokens)
     table = Table("rows", "skipped (done before)", "errors", "rung mix", "escalations", "tokens", "cost USD",
-                  "wall s", "rows/s")  # fmt: skip
+                  "wall s", "rows/s", "tokens/s")  # fmt: skip
     mix = ", ".join(f"{k}:{v}" for k, v in sorted((s.mix or {}).items()))
     table.add_row(str(s.rows), str(s.skipped), str(s.errors), mix or "-", str(s.escalations),
                   str(s.completion_tokens), f"{s.cost_usd:.6f}", f"{s.wall_s:.1f}",
-                  f"{s.rows / s.wall_s:.2f}" if s.wall_s > 0 else "-")  # fmt: skip
+                  f"{s.rows / s.wall_s:.2f}" if s.wall_s > 0 else "-",
+                  f"{s.completion_tokens / s.wall_s:.1f}" if s.wall_s > 0 else "-")  # fmt: skip
     Console(width=160).print(table)
 
 
@@ -328,7 +332,7 @@ def depth_train(
     if tier not in cfg.tier_names:
         _fail(f"unknown tier {tier!r}; configured: {cfg.tier_names}")
     t = cfg.tier(tier)
-    if t.backend != "transformers":
+    if t.backend not in ("transformers", "vllm"):  # heads fit the weights; serving them needs transformers
         _fail(f"tier {tier} has backend {t.backend!r}; exit heads are for transformer tiers")
     target = out or bundled_heads(tier)
     spec = HeadSpec(prompts=prompts, new_tokens=new_tokens, epochs=epochs, seed=seed, threads=threads)

@@ -35,6 +35,10 @@ class ChecksumMismatch(WeightsUnavailable):
     """Assembled weights do not match the SHA-256 recorded in the registry."""
 
 
+class EngineStartFailed(LadderError):
+    """A tier's engine could not start (bad settings, no memory, no device); names tier and cause."""
+
+
 class WorkerFailed(LadderError):
     """A tier raised or died while generating."""
 

@@ -81,3 +81,30 @@ def test_adaptive_example_config_is_valid_and_points_at_shipped_heads():
         import json
 
         assert json.loads((heads / "heads.json").read_text())["model_sha256"] == cfg.tier(name).source.sha256
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if p.name != "serve.yaml"))
+def test_every_shipped_config_is_valid(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.tiers
+
+
+def test_full_depth_tiers_run_on_the_vllm_engine_by_default_with_serve_limits_from_it():
+    for tier in LadderConfig().tiers:
+        assert tier.backend == "vllm"
+        assert tier.max_ongoing_requests == tier.engine.max_num_seqs == 16  # Serve hands the engine a full batch
+    gpu = load_config(ROOT / "configs" / "gpu.yaml")
+    assert all(t.device == "cuda" and t.num_gpus > 0 and t.max_ongoing_requests == 64 for t in gpu.tiers)
+    assert sum(t.num_gpus for t in gpu.tiers) <= 1  # fits one GPU
+    assert sum(t.engine.gpu_memory_utilization for t in gpu.tiers) < 0.9
+    old = load_config(ROOT / "configs" / "transformers.yaml")
+    assert all(t.backend == "transformers" and t.max_ongoing_requests == 4 for t in old.tiers)
+
+
+def test_more_ongoing_requests_than_the_engine_batches_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(_TIER + ", max_ongoing_requests: 20, vllm: {max_num_seqs: 8}}")
+    with pytest.raises(ConfigError, match="max_num_seqs"):
+        load_config(path)
+    path.write_text(_TIER + ", vllm: {max_num_seqs: 8}}")
+    assert load_config(path).tiers[0].max_ongoing_requests == 8

@@ -5,17 +5,21 @@ import asyncio
 import pytest
 
 from ladder.cluster.compose import build_worker, materialize
-from ladder.cluster.settings import LadderConfig
+from pathlib import Path
+
+from ladder.cluster.settings import load_config
 from ladder.errors import InvalidRequest
 from ladder.types import Message, Query, Sampling
 
 pytestmark = pytest.mark.model
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def worker():
-    cfg = LadderConfig()
+    cfg = load_config(ROOT / "configs" / "transformers.yaml")  # the default serves on vLLM
     tier = cfg.tier("small")
+    assert tier.backend == "transformers"
     return build_worker(tier, materialize(cfg, tier)).load()
 
 

@@ -227,6 +227,9 @@ def build_app(args: dict[str, Any]) -> Application:
                 max_ongoing_requests=tier.max_ongoing_requests,
                 max_queued_requests=tier.max_queued_requests,
                 health_check_period_s=10,
+                # An engine that cannot start fails the same way twice: report it within a minute
+                # (ladder serve names the tier and exits 2) instead of retrying for many.
+                max_constructor_retry_count=2,
             )
             .bind(config_json, tier.name)
         )

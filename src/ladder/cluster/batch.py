@@ -81,10 +81,16 @@ def done_ids(out: Path) -> set[str]:
 
 
 class CascadeActor:
-    """A Ray Data actor: the whole ladder in one process, answering a batch row by row."""
+    """A Ray Data actor: the whole ladder in one process. Every row of a batch runs its cascade
+    concurrently, so each rung's engine sees all the rows that reached it at once (vLLM batches
+    them; a one-at-a-time worker queues them), and a row that escalates goes on to the next rung
+    as soon as its own answer is judged, not when the whole batch has finished its first rung."""
 
     def __init__(self, config_json: str, default_max_tokens: int) -> None:
         config = LadderConfig.model_validate_json(config_json)
+        # One event loop for the actor's life: vLLM's engine binds its output handler to the loop
+        # of its first request.
+        self.loop = asyncio.new_event_loop()
         self.workers = [build_worker(t, materialize(config, t)).load() for t in config.tiers]
         self.policy = build_policy(config.policy, config.tier_names)
         self.cost = cost_function(config)
@@ -92,10 +98,10 @@ class CascadeActor:
         self.default_max_tokens = default_max_tokens
 
     def __call__(self, batch: dict) -> dict:
-        out = {"record": []}
-        for raw in batch["row"]:
-            out["record"].append(json.dumps(asyncio.run(self._one(json.loads(raw)))))
-        return out
+        async def all_rows() -> list[dict]:
+            return await asyncio.gather(*(self._one(json.loads(raw)) for raw in batch["row"]))
+
+        return {"record": [json.dumps(r) for r in self.loop.run_until_complete(all_rows())]}
 
     async def _one(self, row: dict) -> dict:
         rid, t0 = row_id(row), time.perf_counter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ladder.cluster.settings import BundledSourceConfig, DepthConfig, LadderConfig, PolicyConfig, TierConfig, VLLMConfig
+from ladder.cluster.settings import BundledSourceConfig, DepthConfig, LadderConfig, PolicyConfig, TierConfig
 from ladder.errors import WeightsUnavailable
 from ladder.protocols import Policy, Worker
 from ladder.types import Generation
@@ -51,10 +51,8 @@ def build_worker(tier: TierConfig, model_dir: Path) -> Worker:
     if tier.backend == "vllm":
         from ladder.workers.vllm_worker import VLLMOptions, VLLMWorker
 
-        v = tier.vllm or VLLMConfig()
-        return VLLMWorker(tier.name, model_dir, tier.device,
-                          VLLMOptions(tier.dtype, v.max_model_len, v.max_num_seqs, v.gpu_memory_utilization,
-                                      v.kv_cache_gib, v.enforce_eager))  # fmt: skip
+        options = VLLMOptions(dtype=tier.dtype, **tier.engine.model_dump())
+        return VLLMWorker(tier.name, model_dir, tier.device, options)
     adaptive = AdaptiveDepth()
     if (a := tier.adaptive) is not None and a.mode != "full":
         adaptive = AdaptiveDepth(a.mode, a.drafter, a.heads_path(tier.name), weights_id(tier), a.threshold,

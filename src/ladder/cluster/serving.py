@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import time
@@ -9,6 +10,7 @@ import time
 from ladder.cluster.compose import materialize
 from ladder.cluster.runtime import Runtime
 from ladder.cluster.settings import LadderConfig
+from ladder.errors import ConfigError, EngineStartFailed, LadderError, WeightsUnavailable
 
 
 def restrict(config: LadderConfig, tiers: list[str] | None, host: str | None, port: int | None) -> LadderConfig:
@@ -32,9 +34,21 @@ def deploy(config: LadderConfig, runtime: Runtime) -> str:
     from ladder.cluster.app import build_app
 
     serve.start(http_options={"host": config.server.host, "port": config.server.port})
-    serve.run(build_app({"config_json": config.model_dump_json(), "redis_url": runtime.redis_url}),
-              name="ladder", route_prefix="/")  # fmt: skip
+    try:
+        serve.run(build_app({"config_json": config.model_dump_json(), "redis_url": runtime.redis_url}),
+                  name="ladder", route_prefix="/")  # fmt: skip
+    except RuntimeError as exc:  # Serve reports a replica that never started with its traceback
+        raise startup_error(str(exc)) from None
     return f"http://{config.server.host}:{config.server.port}"
+
+
+def startup_error(report: str) -> LadderError:
+    """The one line that says which tier could not start and why, out of Serve's deploy report."""
+    for kind in (EngineStartFailed, WeightsUnavailable, ConfigError):
+        if m := re.search(rf"{kind.__name__}: (tier [^\n]+)", report):
+            return kind(m.group(1).strip())
+    lines = [ln.strip() for ln in report.strip().splitlines() if ln.strip()]
+    return LadderError(f"the app did not start: {lines[-1][:300] if lines else 'no report from Ray Serve'}")
 
 
 def serve_forever(config: LadderConfig, host: str | None, port: int | None, tiers: list[str] | None) -> None:

