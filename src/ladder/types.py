@@ -76,6 +76,9 @@ class Generation:
     prefill_s: float
     decode_s: float
     depths: tuple[int, ...] = ()  # layers (or iterations) each generated token used; empty = full
+    # Confidence signals computed next to the answer by the rung's verifier (``verifier:`` in the
+    # tier's config, e.g. code_parses / examples / examples_passed); empty when it has none.
+    signals: tuple[tuple[str, float], ...] = ()
 
     @property
     def completion_tokens(self) -> int:

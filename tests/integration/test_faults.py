@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from ladder.cluster.chaos import account, fill_redis, kill_proxy, kill_replica, scenario
+from ladder.cluster.chaos import account, fill_redis, kill_engine, kill_proxy, kill_replica, scenario
 from ladder.cluster.loadgen import send, short_chat
 from tests.integration.served import small_tier_app
 
@@ -78,6 +78,24 @@ def test_killed_tier_replica_under_load_recovers(server):
     report = account(outcomes, at)
     _no_silent_losses(report)
     assert report["recovery_s"] is not None and report["recovery_s"] < 45, report
+
+
+def test_killed_engine_process_fails_cleanly_and_serve_replaces_the_replica(server):
+    """The default tier runs vLLM: its engine is a child process that can die on its own. Requests
+    then end in 503s (never a hang), the replica's health check fails, and Serve starts a new one."""
+    import ray
+
+    def replicas() -> set[str]:
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#tier-small#" in a["name"]}
+
+    before = replicas()
+    outcomes, at = asyncio.run(scenario(server[0], KEY, lambda: kill_engine("tier-small"), at_s=3, total_s=100,
+                                        timeout_s=60))  # fmt: skip
+    report = account(outcomes, at)
+    _no_silent_losses(report)
+    assert report["after"]["total"] - report["after"]["ok"] >= 1, report  # the dead engine was noticed
+    assert report["recovery_s"] is not None and report["recovery_s"] < 95, report
+    assert replicas() and not (replicas() & before)  # a new replica serves
 
 
 def test_api_keys_never_reach_the_logs(server):

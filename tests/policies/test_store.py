@@ -88,3 +88,35 @@ def test_soft_and_relaxed_labels_train_a_router_on_success_rates(scheme):
     easy = policy.route(Query.of("what is two plus two 9999")).scores[0]
     hard_score = policy.route(Query.of("prove the theorem about manifolds 9999")).scores[0]
     assert easy > hard_score + 0.2
+
+
+def test_verifier_signals_are_learned_served_and_required(tmp_path):
+    """An IDK model fitted on a rung's verifier signals reads them from Generation.signals, and a
+    config whose tier lacks the verifier is refused at start with one line."""
+    from ladder.cluster.compose import build_policy
+    from ladder.cluster.settings import PolicyConfig
+    from ladder.errors import ConfigError
+    from ladder.policies.idk import AnswerView
+
+    rng = np.random.default_rng(1)
+    n = 300
+    good = rng.random(n) < 0.5  # the weak rung's code passes its examples exactly when it is right
+    queries = tuple(f"write a function number {i}" for i in range(n))
+    quality = np.stack([good.astype(float), np.ones(n)], axis=1)
+    responses = {"weak": tuple("```python\ndef f():\n    return 1\n```" for _ in range(n))}
+    signals = {"weak/code_parses": np.ones(n), "weak/examples": np.full(n, 2.0), "weak/examples_passed": good.astype(float)}
+    out = Outcomes(tuple(map(str, range(n))), queries, ("weak", "strong"), quality, responses=responses, signals=signals)
+    policy = train_policy(out, TrainSpec(FeaturizerKind.TFIDF))
+    assert "examples_passed" in policy.idk[0].signals and policy.verifier_rungs() == ["weak"]
+    route = policy.route(Query.of("write a function number 7"))
+    verified = lambda passed: (("code_parses", 1.0), ("examples", 2.0), ("examples_passed", passed))  # noqa: E731
+    p_pass, p_fail = policy.idk[0].proba([AnswerView(responses["weak"][0], (), route.scores[0], verified(x))
+                                          for x in (1.0, 0.0)])  # fmt: skip
+    assert p_pass > 0.7 > 0.3 > p_fail
+    gen = lambda passed: Generation("weak", responses["weak"][0], (1,), (-0.1,), 3, "stop", 0, 0,  # noqa: E731
+                                    signals=verified(passed))
+    assert policy.accept(gen(1.0), route) and not policy.accept(gen(0.0), route)
+    path = save_policy(policy, tmp_path / "p.json")
+    with pytest.raises(ConfigError, match="verifier: python_examples"):
+        build_policy(PolicyConfig(kind="learned", file=str(path)), ["weak", "strong"], verified=[])
+    assert build_policy(PolicyConfig(kind="learned", file=str(path)), ["weak", "strong"], verified=["weak"]).version

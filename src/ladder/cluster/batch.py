@@ -68,7 +68,19 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def repair_tail(out: Path) -> None:
+    """Cut a torn last line (a job killed while writing): its row is redone, never kept half."""
+    if not out.is_file() or out.stat().st_size == 0:
+        return
+    with out.open("rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        f.truncate(data.rfind(b"\n") + 1)
+
+
 def done_ids(out: Path) -> set[str]:
+    repair_tail(out)
     if not out.is_file():
         return set()
     ids = set()
@@ -92,7 +104,7 @@ class CascadeActor:
         # of its first request.
         self.loop = asyncio.new_event_loop()
         self.workers = [build_worker(t, materialize(config, t)).load() for t in config.tiers]
-        self.policy = build_policy(config.policy, config.tier_names)
+        self.policy = build_policy(config.policy, config.tier_names, [t.name for t in config.tiers if t.verifier])
         self.cost = cost_function(config)
         self.cache = InMemoryRouteCache()
         self.default_max_tokens = default_max_tokens

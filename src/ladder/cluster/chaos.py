@@ -1,6 +1,6 @@
 """Fault injection against a running Ladder, and the accounting of what clients saw meanwhile.
 
-The faults are the real thing: a tier replica's actor killed, the Serve HTTP proxy killed (Serve's
+The faults are the real thing: a tier replica's actor killed, its vLLM engine process killed, the Serve HTTP proxy killed (Serve's
 controller restarts it), Redis stopped, Redis filled to its ``maxmemory`` with eviction off. A
 scenario keeps a steady closed-loop load on the endpoint, injects the fault at a fixed second,
 and classifies every request: before the fault, in flight when it struck, or after; succeeded,
@@ -27,6 +27,27 @@ def kill_replica(deployment: str) -> str:
         raise RuntimeError(f"no replica actor of {deployment} found")
     ray.kill(ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"]), no_restart=True)
     return actors[0]["name"]
+
+
+def kill_engine(deployment: str) -> str:
+    """SIGKILL the vLLM engine process under one replica of ``deployment`` (the replica lives on:
+    it must notice, fail what was in flight, and be replaced by Serve through its health check)."""
+    import psutil
+    import ray
+    from ray.util.state import list_actors
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"#{deployment}#" in a["name"]]
+    pids = [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+            if a.name in names and a.pid]  # fmt: skip
+    for pid in pids:
+        for child in psutil.Process(pid).children(recursive=True):
+            try:
+                if "EngineCore" in " ".join(child.cmdline()) or "EngineCor" in child.name():
+                    child.kill()
+                    return f"{names[0]} engine pid {child.pid}"
+            except psutil.Error:
+                continue
+    raise RuntimeError(f"no vLLM engine process found under {deployment} (replica pids {pids})")
 
 
 def kill_proxy() -> str:

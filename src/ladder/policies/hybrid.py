@@ -65,5 +65,11 @@ class HybridRouterPolicy:
         if model is None or rung >= len(self.rungs) - 1:
             return True
         prior = route.scores[rung] if rung < len(route.scores) else 0.5
-        p = float(model.proba([AnswerView(answer.text, answer.logprobs, prior)])[0])
+        p = float(model.proba([AnswerView(answer.text, answer.logprobs, prior, answer.signals)])[0])
         return p >= self.idk_thresholds.get(rung, 0.0)
+
+    def verifier_rungs(self) -> list[str]:
+        """Rungs whose IDK model reads verifier signals: those tiers must run the verifier."""
+        from ladder.policies.idk import VERIFIER_SIGNALS
+
+        return [self.rungs[b] for b, m in self.idk.items() if set(m.signals) & set(VERIFIER_SIGNALS)]

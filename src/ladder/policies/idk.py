@@ -68,6 +68,10 @@ class AnswerView:
     text: str
     logprobs: tuple[float, ...] = ()
     prior: float = 0.5  # the router's P(this rung is good enough)
+    verified: tuple[tuple[str, float], ...] = ()  # the rung's verifier signals (Generation.signals)
+
+    def signal(self, name: str) -> float:
+        return dict(self.verified).get(name, 0.0)
 
 
 def _final_number(text: str) -> float | None:
@@ -118,6 +122,12 @@ SIGNALS: dict[str, Callable[[AnswerView], float]] = {
     "hedges": lambda a: float(sum(a.text.lower().count(h) for h in _HEDGES)),
     "wrong_equations": lambda a: float(arithmetic_check(a.text)[0]),
     "right_equations": lambda a: math.log1p(arithmetic_check(a.text)[1]),
+    # The python_examples verifier (ladder.verify): the answer's code parses; the prompt has >>>
+    # examples; the share of them the code passes, and whether it fails any.
+    "code_parses": lambda a: a.signal("code_parses"),
+    "has_examples": lambda a: float(a.signal("examples") > 0),
+    "examples_passed": lambda a: a.signal("examples_passed"),
+    "examples_failed": lambda a: float(a.signal("examples") > 0 and a.signal("examples_passed") < 1),
     "prior": lambda a: a.prior,
     "prior_logit": lambda a: math.log(max(a.prior, 1e-6) / max(1 - a.prior, 1e-6)),
 }
@@ -136,3 +146,8 @@ class IdkModel:
 
     def proba(self, answers: Sequence[AnswerView]) -> np.ndarray:
         return self.scorer.proba(signal_matrix(answers, self.signals))
+
+
+VERIFIER_SIGNALS = ("code_parses", "has_examples", "examples_passed", "examples_failed")
+# what a rung's verifier must report for those signals (the names in Generation.signals)
+VERIFIER_INPUTS = ("code_parses", "examples", "examples_passed")

@@ -92,8 +92,9 @@ def load_checkpoint(folder: Path) -> tuple[RecurrentDepthModel, dict]:
 
 class RecurrentWorker:
     def __init__(self, tier: str, checkpoint: Path, budget: DepthBudget = DepthBudget(),
-                 threads: int | None = None) -> None:  # fmt: skip
+                 threads: int | None = None, device: str = "cpu") -> None:  # fmt: skip
         self.tier, self.checkpoint, self.budget, self.threads = tier, Path(checkpoint), budget, threads
+        self.device = device
         _validate(budget, None)
         self.model: RecurrentDepthModel | None = None
         self.tokenizer: CharTokenizer | None = None
@@ -101,6 +102,7 @@ class RecurrentWorker:
 
     def load(self) -> RecurrentWorker:
         self.model, meta = load_checkpoint(self.checkpoint)
+        self.model = self.model.to(self.device)
         cfg = self.model.cfg
         _validate(self.budget, cfg.max_r)
         # An operator the model never saw would get a confident, meaningless answer: refuse it.
@@ -136,28 +138,29 @@ class RecurrentWorker:
         user = [m.content for m in query.messages if m.role == "user"]
         ids = self.tokenizer.encode_prompt(user[-1] if user else "")
         s = query.sampling
-        gen = torch.Generator().manual_seed(s.seed % 2**64 if s.seed is not None else 0)
+        gen = torch.Generator(device=self.device).manual_seed(s.seed % 2**64 if s.seed is not None else 0)
         with self._lock:
             if self.threads:
                 torch.set_num_threads(self.threads)
             t0 = time.perf_counter()
-            out = self.model.generate(torch.tensor([ids]), min(s.max_tokens, self.model.cfg.max_new_tokens),
+            out = self.model.generate(torch.tensor([ids], device=self.device), min(s.max_tokens, self.model.cfg.max_new_tokens),
                                       budget.max_iterations, make_exit(budget.exit, budget.threshold),
                                       0.0 if s.greedy else s.temperature, generator=gen)  # fmt: skip
             elapsed = time.perf_counter() - t0
         tokens = out.tokens[0].tolist()
+        logprobs, depths = out.logprobs[0].tolist(), out.iterations[0].tolist()
         finished = 1 in tokens
         n = tokens.index(1) + 1 if finished else len(tokens)
         return Generation(
             tier=self.tier,
             text=self.tokenizer.decode(tokens[:n]),
             token_ids=tuple(tokens[:n]),
-            logprobs=tuple(float(x) for x in out.logprobs[0, :n]),
+            logprobs=tuple(float(x) for x in logprobs[:n]),
             prompt_tokens=sum(1 for i in ids if i != 0),
             finish_reason="stop" if finished else "length",
             prefill_s=0.0,  # prefill and the first token's iterations are one loop here
             decode_s=elapsed,
-            depths=tuple(int(x) for x in out.iterations[0, :n]),
+            depths=tuple(int(x) for x in depths[:n]),
         )
 
 

@@ -90,8 +90,7 @@ class VLLMWorker:
         try:
             self.engine = AsyncLLMEngine.from_engine_args(args)
         except Exception as exc:  # vLLM raises many kinds here (config, memory, device): name tier and cause
-            cause = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
-            raise EngineStartFailed(f"tier {self.tier}: the vLLM engine did not start ({type(exc).__name__}: {cause})") from exc
+            raise EngineStartFailed(f"tier {self.tier}: the vLLM engine did not start ({_cause(exc)})") from exc
         self.context_length = o.max_model_len
         return self
 
@@ -196,3 +195,15 @@ class VLLMWorker:
             prefill_s=first - t0,
             decode_s=end - first,
         )
+
+
+def _cause(exc: Exception) -> str:
+    """One line of why: vLLM validates its settings with pydantic, whose message spans many lines."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            return f"{type(exc).__name__}: {errors()[0]['msg']}"[:400]
+        except Exception:  # noqa: BLE001 — not pydantic's errors(): fall back to the text
+            pass
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"[:400]
