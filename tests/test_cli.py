@@ -1,6 +1,8 @@
 """The CLI as a user runs it: real subprocesses, exit codes, one-line errors."""
 
 import os
+from pathlib import Path
+import re
 import subprocess
 import sys
 
@@ -61,11 +63,17 @@ def test_models_lists_three_verified_tiers():
 
 
 @pytest.mark.model
-def test_generate_prints_the_answer():
-    proc = ladder("generate", "--tier", "small", "What is the capital of France?", "-n", "12")
-    assert proc.returncode == 0, proc.stderr
-    assert "Paris" in proc.stdout
-    assert "tok/s" in proc.stderr
+@pytest.mark.parametrize("config, tier, prompt", [
+    (None, "small", "What is the capital of France?"),  # the default backend: vLLM
+    ("configs/transformers.yaml", "small", "What is the capital of France?"),
+    ("configs/recurrent.yaml", "think-4", "3+4="),
+])
+def test_generate_prints_only_the_answer_on_every_backend(config, tier, prompt):
+    extra = ("--config", str(Path(__file__).parents[1] / config)) if config else ()
+    proc = ladder("generate", "--tier", tier, prompt, "-n", "12", *extra)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() and not re.search(r"\b(INFO|WARNING)\b", proc.stdout)  # engine logs go to stderr
+    assert re.search(rf"\[{tier}\] \d+ prompt \+ \d+ completion tokens, [\d.]+ tok/s", proc.stderr)
 
 
 DATA = os.environ.get("LADDER_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))

@@ -90,7 +90,11 @@ def generate(
     query = Query.of(prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                      stop=tuple(stop or ()))  # fmt: skip
     worker = build_worker(tier_cfg, materialize(cfg, tier_cfg)).load()
-    gen = worker.generate_sync(query)
+    try:
+        gen = worker.generate_sync(query)
+    finally:
+        if close := getattr(worker, "close", None):  # an engine process is stopped here, not at exit
+            close()
     typer.echo(gen.text)
     rate = gen.completion_tokens / gen.decode_s if gen.decode_s > 0 else 0.0
     typer.echo(f"[{gen.tier}] {gen.prompt_tokens} prompt + {gen.completion_tokens} completion tokens, "

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from ladder.types import Generation, Query, Route
 
 
@@ -26,6 +28,25 @@ class Worker(Protocol):
     tier: str
 
     async def generate(self, query: Query) -> Generation: ...
+
+
+@runtime_checkable
+class TierWorker(Worker, Protocol):
+    """The whole contract of a tier's worker, met by every backend (transformers, vllm, recurrent,
+    huginn): what the Serve app (load, generate, stream, the health check's ``model``), the batch
+    jobs (load, generate) and the CLI (load, generate_sync) call. ``compose.build_worker`` returns
+    one; a backend's own prompt checks (empty prompt, context length) raise ``InvalidRequest``."""
+
+    tier: str
+
+    def load(self) -> TierWorker: ...  # loads weights / starts the engine; returns self
+
+    def generate_sync(self, query: Query) -> Generation: ...  # one answer from synchronous code
+
+    def stream(self, query: Query) -> AsyncIterator[str | Generation]: ...  # text deltas, then the Generation
+
+    @property
+    def model(self) -> object | None: ...  # None until loaded (Serve's health check reads it)
 
 
 @runtime_checkable

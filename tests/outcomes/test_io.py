@@ -91,3 +91,17 @@ def test_routellm_loaders_reproduce_published_accuracies():
     assert not set(parts.test.queries) & {q for q, c in zip(mmlu.queries, contaminated) if c}
     tw = three_way(gsm, np.zeros(len(gsm), bool))
     assert len(tw.fit) + len(tw.validation) + len(tw.test) == len(gsm)
+
+
+def test_unicode_line_separators_inside_strings_round_trip(tmp_path):
+    """U+0085 / U+2028 / U+2029 inside a prompt are not line breaks of the JSONL file."""
+    import numpy as np
+
+    from ladder.outcomes import Outcomes
+    from ladder.outcomes.io import read_jsonl, write_jsonl
+
+    queries = ("first\u0085line", "para\u2028graph\u2029end", "plain")
+    out = Outcomes(("a", "b", "c"), queries, ("weak", "strong"), np.array([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0]]))
+    write_jsonl(out, tmp_path / "o.jsonl")
+    back = read_jsonl(tmp_path / "o.jsonl")
+    assert back.queries == queries and back.ids == out.ids

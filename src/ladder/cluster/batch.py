@@ -23,6 +23,7 @@ from pathlib import Path
 from ladder.cluster.compose import build_policy, build_worker, cost_function, materialize
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import InvalidRequest, LadderError
+from ladder.outcomes.io import jsonl_lines
 from ladder.router.cascade import run_cascade
 from ladder.router.memory import InMemoryRouteCache
 from ladder.types import Message, Query, Sampling
@@ -52,7 +53,7 @@ def row_query(row: dict, default_max_tokens: int) -> Query:
 def read_rows(path: Path) -> list[dict]:
     rows = []
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = jsonl_lines(path)
     except FileNotFoundError:
         raise LadderError(f"input file not found: {path}") from None
     for n, line in enumerate(lines, start=1):
@@ -84,7 +85,7 @@ def done_ids(out: Path) -> set[str]:
     if not out.is_file():
         return set()
     ids = set()
-    for line in out.read_text().splitlines():
+    for line in jsonl_lines(out):
         try:
             ids.add(str(json.loads(line)["id"]))
         except (json.JSONDecodeError, KeyError, TypeError):

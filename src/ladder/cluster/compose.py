@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ladder.cluster.settings import BundledSourceConfig, DepthConfig, LadderConfig, PolicyConfig, TierConfig
 from ladder.errors import ConfigError, WeightsUnavailable
-from ladder.protocols import Policy, Worker
+from ladder.protocols import Policy, TierWorker
 from ladder.types import Generation, Query
 from ladder.workers.exits import ExitKind
 from ladder.workers.recurrent_worker import DepthBudget, RecurrentWorker
@@ -47,7 +47,7 @@ class VerifyingWorker:
     generates for the cascade — the served tiers and the batch jobs — goes through it, so the IDK
     step sees the same signals online as in the collected outcomes it was fitted on."""
 
-    def __init__(self, worker: Worker, verifier: str) -> None:
+    def __init__(self, worker: TierWorker, verifier: str) -> None:
         from ladder.verify import VERIFIERS
 
         self.inner, self.tier, self.check = worker, worker.tier, VERIFIERS[verifier]
@@ -65,12 +65,12 @@ class VerifyingWorker:
         return dataclasses.replace(gen, signals=tuple(sorted({**dict(gen.signals), **signals}.items())))
 
 
-def build_worker(tier: TierConfig, model_dir: Path) -> Worker:
+def build_worker(tier: TierConfig, model_dir: Path) -> TierWorker:
     worker = _engine_worker(tier, model_dir)
     return VerifyingWorker(worker, tier.verifier) if tier.verifier else worker
 
 
-def _engine_worker(tier: TierConfig, model_dir: Path) -> Worker:
+def _engine_worker(tier: TierConfig, model_dir: Path) -> TierWorker:
     d = tier.depth or DepthConfig()
     budget = DepthBudget(d.max_iterations, ExitKind(d.exit), d.threshold)
     if tier.backend == "recurrent":

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ladder.errors import LadderError
+from ladder.outcomes.io import jsonl_lines
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -82,7 +83,7 @@ def _gsm8k(root: Path, split: str) -> list[LabelledItem]:
     if not path.is_file():
         raise LadderError(f"GSM8K {split} file not found: {path} (pass --data, the shared data folder)")
     items = []
-    for n, line in enumerate(path.read_text().splitlines()):
+    for n, line in enumerate(jsonl_lines(path)):
         if line.strip():
             row = json.loads(line)
             gold = row["answer"].split("####")[-1].strip()

@@ -35,12 +35,20 @@ def _read_csv(path: Path, required: list[str]):  # noqa: ANN202
     return frame
 
 
+def jsonl_lines(path: Path) -> list[str]:
+    """The lines of a JSONL file. Split at "\\n" only: ``str.splitlines`` also breaks at U+0085 and
+    U+2028, which ``json.dumps(ensure_ascii=False)`` leaves inside strings (two MMLU prompts hold
+    U+0085), so a file Ladder wrote would not read back. Raises FileNotFoundError."""
+    text = Path(path).read_text(encoding="utf-8")
+    return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+
+
 def _contaminated(folder: Path) -> set[str]:
     path = folder / "contaminated_prompts.jsonl"
     if not path.is_file():
         return set()
     out = set()
-    for line in path.read_text().splitlines():
+    for line in jsonl_lines(path):
         if line.strip():
             row = json.loads(line)
             out.update(v for v in row.values() if isinstance(v, str))
@@ -88,7 +96,7 @@ def load_routellm(root: Path, benchmark: str) -> tuple[Outcomes, np.ndarray]:
 def read_jsonl(path: Path) -> Outcomes:
     rows = []
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = jsonl_lines(path)
     except FileNotFoundError:
         raise OutcomesError(f"outcomes file not found: {path}") from None
     for n, line in enumerate(lines, start=1):

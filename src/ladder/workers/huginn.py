@@ -19,9 +19,10 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ladder.errors import WeightsUnavailable
+from ladder.errors import InvalidRequest, WeightsUnavailable
 from ladder.types import Generation, Query
 from ladder.workers.exits import ExitKind
 from ladder.workers.recurrent_worker import DepthBudget
@@ -65,14 +66,27 @@ class HuginnWorker:
     async def generate(self, query: Query) -> Generation:
         return await asyncio.to_thread(self.generate_sync, query)
 
+    async def stream(self, query: Query) -> AsyncIterator[str | Generation]:
+        """Huginn's generate loop has no streamer hook: the whole text, then the Generation."""
+        gen = await self.generate(query)
+        yield gen.text
+        yield gen
+
     def generate_sync(self, query: Query) -> Generation:
         from transformers import GenerationConfig
+
+        if not query.messages or not any(m.content.strip() for m in query.messages):
+            raise InvalidRequest("the prompt is empty", param="messages")
 
         s, tok = query.sampling, self.tokenizer
         steps = s.max_iterations or self.budget.max_iterations
         chat = [{"role": m.role, "content": m.content} for m in query.messages]
         text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         ids = tok.encode(text, return_tensors="pt", add_special_tokens=False).to(self.device)
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 4096
+        if ids.shape[1] + s.max_tokens > limit:
+            raise InvalidRequest(f"prompt ({ids.shape[1]} tokens) + max_tokens ({s.max_tokens}) exceeds tier "
+                                 f"{self.tier}'s context of {limit} tokens", param="messages")  # fmt: skip
         config = GenerationConfig(max_new_tokens=s.max_tokens, do_sample=not s.greedy, use_cache=True,
                                   temperature=None if s.greedy else s.temperature, top_p=s.top_p, return_dict_in_generate=True,
                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip

@@ -58,6 +58,8 @@ class VLLMWorker:
         self.context_length = 0
 
     def load(self) -> VLLMWorker:
+        # vLLM logs to stdout by default: stdout is the answer in `ladder generate`, a pipe in jobs
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         try:
             from vllm import AsyncEngineArgs, AsyncLLMEngine
         except ImportError:
