@@ -233,6 +233,40 @@ def calibrate(
     _print_json(calibrate_policy(policy, source, data, target, price, out or policy))
 
 
+@app.command()
+def route(
+    policy: Path,
+    prompts: Annotated[Path, typer.Argument(metavar="PROMPTS.jsonl", help='rows {"id"?, "prompt" | "messages"}')],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSONL out (default: stdout)")] = None,
+) -> None:
+    """Route prompts with a policy without generating: per row the router's scores and start rung."""
+    import json
+
+    from ladder.cluster.batch import read_rows, row_id, row_query
+    from ladder.errors import InvalidRequest
+    from ladder.policies.store import load_policy
+
+    loaded = load_policy(policy)
+    lines, counts = [], {r: 0 for r in loaded.rungs}
+    for row in read_rows(prompts):
+        try:
+            decision = loaded.route(row_query(row, 1))
+        except InvalidRequest as exc:
+            lines.append({"id": row_id(row), "error": str(exc)})
+            continue
+        rung = loaded.rungs[decision.start]
+        counts[rung] += 1
+        lines.append({"id": row_id(row), "start": rung, "scores": dict(zip(loaded.rungs[:-1], decision.scores)),
+                      "thresholds": dict(zip(loaded.rungs[:-1], decision.thresholds)), "policy": decision.policy_version})  # fmt: skip
+    text = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
+    if out:
+        out.write_text(text)
+    else:
+        typer.echo(text, nl=False)
+    total = max(1, sum(counts.values()))
+    typer.echo("start rungs: " + ", ".join(f"{r} {n} ({n / total:.0%})" for r, n in counts.items()), err=True)
+
+
 @app.command("eval")
 def evaluate(
     policy: Path,

@@ -20,6 +20,11 @@ def restrict(config: LadderConfig, tiers: list[str] | None, host: str | None, po
         data["tiers"] = [config.tier(t).model_dump() for t in tiers]
         if data["policy"].get("start_tier") not in (None, *tiers):
             data["policy"]["start_tier"] = None
+        if data["policy"]["kind"] == "learned" and list(tiers) != config.tier_names:
+            # a learned policy is fitted to the whole ladder; a subset runs the fixed one
+            print(f"tiers {','.join(tiers)}: the learned policy covers {config.tier_names}; using the fixed "
+                  "policy (cheapest rung first)", file=sys.stderr)  # fmt: skip
+            data["policy"] = {"kind": "fixed"}
     if host:
         data["server"]["host"] = host
     if port:
