@@ -171,3 +171,31 @@ def test_killed_tier_replica_gives_an_error_not_a_hang_and_serve_replaces_it(cli
             time.sleep(2)
     else:
         pytest.fail("Serve did not replace the killed replica within 120 s")
+
+
+def test_a_client_that_disconnects_stops_the_engine_within_a_second(server, client):
+    """Closing a pinned stream cancels the request through Serve down to vLLM's abort: the tier's
+    generated-token counter stops growing (the compute stops, not only the response)."""
+    from ray import serve
+
+    url, _ = server
+    msgs = [{"role": "user", "content": "Write a very long story about a dragon who learns to cook."}]
+    # Control: with this seed the model writes at least 200 tokens, so a stream left running would go on.
+    full = client.chat.completions.create(model="small", messages=msgs, max_tokens=200, temperature=0.8, seed=11)
+    assert full.usage.completion_tokens == 200
+    tier = serve.get_deployment_handle("tier-small", app_name="ladder")
+    before = tier.stats.remote().result()["generated_tokens"]
+    body = {"model": "small", "messages": msgs, "max_tokens": 1500, "temperature": 0.8, "seed": 11, "stream": True}
+    with httpx.Client(timeout=60, headers={"authorization": f"Bearer {KEY}"}) as http:
+        with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
+            chunks = 0
+            for line in r.iter_lines():
+                chunks += line.startswith("data: ") and '"content"' in line
+                if chunks >= 5:
+                    break
+    time.sleep(1.0)
+    after_1s = tier.stats.remote().result()["generated_tokens"]
+    time.sleep(2.0)
+    after_3s = tier.stats.remote().result()["generated_tokens"]
+    assert after_1s - before >= 4  # it was generating
+    assert after_3s == after_1s, (before, after_1s, after_3s)  # and stopped once the client left

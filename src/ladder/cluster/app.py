@@ -183,7 +183,7 @@ class LadderIngress:
 
         async def events():  # noqa: ANN202
             yield oai.sse(oai.chunk(completion_id, created, tier, {"role": "assistant", "content": ""}))
-            item, final = first, None
+            item, final, finished = first, None, False
             try:
                 while item is not None:
                     if isinstance(item, str):
@@ -192,10 +192,14 @@ class LadderIngress:
                         final = item
                     item = await gen_iter.__anext__()
             except StopAsyncIteration:
-                pass
+                finished = True
             except Exception as exc:  # after the 200 header: an error event, then close
+                finished = True
                 yield oai.sse(oai.error_body(str(unwrap_error(exc, tier)), 503))
                 return
+            finally:
+                if not finished:  # the client went away: stop the replica's generation (vLLM aborts)
+                    gen_iter.cancel()
             if final is not None:
                 yield oai.sse(oai.chunk(completion_id, created, tier, {}, final.finish_reason))
                 if body.stream_options and body.stream_options.include_usage:

@@ -169,7 +169,9 @@ def score(config: LadderConfig, input_path: Path, out: Path, actors: int = 1, ba
         cpus = max(1.0, ray.available_resources().get("CPU", 1.0) / actors)
         ds = ray.data.from_items([{"row": json.dumps(r)} for r in todo])
         ds = ds.map_batches(CascadeActor, fn_constructor_args=(config.model_dump_json(), default_max_tokens),
-                            batch_size=batch_size, concurrency=actors, num_cpus=cpus)  # fmt: skip
+                            batch_size=batch_size, concurrency=actors, num_cpus=cpus,
+                            # an actor holds every tier's engine: on a GPU cluster it needs their GPUs
+                            num_gpus=sum(t.num_gpus for t in config.tiers))  # fmt: skip
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("a") as f, tqdm(total=len(todo), desc="scoring", unit="row") as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -135,7 +135,9 @@ def collect(config: LadderConfig, dataset: Dataset, data_root: Path, out: Path, 
         spec = json.dumps({"name": dataset.name, "data": str(data_root), "max_tokens": max_tokens})
         ds = ray.data.from_items([{"item": json.dumps(it.__dict__)} for it in todo])
         ds = ds.map_batches(CollectActor, fn_constructor_args=(config.model_dump_json(), spec),
-                            batch_size=batch_size, concurrency=actors, num_cpus=cpus)  # fmt: skip
+                            batch_size=batch_size, concurrency=actors, num_cpus=cpus,
+                            # an actor holds every tier's engine: on a GPU cluster it needs their GPUs
+                            num_gpus=sum(t.num_gpus for t in config.tiers))  # fmt: skip
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("a") as f, tqdm(total=len(todo), desc=f"collect {dataset.name}", unit="query") as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -160,6 +160,7 @@ def ladder_extension(result: CascadeResult, cache_enabled: bool = True) -> dict:
                          "completion_tokens": a.generation.completion_tokens if a.generation else 0,
                          "mean_logprob": _mean(a.generation.logprobs) if a.generation else None,
                          "depths": list(a.generation.depths) if a.generation else [],
+                         "signals": dict(a.generation.signals) if a.generation else {},  # the rung's verifier
                          "cost_usd": a.cost_usd} for a in result.attempts],  # fmt: skip
         "escalations": result.escalations,
         "cache": _cache_label(result, cache_enabled),

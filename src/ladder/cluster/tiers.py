@@ -25,6 +25,10 @@ class TierDeployment:
         async for item in self.worker.stream(query):
             yield item
 
+    def stats(self) -> dict[str, int]:
+        """What this replica's engine has produced (tests check that a cancelled stream stops it)."""
+        return {"generated_tokens": int(getattr(self.worker, "generated_tokens", -1))}
+
     def check_health(self) -> None:
         # A worker that can lose its engine (vLLM's runs in a child process) says so: Serve then
         # replaces this replica instead of routing more requests into a dead engine.

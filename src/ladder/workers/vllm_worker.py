@@ -56,6 +56,7 @@ class VLLMWorker:
         self.engine = None
         self.tokenizer = None
         self.context_length = 0
+        self.generated_tokens = 0  # every token the engine produced for this worker (cancellation is visible here)
 
     def load(self) -> VLLMWorker:
         # vLLM logs to stdout by default: stdout is the answer in `ladder generate`, a pipe in jobs
@@ -166,8 +167,11 @@ class VLLMWorker:
         outputs = self.engine.generate({"prompt_token_ids": prompt_ids}, self._params(query),
                                        request_id=f"{self.tier}-{next(_ids)}")  # fmt: skip
         try:
+            seen = 0
             async for out in outputs:
                 completion = out.outputs[0]
+                self.generated_tokens += len(completion.token_ids) - seen
+                seen = len(completion.token_ids)
                 if first is None and completion.token_ids:
                     first = time.perf_counter()
                 if len(completion.text) > sent:

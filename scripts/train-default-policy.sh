@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The policy `ladder serve` routes with by default (src/ladder/data/policy/default.json): Hybrid-LLM
+# routers + IDK steps (log-probabilities, answer text, and the python_examples verifier's signals)
+# fitted on Ladder's own collected outcomes — HumanEval (code) and GSM8K (math), every rung of the
+# default ladder — then calibrated on the validation part to TARGET with the configured prices.
+# Deterministic: same outcomes, same policy (its version hashes the data and thresholds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET=${TARGET:-"large<=0.35"}
+OUT=src/ladder/data/policy
+work=build/default-policy  # (ignored by git) the merged outcomes the policy file names as its source
+mkdir -p "$work"
+cat data/outcomes/humaneval.jsonl data/outcomes/gsm8k.jsonl > "$work/code-math.jsonl"
+.venv/bin/ladder train "$work/code-math.jsonl" -o "$work/fitted.json" --featurizer tfidf
+prices=(--price small=0.02:0.04 --price medium=0.08:0.16 --price large=0.24:0.48)  # = the default config's
+rm -f "$OUT"/default.*
+.venv/bin/ladder calibrate "$work/fitted.json" "$work/code-math.jsonl" -t "$TARGET" "${prices[@]}" -o "$OUT/default.json"
