@@ -214,7 +214,12 @@ def stack_start(tmp: Path) -> dict:
         ready = wait_ready(f"http://127.0.0.1:{port}/health", 900, proc)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=300,
                        json={"model": "large", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})  # fmt: skip
-        return {"ready_s": ready, "rss_mib": stack_rss_mib(psutil.Process(proc.pid)), "large_answered": r.status_code == 200}
+        # the README's own request, routed by the default (learned) policy
+        routed = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=300,
+                            json={"model": "ladder", "max_tokens": 32,
+                                  "messages": [{"role": "user", "content": "What is 2+2?"}]}).json()  # fmt: skip
+        return {"ready_s": ready, "rss_mib": stack_rss_mib(psutil.Process(proc.pid)), "large_answered": r.status_code == 200,
+                "readme_request": {"answer": routed["choices"][0]["message"]["content"], "ladder": routed.get("ladder")}}
     finally:
         stop(proc)
 

@@ -84,9 +84,12 @@ def test_adaptive_example_config_is_valid_and_points_at_shipped_heads():
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if p.name != "serve.yaml"))
-def test_every_shipped_config_is_valid(name):
+def test_every_shipped_config_is_valid_and_its_policy_fits_its_tiers(name):
+    from ladder.cluster.compose import build_policy
+
     cfg = load_config(ROOT / "configs" / name)
-    assert cfg.tiers
+    policy = build_policy(cfg.policy, cfg.tier_names, [t.name for t in cfg.tiers if t.verifier])
+    assert cfg.tiers and policy.version
 
 
 def test_full_depth_tiers_run_on_the_vllm_engine_by_default_with_serve_limits_from_it():

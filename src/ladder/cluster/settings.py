@@ -245,6 +245,7 @@ def _default_tiers() -> list[TierConfig]:
             ),
             price=PriceConfig(input_per_1m=0.02, output_per_1m=0.04),
             vllm=engine,
+            verifier="python_examples",  # the default policy's IDK step reads it
         ),
         TierConfig(
             name="medium",
@@ -255,6 +256,7 @@ def _default_tiers() -> list[TierConfig]:
             ),
             price=PriceConfig(input_per_1m=0.08, output_per_1m=0.16),
             vllm=engine,
+            verifier="python_examples",  # the default policy's IDK step reads it
         ),
         TierConfig(
             name="large",
@@ -271,7 +273,9 @@ def _default_tiers() -> list[TierConfig]:
 
 class LadderConfig(_Strict):
     tiers: list[TierConfig] = Field(default_factory=_default_tiers, min_length=1)
-    policy: PolicyConfig = PolicyConfig()
+    # The bundled learned policy (scripts/train-default-policy.sh): routers + IDK steps fitted on
+    # Ladder's own HumanEval and GSM8K outcomes for the default tiers.
+    policy: PolicyConfig = PolicyConfig(kind="learned")
     cache: CacheConfig = CacheConfig()
     ray: RayConfig = RayConfig()
     server: ServerConfig = ServerConfig()
