@@ -13,7 +13,7 @@ flight at the end finish and count). Systems:
 Completion tokens come from each response's ``usage``; time to first token is the first content
 chunk. Writes benchmarks/results/engine.json: ``runs`` = [{system, clients, completion_tokens_per_s,
 p50_s, p95_s, ttft_p50_s, errors}], ``ratio_vs_plain_vllm`` (tokens/s at 16 clients), and also the
-time until ``ladder serve`` is ready with all three tiers plus the whole stack's resident memory
+time until ``ladder serve`` is ready with all three tiers plus the whole stack's memory (PSS)
 (``--stack``, on by default).
 """
 
@@ -114,7 +114,7 @@ def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen | None = None)
     raise TimeoutError(f"{url} not ready after {timeout_s}s")
 
 
-def stack_rss_mib(root: psutil.Process) -> float:
+def stack_pss_mib(root: psutil.Process) -> float:
     procs = [root, *root.children(recursive=True)]
     # Ray starts its own daemons outside the tree of `ladder serve`: count every raylet/gcs/worker too.
     names = ("raylet", "gcs_server", "ray::", "redis-server", "VLLM", "EngineCore", "dashboard")
@@ -124,7 +124,7 @@ def stack_rss_mib(root: psutil.Process) -> float:
         try:
             if p.pid not in seen:
                 seen.add(p.pid)
-                total += p.memory_info().rss
+                total += p.memory_full_info().pss  # proportional: shared pages counted once
         except psutil.Error:
             pass
     return total / 2**20
@@ -135,6 +135,8 @@ def write_config(path: Path, backend: str, tiers: list[str]) -> None:
 
     data = LadderConfig().model_dump(mode="json")
     data["tiers"] = [t for t in data["tiers"] if t["name"] in tiers]
+    if len(tiers) < 3:
+        data["policy"] = {"kind": "fixed"}  # the bundled learned policy covers the whole ladder
     for t in data["tiers"]:
         if backend == "transformers":
             t.update(backend="transformers", vllm=None, max_ongoing_requests=4)
@@ -176,7 +178,7 @@ def stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)  # nothing left over for the next system
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)  # nothing left over
     time.sleep(3)
 
 
@@ -209,16 +211,23 @@ def run_system(system: str, clients: list[int], duration: float, tmp: Path) -> l
 def stack_start(tmp: Path) -> dict:
     """`ladder serve` with all three default tiers: seconds until /health answers, and the RSS then."""
     port = free_port()
+    started = time.perf_counter()
     proc = start_ladder(ROOT / "configs" / "default.yaml", port, tmp / "stack.log")
     try:
-        ready = wait_ready(f"http://127.0.0.1:{port}/health", 900, proc)
+        wait_ready(f"http://127.0.0.1:{port}/health", 900, proc)
+        t0 = time.perf_counter()
+        while "Ladder is serving" not in (tmp / "stack.log").read_text():  # printed once every replica is up
+            if proc.poll() is not None or time.perf_counter() - t0 > 900:
+                raise RuntimeError("the three-tier stack did not come up")
+            time.sleep(1)
+        ready = time.perf_counter() - started
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=300,
                        json={"model": "large", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})  # fmt: skip
         # the README's own request, routed by the default (learned) policy
         routed = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=300,
                             json={"model": "ladder", "max_tokens": 32,
                                   "messages": [{"role": "user", "content": "What is 2+2?"}]}).json()  # fmt: skip
-        return {"ready_s": ready, "rss_mib": stack_rss_mib(psutil.Process(proc.pid)), "large_answered": r.status_code == 200,
+        return {"ready_s": ready, "pss_mib": stack_pss_mib(psutil.Process(proc.pid)), "large_answered": r.status_code == 200,
                 "readme_request": {"answer": routed["choices"][0]["message"]["content"], "ladder": routed.get("ladder")}}
     finally:
         stop(proc)
@@ -236,7 +245,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ladder-engine-"))
     clients = [int(c) for c in args.clients.split(",")]
     runs = []
-    for system in args.systems.split(","):
+    for system in filter(None, args.systems.split(",")):
         runs.extend(run_system(system, clients, args.duration, tmp))
     by = {(r["system"], r["clients"]): r for r in runs}
     ratio = None
@@ -256,7 +265,7 @@ def main() -> None:
               f"{f(r['p95_s']):>8}{f(r['ttft_p50_s']):>8}{r['shed_503']:>6}{r['errors']:>5}")
     print(f"ladder / plain vLLM tokens/s at 16 clients: {ratio}")
     if "stack" in out:
-        print(f"three-tier `ladder serve` ready in {out['stack']['ready_s']:.0f}s, stack RSS {out['stack']['rss_mib']:.0f} MiB")
+        print(f"three-tier `ladder serve` ready in {out['stack']['ready_s']:.0f}s, stack PSS {out['stack']['pss_mib']:.0f} MiB")
     print(f"logs: {tmp}")
 
 

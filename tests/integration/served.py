@@ -16,6 +16,9 @@ def small_tier_app(api_key: str, *, server: dict | None = None, cache: dict | No
     data = LadderConfig().model_dump()
     data["server"].update(api_keys=[api_key], **(server or {}))
     data["cache"].update(cache or {})
+    # Eager vLLM (no graph compile): the engine starts in ~33 s instead of ~50 s, which the fault
+    # tests that kill and replace replicas wait for (throughput is not what these tests measure).
+    data["tiers"][0]["vllm"]["enforce_eager"] = True
     data["tiers"][0].update(tier or {})
     data["ray"]["num_cpus"] = 2
     cfg = restrict(LadderConfig.model_validate(data), ["small"], "127.0.0.1", free_port())

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,7 +53,7 @@ def test_a_job_killed_mid_batch_and_restarted_writes_every_row_once(tmp_path):
     assert job.poll() is None, "the job finished before it could be killed"
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     with out.open("a") as f:  # and a torn line, as a kill in the middle of a write leaves
         f.write('{"id": "k4', )
     written_before = out.read_text().count("\n")

@@ -73,11 +73,16 @@ def test_proxy_restart_loses_no_request_silently_and_service_recovers(server):
 
 
 def test_killed_tier_replica_under_load_recovers(server):
-    outcomes, at = asyncio.run(scenario(server[0], KEY, lambda: kill_replica("tier-small"), at_s=3, total_s=50,
-                                        timeout_s=60))  # fmt: skip
+    # A replacement vLLM replica starts its engine (~35-60 s on this CPU); requests queued for the
+    # tier meanwhile wait for it (Serve's bounded queue sheds the rest), so clients allow 120 s.
+    outcomes, at = asyncio.run(scenario(server[0], KEY, lambda: kill_replica("tier-small"), at_s=3, total_s=110,
+                                        timeout_s=120))  # fmt: skip
     report = account(outcomes, at)
     _no_silent_losses(report)
-    assert report["recovery_s"] is not None and report["recovery_s"] < 45, report
+    assert report["recovery_s"] is not None and report["recovery_s"] < 100, report
+    # the killed replica's engine did not outlive it (the watchdog reaped it): one engine, the new one's
+    engines = [p for p in psutil.process_iter(["cmdline"]) if "VLLM::EngineCore" in " ".join(p.info["cmdline"] or [])]
+    assert len(engines) == 1, [p.pid for p in engines]
 
 
 def test_killed_engine_process_fails_cleanly_and_serve_replaces_the_replica(server):
@@ -89,12 +94,12 @@ def test_killed_engine_process_fails_cleanly_and_serve_replaces_the_replica(serv
         return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#tier-small#" in a["name"]}
 
     before = replicas()
-    outcomes, at = asyncio.run(scenario(server[0], KEY, lambda: kill_engine("tier-small"), at_s=3, total_s=100,
-                                        timeout_s=60))  # fmt: skip
+    outcomes, at = asyncio.run(scenario(server[0], KEY, lambda: kill_engine("tier-small"), at_s=3, total_s=110,
+                                        timeout_s=120))  # fmt: skip
     report = account(outcomes, at)
     _no_silent_losses(report)
     assert report["after"]["total"] - report["after"]["ok"] >= 1, report  # the dead engine was noticed
-    assert report["recovery_s"] is not None and report["recovery_s"] < 95, report
+    assert report["recovery_s"] is not None and report["recovery_s"] < 100, report
     assert replicas() and not (replicas() & before)  # a new replica serves
 
 

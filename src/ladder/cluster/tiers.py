@@ -25,6 +25,10 @@ class TierDeployment:
         async for item in self.worker.stream(query):
             yield item
 
+    def __del__(self) -> None:  # Serve calls it when it stops a replica: stop the engine with it
+        if close := getattr(getattr(self, "worker", None), "close", None):
+            close()
+
     def stats(self) -> dict[str, int]:
         """What this replica's engine has produced (tests check that a cancelled stream stops it)."""
         return {"generated_tokens": int(getattr(self.worker, "generated_tokens", -1))}
