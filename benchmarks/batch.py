@@ -118,7 +118,9 @@ def main() -> None:
     data = LadderConfig().model_dump(mode="json")
     data["cache"]["enabled"] = False
     small_cfg.write_text(yaml.safe_dump(data))
-    data["policy"] = {"kind": "fixed"}  # one tier: nothing to route
+    data["policy"] = {"kind": "fixed"}  # one tier: nothing to route, no verifier to read
+    for t in data["tiers"]:
+        t["verifier"] = None
     small_cfg.write_text(yaml.safe_dump(data))
     data = LadderConfig().model_dump(mode="json")  # the default ladder and its learned policy
     data["cache"]["enabled"] = False

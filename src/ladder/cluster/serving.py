@@ -25,6 +25,8 @@ def restrict(config: LadderConfig, tiers: list[str] | None, host: str | None, po
             print(f"tiers {','.join(tiers)}: the learned policy covers {config.tier_names}; using the fixed "
                   "policy (cheapest rung first)", file=sys.stderr)  # fmt: skip
             data["policy"] = {"kind": "fixed"}
+            for t in data["tiers"]:  # nothing reads a verifier's signals any more: do not pay for it
+                t["verifier"] = None
     if host:
         data["server"]["host"] = host
     if port:
