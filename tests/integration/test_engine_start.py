@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.model, pytest.mark.
 def test_serve_reports_an_engine_that_cannot_start_in_one_line_and_exits_2(tmp_path):
     data = LadderConfig().model_dump(mode="json")
     data["tiers"] = [data["tiers"][0]]
+    data["policy"] = {"kind": "fixed"}  # one tier (the bundled learned policy covers three)
     data["tiers"][0]["vllm"]["max_model_len"] = 100_000  # beyond SmolLM2's 8,192 positions: vLLM refuses
     data["ray"]["num_cpus"] = 2
     cfg = tmp_path / "bad.yaml"

@@ -31,23 +31,22 @@ def kill_replica(deployment: str) -> str:
 
 def kill_engine(deployment: str) -> str:
     """SIGKILL the vLLM engine process under one replica of ``deployment`` (the replica lives on:
-    it must notice, fail what was in flight, and be replaced by Serve through its health check)."""
+    it must notice, fail what was in flight, and be replaced by Serve through its health check).
+    Found by process titles (the replica's is ``ray::ServeReplica:<app>:<deployment>…``, the
+    engine's ``VLLM::EngineCore``), so no Ray dashboard is needed."""
     import psutil
-    import ray
-    from ray.util.state import list_actors
 
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"#{deployment}#" in a["name"]]
-    pids = [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
-            if a.name in names and a.pid]  # fmt: skip
-    for pid in pids:
-        for child in psutil.Process(pid).children(recursive=True):
-            try:
-                if "EngineCore" in " ".join(child.cmdline()) or "EngineCor" in child.name():
-                    child.kill()
-                    return f"{names[0]} engine pid {child.pid}"
-            except psutil.Error:
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "VLLM::EngineCore" not in " ".join(proc.info["cmdline"] or []):
                 continue
-    raise RuntimeError(f"no vLLM engine process found under {deployment} (replica pids {pids})")
+            parent = proc.parent()
+            if parent is not None and f":{deployment}" in " ".join(parent.cmdline()):
+                proc.kill()
+                return f"engine pid {proc.pid} of replica pid {parent.pid}"
+        except psutil.Error:
+            continue
+    raise RuntimeError(f"no vLLM engine process found under a replica of {deployment}")
 
 
 def kill_proxy() -> str:

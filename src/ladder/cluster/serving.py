@@ -44,8 +44,14 @@ def deploy(config: LadderConfig, runtime: Runtime) -> str:
     try:
         serve.run(build_app({"config_json": config.model_dump_json(), "redis_url": runtime.redis_url}),
                   name="ladder", route_prefix="/")  # fmt: skip
-    except RuntimeError as exc:  # Serve reports a replica that never started with its traceback
-        raise startup_error(str(exc)) from None
+    except RuntimeError as exc:  # the replica's traceback is in the deployment's status message
+        report = [str(exc)]
+        try:
+            for application in serve.status().applications.values():
+                report += [application.message or ""] + [d.message or "" for d in application.deployments.values()]
+        except Exception:  # noqa: BLE001 — the status is a best effort; the error below stands
+            pass
+        raise startup_error("\n".join(report)) from None
     return f"http://{config.server.host}:{config.server.port}"
 
 
