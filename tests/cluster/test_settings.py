@@ -88,7 +88,7 @@ def test_every_shipped_config_is_valid_and_its_policy_fits_its_tiers(name):
     from ladder.cluster.compose import build_policy
 
     cfg = load_config(ROOT / "configs" / name)
-    policy = build_policy(cfg.policy, cfg.tier_names, [t.name for t in cfg.tiers if t.verifier])
+    policy = build_policy(cfg.policy, cfg.tier_names, cfg.verified_tiers)
     assert cfg.tiers and policy.version
 
 

@@ -41,7 +41,7 @@ class LadderIngress:
         self.tier_names = config.tier_names
         self.workers = [TierHandleWorker(t.name, tiers[t.name], t.timeout_s) for t in config.tiers]
         self.streams = {name: handle.options(stream=True) for name, handle in tiers.items()}
-        self.policy = build_policy(config.policy, self.tier_names, [t.name for t in config.tiers if t.verifier])
+        self.policy = build_policy(config.policy, self.tier_names, config.verified_tiers)
         self.cost = cost_function(config)
         self.metrics = LadderMetrics()
         self.cache = None

@@ -105,7 +105,7 @@ class CascadeActor:
         # of its first request.
         self.loop = asyncio.new_event_loop()
         self.workers = [build_worker(t, materialize(config, t)).load() for t in config.tiers]
-        self.policy = build_policy(config.policy, config.tier_names, [t.name for t in config.tiers if t.verifier])
+        self.policy = build_policy(config.policy, config.tier_names, config.verified_tiers)
         self.cost = cost_function(config)
         self.cache = InMemoryRouteCache()
         self.default_max_tokens = default_max_tokens

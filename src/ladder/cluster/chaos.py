@@ -1,7 +1,7 @@
 """Fault injection against a running Ladder, and the accounting of what clients saw meanwhile.
 
-The faults are the real thing: a tier replica's actor killed, its vLLM engine process killed, the Serve HTTP proxy killed (Serve's
-controller restarts it), Redis stopped, Redis filled to its ``maxmemory`` with eviction off. A
+The faults are the real thing: a tier replica's actor killed, its vLLM engine process killed, the
+Serve HTTP proxy killed (Serve's controller restarts it), Redis stopped, Redis filled to its ``maxmemory`` with eviction off. A
 scenario keeps a steady closed-loop load on the endpoint, injects the fault at a fixed second,
 and classifies every request: before the fault, in flight when it struck, or after; succeeded,
 failed with an HTTP error, or got no HTTP response (a client-visible connection error — nothing

@@ -37,7 +37,7 @@ def _signals(gen, latency_s: float) -> dict[str, float]:  # noqa: ANN001 (Genera
     if gen.depths:
         out["mean_depth"] = float(np.mean(gen.depths))
         out["max_depth"] = float(np.max(gen.depths))
-    return out
+    return {**out, **dict(gen.signals)}  # a tier's own verifier (verifier: in its config) signals too
 
 
 class CollectActor:
@@ -85,7 +85,8 @@ class CollectActor:
                 row["response"][tier] = gen.text
                 row["signals"][tier] = {**_signals(gen, latency), "compute_s": wall * latency / busy,
                                         "concurrent": float(len(items))}  # fmt: skip
-                if self.dataset.verifier:  # what the rung's online verifier would have seen
+                if self.dataset.verifier and not gen.signals:  # what a rung's online verifier would
+                    # have seen; a tier that runs that verifier already reported it (not run twice)
                     row["signals"][tier].update(VERIFIERS[self.dataset.verifier](it.prompt, gen.text))
                 row["logprobs"][tier] = [round(x, 5) for x in gen.logprobs]
         return rows

