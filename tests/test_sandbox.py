@@ -113,3 +113,32 @@ def test_verifier_signals(answer, parses, passed):
     prompt = 'Complete:\n```python\ndef add(a, b):\n    """Add.\n    >>> add(2, 3)\n    5\n    >>> add(-1, 1)\n    0\n    """\n```'
     s = python_examples(prompt, answer)
     assert (s.code_parses, s.examples, s.examples_passed) == (parses, 2.0, passed)
+
+
+def test_a_verified_tier_streams_its_answer_and_the_closing_generation_carries_the_signals():
+    """Streams go through the verifier too: the streamed cascade's whole-answer judgement reads
+    the same signals as the unstreamed one."""
+    import asyncio
+
+    from ladder.cluster.compose import VerifyingWorker
+    from ladder.types import Delta, Generation, Query
+
+    answer = "```python\ndef add(a, b):\n    return a + b\n```"
+
+    class CodeWorker:
+        tier = "small"
+
+        async def stream(self, query):
+            for piece in answer.split("\n"):
+                yield Delta(piece + "\n", (1,), (-0.1,))
+            yield Generation("small", answer, (1,), (-0.1,), 5, "stop", 0.0, 0.0)
+
+    prompt = 'Complete:\n```python\ndef add(a, b):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n```'
+
+    async def go():
+        return [item async for item in VerifyingWorker(CodeWorker(), "python_examples").stream(Query.of(prompt))]
+
+    items = asyncio.run(go())
+    assert all(isinstance(i, Delta) for i in items[:-1]) and len(items) == 5
+    assert dict(items[-1].signals) | {"verify_s": 0} == {"code_parses": 1.0, "examples": 1.0, "examples_passed": 1.0,
+                                                          "verify_s": 0}  # fmt: skip

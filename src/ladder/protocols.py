@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from ladder.types import Generation, Query, Route
+    from ladder.types import Delta, Generation, PrefixVerdict, Query, Route
 
 
 @runtime_checkable
@@ -22,12 +22,29 @@ class Policy(Protocol):
 
     def accept(self, answer: Generation, route: Route) -> bool: ...  # False => escalate
 
+    # A streamed cascade reads the first prefix_tokens(rung) tokens of a rung's answer (0: none)
+    # and asks judge_prefix (``partial`` holds those tokens); WAIT defers to ``accept``.
+    def prefix_tokens(self, rung: int) -> int: ...
+
+    def judge_prefix(self, partial: Generation, route: Route) -> PrefixVerdict: ...
+
 
 @runtime_checkable
 class Worker(Protocol):
     tier: str
 
     async def generate(self, query: Query) -> Generation: ...
+
+
+@runtime_checkable
+class StreamWorker(Protocol):
+    """What a streamed cascade needs of a rung: its deltas as generated, then the Generation.
+    Closing the iterator early (``aclose``) must stop the generation (a rung that lost, a client
+    that left)."""
+
+    tier: str
+
+    def stream(self, query: Query) -> AsyncIterator[Delta | Generation]: ...
 
 
 @runtime_checkable
@@ -43,7 +60,7 @@ class TierWorker(Worker, Protocol):
 
     def generate_sync(self, query: Query) -> Generation: ...  # one answer from synchronous code
 
-    def stream(self, query: Query) -> AsyncIterator[str | Generation]: ...  # text deltas, then the Generation
+    def stream(self, query: Query) -> AsyncIterator[Delta | Generation]: ...  # deltas, then the Generation
 
     @property
     def model(self) -> object | None: ...  # None until loaded (Serve's health check reads it)

@@ -8,6 +8,7 @@ from the package, so every layer (and every Ray worker process) can depend on it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,26 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class Delta:
+    """One piece of a streamed answer: the text it adds (possibly empty while text is held back,
+    e.g. a possible stop sequence) and the tokens generated since the previous delta, with their
+    log-probabilities. A stream of deltas ends with the complete ``Generation``."""
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[float, ...] = ()
+    prompt_tokens: int = 0  # set on the first delta, so a stream cut short can still be costed
+
+
+class PrefixVerdict(str, Enum):
+    """What a policy makes of the first tokens of a rung's answer (a streamed cascade asks)."""
+
+    ACCEPT = "accept"  # good enough: stream the rest of this rung's answer live
+    ESCALATE = "escalate"  # not good enough: stop this rung, start the next
+    WAIT = "wait"  # undecided: judge the whole answer (the client waits for it)
+
+
+@dataclass(frozen=True)
 class Attempt:
     """One rung tried by the cascade: its answer, or why it produced none."""
 
@@ -96,6 +117,9 @@ class Attempt:
     accepted: bool
     error: str | None = None
     cost_usd: float = 0.0
+    # Tokens of this rung's answer the policy had seen when it decided; None = the whole answer.
+    # A prefix decision that escalated leaves a ``generation`` holding only that prefix.
+    decided_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +130,7 @@ class CascadeResult:
     cache_hit: bool
     route_source: str  # "router" | "cache" | "forced"
     decision_s: float
+    streamed: bool = False  # the accepted rung's tokens reached the client as they were generated
 
     @property
     def escalations(self) -> int:

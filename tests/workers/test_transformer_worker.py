@@ -67,9 +67,13 @@ def test_stream_yields_the_same_text_as_generate(worker):
         return [item async for item in worker.stream(q)]
 
     items = asyncio.run(collect())
-    final = items[-1]
-    assert "".join(items[:-1]) == final.text == worker.generate_sync(q).text
-    assert len(items) > 2  # text arrived in pieces, not all at once
+    final, deltas = items[-1], items[:-1]
+    assert "".join(d.text for d in deltas) == final.text == worker.generate_sync(q).text
+    assert len(deltas) > 2  # text arrived in pieces, not all at once
+    # every token's log-probability arrives with its delta, in order, as the prefix decision reads them
+    assert tuple(lp for d in deltas for lp in d.logprobs) == final.logprobs
+    assert tuple(t for d in deltas for t in d.token_ids) == final.token_ids
+    assert deltas[0].prompt_tokens == final.prompt_tokens > 0
 
 
 def test_a_vanishing_temperature_decodes_greedily_instead_of_overflowing(worker):

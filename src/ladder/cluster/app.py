@@ -3,7 +3,8 @@
 ``build_app(args)`` composes it from the YAML config, so the same app runs from ``ladder serve``,
 ``serve run ladder.cluster.app:build_app config=...`` and a Serve config file (``serve deploy``).
 Deployments are thin: ``TierDeployment`` wraps a ``TransformersWorker``; ``LadderIngress`` holds
-the policy and the Redis route cache and runs ``run_cascade`` over tier handles. The router and
+the policy and the Redis route cache and runs ``run_cascade`` (``stream_cascade`` for streams)
+over tier handles. The router and
 the HTTP ingress are one deployment on purpose: it saves a network hop on every request.
 """
 
@@ -23,10 +24,11 @@ from ladder.cluster import openai_api as oai
 from ladder.cluster.compose import build_policy, cost_function
 from ladder.cluster.metrics import LadderMetrics
 from ladder.cluster.settings import LadderConfig, load_config
-from ladder.cluster.tiers import TierDeployment, TierHandleWorker, unwrap_error
+from ladder.cluster.tiers import TierDeployment, TierHandleStreamer, TierHandleWorker
 from ladder.errors import InvalidRequest, NoRungAvailable, UnknownTier, WorkerFailed, WorkerTimeout
 from ladder.router.cascade import run_cascade
-from ladder.types import Query, Route
+from ladder.router.streaming import StreamStart, stream_cascade
+from ladder.types import CascadeResult, Query, Route
 
 
 api = FastAPI(title="Ladder", version="0.1.0")
@@ -40,7 +42,7 @@ class LadderIngress:
         self.config = config
         self.tier_names = config.tier_names
         self.workers = [TierHandleWorker(t.name, tiers[t.name], t.timeout_s) for t in config.tiers]
-        self.streams = {name: handle.options(stream=True) for name, handle in tiers.items()}
+        self.streamers = [TierHandleStreamer(t.name, tiers[t.name], t.timeout_s) for t in config.tiers]
         self.policy = build_policy(config.policy, self.tier_names, config.verified_tiers)
         self.cost = cost_function(config)
         self.metrics = LadderMetrics()
@@ -112,8 +114,8 @@ class LadderIngress:
             if query.sampling.max_tokens > self.config.server.max_completion_tokens:
                 raise InvalidRequest(f"max_tokens: at most {self.config.server.max_completion_tokens} on this "
                                      f"server, got {query.sampling.max_tokens}", "max_tokens")  # fmt: skip
-            if body.stream and route is not None:
-                return await self._stream_tier(body, query, route)
+            if body.stream:
+                return await self._stream(body, query, route, started)
             result = await run_cascade(query, self.policy, self.workers, self.cache, self.cost, route)
         except UnknownTier as exc:
             return self._error(str(exc), 404, "model", "model_not_found")
@@ -129,9 +131,6 @@ class LadderIngress:
         self._record(result, time.perf_counter() - started)
         completion_id = oai.new_completion_id()
         headers = oai.ladder_headers(result, self.cache is not None)
-        if body.stream:
-            return StreamingResponse(self._replay(result, completion_id, body), media_type="text/event-stream",
-                                     headers=headers)  # fmt: skip
         body_json = oai.completion_body(result, completion_id, body.logprobs, self.cache is not None)
         return JSONResponse(body_json, headers=headers)
 
@@ -158,58 +157,43 @@ class LadderIngress:
         m.latency.observe(elapsed)
 
     # -- streaming -------------------------------------------------------------------------
-    async def _replay(self, result, completion_id: str, body: oai.ChatRequest):  # noqa: ANN001, ANN202
-        """A routed answer is buffered until accepted (never splice two tiers), then streamed."""
-        created, model, gen = int(time.time()), result.answer.tier, result.answer
-        yield oai.sse(oai.chunk(completion_id, created, model, {"role": "assistant", "content": ""}))
-        if gen.text:
-            yield oai.sse(oai.chunk(completion_id, created, model, {"content": gen.text}))
-        yield oai.sse(oai.chunk(completion_id, created, model, {}, gen.finish_reason))
-        if body.stream_options and body.stream_options.include_usage:
-            yield oai.sse({**oai.chunk(completion_id, created, model, {}), "choices": [], "usage": oai.usage(gen)})
-        yield "data: [DONE]\n\n"
+    async def _stream(self, body: oai.ChatRequest, query: Query, route: Route | None,
+                      started: float) -> StreamingResponse:  # fmt: skip
+        """A routed or pinned stream (``stream_cascade``): the accepted rung's tokens go out as
+        generated; the last chunk carries the ``ladder`` object."""
+        events = stream_cascade(query, self.policy, self.streamers, self.cache, self.cost, route)
+        # The first event (which rung answers) comes before the 200 header, so a request that no
+        # rung can serve, or bad input, still gets its 4xx/503 (raised here, mapped by chat()).
+        start: StreamStart = await events.__anext__()  # type: ignore[assignment]
+        completion_id, created, tier = oai.new_completion_id(), int(time.time()), start.tier
 
-    async def _stream_tier(self, body: oai.ChatRequest, query: Query, route: Route) -> StreamingResponse:
-        """A pinned tier streams token by token: there is nothing to escalate to."""
-        tier = self.tier_names[route.start]
-        completion_id, created = oai.new_completion_id(), int(time.time())
-        gen_iter = self.streams[tier].stream.remote(query)
-        try:  # the first item surfaces bad input as a 4xx before the 200 header is sent
-            first = await gen_iter.__anext__()
-        except StopAsyncIteration:
-            first = None
-        except Exception as exc:
-            raise unwrap_error(exc, tier) from None
-
-        async def events():  # noqa: ANN202
-            yield oai.sse(oai.chunk(completion_id, created, tier, {"role": "assistant", "content": ""}))
-            item, final, finished = first, None, False
+        async def sse():  # noqa: ANN202
+            finished = False
             try:
-                while item is not None:
-                    if isinstance(item, str):
-                        yield oai.sse(oai.chunk(completion_id, created, tier, {"content": item}))
-                    else:
-                        final = item
-                    item = await gen_iter.__anext__()
-            except StopAsyncIteration:
+                yield oai.sse(oai.chunk(completion_id, created, tier, {"role": "assistant", "content": ""}))
+                async for event in events:
+                    if isinstance(event, str):
+                        yield oai.sse(oai.chunk(completion_id, created, tier, {"content": event}))
+                        continue
+                    result: CascadeResult = event  # the last event
+                    self._record(result, time.perf_counter() - started)
+                    last = oai.chunk(completion_id, created, tier, {}, result.answer.finish_reason)
+                    yield oai.sse({**last, "ladder": oai.ladder_extension(result, self.cache is not None)})
+                    if body.stream_options and body.stream_options.include_usage:
+                        yield oai.sse({**oai.chunk(completion_id, created, tier, {}), "choices": [],
+                                       "usage": oai.usage(result.answer)})  # fmt: skip
                 finished = True
+                yield "data: [DONE]\n\n"
             except Exception as exc:  # after the 200 header: an error event, then close
                 finished = True
-                yield oai.sse(oai.error_body(str(unwrap_error(exc, tier)), 503))
-                return
+                self.metrics.tier_errors.labels(tier=tier).inc()
+                yield oai.sse(oai.error_body(str(exc), 503, code="tier_failed"))
             finally:
-                if not finished:  # the client went away: stop the replica's generation (vLLM aborts)
-                    gen_iter.cancel()
-            if final is not None:
-                yield oai.sse(oai.chunk(completion_id, created, tier, {}, final.finish_reason))
-                if body.stream_options and body.stream_options.include_usage:
-                    yield oai.sse({**oai.chunk(completion_id, created, tier, {}), "choices": [],
-                                "usage": oai.usage(final)})  # fmt: skip
-            yield "data: [DONE]\n\n"
+                if not finished:  # the client went away: stop the rung's generation (vLLM aborts)
+                    await events.aclose()
 
-        self.metrics.requests.labels(status="200").inc()
-        headers = {"x-ladder-tier": tier, "x-ladder-route": "forced", "x-ladder-cache": "bypass"}
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        headers = oai.stream_headers(tier, start.route, start.route_source, start.cache_hit, self.cache is not None)
+        return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ladder.cluster.settings import BundledSourceConfig, DepthConfig, LadderConfig, PolicyConfig, TierConfig
 from ladder.errors import ConfigError, WeightsUnavailable
 from ladder.protocols import Policy, TierWorker
-from ladder.types import Generation, Query
+from ladder.types import Delta, Generation, Query
 from ladder.workers.exits import ExitKind
 from ladder.workers.recurrent_worker import DepthBudget, RecurrentWorker
 from ladder.workers.transformer import AdaptiveDepth, DeviceConfig, TransformersWorker
@@ -56,11 +57,22 @@ class VerifyingWorker:
         self.inner.load()
         return self
 
-    def __getattr__(self, name: str):  # noqa: ANN204 — stream, generate_sync, model, healthy, close …
+    def __getattr__(self, name: str):  # noqa: ANN204 — generate_sync, model, healthy, close …
         return getattr(self.inner, name)
 
     async def generate(self, query: Query) -> Generation:
-        gen = await self.inner.generate(query)
+        return await self._verified(query, await self.inner.generate(query))
+
+    async def stream(self, query: Query) -> AsyncIterator[Delta | Generation]:
+        """The inner stream; its closing ``Generation`` carries the signals (the whole answer's)."""
+        inner = self.inner.stream(query)
+        try:
+            async for item in inner:
+                yield await self._verified(query, item) if isinstance(item, Generation) else item
+        finally:
+            await inner.aclose()
+
+    async def _verified(self, query: Query, gen: Generation) -> Generation:
         signals = await asyncio.to_thread(self.check, query.text, gen.text)
         return dataclasses.replace(gen, signals=tuple(sorted({**dict(gen.signals), **signals}.items())))
 

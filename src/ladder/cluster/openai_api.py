@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
 from ladder.errors import InvalidRequest
-from ladder.types import CascadeResult, Generation, Message, Query, Sampling
+from ladder.types import CascadeResult, Generation, Message, Query, Route, Sampling
 
 DEFAULT_MAX_TOKENS = 256
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
@@ -140,11 +140,25 @@ def usage(gen: Generation) -> dict:
 
 
 def _cache_label(result: CascadeResult, cache_enabled: bool) -> str:
-    if result.route_source == "forced":
+    return cache_label(result.route_source, result.cache_hit, cache_enabled)
+
+
+def cache_label(route_source: str, cache_hit: bool, cache_enabled: bool) -> str:
+    if route_source == "forced":
         return "bypass"
     if not cache_enabled:
         return "off"
-    return "hit" if result.cache_hit else "miss"
+    return "hit" if cache_hit else "miss"
+
+
+def stream_headers(tier: str, route: Route, route_source: str, cache_hit: bool, cache_enabled: bool) -> dict[str, str]:
+    """What a stream knows when its first token is ready (the rest is in its last chunk's ``ladder``)."""
+    headers = {"x-ladder-tier": tier, "x-ladder-route": route_source, "x-ladder-policy-version": route.policy_version,
+               "x-ladder-cache": cache_label(route_source, cache_hit, cache_enabled)}  # fmt: skip
+    if route.scores:
+        headers["x-ladder-score"] = ",".join(f"{s:.4f}" for s in route.scores)
+        headers["x-ladder-threshold"] = ",".join(f"{t:.4f}" for t in route.thresholds)
+    return headers
 
 
 def ladder_extension(result: CascadeResult, cache_enabled: bool = True) -> dict:
@@ -156,13 +170,18 @@ def ladder_extension(result: CascadeResult, cache_enabled: bool = True) -> dict:
         "start_rung": result.route.start,
         "scores": list(result.route.scores),
         "thresholds": list(result.route.thresholds),
-        "rungs_tried": [{"tier": a.tier, "accepted": a.accepted, "error": a.error,
+        "rungs_tried": [{"tier": a.tier, "accepted": a.accepted, "error": a.error, "decided_at": a.decided_at,
                          "completion_tokens": a.generation.completion_tokens if a.generation else 0,
                          "mean_logprob": _mean(a.generation.logprobs) if a.generation else None,
                          "depths": list(a.generation.depths) if a.generation else [],
                          "signals": dict(a.generation.signals) if a.generation else {},  # the rung's verifier
                          "cost_usd": a.cost_usd} for a in result.attempts],  # fmt: skip
         "escalations": result.escalations,
+        # tokens of the answering rung seen when it was accepted (null: the whole answer) and
+        # whether they reached the client as they were generated
+        "decided_at": result.attempts[-1].decided_at if result.attempts else None,
+        "streamed": result.streamed,
+        "hedged": False,  # hedged escalation (a second rung started in parallel) is not implemented
         "cache": _cache_label(result, cache_enabled),
         "cost_usd": result.cost_usd,
         "decision_ms": result.decision_s * 1000,

@@ -1,13 +1,15 @@
 """Tier deployments and the handle adapter that makes them ``Worker``s for the cascade."""
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 
 from ray.serve.handle import DeploymentHandle
 
 from ladder.cluster.compose import build_worker, materialize
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import InvalidRequest, TierOverloaded, WorkerFailed, WorkerTimeout
-from ladder.types import Generation, Query
+from ladder.types import Delta, Generation, Query
 
 
 class TierDeployment:
@@ -21,7 +23,7 @@ class TierDeployment:
     async def generate(self, query: Query) -> Generation:
         return await self.worker.generate(query)
 
-    async def stream(self, query: Query):  # noqa: ANN201 (async generator of str | Generation)
+    async def stream(self, query: Query):  # noqa: ANN201 (async generator of Delta | Generation)
         async for item in self.worker.stream(query):
             yield item
 
@@ -55,6 +57,36 @@ class TierHandleWorker:
             raise WorkerTimeout(f"tier {self.tier} timed out after {self.timeout_s}s") from None
         except Exception as exc:
             raise unwrap_error(exc, self.tier) from None
+
+
+class TierHandleStreamer:
+    """The ``StreamWorker`` protocol over a tier deployment handle: closing the stream early (a
+    rung that lost, a client that left) cancels the replica's call, which stops its engine."""
+
+    def __init__(self, tier: str, handle: DeploymentHandle, timeout_s: float) -> None:
+        self.tier = tier
+        self.handle = handle.options(stream=True)
+        self.timeout_s = timeout_s
+
+    async def stream(self, query: Query) -> AsyncIterator[Delta | Generation]:
+        call = self.handle.stream.remote(query)
+        deadline = time.monotonic() + self.timeout_s
+        finished = False
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(call.__anext__(), max(0.0, deadline - time.monotonic()))
+                except StopAsyncIteration:
+                    finished = True
+                    return
+                except asyncio.TimeoutError:
+                    raise WorkerTimeout(f"tier {self.tier} timed out after {self.timeout_s}s") from None
+                except Exception as exc:
+                    raise unwrap_error(exc, self.tier) from None
+                yield item
+        finally:
+            if not finished:
+                call.cancel()
 
 
 def unwrap_error(exc: Exception, tier: str) -> Exception:

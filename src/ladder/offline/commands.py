@@ -12,10 +12,11 @@ from ladder.errors import OutcomesError
 from ladder.offline.evaluation import compare, plot, table, tuned_knn
 from ladder.offline.featcache import featurize
 from ladder.offline.pipeline import load_outcomes, parse_prices, parse_target, rung_costs, three_way
-from ladder.offline.training import TrainSpec, idk_scores, train_policy
+from ladder.offline.training import TrainSpec, gate_scores, idk_scores, train_policy
 from ladder.policies.calibrate import calibrate
 from ladder.policies.features import MiniLMFeaturizer
 from ladder.policies.hybrid import HybridRouterPolicy
+from ladder.policies.prefix import calibrate_prefix
 from ladder.policies.store import load_policy, save_policy
 
 
@@ -54,8 +55,37 @@ def calibrate_policy(policy_path: Path, source: str, data: Path | None, target_t
         meta={**policy.meta, "target": target.describe(), "calibrated_on_rows": len(val),
               "operating_point": point.as_dict(), "pareto": [p.as_dict() for p in frontier]},
     )  # fmt: skip
+    prefix_info = {}
+    if policy.prefix and accept is not None and point.accept_thresholds is not None:
+        calibrated, prefix_info = _calibrate_gates(calibrated, val, target, route, accept, costs,
+                                                   parse_prices(prices, policy.rungs), n_future)  # fmt: skip
     save_policy(calibrated, out)
-    return {"policy": str(out), "version": calibrated.version, "target": target.describe(), **point.as_dict()}
+    return {"policy": str(out), "version": calibrated.version, "target": target.describe(), **point.as_dict(),
+            **({"prefix": prefix_info} if prefix_info else {})}  # fmt: skip
+
+
+def _tokens(outcomes) -> np.ndarray:  # noqa: ANN001
+    """[n, R] recorded answer lengths (else ~chars/4): how long a client waits for a whole answer."""
+    if outcomes.tokens is not None:
+        return np.nan_to_num(outcomes.tokens)
+    return np.stack([[len(t) / 4 for t in outcomes.response(r)] for r in outcomes.rungs], axis=1)
+
+
+def _calibrate_gates(policy: HybridRouterPolicy, val, target, route: np.ndarray, accept: np.ndarray,  # noqa: ANN001
+                     costs: np.ndarray, prices: dict, n_future: int | None) -> tuple[HybridRouterPolicy, dict]:  # fmt: skip
+    """Prefix gates for the chosen operating point: k and thresholds (``calibrate_prefix``)."""
+    gates = gate_scores(policy, val, route)
+    prefix_costs = {k: rung_costs(val, prices, output_cap=k) for k in gates}
+    choice = calibrate_prefix(target, route, policy.thresholds, val.quality, costs, prefix_costs, accept,
+                              tuple(policy.idk_thresholds.get(b, 0.0) for b in range(len(policy.rungs) - 1)),
+                              gates, _tokens(val), n_future=n_future)  # fmt: skip
+    kept = {}
+    if choice.tokens:
+        for b, candidates in policy.prefix.items():
+            g = next(g for g in candidates if g.tokens == choice.tokens)
+            kept[b] = (replace(g, accept_at=choice.accept_at[b], escalate_below=choice.escalate_below[b]),)
+    info = choice.as_dict()
+    return replace(policy, prefix=kept, meta={**policy.meta, "prefix": info}), info
 
 
 def evaluate(policy_path: Path, source: str, data: Path | None, out_dir: Path) -> dict:

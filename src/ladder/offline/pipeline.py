@@ -42,9 +42,10 @@ def split(outcomes: Outcomes, exclude_from_test: np.ndarray, test_fraction: floa
     return Split(outcomes.take(~is_test), outcomes.take(is_test & ~exclude_from_test))
 
 
-def rung_costs(outcomes: Outcomes, prices: dict[str, tuple[float, float]]) -> np.ndarray:
+def rung_costs(outcomes: Outcomes, prices: dict[str, tuple[float, float]], output_cap: int | None = None) -> np.ndarray:
     """[n, R] USD per call: prompt ≈ chars/4 tokens; output = recorded tokens, else response
-    length/4, else 1 token (a multiple-choice letter)."""
+    length/4, else 1 token (a multiple-choice letter); at most ``output_cap`` output tokens (the
+    cost of a rung stopped after a prefix decision)."""
     n = len(outcomes)
     prompt_tokens = np.array([len(q) / 4 for q in outcomes.queries])
     cols = []
@@ -57,6 +58,8 @@ def rung_costs(outcomes: Outcomes, prices: dict[str, tuple[float, float]]) -> np
             out = np.array([len(t) / 4 for t in outcomes.responses[rung]])
         else:
             out = np.ones(n)
+        if output_cap is not None:
+            out = np.minimum(out, output_cap)
         p_in, p_out = prices[rung]
         cols.append((prompt_tokens * p_in + out * p_out) / 1e6)
     return np.stack(cols, axis=1)

@@ -13,6 +13,7 @@ from ladder.policies.hybrid import HybridRouterPolicy
 from ladder.policies.idk import SIGNALS, VERIFIER_INPUTS, VERIFIER_SIGNALS, AnswerView, IdkModel, signal_matrix
 from ladder.policies.labels import LabelScheme, boundary_labels
 from ladder.policies.linear import fit_logistic
+from ladder.policies.prefix import CANDIDATE_TOKENS, PREFIX_SIGNALS, PrefixGate
 
 # Log-probability and verifier signals are useless (constant) where a data set has none
 # (RouteLLM's); outcomes collected from Ladder's own tiers carry them, and then they are used.
@@ -42,6 +43,7 @@ class TrainSpec:
     idk: bool = True  # fit IDK models where the outcomes carry a rung's responses
     idk_c: float = 0.1
     folds: int = 5  # cross-fitting of the router prior the IDK model sees
+    prefix_tokens: tuple[int, ...] = CANDIDATE_TOKENS  # candidate k of the prefix gates (calibration picks)
 
 
 def _cross_fitted(x, y: np.ndarray, c: float, folds: int) -> np.ndarray:  # noqa: ANN001
@@ -65,6 +67,7 @@ def train_policy(
     labels = [boundary_labels(outcomes.quality, b, spec.scheme) for b in range(r - 1)]
     boundaries = tuple(fit_logistic(x, labels[b], spec.c) for b in range(r - 1))
     idk: dict[int, IdkModel] = {}
+    prefix: dict[int, tuple[PrefixGate, ...]] = {}
     if spec.idk:
         for b in range(r - 1):
             rung = outcomes.rungs[b]
@@ -76,10 +79,31 @@ def train_policy(
             hard = (labels[b] >= 0.5).astype(float)
             scorer = fit_logistic(signal_matrix(views, names), hard, spec.idk_c, standardize=True)
             idk[b] = IdkModel(names, scorer)
+            if rung in outcomes.logprobs and spec.prefix_tokens:
+                prefix[b] = tuple(PrefixGate(k, IdkModel(PREFIX_SIGNALS, fit_logistic(
+                    signal_matrix(prefix_views(views, k), PREFIX_SIGNALS), hard, spec.idk_c, standardize=True)))
+                    for k in spec.prefix_tokens)  # fmt: skip
     meta = {"label_scheme": spec.scheme.value, "c": spec.c, "data_hash": outcomes.fingerprint,
             "data_source": outcomes.source, "train_rows": len(outcomes), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
     return HybridRouterPolicy(outcomes.rungs, featurizer, boundaries, (0.5,) * (r - 1), idk,
-                              {b: 0.5 for b in idk}, meta=meta)  # fmt: skip
+                              {b: 0.5 for b in idk}, prefix, meta=meta)  # fmt: skip
+
+
+def prefix_views(views: list[AnswerView], k: int) -> list[AnswerView]:
+    """What a prefix gate sees of each recorded answer: its first k log-probabilities and the prior."""
+    return [AnswerView("", v.logprobs[:k], v.prior) for v in views]
+
+
+def gate_scores(policy: HybridRouterPolicy, outcomes: Outcomes, route_scores: np.ndarray) -> dict[int, np.ndarray]:
+    """k -> [n, R-1] P(accept) of each rung's gate on the first k recorded tokens (1 where a rung
+    has no gate for k: it never decides early)."""
+    n, r = len(outcomes), len(outcomes.rungs)
+    out: dict[int, np.ndarray] = {}
+    for b, gates in policy.prefix.items():
+        views = _views(outcomes, outcomes.rungs[b], route_scores[:, b])
+        for g in gates:
+            out.setdefault(g.tokens, np.full((n, r - 1), np.nan))[:, b] = g.model.proba(prefix_views(views, g.tokens))
+    return out
 
 
 def idk_scores(policy: HybridRouterPolicy, outcomes: Outcomes, route_scores: np.ndarray) -> np.ndarray | None:

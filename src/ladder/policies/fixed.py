@@ -5,7 +5,7 @@ It is the fallback when no learned policy file is configured. Pure: no I/O.
 
 from __future__ import annotations
 
-from ladder.types import Generation, Query, Route
+from ladder.types import Generation, PrefixVerdict, Query, Route
 
 
 class FixedPolicy:
@@ -22,3 +22,9 @@ class FixedPolicy:
         if self.min_mean_logprob is None or not answer.logprobs:
             return True
         return sum(answer.logprobs) / len(answer.logprobs) >= self.min_mean_logprob
+
+    def prefix_tokens(self, rung: int) -> int:
+        return 0  # judged on whole answers only
+
+    def judge_prefix(self, partial: Generation, route: Route) -> PrefixVerdict:
+        return PrefixVerdict.WAIT

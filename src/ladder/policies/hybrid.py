@@ -3,7 +3,9 @@
 ``route``: featurize the query once, score every boundary b with P(rung b is as good as the best
 rung above it), start at the first rung whose score reaches its threshold (else the top rung).
 ``accept``: if the answering rung has an IDK model, accept when P(accept) reaches that rung's
-threshold; otherwise accept. Thresholds come from calibration and are part of the policy's version.
+threshold; otherwise accept. ``judge_prefix``: a streamed cascade asks after the first k tokens of
+a rung's answer (``ladder.policies.prefix``); a rung without an active gate waits for the whole
+answer. Thresholds come from calibration and are part of the policy's version.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 from ladder.policies.features import Featurizer
 from ladder.policies.idk import AnswerView, IdkModel
 from ladder.policies.linear import LinearScorer
-from ladder.types import Generation, Query, Route
+from ladder.policies.prefix import PrefixGate
+from ladder.types import Generation, PrefixVerdict, Query, Route
 
 
 @dataclass
@@ -27,6 +30,8 @@ class HybridRouterPolicy:
     thresholds: tuple[float, ...]  # R-1 router thresholds
     idk: dict[int, IdkModel] = field(default_factory=dict)  # rung -> model
     idk_thresholds: dict[int, float] = field(default_factory=dict)
+    # rung -> prefix gates, one per candidate k; calibration keeps at most one active gate per rung
+    prefix: dict[int, tuple[PrefixGate, ...]] = field(default_factory=dict)
     name: str = "hybrid"
     meta: dict = field(default_factory=dict)  # label scheme, data hash, target, Pareto table
 
@@ -37,8 +42,12 @@ class HybridRouterPolicy:
     @property
     def version(self) -> str:
         h = hashlib.blake2b(digest_size=6)
+        gates = sorted((b, g.tokens, g.accept_at, g.escalate_below) for b, gs in self.prefix.items() for g in gs
+                       if g.active)  # fmt: skip
         h.update(repr((self.rungs, self.thresholds, sorted(self.idk_thresholds.items()),
                        self.meta.get("data_hash"), self.meta.get("created"))).encode())  # fmt: skip
+        if gates:  # (policies without active gates keep the versions they had)
+            h.update(repr(gates).encode())
         return f"{self.name}-{h.hexdigest()}"
 
     def scores(self, texts: list[str]) -> np.ndarray:
@@ -67,6 +76,23 @@ class HybridRouterPolicy:
         prior = route.scores[rung] if rung < len(route.scores) else 0.5
         p = float(model.proba([AnswerView(answer.text, answer.logprobs, prior, answer.signals)])[0])
         return p >= self.idk_thresholds.get(rung, 0.0)
+
+    def _gate(self, rung: int) -> PrefixGate | None:
+        if rung >= len(self.rungs) - 1:
+            return None
+        return next((g for g in self.prefix.get(rung, ()) if g.active), None)
+
+    def prefix_tokens(self, rung: int) -> int:
+        gate = self._gate(rung)
+        return gate.tokens if gate else 0
+
+    def judge_prefix(self, partial: Generation, route: Route) -> PrefixVerdict:
+        rung = self.rungs.index(partial.tier) if partial.tier in self.rungs else len(self.rungs) - 1
+        gate = self._gate(rung)
+        if gate is None:
+            return PrefixVerdict.WAIT
+        prior = route.scores[rung] if rung < len(route.scores) else 0.5
+        return gate.judge(partial.logprobs, prior)
 
     def verifier_rungs(self) -> list[str]:
         """Rungs whose IDK model reads verifier signals: those tiers must run the verifier."""

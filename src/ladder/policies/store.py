@@ -18,6 +18,7 @@ from ladder.policies.features import FeaturizerKind, make_featurizer
 from ladder.policies.hybrid import HybridRouterPolicy
 from ladder.policies.idk import SIGNALS, IdkModel
 from ladder.policies.linear import LinearScorer
+from ladder.policies.prefix import PrefixGate
 
 FORMAT = "ladder-policy"
 FORMAT_VERSION = 1
@@ -49,6 +50,9 @@ def save_policy(policy: HybridRouterPolicy, path: Path) -> Path:
         tensors.update(_scorer_arrays(f"boundary.{b}", s))
     for rung, m in policy.idk.items():
         tensors.update(_scorer_arrays(f"idk.{rung}", m.scorer))
+    for rung, gates in policy.prefix.items():
+        for g in gates:
+            tensors.update(_scorer_arrays(f"prefix.{rung}.{g.tokens}", g.model.scorer))
     save_file(tensors, str(tensors_path))
     doc = {
         "format": FORMAT,
@@ -60,6 +64,9 @@ def save_policy(policy: HybridRouterPolicy, path: Path) -> Path:
         "thresholds": list(policy.thresholds),
         "idk": {str(r): {"signals": list(m.signals), "threshold": policy.idk_thresholds.get(r, 0.0)}
                 for r, m in policy.idk.items()},  # fmt: skip
+        "prefix": {str(r): [{"tokens": g.tokens, "signals": list(g.model.signals), "accept_at": g.accept_at,
+                             "escalate_below": g.escalate_below} for g in gates]
+                   for r, gates in policy.prefix.items()},  # fmt: skip
         "meta": policy.meta,
         "tensors_file": tensors_path.name,
         "tensors_sha256": hashlib.sha256(tensors_path.read_bytes()).hexdigest(),
@@ -102,6 +109,15 @@ def load_policy(path: Path, tier_names: list[str] | None = None) -> HybridRouter
             raise PolicyFileError(f"policy {path} uses unknown IDK signals {unknown}")
         idk[int(key)] = IdkModel(tuple(spec["signals"]), _scorer(f"idk.{key}", t))
         idk_thresholds[int(key)] = float(spec["threshold"])
+    prefix = {}
+    for key, specs in doc.get("prefix", {}).items():
+        gates = []
+        for spec in specs:
+            if unknown := [s for s in spec["signals"] if s not in SIGNALS]:
+                raise PolicyFileError(f"policy {path} uses unknown prefix signals {unknown}")
+            model = IdkModel(tuple(spec["signals"]), _scorer(f"prefix.{key}.{int(spec['tokens'])}", t))
+            gates.append(PrefixGate(int(spec["tokens"]), model, float(spec["accept_at"]), float(spec["escalate_below"])))
+        prefix[int(key)] = tuple(gates)
     policy = HybridRouterPolicy(
         rungs=rungs,
         featurizer=make_featurizer(FeaturizerKind(doc["featurizer"]), state),
@@ -109,6 +125,7 @@ def load_policy(path: Path, tier_names: list[str] | None = None) -> HybridRouter
         thresholds=tuple(float(x) for x in doc["thresholds"]),
         idk=idk,
         idk_thresholds=idk_thresholds,
+        prefix=prefix,
         name=doc.get("name", "hybrid"),
         meta=doc.get("meta", {}),
     )

@@ -34,6 +34,24 @@ async def decide(query: Query, policy: Policy, cache: RouteCache | None) -> tupl
     return route, False
 
 
+async def routed(query: Query, policy: Policy, cache: RouteCache | None,
+                 route: Route | None) -> tuple[Route, bool, str, float]:  # fmt: skip
+    """(route, cache hit, source, seconds spent deciding); a given ``route`` is pinned by the client."""
+    t0 = time.perf_counter()
+    if route is not None:
+        return route, False, "forced", 0.0
+    route, hit = await decide(query, policy, cache)
+    return route, hit, "cache" if hit else "router", time.perf_counter() - t0
+
+
+def no_rung_error(attempts: list[Attempt], client_errors: list[InvalidRequest], overloads: int) -> Exception:
+    """Why nothing answered: the request's own fault (4xx) when every rung refused it, else a 503."""
+    if client_errors and len(client_errors) == len(attempts):
+        return client_errors[-1]
+    errors = "; ".join(f"{a.tier}: {a.error}" for a in attempts)
+    return NoRungAvailable(f"every rung failed ({errors})", overloaded=overloads == len(attempts))
+
+
 async def run_cascade(
     query: Query,
     policy: Policy,
@@ -46,13 +64,7 @@ async def run_cascade(
 
     ``route`` pins a decision (a client naming a tier); otherwise the policy/cache decides.
     """
-    t0 = time.perf_counter()
-    if route is not None:
-        hit, source = False, "forced"
-    else:
-        route, hit = await decide(query, policy, cache)
-        source = "cache" if hit else "router"
-    decision_s = time.perf_counter() - t0
+    route, hit, source, decision_s = await routed(query, policy, cache, route)
     last = len(workers) - 1 if not route.pinned else route.start
     attempts: list[Attempt] = []
     client_errors: list[InvalidRequest] = []
@@ -75,7 +87,4 @@ async def run_cascade(
     if answered:  # the top rung failed after a lower one answered: its answer beats none
         best = answered[-1]
         return CascadeResult(best.generation, route, tuple(attempts), hit, source, decision_s)  # type: ignore[arg-type]
-    if client_errors and len(client_errors) == len(attempts):
-        raise client_errors[-1]  # the request itself is at fault, not the tiers
-    errors = "; ".join(f"{a.tier}: {a.error}" for a in attempts)
-    raise NoRungAvailable(f"every rung failed ({errors})", overloaded=overloads == len(attempts))
+    raise no_rung_error(attempts, client_errors, overloads)

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ladder.errors import InvalidRequest, WeightsUnavailable
-from ladder.types import Generation, Query
+from ladder.types import Delta, Generation, Query
 from ladder.workers.exits import ExitKind
 from ladder.workers.recurrent_worker import DepthBudget
 
@@ -66,10 +66,10 @@ class HuginnWorker:
     async def generate(self, query: Query) -> Generation:
         return await asyncio.to_thread(self.generate_sync, query)
 
-    async def stream(self, query: Query) -> AsyncIterator[str | Generation]:
+    async def stream(self, query: Query) -> AsyncIterator[Delta | Generation]:
         """Huginn's generate loop has no streamer hook: the whole text, then the Generation."""
         gen = await self.generate(query)
-        yield gen.text
+        yield Delta(gen.text, gen.token_ids, gen.logprobs, gen.prompt_tokens)
         yield gen
 
     def generate_sync(self, query: Query) -> Generation:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ladder.errors import ChecksumMismatch, InvalidRequest, WeightsUnavailable
-from ladder.types import Generation, Query
+from ladder.types import Delta, Generation, Query
 from ladder.workers.exits import ExitKind, make_exit
 from ladder.workers.recurrent import RecurrentConfig, RecurrentDepthModel
 
@@ -113,10 +113,10 @@ class RecurrentWorker:
     async def generate(self, query: Query) -> Generation:
         return await asyncio.to_thread(self.generate_sync, query)
 
-    async def stream(self, query: Query) -> AsyncIterator[str | Generation]:
+    async def stream(self, query: Query) -> AsyncIterator[Delta | Generation]:
         """The whole answer is a few characters: one text piece, then the Generation."""
         gen = await self.generate(query)
-        yield gen.text
+        yield Delta(gen.text, gen.token_ids, gen.logprobs, gen.prompt_tokens)
         yield gen
 
     def budget_for(self, query: Query) -> DepthBudget:

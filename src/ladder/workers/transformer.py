@@ -19,7 +19,7 @@ from typing import Literal
 from pathlib import Path
 
 from ladder.errors import InvalidRequest, WeightsUnavailable
-from ladder.types import Generation, Query, Sampling
+from ladder.types import Delta, Generation, Query, Sampling
 from ladder.workers.adaptive_depth import Pick, Step, early_exit, self_speculative
 
 
@@ -134,51 +134,52 @@ class TransformersWorker:
     async def generate(self, query: Query) -> Generation:
         return await asyncio.to_thread(self.generate_sync, query)
 
-    def generate_sync(self, query: Query, on_text: Callable[[str], None] | None = None) -> Generation:
+    def generate_sync(self, query: Query, on_text: Callable[[str, int, float], None] | None = None) -> Generation:
         if self.model is None:
             raise RuntimeError(f"tier {self.tier}: call load() before generate()")
         prompt_ids = self.encode(query)
         with self._lock:
             return self._decode(prompt_ids, query.sampling, on_text)
 
-    async def stream(self, query: Query) -> AsyncIterator[str | Generation]:
-        """Text deltas as tokens are generated, then the complete ``Generation`` as the last item.
+    async def stream(self, query: Query) -> AsyncIterator[Delta | Generation]:
+        """Deltas (text and the new tokens' log-probabilities) as tokens are generated, then the
+        complete ``Generation`` as the last item.
 
         Text that could still turn out to be the start of a stop sequence (or half a UTF-8
         character) is held back until it is certain, so no stop text ever reaches the client.
         """
         loop = asyncio.get_running_loop()
-        texts: asyncio.Queue[str] = asyncio.Queue()
+        steps: asyncio.Queue[tuple[str, int, float]] = asyncio.Queue()
         prompt_ids = self.encode(query)  # bad input raises here, before any chunk is sent
         sampling = query.sampling
 
         def run() -> Generation:
             with self._lock:
-                return self._decode(prompt_ids, sampling, lambda t: loop.call_soon_threadsafe(texts.put_nowait, t))
+                return self._decode(prompt_ids, sampling,
+                                    lambda *step: loop.call_soon_threadsafe(steps.put_nowait, step))  # fmt: skip
 
         task = loop.run_in_executor(None, run)
         holdback = max((len(s) for s in sampling.stop), default=1) - 1
-        sent = 0
-        while not (task.done() and texts.empty()):
-            getter = asyncio.ensure_future(texts.get())
+        sent, prompt_tokens = 0, len(prompt_ids)
+        while not (task.done() and steps.empty()):
+            getter = asyncio.ensure_future(steps.get())
             await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
             if not getter.done():
                 getter.cancel()
                 continue
-            text = getter.result()
+            text, token, logprob = getter.result()
             safe = len(text) - holdback
             while safe > sent and text[safe - 1] == "\ufffd":
                 safe -= 1
-            if safe > sent:
-                yield text[sent:safe]
-                sent = safe
+            yield Delta(text[sent:safe] if safe > sent else "", (token,), (logprob,), prompt_tokens)
+            sent, prompt_tokens = max(sent, safe), 0
         final = await task
         if len(final.text) > sent:
-            yield final.text[sent:]
+            yield Delta(final.text[sent:])
         yield final
 
     def _decode(
-        self, prompt_ids: list[int], sampling: Sampling, on_text: Callable[[str], None] | None = None
+        self, prompt_ids: list[int], sampling: Sampling, on_text: Callable[[str, int, float], None] | None = None
     ) -> Generation:
         import torch
 
@@ -217,8 +218,8 @@ class TransformersWorker:
                     cut = min((i for s in sampling.stop if (i := text.find(s)) >= 0), default=-1)
                     if cut >= 0:
                         text, finish = text[:cut], "stop"
-                    if on_text:
-                        on_text(text)
+                    if on_text:  # the text so far, the new token and its log-probability
+                        on_text(text, token, logprob)
                     if cut >= 0:
                         break
                 if len(tokens) == sampling.max_tokens:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ladder.errors import EngineStartFailed, InvalidRequest, WeightsUnavailable, WorkerFailed
-from ladder.types import Generation, Query
+from ladder.types import Delta, Generation, Query
 
 
 @dataclass(frozen=True)
@@ -163,9 +163,10 @@ class VLLMWorker:
             final = item
         return final
 
-    async def stream(self, query: Query) -> AsyncIterator[str | Generation]:
-        """Text deltas as the engine produces them, then the complete ``Generation``. vLLM holds
-        back text that may still become a stop sequence, so no stop text is ever yielded."""
+    async def stream(self, query: Query) -> AsyncIterator[Delta | Generation]:
+        """Deltas (text and the new tokens' log-probabilities) as the engine produces them, then
+        the complete ``Generation``. vLLM holds back text that may still become a stop sequence,
+        so no stop text is ever yielded."""
         if self.engine is None:
             raise RuntimeError(f"tier {self.tier}: call load() before generate()")
         prompt_ids = self.encode(query)  # bad input raises here, before anything is yielded
@@ -179,13 +180,17 @@ class VLLMWorker:
             seen = 0
             async for out in outputs:
                 completion = out.outputs[0]
-                self.generated_tokens += len(completion.token_ids) - seen
-                seen = len(completion.token_ids)
-                if first is None and completion.token_ids:
+                ids = completion.token_ids
+                self.generated_tokens += len(ids) - seen
+                if first is None and ids:
                     first = time.perf_counter()
-                if len(completion.text) > sent:
-                    yield completion.text[sent:]
+                new_ids = tuple(int(t) for t in ids[seen:])
+                steps = (completion.logprobs or ())[seen : len(ids)]
+                new_lps = tuple(float(step[t].logprob) for step, t in zip(steps, new_ids))
+                if len(completion.text) > sent or new_ids:
+                    yield Delta(completion.text[sent:], new_ids, new_lps, len(prompt_ids) if not seen else 0)
                     sent = len(completion.text)
+                seen = len(ids)
                 final = out
         except Exception as exc:
             if self.engine is not None and self.engine.errored:  # EngineDeadError and its kin
