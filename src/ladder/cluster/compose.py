@@ -109,7 +109,7 @@ def build_policy(policy: PolicyConfig, tier_names: list[str], verified: list[str
 
     if policy.kind == "fixed":
         start = tier_names.index(policy.start_tier) if policy.start_tier else 0
-        return FixedPolicy(start, policy.min_mean_logprob)
+        return FixedPolicy(start, policy.min_mean_logprob, policy.prefix_tokens)
     from ladder.policies.store import load_policy
 
     loaded = load_policy(policy.path, tier_names)

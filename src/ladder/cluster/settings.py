@@ -199,6 +199,8 @@ class PolicyConfig(_Strict):
     kind: Literal["fixed", "learned"] = "fixed"
     start_tier: str | None = None  # fixed policy: first rung (default: the cheapest)
     min_mean_logprob: float | None = None  # fixed policy: escalate below this confidence
+    # fixed policy: a stream judges that confidence on its first k tokens (0: on the whole answer)
+    prefix_tokens: int = Field(default=0, ge=0)
     file: str | None = None  # learned policy file (JSON, written by `ladder calibrate`)
 
     @property

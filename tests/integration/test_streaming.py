@@ -1,0 +1,109 @@
+"""Routed streams on the real app (small + medium tiers, vLLM, Ray Serve, Redis): decided on the
+first tokens, streamed live, escalated without splicing, and the rung that lost stops generating."""
+
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.integration.served import small_tier_app
+
+pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.model, pytest.mark.slow]
+KEY = "sk-ladder-stream"
+K = 4
+# The fixed policy's rule on the first K tokens: a greedy answer's tokens are its most likely
+# ones (mean log-prob well above -2: accepted); tokens sampled at temperature 2 from a flattened
+# distribution are not (escalated).
+POLICY = {"kind": "fixed", "min_mean_logprob": -2.0, "prefix_tokens": K}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with small_tier_app(KEY, tiers=("small", "medium"), policy=POLICY) as served:
+        yield served
+
+
+def sse(url: str, body: dict) -> tuple[dict, list[dict], float | None]:
+    """(headers, every data event, seconds to the first content)."""
+    events, first = [], None
+    t0 = time.perf_counter()
+    with httpx.Client(timeout=120, headers={"authorization": f"Bearer {KEY}"}) as http:
+        with http.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}) as r:
+            assert r.status_code == 200, r.read()
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                events.append(event)
+                if first is None and any(c["delta"].get("content") for c in event.get("choices", [])):
+                    first = time.perf_counter() - t0
+            return dict(r.headers), events, first
+
+
+def text_of(events: list[dict]) -> str:
+    return "".join(c["delta"].get("content") or "" for e in events for c in e.get("choices", []))
+
+
+def ladder_of(events: list[dict]) -> dict:
+    (ext,) = [e["ladder"] for e in events if "ladder" in e]
+    return ext
+
+
+def generated(tier: str) -> int:
+    from ray import serve
+
+    return serve.get_deployment_handle(f"tier-{tier}", app_name="ladder").stats.remote().result()["generated_tokens"]
+
+
+def test_a_confident_prefix_is_accepted_and_streamed_live(server):
+    url, _ = server
+    msgs = [{"role": "user", "content": "Write a short poem about the sea."}]
+    headers, events, _ = sse(url, {"model": "ladder", "messages": msgs, "max_tokens": 48, "temperature": 0})
+    ext = ladder_of(events)
+    assert headers["x-ladder-tier"] == "small" and ext["tier"] == "small"
+    assert ext["decided_at"] == K and ext["streamed"] and ext["escalations"] == 0 and ext["hedged"] is False
+    assert {e["model"] for e in events if e.get("choices")} == {"small"}
+    # the same text as the tier streamed on its own (greedy)
+    _, pinned, _ = sse(url, {"model": "small", "messages": msgs, "max_tokens": 48, "temperature": 0})
+    assert text_of(events) == text_of(pinned) and len(text_of(events)) > 20
+    assert ladder_of(pinned)["route"] == "forced" and ladder_of(pinned)["decided_at"] == 0
+
+
+def test_an_unsure_prefix_escalates_at_once_and_the_client_sees_only_the_next_rung(server):
+    url, _ = server
+    msgs = [{"role": "user", "content": "Write a long story about a dragon who learns to cook."}]
+    body = {"messages": msgs, "max_tokens": 64, "temperature": 2.0, "seed": 7}
+    small_before = generated("small")
+    headers, events, _ = sse(url, {"model": "ladder", **body})
+    small_spent = generated("small") - small_before
+    ext = ladder_of(events)
+    assert headers["x-ladder-tier"] == "medium" and ext["tier"] == "medium" and ext["streamed"]
+    small, medium = ext["rungs_tried"]
+    assert (small["tier"], small["accepted"], small["decided_at"], small["completion_tokens"]) == ("small", False, K, K)
+    assert (medium["tier"], medium["accepted"], medium["decided_at"]) == ("medium", True, 0)
+    # the small tier was stopped after the decision, not left to write its 64 tokens
+    assert K <= small_spent < 32, small_spent
+    # what the client read is exactly the medium tier's answer (same seed, pinned): never spliced
+    _, pinned, _ = sse(url, {"model": "medium", **body})
+    assert text_of(events) == text_of(pinned) and text_of(events)
+    usage = [e for e in events if e.get("usage")]
+    assert not usage  # include_usage was not asked for
+
+
+def test_usage_and_the_ladder_object_close_a_routed_stream(server):
+    url, _ = server
+    body = {"model": "ladder", "messages": [{"role": "user", "content": "Name three colors."}], "max_tokens": 16,
+            "temperature": 0, "stream_options": {"include_usage": True}}  # fmt: skip
+    _, events, _ = sse(url, body)
+    finish = [e for e in events if e.get("choices") and e["choices"][0]["finish_reason"]]
+    assert len(finish) == 1 and "ladder" in finish[0]
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_bad_stream_options_are_a_400_before_the_stream(server):
+    url, _ = server
+    with httpx.Client(timeout=30, headers={"authorization": f"Bearer {KEY}"}) as http:
+        r = http.post(url + "/v1/chat/completions", json={"model": "ladder", "stream": True,
+                      "messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": "yes"}})  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("stream_options")
