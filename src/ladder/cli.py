@@ -204,6 +204,8 @@ def train(
     scheme: Annotated[str, typer.Option(help="deterministic | probabilistic | transformed")] = "deterministic",
     c: Annotated[float, typer.Option(min=1e-6, help="inverse L2 strength of the logistic routers")] = 1.0,
     idk: Annotated[bool, typer.Option(help="fit IDK models where responses are recorded")] = True,
+    all_rows: Annotated[bool, typer.Option("--all-rows", help="fit on every row (calibrate on another "
+                                           "file then, with calibrate --all-rows)")] = False,  # fmt: skip
 ) -> None:
     """Fit a router (+ IDK) policy on the fit part of an outcomes file (thresholds uncalibrated)."""
     from ladder.offline.commands import train as run
@@ -215,7 +217,7 @@ def train(
         spec = TrainSpec(FeaturizerKind(featurizer), LabelScheme(scheme), c, idk)
     except ValueError as exc:
         _fail(str(exc))
-    _print_json(run(source, data, spec, out))
+    _print_json(run(source, data, spec, out, all_rows))
 
 
 @app.command()
@@ -226,11 +228,13 @@ def calibrate(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="default: overwrite POLICY")] = None,
     data: DataOpt = None,
     price: Annotated[Optional[list[str]], typer.Option(help="RUNG=IN:OUT USD per 1M tokens")] = None,
+    all_rows: Annotated[bool, typer.Option("--all-rows", help="calibrate on every row of SOURCE (a file "
+                                           "the policy was not fitted on), not its validation part")] = False,  # fmt: skip
 ) -> None:
     """Choose thresholds on the validation part to meet a target; saves a new policy version."""
     from ladder.offline.commands import calibrate_policy
 
-    _print_json(calibrate_policy(policy, source, data, target, price, out or policy))
+    _print_json(calibrate_policy(policy, source, data, target, price, out or policy, all_rows=all_rows))
 
 
 @app.command()
@@ -283,6 +287,59 @@ def evaluate(
         typer.echo(f"{row['method']:<24}{row['apgr']:>8.3f}{row['cpt50']:>8.3f}{row['cpt80']:>8.3f}"
                    f"{row['quality_at_30']:>9.3f}")  # fmt: skip
     typer.echo(f"plot: {result['plot']} (test rows: {result['test_rows']})")
+
+
+policy_app = typer.Typer(no_args_is_help=True, help="The running app's policy: push a new one, show it, roll back.")
+app.add_typer(policy_app, name="policy")
+UrlOpt = Annotated[str, typer.Option("--url", envvar="LADDER_URL", help="the running app (ladder serve)")]
+AdminKeyOpt = Annotated[Optional[str], typer.Option("--admin-key", envvar="LADDER_ADMIN_KEY", show_default=False,
+                                                    help="one of server.admin_keys (default: $LADDER_ADMIN_KEY)")]  # fmt: skip
+
+
+def _admin_call(method: str, url: str, path: str, admin_key: str | None, content: str | None = None) -> dict:
+    import httpx
+
+    headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
+    try:
+        r = httpx.request(method, url.rstrip("/") + path, content=content, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        raise LadderError(f"cannot reach {url}: {exc}") from None
+    if r.status_code >= 400:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:300]
+        raise LadderError(f"{r.status_code}: {message}")
+    return r.json()
+
+
+@policy_app.command("push")
+def policy_push(policy: Path, url: UrlOpt = "http://127.0.0.1:8000", admin_key: AdminKeyOpt = None) -> None:
+    """Replace the running app's policy without a restart (validated there first; refused: the old one stays)."""
+    import time
+
+    from ladder.cluster.live_policy import PolicyFiles
+    from ladder.policies.store import load_policy, policy_files
+
+    version = load_policy(policy).version  # a broken file is refused here, before anything is sent
+    doc, tensors = policy_files(policy)
+    t0 = time.perf_counter()
+    info = _admin_call("PUT", url, "/admin/policy", admin_key, PolicyFiles(doc, tensors).encode())
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    assert info["version"] == version
+    _print_json(info)
+
+
+@policy_app.command("show")
+def policy_show(url: UrlOpt = "http://127.0.0.1:8000", admin_key: AdminKeyOpt = None) -> None:
+    """The live policy: version, calibration target, expected quality and rung mix with intervals."""
+    _print_json(_admin_call("GET", url, "/admin/policy", admin_key))
+
+
+@policy_app.command("rollback")
+def policy_rollback(url: UrlOpt = "http://127.0.0.1:8000", admin_key: AdminKeyOpt = None) -> None:
+    """Back to the policy before the last push (again: forth)."""
+    _print_json(_admin_call("POST", url, "/admin/policy/rollback", admin_key))
 
 
 recurrent_app = typer.Typer(no_args_is_help=True, help="The recurrent-depth worker: train it, ask it.")

@@ -107,3 +107,94 @@ def test_bad_stream_options_are_a_400_before_the_stream(server):
         r = http.post(url + "/v1/chat/completions", json={"model": "ladder", "stream": True,
                       "messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": "yes"}})  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["param"].startswith("stream_options")
+
+
+# -- the live policy: swapped without a restart (issue 21) ----------------------------------------
+def two_rung_policy(tmp_path, idk: bool):  # noqa: ANN001, ANN201
+    """A learned policy over small + medium, fitted on the committed HumanEval outcomes."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from ladder.offline.training import TrainSpec, train_policy
+    from ladder.outcomes.io import read_jsonl
+    from ladder.policies.features import FeaturizerKind
+    from ladder.policies.store import save_policy
+
+    o = read_jsonl(Path(__file__).resolve().parents[2] / "data" / "outcomes" / "humaneval.jsonl")
+    o = replace(o, rungs=("small", "medium"), quality=o.quality[:, :2], tokens=o.tokens[:, :2])
+    policy = train_policy(o, TrainSpec(FeaturizerKind.TFIDF, idk=idk))
+    return policy, save_policy(policy, tmp_path / f"two-rung-{idk}.json")
+
+
+def ladder_cli(*args: str) -> tuple[int, str, str]:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "ladder"
+    r = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_policy_show_push_refusals_and_a_swap_under_load_without_a_failed_request(server, tmp_path):
+    import threading
+
+    url, _ = server
+    rc, out, _ = ladder_cli("policy", "show", "--url", url)
+    shown = json.loads(out)
+    assert rc == 0 and shown["configured"] and shown["version"].startswith("fixed-")
+    configured = shown["version"]
+
+    # refused, and the old policy keeps serving: wrong rungs (the bundled three-rung policy) ...
+    rc, _, err = ladder_cli("policy", "push", "src/ladder/data/policy/default.json", "--url", url)
+    assert rc == 2 and "fitted for rungs" in err and err.count("\n") == 1
+    # ... an IDK step that reads verifier signals these tiers do not compute ...
+    verifying, path = two_rung_policy(tmp_path, idk=True)
+    assert verifying.verifier_rungs() == ["small"]
+    rc, _, err = ladder_cli("policy", "push", str(path), "--url", url)
+    assert rc == 2 and "run no verifier" in err
+    # ... tensors altered on the way (the server checks the checksum itself)
+    from ladder.cluster.live_policy import PolicyFiles
+    from ladder.policies.store import policy_files
+
+    doc, tensors = policy_files(path)
+    r = httpx.put(url + "/admin/policy", content=PolicyFiles(doc, tensors[:-1] + b"\x00").encode(), timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "policy_refused" and "checksum" in r.text
+    assert httpx.get(url + "/health").json()["policy_version"] == configured
+
+    # a valid one, pushed while clients keep asking: no request fails, the new version answers
+    new, path = two_rung_policy(tmp_path, idk=False)
+    stop, seen, failures = threading.Event(), [], []
+
+    def client() -> None:
+        with httpx.Client(timeout=120, headers={"authorization": f"Bearer {KEY}"}) as http:
+            while not stop.is_set():
+                r = http.post(url + "/v1/chat/completions", json={"model": "ladder", "max_tokens": 2, "temperature": 0,
+                              "messages": [{"role": "user", "content": f"Say hi #{len(seen)}"}]})  # fmt: skip
+                if r.status_code != 200:
+                    failures.append(r.status_code)
+                else:
+                    seen.append((time.perf_counter(), r.json()["ladder"]["policy_version"]))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    pushed_at = time.perf_counter()
+    rc, out, err = ladder_cli("policy", "push", str(path), "--url", url)
+    assert rc == 0, err
+    time.sleep(6)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert json.loads(out)["version"] == new.version and json.loads(out)["previous"] == configured
+    assert not failures and len(seen) > 6
+    first_new = min(t for t, v in seen if v == new.version)
+    assert first_new - pushed_at < 5  # (includes the CLI's own start-up)
+    assert all(v == new.version for t, v in seen if t > first_new + 0.5)  # one replica: no flapping back
+    shown = json.loads(ladder_cli("policy", "show", "--url", url)[1])
+    assert shown["version"] == new.version and not shown["configured"] and shown["previous"] == configured
+
+    rc, out, _ = ladder_cli("policy", "rollback", "--url", url)
+    assert rc == 0 and json.loads(out)["version"] == configured and json.loads(out)["configured"]
+    assert httpx.get(url + "/health").json()["policy_version"] == configured

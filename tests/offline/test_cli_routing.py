@@ -26,7 +26,7 @@ def test_train_calibrate_eval_end_to_end(tmp_path):
     point = json.loads(proc.stdout)
     assert point["reach"][1] <= 0.3 and point["quality"] > 0.6
     doc = json.loads((tmp_path / "c.json").read_text())
-    assert doc["meta"]["target"] == "rung1<=0.3" and doc["meta"]["pareto"]
+    assert doc["meta"]["target"] == "strong<=0.3" and doc["meta"]["pareto"]  # rung names, not indices
     rows = [{"id": "easy", "prompt": "What is 2 + 3?"}, {"id": "bad"},
             {"id": "hard", "prompt": "A train leaves at 3 pm at 60 mph and another at 4 pm at 80 mph; after how many "
                                      "hours does the second overtake the first, and how far have both travelled?"}]  # fmt: skip
@@ -54,3 +54,4 @@ def test_unreachable_target_and_bad_sources_exit_2(tmp_path):
     assert proc.returncode == 2 and "not found" in proc.stderr
     proc = ladder("train", "routellm:gsm8k", "--featurizer", "bert", *data, cwd=tmp_path)
     assert proc.returncode == 2 and "bert" in proc.stderr
+

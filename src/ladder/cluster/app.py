@@ -22,10 +22,13 @@ from ray.serve.handle import DeploymentHandle
 
 from ladder.cluster import openai_api as oai
 from ladder.cluster.compose import build_policy, cost_function
+from ladder.cluster.live_policy import LivePolicy, PolicyFiles
 from ladder.cluster.metrics import LadderMetrics
 from ladder.cluster.settings import LadderConfig, load_config
 from ladder.cluster.tiers import TierDeployment, TierHandleStreamer, TierHandleWorker
-from ladder.errors import InvalidRequest, NoRungAvailable, UnknownTier, WorkerFailed, WorkerTimeout
+from ladder.errors import (InvalidRequest, NoRungAvailable, PolicyFileError, UnknownTier, WorkerFailed,
+                           WorkerTimeout)  # fmt: skip
+from ladder.protocols import Policy
 from ladder.router.cascade import run_cascade
 from ladder.router.streaming import StreamStart, stream_cascade
 from ladder.types import CascadeResult, Query, Route
@@ -43,7 +46,8 @@ class LadderIngress:
         self.tier_names = config.tier_names
         self.workers = [TierHandleWorker(t.name, tiers[t.name], t.timeout_s) for t in config.tiers]
         self.streamers = [TierHandleStreamer(t.name, tiers[t.name], t.timeout_s) for t in config.tiers]
-        self.policy = build_policy(config.policy, self.tier_names, config.verified_tiers)
+        policy = build_policy(config.policy, self.tier_names, config.verified_tiers)
+        self.live = LivePolicy(policy, self.tier_names, config.verified_tiers, redis_url)
         self.cost = cost_function(config)
         self.metrics = LadderMetrics()
         self.cache = None
@@ -54,6 +58,12 @@ class LadderIngress:
             self.cache = RedisRouteCache(redis_url, c.ttl_s, c.read_timeout_ms, c.connect_timeout_ms,
                                          c.breaker_failures, c.breaker_cooldown_s)  # fmt: skip
         self._keys = [k.encode() for k in config.server.api_keys]
+        self._admin_keys = [k.encode() for k in config.server.admin_keys]
+
+    @property
+    def policy(self) -> Policy:
+        """The live policy (``ladder policy push`` swaps it); a request reads it once and keeps it."""
+        return self.live.policy
 
     # -- helpers ---------------------------------------------------------------------------
     def _authorized(self, request: Request) -> bool:
@@ -69,13 +79,59 @@ class LadderIngress:
         self.metrics.requests.labels(status=str(status)).inc()
         return JSONResponse(oai.error_body(message, status, param, code), status_code=status, headers=headers)
 
+    def _admin(self, request: Request) -> JSONResponse | None:
+        """Policy changes need an admin key (``server.admin_keys``); with none configured, only
+        a client on this machine may make them."""
+        if self._admin_keys:
+            header = request.headers.get("authorization", "")
+            token = header[7:].encode() if header.lower().startswith("bearer ") else b""
+            if not any([hmac.compare_digest(token, k) for k in self._admin_keys]):
+                return self._error("invalid or missing admin key", 401, code="invalid_api_key")
+            return None
+        host = request.client.host if request.client else ""
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            return self._error("policy changes are allowed from this machine only (or set server.admin_keys)",
+                               403, code="forbidden")  # fmt: skip
+        return None
+
     def _model_ids(self) -> list[str]:
         return [self.config.server.router_model, *self.tier_names]
 
     # -- endpoints -------------------------------------------------------------------------
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
+        self.live.maybe_refresh()
         return {"status": "ok", "tiers": self.tier_names, "policy_version": self.policy.version}
+
+    @api.get("/admin/policy")
+    async def policy_show(self, request: Request) -> JSONResponse:
+        if denied := self._admin(request):
+            return denied
+        await self.live.refresh()
+        return JSONResponse(self.live.info())
+
+    @api.put("/admin/policy")
+    async def policy_push(self, request: Request) -> JSONResponse:
+        if denied := self._admin(request):
+            return denied
+        try:
+            files = PolicyFiles.decode(await request.body())
+        except (ValueError, KeyError, TypeError):
+            return self._error('the body must be {"doc": <policy JSON text>, "tensors_b64": <base64>}', 400)
+        try:
+            info = await self.live.push(files)
+        except PolicyFileError as exc:  # refused: the old policy keeps serving
+            return self._error(str(exc), 400, code="policy_refused")
+        return JSONResponse(info)
+
+    @api.post("/admin/policy/rollback")
+    async def policy_rollback(self, request: Request) -> JSONResponse:
+        if denied := self._admin(request):
+            return denied
+        try:
+            return JSONResponse(await self.live.rollback())
+        except PolicyFileError as exc:
+            return self._error(str(exc), 409, code="policy_refused")
 
     @api.get("/metrics")
     async def prometheus(self) -> PlainTextResponse:
@@ -101,6 +157,7 @@ class LadderIngress:
     @api.post("/v1/chat/completions", openapi_extra=oai.CHAT_OPENAPI)
     async def chat(self, request: Request):  # noqa: ANN201
         started = time.perf_counter()
+        self.live.maybe_refresh()
         if not self._authorized(request):  # before parsing: strangers learn nothing about the API
             return self._error("invalid or missing API key", 401, code="invalid_api_key")
         try:

@@ -230,6 +230,8 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"  # loopback unless told otherwise
     port: int = Field(default=8000, ge=1, le=65535)
     api_keys: list[str] = Field(default_factory=list)  # empty: no auth
+    # `ladder policy push | rollback` (the /admin endpoints); empty: allowed from loopback only
+    admin_keys: list[str] = Field(default_factory=list)
     router_model: str = "ladder"  # the virtual model id that routes
     max_completion_tokens: int = Field(default=2048, ge=1)  # larger max_tokens requests get a 400
 

@@ -26,24 +26,33 @@ def _scores(policy: HybridRouterPolicy, outcomes) -> tuple[np.ndarray, np.ndarra
     return route, idk_scores(policy, outcomes, route)
 
 
-def train(source: str, data: Path | None, spec: TrainSpec, out: Path) -> dict:
+def train(source: str, data: Path | None, spec: TrainSpec, out: Path, all_rows: bool = False) -> dict:
+    """Fit on the fit part (64%: validation and test parts held back), or on every row."""
     outcomes, contaminated = load_outcomes(source, data)
-    parts = three_way(outcomes, contaminated)
-    policy = train_policy(parts.fit, spec)
+    if all_rows:
+        fit, held = outcomes, {"validation_rows": 0, "test_rows": 0}
+    else:
+        parts = three_way(outcomes, contaminated)
+        fit, held = parts.fit, {"validation_rows": len(parts.validation), "test_rows": len(parts.test)}
+    policy = train_policy(fit, spec)
     policy.meta["source"] = source
+    policy.meta["all_rows"] = all_rows
     save_policy(policy, out)
-    return {"policy": str(out), "version": policy.version, "fit_rows": len(parts.fit),
-            "validation_rows": len(parts.validation), "test_rows": len(parts.test),
-            "rungs": list(policy.rungs), "idk_rungs": sorted(policy.idk)}  # fmt: skip
+    return {"policy": str(out), "version": policy.version, "fit_rows": len(fit), **held,
+            "rungs": list(policy.rungs), "idk_rungs": sorted(policy.idk), "prefix_rungs": sorted(policy.prefix)}  # fmt: skip
 
 
 def calibrate_policy(policy_path: Path, source: str, data: Path | None, target_text: str,
-                     prices: list[str] | None, out: Path, n_future: int | None = None) -> dict:  # fmt: skip
+                     prices: list[str] | None, out: Path, n_future: int | None = None, all_rows: bool = False) -> dict:  # fmt: skip
     policy = load_policy(policy_path)
     outcomes, contaminated = load_outcomes(source, data)
     if tuple(outcomes.rungs) != policy.rungs:
         raise OutcomesError(f"outcomes have rungs {list(outcomes.rungs)}, the policy {list(policy.rungs)}")
-    val = three_way(outcomes, contaminated).validation
+    if policy.meta.get("source") == source and (all_rows or policy.meta.get("all_rows")):
+        # the rows it would calibrate on include rows it was fitted on: thresholds chosen in-sample
+        raise OutcomesError(f"the policy was fitted on rows of {source} that this calibration would use: calibrate "
+                            "on another file with --all-rows, or on this one's validation part without it")  # fmt: skip
+    val = outcomes if all_rows else three_way(outcomes, contaminated).validation
     target = parse_target(target_text, policy.rungs)
     route, accept = _scores(policy, val)
     costs = rung_costs(val, parse_prices(prices, policy.rungs))

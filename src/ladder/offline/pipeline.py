@@ -122,6 +122,6 @@ def parse_target(text: str, rungs: tuple[str, ...]):  # noqa: ANN201 (Target)
         except ValueError:
             raise OutcomesError(f"bad target {part!r}; use RUNG<=FRACTION, cost<=USD_PER_1K or quality>=X") from None
     try:
-        return Target(caps, cost, quality)
+        return Target(caps, cost, quality, tuple(rungs))
     except ValueError as exc:
         raise OutcomesError(str(exc)) from None

@@ -29,6 +29,7 @@ class Target:
     max_fraction: dict[int, float] = field(default_factory=dict)  # rung index -> cap
     max_cost_per_1k: float | None = None
     min_quality: float | None = None
+    rung_names: tuple[str, ...] = ()  # for ``describe`` (else "rung<i>")
 
     def __post_init__(self) -> None:
         if not self.max_fraction and self.max_cost_per_1k is None and self.min_quality is None:
@@ -38,7 +39,8 @@ class Target:
                 raise ValueError(f"max fraction for rung {rung} must be in [0, 1], got {cap}")
 
     def describe(self) -> str:
-        parts = [f"rung{r}<={c:g}" for r, c in sorted(self.max_fraction.items())]
+        name = lambda r: self.rung_names[r] if r < len(self.rung_names) else f"rung{r}"  # noqa: E731
+        parts = [f"{name(r)}<={c:g}" for r, c in sorted(self.max_fraction.items())]
         if self.max_cost_per_1k is not None:
             parts.append(f"cost/1k<={self.max_cost_per_1k:g}")
         if self.min_quality is not None:

@@ -76,28 +76,61 @@ def save_policy(policy: HybridRouterPolicy, path: Path) -> Path:
 
 
 def load_policy(path: Path, tier_names: list[str] | None = None) -> HybridRouterPolicy:
-    from safetensors.numpy import load_file
-
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        raw_doc = path.read_bytes()
     except FileNotFoundError:
         raise PolicyFileError(f"policy file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise PolicyFileError(f"policy file {path} is not JSON: {exc.msg}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise PolicyFileError(f"{path} is not a Ladder policy file")
-    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
-        raise PolicyFileError(f"{path} has format version {doc['format_version']}; this Ladder reads up to "
-                              f"{FORMAT_VERSION} (upgrade Ladder)")  # fmt: skip
-    tensors_path = path.parent / doc["tensors_file"]
+    doc = _document(raw_doc, str(path))
+    tensors_path = path.parent / str(doc.get("tensors_file"))
     try:
         raw = tensors_path.read_bytes()
     except FileNotFoundError:
         raise PolicyFileError(f"policy tensors not found: {tensors_path}") from None
+    return _policy(doc, raw, str(path), tier_names)
+
+
+def policy_files(path: Path) -> tuple[bytes, bytes]:
+    """A policy file's two parts as bytes (what ``ladder policy push`` sends)."""
+    path = Path(path)
+    try:
+        raw_doc = path.read_bytes()
+        doc = _document(raw_doc, str(path))
+        return raw_doc, (path.parent / str(doc.get("tensors_file"))).read_bytes()
+    except FileNotFoundError as exc:
+        raise PolicyFileError(f"policy file not found: {exc.filename}") from None
+
+
+def load_policy_bytes(raw_doc: bytes, tensors: bytes, tier_names: list[str] | None = None,
+                      label: str = "pushed policy") -> HybridRouterPolicy:  # fmt: skip
+    """The same checks as ``load_policy`` (format, checksum, rungs, version) on bytes."""
+    try:
+        return _policy(_document(raw_doc, label), tensors, label, tier_names)
+    except PolicyFileError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:  # a document missing a part, or a bad value
+        raise PolicyFileError(f"{label} is malformed: {type(exc).__name__}: {exc}") from None
+
+
+def _document(raw_doc: bytes, label: str) -> dict:
+    try:
+        doc = json.loads(raw_doc)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PolicyFileError(f"policy file {label} is not JSON: {getattr(exc, 'msg', exc)}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise PolicyFileError(f"{label} is not a Ladder policy file")
+    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
+        raise PolicyFileError(f"{label} has format version {doc['format_version']}; this Ladder reads up to "
+                              f"{FORMAT_VERSION} (upgrade Ladder)")  # fmt: skip
+    return doc
+
+
+def _policy(doc: dict, raw: bytes, path: str, tier_names: list[str] | None) -> HybridRouterPolicy:
+    from safetensors.numpy import load
+
     if hashlib.sha256(raw).hexdigest() != doc.get("tensors_sha256"):
-        raise PolicyFileError(f"checksum mismatch for {tensors_path}: the file was altered or corrupted")
-    t = load_file(str(tensors_path))
+        raise PolicyFileError(f"checksum mismatch for {path}'s tensors: the file was altered or corrupted")
+    t = load(raw)
     rungs = tuple(doc["rungs"])
     if tier_names is not None and list(rungs) != list(tier_names):
         raise PolicyFileError(f"policy {path} was fitted for rungs {list(rungs)}, the config has {tier_names}")

@@ -1,0 +1,30 @@
+"""`ladder train --all-rows` / `calibrate --all-rows` on Ladder's own committed outcomes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ladder(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ladder.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)  # fmt: skip
+
+
+def test_train_on_every_row_and_calibrate_on_another_file(tmp_path):
+    """--all-rows: fit on all of one file, calibrate on all of another; calibrating in-sample is refused."""
+    rows = [json.loads(line) for line in (ROOT / "data" / "outcomes" / "humaneval.jsonl").read_text().splitlines()]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:110]))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[110:]))
+    proc = ladder("train", "a.jsonl", "-o", "p.json", "--all-rows", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["fit_rows"] == 110
+    prices = ["--price", "small=0.02:0.04", "--price", "medium=0.08:0.16", "--price", "large=0.24:0.48"]
+    proc = ladder("calibrate", "p.json", "a.jsonl", "-t", "large<=0.5", *prices, cwd=tmp_path)
+    assert proc.returncode == 2 and "fitted on rows of a.jsonl" in proc.stderr
+    proc = ladder("calibrate", "p.json", "b.jsonl", "-t", "large<=0.6", *prices, "--all-rows", "-o", "c.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["meta"]["calibrated_on_rows"] == 54 and doc["meta"]["target"] == "large<=0.6"
