@@ -93,3 +93,25 @@ def test_a_vanishing_temperature_decodes_greedily_instead_of_overflowing(worker)
     huge = worker.generate_sync(Query.of("Name a color.", max_tokens=3, temperature=0.7, seed=2**80 + 5))
     assert huge.token_ids == worker.generate_sync(Query.of("Name a color.", max_tokens=3, temperature=0.7,
                                                            seed=(2**80 + 5) % 2**64)).token_ids  # fmt: skip
+
+
+def test_closing_a_stream_stops_the_decode_loop(worker):
+    """A consumer that goes away (a rung that lost, a client that left) stops the generation at
+    the next token, not at max_tokens: the worker's token counter stops growing."""
+    import time
+
+    q = Query.of("Write a very long story about a dragon who learns to cook.", max_tokens=400)
+
+    async def read_a_few():
+        gen = worker.stream(q)
+        async for _ in gen:
+            if worker.generated_tokens - before >= 3:
+                break
+        await gen.aclose()
+
+    before = worker.generated_tokens
+    asyncio.run(read_a_few())
+    time.sleep(1.0)
+    after_1s = worker.generated_tokens
+    time.sleep(1.0)
+    assert 3 <= after_1s - before < 20 and worker.generated_tokens == after_1s

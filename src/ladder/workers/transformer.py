@@ -62,6 +62,7 @@ class TransformersWorker:
         self.tokenizer = None
         self.context_length = 0
         self._lock = threading.Lock()
+        self.generated_tokens = 0  # tokens decoded by this worker (tests check that a closed stream stops it)
 
     # -- lifecycle -------------------------------------------------------------------------
     def load(self) -> TransformersWorker:
@@ -153,14 +154,24 @@ class TransformersWorker:
         prompt_ids = self.encode(query)  # bad input raises here, before any chunk is sent
         sampling = query.sampling
 
+        cancel = threading.Event()  # set when the consumer goes away: the decode loop stops at its next step
+
         def run() -> Generation:
             with self._lock:
                 return self._decode(prompt_ids, sampling,
-                                    lambda *step: loop.call_soon_threadsafe(steps.put_nowait, step))  # fmt: skip
+                                    lambda *step: loop.call_soon_threadsafe(steps.put_nowait, step), cancel)  # fmt: skip
 
         task = loop.run_in_executor(None, run)
         holdback = max((len(s) for s in sampling.stop), default=1) - 1
-        sent, prompt_tokens = 0, len(prompt_ids)
+        try:
+            async for item in self._deltas(task, steps, holdback, len(prompt_ids)):
+                yield item
+        finally:
+            cancel.set()
+
+    async def _deltas(self, task: asyncio.Future, steps: asyncio.Queue, holdback: int,
+                      prompt_tokens: int) -> AsyncIterator[Delta | Generation]:  # fmt: skip
+        sent = 0
         while not (task.done() and steps.empty()):
             getter = asyncio.ensure_future(steps.get())
             await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -179,7 +190,8 @@ class TransformersWorker:
         yield final
 
     def _decode(
-        self, prompt_ids: list[int], sampling: Sampling, on_text: Callable[[str, int, float], None] | None = None
+        self, prompt_ids: list[int], sampling: Sampling, on_text: Callable[[str, int, float], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> Generation:
         import torch
 
@@ -213,6 +225,7 @@ class TransformersWorker:
                 tokens.append(token)
                 logprobs.append(logprob)
                 depths.append(depth)
+                self.generated_tokens += 1
                 if sampling.stop or on_text:
                     text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                     cut = min((i for s in sampling.stop if (i := text.find(s)) >= 0), default=-1)
@@ -222,7 +235,7 @@ class TransformersWorker:
                         on_text(text, token, logprob)
                     if cut >= 0:
                         break
-                if len(tokens) == sampling.max_tokens:
+                if len(tokens) == sampling.max_tokens or (cancel is not None and cancel.is_set()):
                     break
             steps.close()
             decode_s = time.perf_counter() - t1
