@@ -152,7 +152,8 @@ def score(
 
 @app.command()
 def collect(
-    dataset: Annotated[str, typer.Argument(help="gsm8k, gsm8k-train, mmlu-pro or humaneval")],
+    dataset: Annotated[str, typer.Argument(help="gsm8k, gsm8k-train, mmlu-pro, humaneval, or a PROMPTS.jsonl "
+                                                "of your own ({id?, prompt | messages, reference?, tests?})")],
     out: Annotated[Path, typer.Option("--out", "-o")],
     data: Annotated[Optional[Path], typer.Option("--data", help="the shared data folder (not for humaneval)")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="first N items by a stable id hash")] = None,
@@ -174,15 +175,58 @@ def collect(
     cfg = restrict(_config(config), tiers.split(",") if tiers else None, None, None)
     cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"enabled": False})})
     data = data or Path("../shared/data")
+    if dataset.endswith(".jsonl") or Path(dataset).is_file():
+        dataset = str(Path(dataset).resolve())  # Ray's workers run elsewhere
     ds = load_dataset(dataset, data, limit)
+    for line, why in ds.rejected:
+        print(f"{dataset}:{line}: skipped: {why}", file=sys.stderr)
+    if not ds.items:
+        _fail(f"{dataset}: no usable rows")
     with Runtime.start(cfg):
         s = run(cfg, ds, data, out, actors, batch_size, max_tokens)
+    if s.unlabelled:
+        print(f"{s.unlabelled} rows have no reference or tests: grade them with `ladder judge {out}`", file=sys.stderr)
     table = Table("rung", "accuracy (this run)", "mean latency s", "errors")
     for rung in s.correct:
         table.add_row(rung, f"{s.correct[rung] / s.rows:.3f}", f"{s.latency_s[rung] / s.rows:.2f}",
                       str(s.errors.get(rung, 0)))  # fmt: skip
     Console(width=160).print(table)
     print(f"{s.rows} queries collected, {s.skipped} already in {out}, {s.wall_s:.0f} s")
+
+
+@app.command()
+def judge(
+    outcomes: Annotated[Path, typer.Argument(metavar="OUTCOMES.jsonl", help="from ladder collect PROMPTS.jsonl")],
+    out: Annotated[Path, typer.Option("--out", "-o")],
+    judge_url: Annotated[str, typer.Option(help="an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")],
+    judge_model: Annotated[str, typer.Option(help="the judge's model id, e.g. large (Ladder's own top tier)")],
+    key_env: Annotated[str, typer.Option(help="environment variable holding the judge's API key")] = "LADDER_JUDGE_KEY",
+    scale: Annotated[int, typer.Option(min=2, max=100, help="ratings 1..SCALE")] = 10,
+    also_labelled: Annotated[bool, typer.Option(help="judge answers with a gold grade too; report agreement")] = False,
+    concurrency: Annotated[int, typer.Option(min=1)] = 8,
+    timeout: Annotated[float, typer.Option(min=1, help="seconds per judge call")] = 120,
+    retries: Annotated[int, typer.Option(min=0)] = 2,
+    judge_price: Annotated[Optional[str], typer.Option(help="IN:OUT USD per 1M tokens, to count its cost")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="judge answer cache (default: OUT.judge-cache.jsonl)")] = None,
+) -> None:
+    """Grade answers that have no reference or tests with an LLM judge; write graded outcomes."""
+    import os
+
+    from ladder.offline.judge import Judge, judge_outcomes
+
+    price = (0.0, 0.0)
+    if judge_price:
+        try:
+            price = tuple(float(x) for x in judge_price.split(":", 1))  # type: ignore[assignment]
+            assert len(price) == 2
+        except (ValueError, AssertionError):
+            _fail(f"bad --judge-price {judge_price!r}; expected IN:OUT, e.g. 0.24:0.48")
+    spec = Judge(judge_url, judge_model, os.environ.get(key_env, "unused"), scale, timeout, retries, concurrency,
+                 price=price)  # fmt: skip
+    s = judge_outcomes(outcomes, out, spec, also_labelled, cache)
+    _print_json({k: v for k, v in s.__dict__.items()})
+    if s.failed:
+        print(f"{s.failed} answers could not be graded (left ungraded, see judge_errors in {out})", file=sys.stderr)
 
 
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="shared data folder (for routellm:* sources)")]

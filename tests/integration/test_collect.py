@@ -48,3 +48,25 @@ def test_a_rung_that_cannot_answer_is_recorded_not_fatal(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["quality"]["small"] == 0.0 and "exceeds" in row["errors"]["small"]
+
+
+def test_collect_on_ones_own_prompts_grades_what_it_can_and_skips_bad_rows(tmp_path):
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text("\n".join([
+        json.dumps({"id": "ref", "prompt": "What is 2 + 2? Reply with the number only.", "reference": 4}),
+        json.dumps({"id": "chat", "messages": [{"role": "system", "content": "Be brief."},
+                                               {"role": "user", "content": "Say hello."}]}),
+        "{broken",
+        json.dumps({"id": "code", "prompt": "Write a Python function add(a, b).", "tests": "assert add(1, 2) == 3"}),
+    ]) + "\n")  # fmt: skip
+    out = tmp_path / "mine-outcomes.jsonl"
+    cmd = [sys.executable, "-m", "ladder.cli", "collect", str(prompts), "-o", str(out), "--tiers", "small",
+           "--max-tokens", "48", "--batch-size", "3"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mine.jsonl:3: skipped" in proc.stderr and "ladder judge" in proc.stderr
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"ref", "chat", "code"}
+    assert rows["ref"]["quality"]["small"] in (0.0, 1.0) and rows["code"]["quality"]["small"] in (0.0, 1.0)
+    assert rows["chat"]["quality"]["small"] is None and rows["chat"]["response"]["small"]  # left for the judge
+    assert rows["chat"]["signals"]["small"]["prompt_tokens"] > 10  # the system message went in too

@@ -60,6 +60,9 @@ class CollectActor:
         return {"record": [json.dumps(r, ensure_ascii=False) for r in self.loop.run_until_complete(self.rows(items))]}
 
     def query(self, item: LabelledItem) -> Query:
+        if item.messages:  # one's own conversation, as it was sent
+            messages = tuple(Message(m["role"], m["content"]) for m in item.messages)
+            return Query(messages, Sampling(max_tokens=self.max_tokens, stop=self.dataset.stop))
         system = (Message("system", self.dataset.system),) if self.dataset.system else ()
         return Query((*system, Message("user", item.prompt)), Sampling(max_tokens=self.max_tokens, stop=self.dataset.stop))
 
@@ -109,11 +112,13 @@ class CollectSummary:
     correct: dict[str, float] = field(default_factory=dict)
     latency_s: dict[str, float] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
+    unlabelled: int = 0  # rows of one's own prompts left for ``ladder judge``
 
     def add(self, record: dict) -> None:
         self.rows += 1
+        self.unlabelled += any(q is None for q in record["quality"].values())
         for rung, q in record["quality"].items():
-            self.correct[rung] = self.correct.get(rung, 0.0) + q
+            self.correct[rung] = self.correct.get(rung, 0.0) + (q or 0.0)
             self.latency_s[rung] = self.latency_s.get(rung, 0.0) + record["signals"].get(rung, {}).get("latency_s", 0.0)
         for rung in record.get("errors", {}):
             self.errors[rung] = self.errors.get(rung, 0) + 1

