@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ladder.answers import final_number
 from ladder.errors import LadderError
 from ladder.outcomes.io import jsonl_lines
 
@@ -58,23 +59,6 @@ class Dataset:
 
 
 # -- GSM8K -------------------------------------------------------------------------------------
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_MARKED = re.compile(r"(?:####|answer is|answer:)\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
-
-
-def final_number(text: str) -> float | None:
-    """The marked final answer (``#### 18``, "the answer is 18"), else the last number in the text."""
-    marked = _MARKED.findall(text)
-    raw = marked[-1] if marked else (_NUMBER.findall(text) or [None])[-1]
-    if raw is None:
-        return None
-    try:
-        value = float(raw.replace(",", ""))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None  # hundreds of digits parse to inf
-
-
 def score_gsm8k(answer: str, gold: str) -> float:
     got, want = final_number(answer), final_number(gold)
     return float(got is not None and want is not None and abs(got - want) < 1e-6)

@@ -4,12 +4,11 @@ free-text answer by its final number."""
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_MARKED = re.compile(r"(?:####|answer is|answer:|\\boxed\{)\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+from ladder.answers import final_number
+
 
 
 @dataclass(frozen=True)
@@ -32,18 +31,6 @@ def load(path: Path, limit: int | None = None) -> list[Problem]:
             if limit and len(out) >= limit:
                 break
     return out
-
-
-def final_number(text: str) -> float | None:
-    """The answer a text commits to: a marked one ("#### 72", "the answer is 72") or its last number."""
-    marked = _MARKED.findall(text)
-    found = marked or _NUMBER.findall(text)
-    if not found:
-        return None
-    try:
-        return float(found[-1].replace(",", ""))
-    except ValueError:
-        return None
 
 
 def correct(text: str, gold: float) -> bool:

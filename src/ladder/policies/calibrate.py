@@ -56,6 +56,17 @@ class Simulation:
     cost: np.ndarray  # [n] cost of every call made
 
 
+def start_rungs(route_scores: np.ndarray, thresholds: tuple[float, ...]) -> np.ndarray:
+    """[n] the first rung each query goes to: the cheapest rung b whose score reaches its threshold,
+    else the top. The one copy of the rule: ``HybridRouterPolicy.route`` serves with it and every
+    replay (``simulate``, ``simulate_prefix``) calibrates with it, so what is certified is served."""
+    n, r = len(route_scores), len(thresholds) + 1
+    start = np.full(n, r - 1)
+    for b in reversed(range(r - 1)):
+        start = np.where(route_scores[:, b] >= thresholds[b], b, start)
+    return start
+
+
 def simulate(
     route_scores: np.ndarray,  # [n, R-1] P(rung b is good enough)
     thresholds: tuple[float, ...],  # router, per boundary
@@ -65,9 +76,7 @@ def simulate(
     accept_thresholds: tuple[float, ...] | None = None,
 ) -> Simulation:
     n, r = quality.shape
-    start = np.full(n, r - 1)
-    for b in reversed(range(r - 1)):
-        start = np.where(route_scores[:, b] >= thresholds[b], b, start)
+    start = start_rungs(route_scores, thresholds)
     answered = start.copy()
     if accept_scores is not None and accept_thresholds is not None:
         done = np.zeros(n, bool)

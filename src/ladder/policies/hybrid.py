@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ladder.policies.calibrate import start_rungs
 from ladder.policies.features import Featurizer
 from ladder.policies.idk import AnswerView, IdkModel
 from ladder.policies.linear import LinearScorer
@@ -56,10 +57,7 @@ class HybridRouterPolicy:
         return np.stack([s.proba(x) for s in self.boundaries], axis=1)
 
     def start_rungs(self, scores: np.ndarray) -> np.ndarray:
-        start = np.full(len(scores), len(self.rungs) - 1)
-        for b in reversed(range(len(self.rungs) - 1)):
-            start = np.where(scores[:, b] >= self.thresholds[b], b, start)
-        return start
+        return start_rungs(scores, self.thresholds)
 
     def route(self, query: Query) -> Route:
         scores = self.scores([query.text])

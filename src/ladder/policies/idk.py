@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ladder.answers import final_number, marked_finals
 from ladder.policies.linear import LinearScorer
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
-_FINAL = re.compile(r"(?:####|answer is|answer:)\s*\$?(-?[\d,]*\.?\d+)", re.IGNORECASE)
 _HEDGES = ("however", "assume", "approximately", "cannot", "can't", "not possible", "unclear", "round",
            "actually", "wait", "mistake", "re-evaluate", "recalculate", "but since")  # fmt: skip
 
@@ -74,19 +74,6 @@ class AnswerView:
         return dict(self.verified).get(name, 0.0)
 
 
-def _final_number(text: str) -> float | None:
-    m = _FINAL.search(text)
-    raw = m.group(1) if m else (_NUMBER.findall(text) or [None])[-1]
-    if raw is None:
-        return None
-    try:
-        value = float(raw.replace(",", "").replace("$", ""))
-    except ValueError:
-        return None
-    # a run of hundreds of digits (small models do write them) parses to inf: no usable number
-    return value if math.isfinite(value) else None
-
-
 def _mean_lp(a: AnswerView) -> float:
     return float(np.mean(a.logprobs)) if a.logprobs else 0.0
 
@@ -100,7 +87,7 @@ def _p10_lp(a: AnswerView) -> float:
 
 
 def _integer_answer(a: AnswerView) -> float:
-    x = _final_number(a.text)
+    x = final_number(a.text)
     return float(x is not None and abs(x - round(x)) < 1e-9)
 
 
@@ -113,12 +100,12 @@ SIGNALS: dict[str, Callable[[AnswerView], float]] = {
     "p10_logprob": _p10_lp,
     "log_chars": lambda a: math.log1p(len(a.text)),
     "log_lines": lambda a: math.log1p(a.text.count("\n")),
-    "has_marked_final": lambda a: float(bool(_FINAL.search(a.text))),
-    "has_number": lambda a: float(_final_number(a.text) is not None),
+    "has_marked_final": lambda a: float(bool(marked_finals(a.text))),
+    "has_number": lambda a: float(final_number(a.text) is not None),
     "integer_answer": _integer_answer,
-    "negative_answer": lambda a: float((_final_number(a.text) or 0) < 0),
+    "negative_answer": lambda a: float((final_number(a.text) or 0) < 0),
     "log_numbers": lambda a: math.log1p(len(_NUMBER.findall(a.text))),
-    "distinct_final_claims": lambda a: float(len(set(_FINAL.findall(a.text)))),
+    "distinct_final_claims": lambda a: float(len(set(marked_finals(a.text)))),
     "hedges": lambda a: float(sum(a.text.lower().count(h) for h in _HEDGES)),
     "wrong_equations": lambda a: float(arithmetic_check(a.text)[0]),
     "right_equations": lambda a: math.log1p(arithmetic_check(a.text)[1]),

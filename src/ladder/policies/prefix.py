@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ladder.policies.calibrate import OperatingPoint, Simulation, Target, _meets, _point
+from ladder.policies.calibrate import OperatingPoint, Simulation, Target, _meets, _point, start_rungs
 from ladder.policies.idk import AnswerView, IdkModel
 from ladder.types import PrefixVerdict
 
@@ -84,9 +84,7 @@ def simulate_prefix(
 ) -> PrefixSimulation:
     """Replays a streamed cascade with prefix gates: the same start rule as ``simulate``."""
     n, r = quality.shape
-    start = np.full(n, r - 1)
-    for b in reversed(range(r - 1)):
-        start = np.where(route_scores[:, b] >= thresholds[b], b, start)
+    start = start_rungs(route_scores, thresholds)
     done = np.zeros(n, bool)
     answered = np.full(n, r - 1)
     reached = np.zeros((n, r), bool)
