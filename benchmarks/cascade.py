@@ -11,7 +11,15 @@ method is then replayed on the held-out test part, side by side:
 - router only: Ladder's Hybrid-LLM routers (TF-IDF) pick the first rung, no escalation;
 - IDK cascade: start at the cheapest rung, escalate when the answer's confidence is low;
 - router + IDK: both, as ``ladder serve`` runs a learned policy;
-- random at matched cost: a random mix of always-k runs with the cost of router + IDK.
+- random at matched cost: a random mix of always-k runs with the cost of router + IDK;
+- kNN: the k nearest training queries (TF-IDF cosine) predict each rung's quality; a query goes
+  to the cheapest rung predicted good enough (threshold chosen like the others', no escalation);
+- AutoMix (its PyPI release, ``automix-llm``, Threshold and POMDP methods) between medium and
+  large, on the python_examples verifier's self-verification probability (share of the prompt's
+  own ``>>>`` examples the medium answer passes; 0.5 when the code parses but the prompt has none,
+  0 when it does not parse) — where every row has that signal (HumanEval);
+- the served default policy (the bundled file, not retrained): its realised rung mix on the
+  held-out part of the data it was calibrated on, against the interval it prints.
 
 Operating point on validation: the cheapest thresholds whose validation accuracy reaches
 always-large's validation accuracy. Cost: USD from the configured per-token prices (prompt
@@ -39,7 +47,9 @@ from ladder.policies.features import FeaturizerKind
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
-DEFAULT = [ROOT / "data" / "outcomes" / "gsm8k.jsonl"]
+OUT = ROOT / "data" / "outcomes"
+# workload name -> the outcomes files it pools (in this order: the bundled policy's own recipe)
+WORKLOADS = {"humaneval": [OUT / "humaneval.jsonl"], "humaneval+gsm8k": [OUT / "humaneval.jsonl", OUT / "gsm8k.jsonl"]}
 
 
 def usd(part: Outcomes, config: LadderConfig) -> np.ndarray:
@@ -118,11 +128,11 @@ def concat(sims: list[Simulation]) -> Simulation:
     return Simulation(*(np.concatenate([getattr(x, f) for x in sims]) for f in ("answered_by", "reached", "quality", "cost")))
 
 
-def run(path: Path, config: LadderConfig, folds: int, results: Path) -> dict:
+def run(name: str, paths: list[Path], config: LadderConfig, folds: int, results: Path) -> dict:
     """Cross-validated: each of ``folds`` stable hash folds is held out once; policies train on the
     rest and their thresholds are chosen on the rest's out-of-fold scores; results are pooled over
     all held-out rows, so every collected query is a test query exactly once."""
-    o = read_jsonl(path)
+    o = read_paths(paths)
     r = len(o.rungs)
     fold = np.array([_fold(i, folds) for i in o.ids])
     pooled: dict[tuple[str, float], list[Simulation]] = {}
@@ -138,29 +148,37 @@ def run(path: Path, config: LadderConfig, folds: int, results: Path) -> dict:
         a_t, u_t, q_t = idk_scores(policy, test, s_t), usd(test, config), test.quality
         parts_t.append(test)
         floor = float(q_v[:, -1].mean())
-        for name, family in FAMILIES.items():
+        pooled.setdefault(("kNN", 1.0), []).append(knn_method(rest, test, u_v, usd(test, config), floor, folds - 1))
+        if verifier_column(rest) is not None and verifier_column(test) is not None:
+            for method_name, method in automix_methods().items():
+                pooled.setdefault((method_name, 1.0), []).append(automix_sim(rest, test, u_v, usd(test, config), method))
+        for family_name, family in FAMILIES.items():
             points = sweep(*_args(family, s_v, a_v, q_v, u_v))
             for level in LEVELS:
                 point = choose(points, floor * level)
                 rs_t, acc_t = family(s_t, a_t)
                 sim = simulate(rs_t, point.thresholds, q_t, u_t, acc_t, point.accept_thresholds)
-                pooled.setdefault((name, level), []).append(sim)
+                pooled.setdefault((family_name, level), []).append(sim)
                 if level == 1.0:
-                    chosen.setdefault(name, []).append({"router": point.thresholds, "idk": point.accept_thresholds})
+                    chosen.setdefault(family_name, []).append({"router": point.thresholds, "idk": point.accept_thresholds})
     test = _merge(parts_t)
     u, t, q = usd(test, config), (seconds(test, "latency_s"), seconds(test, "compute_s")), test.quality
     rows = [describe(f"always-{rung}", fixed(q, j, u), u, t) for j, rung in enumerate(o.rungs)]
     curves = {}
-    for name in FAMILIES:
-        rows.append(describe(name, concat(pooled[(name, 1.0)]), u, t, chosen[name]))
-        pts = [concat(pooled[(name, lv)]) for lv in LEVELS]
-        curves[name] = (np.array([x.cost.mean() * 1000 for x in pts]), np.array([x.quality.mean() for x in pts]))
+    for family in FAMILIES:
+        rows.append(describe(family, concat(pooled[(family, 1.0)]), u, t, chosen[family]))
+        pts = [concat(pooled[(family, lv)]) for lv in LEVELS]
+        curves[family] = (np.array([x.cost.mean() * 1000 for x in pts]), np.array([x.quality.mean() for x in pts]))
     # Random at matched cost: mix always-k runs to spend what router + IDK spends.
     target_cost = next(x for x in rows if x["method"] == "router + IDK")["usd_per_1k"]
     always_cost = np.array([x["usd_per_1k"] for x in rows[:r]])
     always_q = np.array([x["quality"] for x in rows[:r]])
     rows.append({"method": "random at matched cost", "quality": float(np.interp(target_cost, always_cost, always_q)),
                  "usd_per_1k": target_cost, "note": "expected accuracy of a random mix of adjacent always-k runs"})  # fmt: skip
+    rows.append(describe("kNN", concat(pooled[("kNN", 1.0)]), u, t))
+    for method_name in automix_methods():
+        if (method_name, 1.0) in pooled:
+            rows.append(describe(method_name, concat(pooled[(method_name, 1.0)]), u, t))
     rows.append(describe("oracle", oracle(q, u), u, t))
     large = rows[r - 1]
     for x in rows:
@@ -171,11 +189,127 @@ def run(path: Path, config: LadderConfig, folds: int, results: Path) -> dict:
     target = {"large_quality_ci95": large["quality_ci95"], "router_idk_quality": best["quality"],
               "router_idk_usd_vs_large": best["usd_vs_large"],
               "met": bool(best["quality"] >= large["quality_ci95"][0] and best["usd_vs_large"] <= 0.5)}  # fmt: skip
-    plot(path.stem, rows, curves, large["usd_per_1k"], r, len(test), results)
-    return {"outcomes": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path), "rungs": list(o.rungs),
-            "rows": len(test), "folds": folds, "levels": list(LEVELS), "methods": rows,
+    lo = large["quality_ci95"][0]
+    match = {"usd": best["usd_vs_large"], "compute": best.get("compute_vs_large")} if best["quality"] >= lo else None
+    plot(name, rows, curves, large["usd_per_1k"], r, len(test), results)
+    return {"workload": name, "outcomes": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths],
+            "rungs": list(o.rungs), "rows": len(test), "folds": folds, "levels": list(LEVELS), "methods": rows,
+            # router + IDK at the operating point chosen on training folds only (level 1.0: always-large's
+            # training quality); None when its cross-validated quality is outside large's 95% interval
+            "cost_to_match_large": match,
             "curves": {k: {"usd_vs_large": (c / large["usd_per_1k"]).tolist(), "quality": qs.tolist()}
                        for k, (c, qs) in curves.items()}, "target": target}  # fmt: skip
+
+
+def read_paths(paths: list[Path]) -> Outcomes:
+    import tempfile
+
+    if len(paths) == 1:
+        return read_jsonl(paths[0])
+    pooled = Path(tempfile.mkdtemp(prefix="ladder-cascade-")) / "pooled.jsonl"
+    pooled.write_text("".join(p.read_text() for p in paths))
+    return read_jsonl(pooled)
+
+
+def knn_method(rest: Outcomes, test: Outcomes, u_rest: np.ndarray, u_test: np.ndarray, floor: float,
+               inner_folds: int, k: int = 10) -> Simulation:  # fmt: skip
+    """kNN quality predictions per rung; the cheapest rung predicted at least ``tau`` answers.
+    ``tau`` is chosen on out-of-fold predictions of the training part (the cheapest reaching the
+    floor), as the other methods' thresholds are."""
+    from ladder.offline.evaluation import knn_scores
+    from ladder.policies.features import make_featurizer
+
+    def predict(train: Outcomes, other: Outcomes) -> np.ndarray:
+        f = make_featurizer(FeaturizerKind.TFIDF)
+        f.fit(list(train.queries))
+        x, y = f.transform(list(train.queries)), f.transform(list(other.queries))
+        kk = min(k, len(train))
+        return np.stack([knn_scores(x, train.quality[:, j], y, kk) for j in range(len(train.rungs))], axis=1)
+
+    inner = np.array([_fold(i, inner_folds, "cascade-inner") for i in rest.ids])
+    pred_rest = np.zeros(rest.quality.shape)
+    for j in range(inner_folds):
+        held = inner == j
+        if held.any():
+            pred_rest[held] = predict(rest.take(~held), rest.take(held))
+    start_of = lambda pred, tau: np.where((pred[:, :-1] >= tau).any(axis=1), np.argmax(pred[:, :-1] >= tau, axis=1),  # noqa: E731
+                                          pred.shape[1] - 1)
+    best_tau, best = 2.0, None
+    for tau in np.linspace(0, 1, 41):
+        sim = fixed_start(rest.quality, start_of(pred_rest, tau), u_rest)
+        key = (sim.quality.mean() >= floor - 1e-12, -sim.cost.mean() if sim.quality.mean() >= floor - 1e-12 else sim.quality.mean())
+        if best is None or key > best:
+            best_tau, best = tau, key
+    return fixed_start(test.quality, start_of(predict(rest, test), best_tau), u_test)
+
+
+def fixed_start(quality: np.ndarray, start: np.ndarray, c_usd: np.ndarray) -> Simulation:
+    n, r = quality.shape
+    reached = np.zeros((n, r), bool)
+    reached[np.arange(n), start] = True
+    return Simulation(start, reached, quality[np.arange(n), start], c_usd[np.arange(n), start])
+
+
+def verifier_column(part: Outcomes) -> np.ndarray | None:
+    """The medium answer's self-verification probability from the python_examples verifier."""
+    keys = [f"{part.rungs[1]}/{k}" for k in ("examples", "examples_passed", "code_parses")]
+    if not all(k in part.signals for k in keys):
+        return None
+    examples, passed, parses = (part.signals[k] for k in keys)
+    if np.isnan(parses).any():
+        return None
+    return np.where(np.nan_to_num(examples) > 0, np.nan_to_num(passed), 0.5 * parses)
+
+
+def automix_methods() -> dict:
+    from automix import POMDPSimple, Threshold
+
+    return {"AutoMix (threshold)": lambda: Threshold(num_bins=20), "AutoMix (POMDP)": lambda: POMDPSimple(num_bins=10)}
+
+
+def automix_sim(rest: Outcomes, test: Outcomes, u_rest: np.ndarray, u_test: np.ndarray, method) -> Simulation:  # noqa: ANN001
+    """AutoMix as released (two models: medium -> large), trained on the training part with its
+    own objective (incremental benefit per cost), then run on the held-out part."""
+    import pandas as pd
+    from automix import Automix
+
+    def frame(part: Outcomes) -> pd.DataFrame:
+        slm, llm = part.quality[:, 1], part.quality[:, 2]
+        category = np.where(slm >= 0.5, "GOOD", np.where(llm >= 0.5, "NEEDY", "HOPELESS"))
+        return pd.DataFrame({"slm": slm, "llm": llm, "p_ver": verifier_column(part), "category": category})
+
+    am = Automix(method(), slm_column="slm", llm_column="llm", verifier_column="p_ver",
+                 costs=[float(u_rest[:, 1].mean()), float(u_rest[:, 2].mean())], verifier_cost=0)  # fmt: skip
+    am.train(frame(rest))
+    retry = np.asarray(am.evaluate(frame(test), return_dict=True, return_decisions=True)["route_to_llm"], bool)
+    n, r = test.quality.shape
+    reached = np.zeros((n, r), bool)
+    reached[:, 1], reached[:, 2] = True, retry
+    answered = np.where(retry, 2, 1)
+    return Simulation(answered, reached, test.quality[np.arange(n), answered], u_test[:, 1] + retry * u_test[:, 2])
+
+
+def served_policy_check() -> dict:
+    """The bundled policy on the held-out 20% of the file it was calibrated from (HumanEval +
+    GSM8K): per rung the realised share of queries reaching it, against the printed interval."""
+    from ladder.cluster.settings import BUNDLED_POLICY
+    from ladder.offline.pipeline import three_way
+    from ladder.policies.store import load_policy
+
+    policy = load_policy(BUNDLED_POLICY)
+    o = read_paths(WORKLOADS["humaneval+gsm8k"])
+    test = three_way(o, np.zeros(len(o), bool)).test
+    route = policy.scores(list(test.queries))
+    accept = idk_scores(policy, test, route)
+    sim = simulate(route, policy.thresholds, test.quality, np.ones_like(test.quality), accept,
+                   tuple(policy.idk_thresholds.get(b, 0.0) for b in range(len(policy.rungs) - 1)))  # fmt: skip
+    point = policy.meta["operating_point"]
+    reach = sim.reached.mean(axis=0)
+    inside = [bool(lo <= x <= hi) for x, (lo, hi) in zip(reach, point["reach_ci"])]
+    return {"policy": policy.version, "target": policy.meta.get("target"), "held_out_rows": len(test),
+            "reach": dict(zip(policy.rungs, reach.tolist())), "reach_ci": dict(zip(policy.rungs, point["reach_ci"])),
+            "inside": dict(zip(policy.rungs, inside)), "all_inside": all(inside),
+            "quality": float(sim.quality.mean()), "quality_ci": point["quality_ci"]}  # fmt: skip
 
 
 def _fold(i: str, folds: int, salt: str = "cascade-fold") -> int:
@@ -246,14 +380,16 @@ def _line(x: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--outcomes", type=Path, action="append", help="collected outcomes JSONL (repeatable)")
+    ap.add_argument("--outcomes", type=Path, action="append",
+                    help="collected outcomes JSONL, one workload each (repeatable; default: humaneval and humaneval+gsm8k)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--results", type=Path, default=RESULTS, help="where to write cascade.json and the PNGs")
     args = ap.parse_args()
     config = LadderConfig()
-    report = [run(Path(p).resolve(), config, args.folds, args.results) for p in (args.outcomes or DEFAULT)]
+    workloads = {Path(p).stem: [Path(p).resolve()] for p in args.outcomes} if args.outcomes else WORKLOADS
+    report = [run(name, paths, config, args.folds, args.results) for name, paths in workloads.items()]
     for rep in report:
-        print(f"\n== {rep['outcomes']}  rungs {' > '.join(rep['rungs'])}  {rep['rows']} held-out rows "
+        print(f"\n== {rep['workload']}  rungs {' > '.join(rep['rungs'])}  {rep['rows']} held-out rows "
               f"({rep['folds']}-fold cross-validation)")
         print(f"  {'method':<24}{'acc':>7}{'95% CI':>16}{'USD/1k':>10}{'vs large':>9}{'compute s':>10}"
               f"{'mix S/M/L':>16}{'esc':>6}{'p50 s':>7}{'p95 s':>7}")  # fmt: skip
@@ -266,6 +402,15 @@ def main() -> None:
         print(f"  target (router + IDK within always-large's 95% interval at <= 50% of its cost): "
               f"{'MET' if t['met'] else 'missed'} — acc {t['router_idk_quality']:.3f} vs interval "
               f"[{t['large_quality_ci95'][0]:.3f}, {t['large_quality_ci95'][1]:.3f}], cost {t['router_idk_usd_vs_large']:.1%}")  # fmt: skip
+        m = rep["cost_to_match_large"]
+        print("  cost to match always-large (operating point chosen on training folds): "
+              + (f"USD {m['usd']:.1%}, compute {m['compute']:.1%}" if m else "not matched (outside its 95% interval)"))
+    if not args.outcomes:
+        check = served_policy_check()
+        report[-1]["served_policy_check"] = check
+        print(f"\n  served default policy {check['policy']} ({check['target']}) on {check['held_out_rows']} held-out "
+              f"rows: reach {', '.join(f'{k} {v:.2f} in [{lo:.2f}, {hi:.2f}]' for (k, v), (lo, hi) in zip(check['reach'].items(), check['reach_ci'].values()))}"
+              f" -> {'inside' if check['all_inside'] else 'OUTSIDE'}")  # fmt: skip
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "cascade.json").write_text(json.dumps(report, indent=1, default=float))
 

@@ -282,6 +282,27 @@ def calibrate(
 
 
 @app.command()
+def tune(
+    outcomes: SourceArg,
+    policy: Path,
+    target: Annotated[str, typer.Option("--target", "-t", help="e.g. large<=0.3 | cost<=1.5 | quality>=0.8")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="tune.png, tune.md and the tuned policy.json")] = Path("tune"),
+    data: DataOpt = None,
+    price: Annotated[Optional[list[str]], typer.Option(help="RUNG=IN:OUT USD per 1M tokens")] = None,
+    all_rows: Annotated[bool, typer.Option("--all-rows", help="tune on every row of OUTCOMES")] = False,
+) -> None:
+    """Calibrate POLICY to a target on OUTCOMES and write the report to look at: the frontier, the
+    chosen point and its interval, the rung mix, a per-category table (PNG + Markdown)."""
+    from ladder.offline.commands import calibrate_policy
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = calibrate_policy(policy, outcomes, data, target, price, out_dir / "policy.json", all_rows=all_rows,
+                            report_dir=out_dir)  # fmt: skip
+    typer.echo(Path(info["report"]).read_text())
+    typer.echo(f"policy: {info['policy']} ({info['version']}); plot: {info['plot']}")
+
+
+@app.command()
 def route(
     policy: Path,
     prompts: Annotated[Path, typer.Argument(metavar="PROMPTS.jsonl", help='rows {"id"?, "prompt" | "messages"}')],
@@ -384,6 +405,37 @@ def policy_show(url: UrlOpt = "http://127.0.0.1:8000", admin_key: AdminKeyOpt = 
 def policy_rollback(url: UrlOpt = "http://127.0.0.1:8000", admin_key: AdminKeyOpt = None) -> None:
     """Back to the policy before the last push (again: forth)."""
     _print_json(_admin_call("POST", url, "/admin/policy/rollback", admin_key))
+
+
+shadow_app = typer.Typer(no_args_is_help=True, help="The running app's shadow log (shadow.enabled in its config).")
+app.add_typer(shadow_app, name="shadow")
+
+
+@shadow_app.command("export")
+def shadow_export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL; rows with messages are PROMPTS.jsonl rows")],
+    count: Annotated[int, typer.Option(min=1, help="the newest N records")] = 100_000,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    admin_key: AdminKeyOpt = None,
+) -> None:
+    """Write the newest shadow-log records (route, rungs tried, signals, cost; prompts if recorded)."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
+    try:
+        r = httpx.get(url.rstrip("/") + "/admin/shadow", params={"count": count}, headers=headers, timeout=120)
+    except httpx.HTTPError as exc:
+        raise LadderError(f"cannot reach {url}: {exc}") from None
+    if r.status_code >= 400:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:300]
+        raise LadderError(f"{r.status_code}: {message}")
+    out.write_text(r.text)
+    rows = r.text.count("\n")
+    with_prompts = r.text.count('"messages":')
+    print(f"{rows} records -> {out} ({with_prompts} with prompts: `ladder collect {out}` re-asks every rung)")
 
 
 recurrent_app = typer.Typer(no_args_is_help=True, help="The recurrent-depth worker: train it, ask it.")

@@ -12,7 +12,7 @@ from ladder.cluster.settings import LadderConfig
 @contextmanager
 def small_tier_app(api_key: str, *, server: dict | None = None, cache: dict | None = None,
                    tier: dict | None = None, tiers: tuple[str, ...] = ("small",),
-                   policy: dict | None = None) -> Iterator[tuple[str, Runtime]]:  # fmt: skip
+                   policy: dict | None = None, extra: dict | None = None) -> Iterator[tuple[str, Runtime]]:  # fmt: skip
     """(base URL, runtime) of a served app with only the small tier (or ``tiers``); overrides per
     config section (``tier``: the first tier's)."""
     data = LadderConfig().model_dump()
@@ -24,6 +24,8 @@ def small_tier_app(api_key: str, *, server: dict | None = None, cache: dict | No
         t["vllm"]["enforce_eager"] = True
     data["tiers"][0].update(tier or {})
     data["ray"]["num_cpus"] = 2
+    for section, values in (extra or {}).items():
+        data[section].update(values)
     cfg = restrict(LadderConfig.model_validate(data), list(tiers), "127.0.0.1", free_port())
     if policy is not None:
         cfg = LadderConfig.model_validate({**cfg.model_dump(), "policy": policy})

@@ -1,5 +1,6 @@
 """Routed streams on the real app (small + medium tiers, vLLM, Ray Serve, Redis): decided on the
-first tokens, streamed live, escalated without splicing, and the rung that lost stops generating."""
+first tokens, streamed live, escalated without splicing, and the rung that lost stops generating;
+the same app's policy swapped live, and its shadow log read back as prompts to collect."""
 
 import json
 import time
@@ -16,11 +17,13 @@ K = 4
 # ones (mean log-prob well above -2: accepted); tokens sampled at temperature 2 from a flattened
 # distribution are not (escalated).
 POLICY = {"kind": "fixed", "min_mean_logprob": -2.0, "prefix_tokens": K}
+POLICY_VERSION = f"fixed-s0-t-2-k{K}"
 
 
 @pytest.fixture(scope="module")
 def server():
-    with small_tier_app(KEY, tiers=("small", "medium"), policy=POLICY) as served:
+    with small_tier_app(KEY, tiers=("small", "medium"), policy=POLICY,
+                        extra={"shadow": {"enabled": True, "prompts": True}}) as served:  # fmt: skip
         yield served
 
 
@@ -198,3 +201,29 @@ def test_policy_show_push_refusals_and_a_swap_under_load_without_a_failed_reques
     rc, out, _ = ladder_cli("policy", "rollback", "--url", url)
     assert rc == 0 and json.loads(out)["version"] == configured and json.loads(out)["configured"]
     assert httpx.get(url + "/health").json()["policy_version"] == configured
+
+
+def test_the_shadow_log_records_requests_by_id_and_exports_prompts_to_collect(server, tmp_path):
+    from ladder.offline.datasets import load_prompts
+
+    url, _ = server
+    headers = {"authorization": f"Bearer {KEY}", "x-request-id": "mine-1"}
+    body = {"model": "ladder", "messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 8, "temperature": 0}
+    r = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
+    assert r.status_code == 200 and r.headers["x-request-id"] == "mine-1"
+    streamed_headers, events, _ = sse(url, {**body, "messages": [{"role": "user", "content": "Name a color."}]})
+    generated_id = streamed_headers["x-request-id"]
+    assert generated_id.startswith("req-")
+    bad = httpx.post(url + "/v1/chat/completions", json=body, headers={**headers, "x-request-id": "a b\nc"}, timeout=120)
+    assert bad.headers["x-request-id"].startswith("req-")  # an unsafe id is replaced, never logged as given
+    time.sleep(0.5)  # records are written off the request path
+    out = tmp_path / "shadow.jsonl"
+    rc, stdout, err = ladder_cli("shadow", "export", "-o", str(out), "--url", url)
+    assert rc == 0, err
+    records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    mine = records["mine-1"]
+    assert mine["messages"] == [{"role": "user", "content": "Name a fruit."}] and mine["answered_by"] in ("small", "medium")
+    assert mine["attempts"][0]["tier"] == "small" and mine["policy_version"] == POLICY_VERSION
+    assert records[generated_id]["streamed"] and records[generated_id]["attempts"][0]["decided_at"] in (None, K)
+    prompts = load_prompts(out)  # the log is a prompts file for `ladder collect`
+    assert {"mine-1", generated_id} <= {it.id for it in prompts.items} and not prompts.rejected

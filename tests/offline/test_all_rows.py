@@ -28,3 +28,17 @@ def test_train_on_every_row_and_calibrate_on_another_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "c.json").read_text())
     assert doc["meta"]["calibrated_on_rows"] == 54 and doc["meta"]["target"] == "large<=0.6"
+
+
+def test_tune_writes_the_report_a_person_reads(tmp_path):
+    rows = (ROOT / "data" / "outcomes" / "humaneval.jsonl").read_text() + (ROOT / "data" / "outcomes" / "gsm8k.jsonl").read_text()
+    (tmp_path / "cm.jsonl").write_text(rows)
+    assert ladder("train", "cm.jsonl", "-o", "p.json", cwd=tmp_path).returncode == 0
+    prices = ["--price", "small=0.02:0.04", "--price", "medium=0.08:0.16", "--price", "large=0.24:0.48"]
+    proc = ladder("tune", "cm.jsonl", "p.json", "-t", "large<=0.5", *prices, "--out-dir", "report", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "report" / "tune.md").read_text()
+    assert "| quality |" in md and "| reaches large |" in md and "| gsm8k |" in md and "| humaneval |" in md
+    assert (tmp_path / "report" / "tune.png").stat().st_size > 10_000
+    policy = json.loads((tmp_path / "report" / "policy.json").read_text())
+    assert policy["meta"]["target"] == "large<=0.5" and "| humaneval |" in proc.stdout

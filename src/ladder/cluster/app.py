@@ -10,6 +10,8 @@ the HTTP ingress are one deployment on purpose: it saves a network hop on every 
 
 
 import hmac
+import json
+import logging
 import time
 from typing import Any
 
@@ -23,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from ladder.cluster import openai_api as oai
 from ladder.cluster.compose import build_policy, cost_function
 from ladder.cluster.live_policy import LivePolicy, PolicyFiles
+from ladder.cluster.shadow import ShadowLog
 from ladder.cluster.metrics import LadderMetrics
 from ladder.cluster.settings import LadderConfig, load_config
 from ladder.cluster.tiers import TierDeployment, TierHandleStreamer, TierHandleWorker
@@ -35,6 +38,7 @@ from ladder.types import CascadeResult, Query, Route
 
 
 api = FastAPI(title="Ladder", version="0.1.0")
+log = logging.getLogger("ladder.app")
 
 
 @serve.deployment
@@ -59,6 +63,7 @@ class LadderIngress:
                                          c.breaker_failures, c.breaker_cooldown_s)  # fmt: skip
         self._keys = [k.encode() for k in config.server.api_keys]
         self._admin_keys = [k.encode() for k in config.server.admin_keys]
+        self.shadow = ShadowLog(redis_url, config.shadow) if config.shadow.enabled and redis_url else None
 
     @property
     def policy(self) -> Policy:
@@ -124,6 +129,22 @@ class LadderIngress:
             return self._error(str(exc), 400, code="policy_refused")
         return JSONResponse(info)
 
+    @api.get("/admin/shadow")
+    async def shadow_export(self, request: Request, count: int = 1000) -> PlainTextResponse | JSONResponse:
+        """The newest ``count`` shadow-log records as JSONL (``ladder shadow export``)."""
+        if denied := self._admin(request):
+            return denied
+        if self.shadow is None:
+            return self._error("the shadow log is off (set shadow.enabled: true and a Redis)", 409, code="shadow_off")
+        if not 1 <= count <= 1_000_000:
+            return self._error("count: between 1 and 1000000", 400, "count")
+        try:
+            records = await self.shadow.read(count)
+        except Exception as exc:  # Redis away: say so, do not fail the app
+            return self._error(f"the shadow log's Redis is unavailable: {type(exc).__name__}", 503, code="redis_down")
+        return PlainTextResponse("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                                 media_type="application/x-ndjson")  # fmt: skip
+
     @api.post("/admin/policy/rollback")
     async def policy_rollback(self, request: Request) -> JSONResponse:
         if denied := self._admin(request):
@@ -160,6 +181,7 @@ class LadderIngress:
         self.live.maybe_refresh()
         if not self._authorized(request):  # before parsing: strangers learn nothing about the API
             return self._error("invalid or missing API key", 401, code="invalid_api_key")
+        request_id = oai.request_id(request.headers.get("x-request-id"))
         try:
             body = oai.ChatRequest.model_validate_json(await request.body())
         except ValidationError as exc:
@@ -172,7 +194,7 @@ class LadderIngress:
                 raise InvalidRequest(f"max_tokens: at most {self.config.server.max_completion_tokens} on this "
                                      f"server, got {query.sampling.max_tokens}", "max_tokens")  # fmt: skip
             if body.stream:
-                return await self._stream(body, query, route, started)
+                return await self._stream(body, query, route, started, request_id)
             result = await run_cascade(query, self.policy, self.workers, self.cache, self.cost, route)
         except UnknownTier as exc:
             return self._error(str(exc), 404, "model", "model_not_found")
@@ -180,15 +202,17 @@ class LadderIngress:
             return self._error(str(exc), exc.status, exc.param, "context_length_exceeded"
                                if "context" in str(exc) else None)  # fmt: skip
         except WorkerFailed as exc:  # a pinned tier that failed: nothing else may answer
-            return self._error(str(exc), 504 if isinstance(exc, WorkerTimeout) else 503,
-                               code="tier_failed", headers={"Retry-After": "1"})  # fmt: skip
+            log.warning("request %s: %s", request_id, exc)
+            return self._error(str(exc), 504 if isinstance(exc, WorkerTimeout) else 503, code="tier_failed",
+                               headers={"Retry-After": "1", "x-request-id": request_id})  # fmt: skip
         except NoRungAvailable as exc:  # shed load says so, so clients back off instead of retrying hot
+            log.warning("request %s: %s", request_id, exc)
             code = "overloaded" if exc.overloaded else "no_rung_available"
-            return self._error(str(exc), 503, code=code, headers={"Retry-After": "2" if exc.overloaded else "1"})
-        self._record(result, time.perf_counter() - started)
-        completion_id = oai.new_completion_id()
-        headers = oai.ladder_headers(result, self.cache is not None)
-        body_json = oai.completion_body(result, completion_id, body.logprobs, self.cache is not None)
+            return self._error(str(exc), 503, code=code, headers={"Retry-After": "2" if exc.overloaded else "1",
+                                                                  "x-request-id": request_id})  # fmt: skip
+        self._record(result, time.perf_counter() - started, request_id, query)
+        headers = {**oai.ladder_headers(result, self.cache is not None), "x-request-id": request_id}
+        body_json = oai.completion_body(result, oai.new_completion_id(), body.logprobs, self.cache is not None)
         return JSONResponse(body_json, headers=headers)
 
     def _forced_route(self, model: str) -> Route | None:
@@ -198,7 +222,9 @@ class LadderIngress:
             raise UnknownTier(model, self._model_ids())
         return Route(self.tier_names.index(model), self.policy.version, pinned=True)
 
-    def _record(self, result, elapsed: float) -> None:  # noqa: ANN001
+    def _record(self, result: CascadeResult, elapsed: float, request_id: str, query: Query) -> None:
+        if self.shadow is not None:
+            self.shadow.record(request_id, query, result, elapsed)
         m = self.metrics
         m.requests.labels(status="200").inc()
         m.answered.labels(tier=result.answer.tier).inc()
@@ -214,8 +240,8 @@ class LadderIngress:
         m.latency.observe(elapsed)
 
     # -- streaming -------------------------------------------------------------------------
-    async def _stream(self, body: oai.ChatRequest, query: Query, route: Route | None,
-                      started: float) -> StreamingResponse:  # fmt: skip
+    async def _stream(self, body: oai.ChatRequest, query: Query, route: Route | None, started: float,
+                      request_id: str) -> StreamingResponse:  # fmt: skip
         """A routed or pinned stream (``stream_cascade``): the accepted rung's tokens go out as
         generated; the last chunk carries the ``ladder`` object."""
         events = stream_cascade(query, self.policy, self.streamers, self.cache, self.cost, route)
@@ -233,7 +259,7 @@ class LadderIngress:
                         yield oai.sse(oai.chunk(completion_id, created, tier, {"content": event}))
                         continue
                     result: CascadeResult = event  # the last event
-                    self._record(result, time.perf_counter() - started)
+                    self._record(result, time.perf_counter() - started, request_id, query)
                     last = oai.chunk(completion_id, created, tier, {}, result.answer.finish_reason)
                     yield oai.sse({**last, "ladder": oai.ladder_extension(result, self.cache is not None)})
                     if body.stream_options and body.stream_options.include_usage:
@@ -243,6 +269,7 @@ class LadderIngress:
                 yield "data: [DONE]\n\n"
             except Exception as exc:  # after the 200 header: an error event, then close
                 finished = True
+                log.warning("request %s: failed while streaming: %s", request_id, exc)
                 self.metrics.tier_errors.labels(tier=tier).inc()
                 yield oai.sse(oai.error_body(str(exc), 503, code="tier_failed"))
             finally:
@@ -250,6 +277,7 @@ class LadderIngress:
                     await events.aclose()
 
         headers = oai.stream_headers(tier, start.route, start.route_source, start.cache_hit, self.cache is not None)
+        headers["x-request-id"] = request_id
         return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
 

@@ -8,6 +8,7 @@ error body has OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any, Literal
@@ -132,6 +133,14 @@ def error_body(message: str, status: int, param: str | None = None, code: str | 
 
 def new_completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def request_id(given: str | None) -> str:
+    """The client's ``x-request-id`` when it is a sane token (it reaches logs), else a new one."""
+    return given if given and _REQUEST_ID.fullmatch(given) else f"req-{uuid.uuid4().hex[:20]}"
 
 
 def usage(gen: Generation) -> dict:

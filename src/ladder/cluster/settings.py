@@ -226,6 +226,17 @@ class RayConfig(_Strict):
     num_cpus: int | None = None
 
 
+class ShadowLogConfig(_Strict):
+    """Per request: the route, every rung tried (its decision, signals, tokens, cost) — and the
+    prompt only when ``prompts`` is on — appended to a bounded Redis stream; ``ladder shadow
+    export`` writes it as JSONL that ``ladder collect`` takes (rows with prompts)."""
+
+    enabled: bool = False
+    prompts: bool = False  # record the conversation text too (off: nothing a user wrote is stored)
+    stream: str = "ladder:shadow"
+    max_len: int = Field(default=100_000, ge=1)  # entries kept (oldest trimmed)
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"  # loopback unless told otherwise
     port: int = Field(default=8000, ge=1, le=65535)
@@ -284,6 +295,7 @@ class LadderConfig(_Strict):
     cache: CacheConfig = CacheConfig()
     ray: RayConfig = RayConfig()
     server: ServerConfig = ServerConfig()
+    shadow: ShadowLogConfig = ShadowLogConfig()
     cache_dir: str = "~/.cache/ladder"
 
     @field_validator("tiers")

@@ -43,7 +43,8 @@ def train(source: str, data: Path | None, spec: TrainSpec, out: Path, all_rows: 
 
 
 def calibrate_policy(policy_path: Path, source: str, data: Path | None, target_text: str,
-                     prices: list[str] | None, out: Path, n_future: int | None = None, all_rows: bool = False) -> dict:  # fmt: skip
+                     prices: list[str] | None, out: Path, n_future: int | None = None, all_rows: bool = False,
+                     report_dir: Path | None = None) -> dict:  # fmt: skip
     policy = load_policy(policy_path)
     outcomes, contaminated = load_outcomes(source, data)
     if tuple(outcomes.rungs) != policy.rungs:
@@ -69,8 +70,15 @@ def calibrate_policy(policy_path: Path, source: str, data: Path | None, target_t
         calibrated, prefix_info = _calibrate_gates(calibrated, val, target, route, accept, costs,
                                                    parse_prices(prices, policy.rungs), n_future)  # fmt: skip
     save_policy(calibrated, out)
+    report = {}
+    if report_dir is not None:
+        from ladder.offline.tune_report import write_report
+
+        png, md = write_report(report_dir, f"{Path(source).name}: {calibrated.version}", policy.rungs, val, route,
+                               accept, costs, point, frontier, target.describe())  # fmt: skip
+        report = {"report": str(md), "plot": str(png)}
     return {"policy": str(out), "version": calibrated.version, "target": target.describe(), **point.as_dict(),
-            **({"prefix": prefix_info} if prefix_info else {})}  # fmt: skip
+            **({"prefix": prefix_info} if prefix_info else {}), **report}  # fmt: skip
 
 
 def _tokens(outcomes) -> np.ndarray:  # noqa: ANN001
