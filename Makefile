@@ -1,5 +1,5 @@
 # The two commands of the README. Each installs what it needs first (scripts/setup.sh is idempotent).
-.PHONY: serve test test-gpu setup lint bench
+.PHONY: serve test test-fast test-gpu setup lint bench
 
 setup:
 	bash scripts/setup.sh
@@ -13,6 +13,12 @@ test: setup
 	.venv/bin/ruff check --select F,E9 src tests benchmarks
 	bash scripts/check-gpu-resolution.sh
 	.venv/bin/pytest -m "not gpu"
+
+# The fast lane while editing (no model, Ray or slow tests): minutes, not the suite's half hour.
+test-fast: setup
+	.venv/bin/lint-imports
+	.venv/bin/ruff check --select F,E9 src tests benchmarks
+	.venv/bin/pytest -m "not gpu and not slow and not model and not ray" -q
 
 # On a CUDA machine (after pip install -c constraints/cuda.txt -e ".[gpu,dev]"): the CUDA paths.
 test-gpu:
