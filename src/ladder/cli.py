@@ -361,12 +361,14 @@ AdminKeyOpt = Annotated[Optional[str], typer.Option("--admin-key", envvar="LADDE
                                                     help="one of server.admin_keys (default: $LADDER_ADMIN_KEY)")]  # fmt: skip
 
 
-def _admin_call(method: str, url: str, path: str, admin_key: str | None, content: str | None = None) -> dict:
+def _admin_call(method: str, url: str, path: str, admin_key: str | None, content: str | None = None,
+                params: dict | None = None, raw: bool = False):  # noqa: ANN202 (dict, or the body text when raw)
+    """One call to the running app's /admin endpoints; its error becomes one CLI line (exit 2)."""
     import httpx
 
     headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
     try:
-        r = httpx.request(method, url.rstrip("/") + path, content=content, headers=headers, timeout=60)
+        r = httpx.request(method, url.rstrip("/") + path, content=content, params=params, headers=headers, timeout=120)
     except httpx.HTTPError as exc:
         raise LadderError(f"cannot reach {url}: {exc}") from None
     if r.status_code >= 400:
@@ -375,7 +377,7 @@ def _admin_call(method: str, url: str, path: str, admin_key: str | None, content
         except (ValueError, KeyError, TypeError):
             message = r.text[:300]
         raise LadderError(f"{r.status_code}: {message}")
-    return r.json()
+    return r.text if raw else r.json()
 
 
 @policy_app.command("push")
@@ -419,22 +421,10 @@ def shadow_export(
     admin_key: AdminKeyOpt = None,
 ) -> None:
     """Write the newest shadow-log records (route, rungs tried, signals, cost; prompts if recorded)."""
-    import httpx
-
-    headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
-    try:
-        r = httpx.get(url.rstrip("/") + "/admin/shadow", params={"count": count}, headers=headers, timeout=120)
-    except httpx.HTTPError as exc:
-        raise LadderError(f"cannot reach {url}: {exc}") from None
-    if r.status_code >= 400:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:300]
-        raise LadderError(f"{r.status_code}: {message}")
-    out.write_text(r.text)
-    rows = r.text.count("\n")
-    with_prompts = r.text.count('"messages":')
+    text = _admin_call("GET", url, "/admin/shadow", admin_key, params={"count": count}, raw=True)
+    out.write_text(text)
+    rows = text.count("\n")
+    with_prompts = text.count('"messages":')
     print(f"{rows} records -> {out} ({with_prompts} with prompts: `ladder collect {out}` re-asks every rung)")
 
 
