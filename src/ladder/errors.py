@@ -16,10 +16,25 @@ class ConfigError(LadderError):
 class InvalidRequest(LadderError):
     """The request cannot be served as asked (empty prompt, bad parameter, too long)."""
 
+    code: str | None = None  # OpenAI's error code for it, when it has one
+
     def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
         super().__init__(message)
         self.param = param
         self.status = status
+
+
+class ContextOverflow(InvalidRequest):
+    """Prompt + max_tokens do not fit a tier's context (a larger rung's may still fit)."""
+
+    code = "context_length_exceeded"
+
+    @classmethod
+    def check(cls, tier: str, prompt_tokens: int, max_tokens: int, context: int) -> None:
+        """The one rule every backend applies before generating."""
+        if prompt_tokens + max_tokens > context:
+            raise cls(f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds tier {tier}'s context "
+                      f"of {context} tokens", "messages")  # fmt: skip
 
 
 class UnknownTier(InvalidRequest):

@@ -199,8 +199,7 @@ class LadderIngress:
         except UnknownTier as exc:
             return self._error(str(exc), 404, "model", "model_not_found")
         except InvalidRequest as exc:
-            return self._error(str(exc), exc.status, exc.param, "context_length_exceeded"
-                               if "context" in str(exc) else None)  # fmt: skip
+            return self._error(str(exc), exc.status, exc.param, exc.code)
         except WorkerFailed as exc:  # a pinned tier that failed: nothing else may answer
             log.warning("request %s: %s", request_id, exc)
             return self._error(str(exc), 504 if isinstance(exc, WorkerTimeout) else 503, code="tier_failed",

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ladder.errors import InvalidRequest, WeightsUnavailable
+from ladder.errors import ContextOverflow, InvalidRequest, WeightsUnavailable
 from ladder.types import Delta, Generation, Query
 from ladder.workers.exits import ExitKind
 from ladder.workers.recurrent_worker import DepthBudget
@@ -84,9 +84,7 @@ class HuginnWorker:
         text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         ids = tok.encode(text, return_tensors="pt", add_special_tokens=False).to(self.device)
         limit = getattr(self.model.config, "max_position_embeddings", None) or 4096
-        if ids.shape[1] + s.max_tokens > limit:
-            raise InvalidRequest(f"prompt ({ids.shape[1]} tokens) + max_tokens ({s.max_tokens}) exceeds tier "
-                                 f"{self.tier}'s context of {limit} tokens", param="messages")  # fmt: skip
+        ContextOverflow.check(self.tier, ids.shape[1], s.max_tokens, limit)
         config = GenerationConfig(max_new_tokens=s.max_tokens, do_sample=not s.greedy, use_cache=True,
                                   temperature=None if s.greedy else s.temperature, top_p=s.top_p, return_dict_in_generate=True,
                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip

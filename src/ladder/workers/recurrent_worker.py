@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ladder.errors import ChecksumMismatch, InvalidRequest, WeightsUnavailable
+from ladder.errors import ContextOverflow, ChecksumMismatch, InvalidRequest, WeightsUnavailable
 from ladder.types import Delta, Generation, Query
 from ladder.workers.exits import ExitKind, make_exit
 from ladder.workers.recurrent import RecurrentConfig, RecurrentDepthModel
@@ -53,8 +53,8 @@ class CharTokenizer:
         if not text:
             raise InvalidRequest("prompt: empty after removing whitespace", "messages")
         if len(text) > self.prompt_len:
-            raise InvalidRequest(f"prompt: {len(text)} characters, this model's context holds "
-                                 f"{self.prompt_len}", "messages")  # fmt: skip
+            raise ContextOverflow(f"prompt: {len(text)} characters, this model's context holds "
+                                  f"{self.prompt_len}", "messages")  # fmt: skip
         return [0] * (self.prompt_len - len(text)) + [self.ids[c] for c in text]
 
     def decode(self, ids: list[int]) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 from pathlib import Path
 
-from ladder.errors import InvalidRequest, WeightsUnavailable
+from ladder.errors import ContextOverflow, InvalidRequest, WeightsUnavailable
 from ladder.types import Delta, Generation, Query, Sampling
 from ladder.workers.adaptive_depth import Pick, Step, early_exit, self_speculative
 
@@ -123,12 +123,7 @@ class TransformersWorker:
             # checked before any token is streamed; here the threshold is a gate probability, not a KL
             raise InvalidRequest(f"tier {self.tier} exits early on a gate probability: depth.exit_threshold "
                                  f"must be in (0, 1], got {thr}", param="depth")  # fmt: skip
-        if len(ids) + query.sampling.max_tokens > self.context_length:
-            raise InvalidRequest(
-                f"prompt ({len(ids)} tokens) + max_tokens ({query.sampling.max_tokens}) exceeds "
-                f"tier {self.tier}'s context of {self.context_length} tokens",
-                param="messages",
-            )
+        ContextOverflow.check(self.tier, len(ids), query.sampling.max_tokens, self.context_length)
         return ids
 
     # -- generation ------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ladder.errors import EngineStartFailed, InvalidRequest, WeightsUnavailable, WorkerFailed
+from ladder.errors import ContextOverflow, EngineStartFailed, InvalidRequest, WeightsUnavailable, WorkerFailed
 from ladder.types import Delta, Generation, Query
 
 
@@ -131,12 +131,7 @@ class VLLMWorker:
         messages = [{"role": m.role, "content": m.content} for m in query.messages]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) + query.sampling.max_tokens > self.context_length:
-            raise InvalidRequest(
-                f"prompt ({len(ids)} tokens) + max_tokens ({query.sampling.max_tokens}) exceeds "
-                f"tier {self.tier}'s context of {self.context_length} tokens",
-                param="messages",
-            )
+        ContextOverflow.check(self.tier, len(ids), query.sampling.max_tokens, self.context_length)
         return ids
 
     def _params(self, query: Query):  # noqa: ANN202 (vllm.SamplingParams)
