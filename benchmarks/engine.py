@@ -32,7 +32,7 @@ import httpx
 import psutil
 
 from ladder.cluster.compose import materialize
-from ladder.cluster.loadgen import QUESTIONS
+from harness.loadgen import QUESTIONS
 from ladder.cluster.redis_server import free_port
 
 RESULTS = Path(__file__).parent / "results"

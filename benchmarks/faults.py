@@ -16,7 +16,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from ladder.cluster.chaos import account, fill_redis, kill_proxy, kill_replica, scenario
+from harness.chaos import account, fill_redis, kill_proxy, kill_replica, scenario
 from ladder.cluster.redis_server import EmbeddedRedis, free_port
 from ladder.cluster.runtime import Runtime
 from ladder.cluster.serving import deploy, restrict

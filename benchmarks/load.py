@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from ladder.cluster.loadgen import closed_loop, open_loop, summarize
+from harness.loadgen import closed_loop, open_loop, summarize
 from ladder.cluster.redis_server import free_port
 from ladder.cluster.runtime import Runtime
 from ladder.cluster.serving import deploy, restrict

@@ -11,8 +11,8 @@ import httpx
 import psutil
 import pytest
 
-from ladder.cluster.chaos import account, fill_redis, kill_engine, kill_proxy, kill_replica, scenario
-from ladder.cluster.loadgen import send, short_chat
+from benchmarks.harness.chaos import account, fill_redis, kill_engine, kill_proxy, kill_replica, scenario
+from benchmarks.harness.loadgen import send, short_chat
 from tests.integration.served import small_tier_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.model, pytest.mark.slow]

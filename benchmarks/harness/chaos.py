@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from ladder.cluster.loadgen import Outcome, closed_loop, short_chat
+from .loadgen import Outcome, closed_loop, short_chat
 
 
 def kill_replica(deployment: str) -> str:
