@@ -342,11 +342,18 @@ def evaluate(
     source: SourceArg,
     data: DataOpt = None,
     out_dir: Annotated[Path, typer.Option("--out-dir")] = Path("eval"),
+    all_rows: Annotated[bool, typer.Option("--all-rows", help="evaluate on every row of SOURCE (out of domain); "
+                                           "the kNN baseline is fitted on the policy's training data")] = False,  # fmt: skip
+    train_source: Annotated[Optional[str], typer.Option("--train", help="the policy's training outcomes (default: "
+                                                        "the source its file records)")] = None,  # fmt: skip
+    knn: Annotated[str, typer.Option(help="kNN baseline features: tfidf (seconds) | minilm (minutes here) | none")] = "tfidf",
 ) -> None:
     """Quality–cost curve, APGR, CPT(50/80%) on the test part beside random/weak/strong/oracle/kNN."""
     from ladder.offline.commands import evaluate as run
 
-    result = run(policy, source, data, out_dir)
+    if knn not in ("tfidf", "minilm", "none"):
+        _fail(f"--knn: tfidf, minilm or none, got {knn!r}")
+    result = run(policy, source, data, out_dir, all_rows=all_rows, train_source=train_source, knn=knn)
     typer.echo(f"{'method':<24}{'APGR':>8}{'CPT50':>8}{'CPT80':>8}{'acc@30%':>9}")
     for row in result["rows"]:
         typer.echo(f"{row['method']:<24}{row['apgr']:>8.3f}{row['cpt50']:>8.3f}{row['cpt80']:>8.3f}"

@@ -42,3 +42,22 @@ def test_tune_writes_the_report_a_person_reads(tmp_path):
     assert (tmp_path / "report" / "tune.png").stat().st_size > 10_000
     policy = json.loads((tmp_path / "report" / "policy.json").read_text())
     assert policy["meta"]["target"] == "large<=0.5" and "| humaneval |" in proc.stdout
+
+
+def test_eval_out_of_domain_on_every_row_with_the_knn_baseline_from_the_training_data(tmp_path):
+    def two_rungs(row: dict) -> dict:  # medium -> large: the eval curves are two-rung
+        keep = ("medium", "large")
+        return {k: ({r: v[r] for r in keep if r in v} if isinstance(v, dict) and set(keep) <= set(v) else v)
+                for k, v in row.items()}
+
+    rows = [two_rungs(json.loads(line)) for line in (ROOT / "data" / "outcomes" / "humaneval.jsonl").read_text().splitlines()]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:110]))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[110:]))
+    assert ladder("train", "a.jsonl", "-o", "p.json", "--all-rows", cwd=tmp_path).returncode == 0
+    proc = ladder("eval", "p.json", "a.jsonl", "--all-rows", "--out-dir", "ev", cwd=tmp_path)
+    assert proc.returncode == 2 and "trained on" in proc.stderr  # in-sample: refused
+    proc = ladder("eval", "p.json", "b.jsonl", "--all-rows", "--out-dir", "ev", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "(test rows: 54)" in proc.stdout and "knn-tfidf" in proc.stdout
+    doc = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert doc["evaluated"] == "all rows" and {"router", "router+idk"} <= {r["method"] for r in doc["rows"]}

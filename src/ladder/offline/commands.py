@@ -14,7 +14,7 @@ from ladder.offline.featcache import featurize
 from ladder.offline.pipeline import load_outcomes, parse_prices, parse_target, rung_costs, three_way
 from ladder.offline.training import TrainSpec, gate_scores, idk_scores, train_policy
 from ladder.policies.calibrate import calibrate
-from ladder.policies.features import MiniLMFeaturizer
+from ladder.policies.features import FeaturizerKind, MiniLMFeaturizer, make_featurizer
 from ladder.policies.hybrid import HybridRouterPolicy
 from ladder.policies.prefix import calibrate_prefix
 from ladder.policies.store import load_policy, save_policy
@@ -105,26 +105,41 @@ def _calibrate_gates(policy: HybridRouterPolicy, val, target, route: np.ndarray,
     return replace(policy, prefix=kept, meta={**policy.meta, "prefix": info}), info
 
 
-def evaluate(policy_path: Path, source: str, data: Path | None, out_dir: Path) -> dict:
+def evaluate(policy_path: Path, source: str, data: Path | None, out_dir: Path, all_rows: bool = False,
+             train_source: str | None = None, knn: str = "tfidf") -> dict:  # fmt: skip
+    """The policy on ``source``'s test part (or, with ``all_rows``, on every row: out of domain)
+    beside the baselines; the kNN baseline always learns from training rows, never the evaluated."""
     policy = load_policy(policy_path)
     outcomes, contaminated = load_outcomes(source, data)
-    parts = three_way(outcomes, contaminated)
-    test = parts.test
     if len(policy.rungs) != 2:
         raise OutcomesError("eval curves (PGR/APGR/CPT) are defined for two rungs")
+    if all_rows:
+        test = outcomes
+        train_source = train_source or policy.meta.get("source")
+        if knn != "none" and not train_source:
+            raise OutcomesError("--all-rows: name the policy's training outcomes with --train (its file records none)")
+        if train_source == source:
+            raise OutcomesError(f"--all-rows evaluates on every row of {source}, which the policy was trained on")
+        train_part = load_outcomes(train_source, data)[0] if knn != "none" else None
+    else:
+        parts = three_way(outcomes, contaminated)
+        test, train_part = parts.test, parts.fit
     route, accept = _scores(policy, test)
     needs = {"router": 1 - route[:, 0]}
     if accept is not None:
         needs["router+idk"] = 1 - accept[:, 0]
-    minilm = MiniLMFeaturizer()
-    train_part = parts.fit
-    knn, k = tuned_knn(featurize(minilm, list(train_part.queries)), train_part.quality,
-                       featurize(minilm, list(test.queries)))  # fmt: skip
-    needs[f"knn-minilm (k={k})"] = knn
+    if knn != "none" and train_part is not None:
+        featurizer = MiniLMFeaturizer() if knn == "minilm" else make_featurizer(FeaturizerKind.TFIDF)
+        if knn == "tfidf":
+            featurizer.fit(list(train_part.queries))
+        scores, k = tuned_knn(featurize(featurizer, list(train_part.queries)), train_part.quality,
+                              featurize(featurizer, list(test.queries)))  # fmt: skip
+        needs[f"knn-{knn} (k={k})"] = scores
     curves = compare(test.quality, needs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = plot(curves, test.quality, f"{source}: {policy.version} (test n={len(test)})", out_dir / "eval.png")
+    where = "all rows" if all_rows else "test"
+    png = plot(curves, test.quality, f"{source}: {policy.version} ({where} n={len(test)})", out_dir / "eval.png")
     rows = table(curves, test.quality)
-    (out_dir / "eval.json").write_text(json.dumps({"policy": policy.version, "rows": rows}, indent=1, default=float))
+    (out_dir / "eval.json").write_text(json.dumps({"policy": policy.version, "rows": rows, "evaluated": where},
+                                                  indent=1, default=float))  # fmt: skip
     return {"rows": rows, "plot": str(png), "test_rows": len(test)}
-
