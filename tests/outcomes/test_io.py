@@ -35,7 +35,9 @@ def test_jsonl_round_trip(tmp_path):
     [
         ([{"id": "1", "quality": {"a": 1, "b": 0}}], "no 'query' field"),
         ([{"id": "1", "query": "x", "quality": {"a": "yes", "b": 0}}], "is not a number"),
-        ([{"id": "1", "query": "x", "quality": {"a": 1.5, "b": 0}}], "must lie in [0, 1]"),
+        ([{"id": "1", "query": "x", "quality": {"a": 1.5, "b": 0}}], "lies outside its scale [0, 1]"),
+        ([{"id": "1", "query": "x", "quality": {"a": 11, "b": 1}, "quality_scale": [1, 10]}], "outside its scale [1, 10]"),
+        ([{"id": "1", "query": "x", "quality": {"a": 1, "b": 0}, "quality_scale": [5, 5]}], "is empty"),
         ([{"id": "1", "query": "x", "quality": {"a": 1}}], "at least two rungs"),
         ([{"id": "1", "query": "x", "quality": {"a": 1, "b": 0}}, {"id": "2", "query": "y", "quality": {"b": 1, "c": 0}}],
          "has rungs"),
@@ -105,3 +107,10 @@ def test_unicode_line_separators_inside_strings_round_trip(tmp_path):
     write_jsonl(out, tmp_path / "o.jsonl")
     back = read_jsonl(tmp_path / "o.jsonl")
     assert back.queries == queries and back.ids == out.ids
+
+
+def test_grades_on_a_stated_scale_are_read_as_quality(tmp_path):
+    rows = [{"id": "1", "query": "x", "quality": {"a": 1, "b": 10}, "quality_scale": [1, 10]},
+            {"id": "2", "query": "y", "quality": {"a": 0.5, "b": 1}}]  # fmt: skip
+    o = read_jsonl(write(tmp_path / "graded.jsonl", rows))
+    assert o.quality.tolist() == [[0.0, 1.0], [0.5, 1.0]]

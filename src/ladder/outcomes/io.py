@@ -94,6 +94,19 @@ def load_routellm(root: Path, benchmark: str) -> tuple[Outcomes, np.ndarray]:
     return outcomes, mask
 
 
+def _scale(row: dict, path: Path, n: int) -> tuple[float, float]:
+    """A row's grading scale: ``"quality_scale": [1, 10]`` for grades 1-10 (read as 0..1); [0, 1]
+    when absent."""
+    scale = row.get("quality_scale", (0.0, 1.0))
+    try:
+        lo, hi = (float(x) for x in scale)
+    except (TypeError, ValueError):
+        raise OutcomesError(f"{path}: row {n} quality_scale must be [low, high], got {scale!r}") from None
+    if not hi > lo:
+        raise OutcomesError(f"{path}: row {n} quality_scale [{lo:g}, {hi:g}] is empty")
+    return lo, hi
+
+
 def read_jsonl(path: Path) -> Outcomes:
     rows = []
     try:
@@ -126,6 +139,7 @@ def read_jsonl(path: Path) -> Outcomes:
     for n, row in enumerate(rows):
         if tuple(row["quality"]) != rungs:
             raise OutcomesError(f"{path}: row {n + 1} has rungs {list(row['quality'])}, expected {list(rungs)}")
+        lo, hi = _scale(row, path, n + 1)
         for j, rung in enumerate(rungs):
             value = row["quality"][rung]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -133,7 +147,9 @@ def read_jsonl(path: Path) -> Outcomes:
                     value = float(value)
                 else:
                     raise OutcomesError(f"{path}: row {n + 1} quality[{rung!r}] = {value!r} is not a number")
-            quality[n, j] = value
+            if not lo <= value <= hi:
+                raise OutcomesError(f"{path}: row {n + 1} quality[{rung!r}] = {value!r} lies outside its scale [{lo:g}, {hi:g}]")
+            quality[n, j] = (value - lo) / (hi - lo)
     tokens = None
     if all("tokens" in r for r in rows):
         tokens = np.array([[r["tokens"].get(k, np.nan) for k in rungs] for r in rows], dtype=float)
