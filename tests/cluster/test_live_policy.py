@@ -1,0 +1,111 @@
+"""The live policy across replicas, against a real redis-server (no Ray): a push on one replica
+reaches the others through Redis, bad pushes are refused, rollback, and a Redis outage."""
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ladder.cluster.live_policy import LivePolicy, PolicyFiles
+from ladder.cluster.redis_server import EmbeddedRedis
+from ladder.errors import PolicyFileError
+from ladder.offline.training import TrainSpec, train_policy
+from ladder.outcomes.io import read_jsonl
+from ladder.policies.features import FeaturizerKind
+from ladder.policies.fixed import FixedPolicy
+from ladder.policies.store import policy_files, save_policy
+
+pytestmark = pytest.mark.redis
+ROOT = Path(__file__).resolve().parents[2]
+TIERS = ["small", "medium", "large"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Two learned policies over the default tiers (fitted without verifier-reading IDK steps)."""
+    o = read_jsonl(ROOT / "data" / "outcomes" / "gsm8k.jsonl")
+    out = tmp_path_factory.mktemp("live")
+    a = train_policy(o, TrainSpec(FeaturizerKind.TFIDF, idk=False))
+    b = replace(a, thresholds=(0.3, 0.3))
+    return [PolicyFiles(*policy_files(save_policy(p, out / f"{n}.json"))) for n, p in (("a", a), ("b", b))]
+
+
+@pytest.fixture
+def redis_url():
+    server = EmbeddedRedis().start()
+    yield server.url
+    server.stop()
+
+
+def replica(url: str | None) -> LivePolicy:
+    return LivePolicy(FixedPolicy(0), TIERS, [], url, poll_s=0.0)
+
+
+def test_a_push_reaches_every_replica_and_rollback_goes_back(files, redis_url):
+    async def go():
+        one, two, late = replica(redis_url), replica(redis_url), None
+        info = await one.push(files[0])
+        assert info["published"] and one.policy.version == info["version"] != "fixed-s0-tnone"
+        await two.refresh()
+        assert two.policy.version == one.policy.version  # the other replica follows
+        late = replica(redis_url)  # a replica Serve starts later
+        await late.refresh()
+        assert late.policy.version == one.policy.version
+        b = await two.push(files[1])
+        await one.refresh()
+        assert one.policy.version == b["version"]
+        back = await one.rollback()  # one step back: a, on every replica
+        assert back["version"] == info["version"]
+        await two.refresh()
+        assert two.policy.version == info["version"]
+        forth = await two.rollback()  # twice: forth again
+        assert forth["version"] == b["version"]
+
+
+def test_rolling_back_the_first_push_returns_to_the_configured_policy(files, redis_url):
+    async def go():
+        one, two = replica(redis_url), replica(redis_url)
+        await one.push(files[0])
+        await two.refresh()
+        back = await two.rollback()
+        await one.refresh()
+        return back, one
+
+    back, one = asyncio.run(go())
+    assert back["configured"] and one.policy.version == "fixed-s0-tnone"
+
+    asyncio.run(go())
+
+
+def test_bad_pushes_are_refused_and_the_old_policy_keeps_serving(files, redis_url):
+    async def go():
+        one = replica(redis_url)
+        broken = PolicyFiles(files[0].doc, files[0].tensors[:-1] + b"\0")
+        with pytest.raises(PolicyFileError, match="checksum"):
+            await one.push(broken)
+        two_rungs = LivePolicy(FixedPolicy(0), ["small", "large"], [], redis_url)
+        with pytest.raises(PolicyFileError, match="fitted for rungs"):
+            await two_rungs.push(files[0])
+        assert one.policy.version == "fixed-s0-tnone" and two_rungs.policy.version == "fixed-s0-tnone"
+        with pytest.raises(PolicyFileError, match="no previous policy"):
+            await one.rollback()
+
+    asyncio.run(go())
+
+
+def test_without_redis_a_push_swaps_only_the_replica_it_reached():
+    async def go():
+        lone = LivePolicy(FixedPolicy(0), TIERS, [], "redis://127.0.0.1:1/0", poll_s=0.0)  # nothing listens there
+        return lone, await lone.push(PolicyFiles(*_files_for_offline()))
+
+    lone, info = asyncio.run(go())
+    assert info["published"] is False and lone.policy.version == info["version"]
+
+
+def _files_for_offline():
+    o = read_jsonl(ROOT / "data" / "outcomes" / "gsm8k.jsonl")
+    import tempfile
+
+    path = save_policy(train_policy(o, TrainSpec(FeaturizerKind.TFIDF, idk=False)), Path(tempfile.mkdtemp()) / "p.json")
+    return policy_files(path)
