@@ -20,3 +20,12 @@ def test_every_backend_meets_the_written_worker_contract():
         assert inspect.isasyncgenfunction(cls.stream), cls.__name__
     assert all(hasattr(VerifyingWorker, n) or n in ("tier", "model", "generate_sync") for n in needed)
     assert inspect.isasyncgenfunction(VerifyingWorker.stream)  # its Generation must carry the signals
+
+
+def test_every_configurable_backend_has_a_builder():
+    import typing
+
+    from ladder.cluster.compose import BACKENDS
+    from ladder.cluster.settings import TierConfig
+
+    assert set(BACKENDS) == set(typing.get_args(TierConfig.model_fields["backend"].annotation))

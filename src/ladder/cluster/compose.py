@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from ladder.cluster.settings import BundledSourceConfig, DepthConfig, LadderConfig, PolicyConfig, TierConfig
@@ -82,25 +82,43 @@ def build_worker(tier: TierConfig, model_dir: Path) -> TierWorker:
     return VerifyingWorker(worker, tier.verifier) if tier.verifier else worker
 
 
-def _engine_worker(tier: TierConfig, model_dir: Path) -> TierWorker:
-    d = tier.depth or DepthConfig()
-    budget = DepthBudget(d.max_iterations, ExitKind(d.exit), d.threshold)
-    if tier.backend == "recurrent":
-        return RecurrentWorker(tier.name, model_dir, budget, tier.threads, tier.device)
-    if tier.backend == "huginn":
-        from ladder.workers.huginn import HuginnWorker
+def _recurrent(tier: TierConfig, model_dir: Path) -> TierWorker:
+    return RecurrentWorker(tier.name, model_dir, _budget(tier), tier.threads, tier.device)
 
-        return HuginnWorker(tier.name, model_dir, budget, tier.device, tier.dtype)
-    if tier.backend == "vllm":
-        from ladder.workers.vllm_worker import VLLMOptions, VLLMWorker
 
-        options = VLLMOptions(dtype=tier.dtype, **tier.engine.model_dump())
-        return VLLMWorker(tier.name, model_dir, tier.device, options)
+def _huginn(tier: TierConfig, model_dir: Path) -> TierWorker:
+    from ladder.workers.huginn import HuginnWorker
+
+    return HuginnWorker(tier.name, model_dir, _budget(tier), tier.device, tier.dtype)
+
+
+def _vllm(tier: TierConfig, model_dir: Path) -> TierWorker:
+    from ladder.workers.vllm_worker import VLLMOptions, VLLMWorker
+
+    return VLLMWorker(tier.name, model_dir, tier.device, VLLMOptions(dtype=tier.dtype, **tier.engine.model_dump()))
+
+
+def _transformers(tier: TierConfig, model_dir: Path) -> TierWorker:
     adaptive = AdaptiveDepth()
     if (a := tier.adaptive) is not None and a.mode != "full":
         adaptive = AdaptiveDepth(a.mode, a.drafter, a.heads_path(tier.name), weights_id(tier), a.threshold,
                                  a.draft_layer, a.max_draft, a.draft_threshold)  # fmt: skip
     return TransformersWorker(tier.name, model_dir, DeviceConfig(tier.device, tier.dtype, tier.threads), adaptive)
+
+
+def _budget(tier: TierConfig) -> DepthBudget:
+    d = tier.depth or DepthConfig()
+    return DepthBudget(d.max_iterations, ExitKind(d.exit), d.threshold)
+
+
+# One entry per ``TierConfig.backend``: each builds its worker from the tier's own settings.
+BACKENDS: dict[str, Callable[[TierConfig, Path], TierWorker]] = {
+    "vllm": _vllm, "transformers": _transformers, "recurrent": _recurrent, "huginn": _huginn,
+}  # fmt: skip
+
+
+def _engine_worker(tier: TierConfig, model_dir: Path) -> TierWorker:
+    return BACKENDS[tier.backend](tier, model_dir)
 
 
 def build_policy(policy: PolicyConfig, tier_names: list[str], verified: list[str] | None = None) -> Policy:
