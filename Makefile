@@ -12,7 +12,7 @@ test: setup
 	.venv/bin/lint-imports
 	.venv/bin/ruff check --select F,E9 src tests benchmarks
 	bash scripts/check-gpu-resolution.sh
-	.venv/bin/pytest -m "not gpu"
+	.venv/bin/pytest -m "not gpu" --durations=25
 
 # The fast lane while editing (no model, Ray or slow tests): minutes, not the suite's half hour.
 test-fast: setup
