@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Literal
+from enum import Enum
 from pathlib import Path
 
 from ladder.errors import ContextOverflow, InvalidRequest, WeightsUnavailable
@@ -30,6 +30,28 @@ class DeviceConfig:
     threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
 
 
+class AdaptiveMode(str, Enum):
+    FULL = "full"
+    EARLY_EXIT = "early_exit"
+    SPECULATIVE = "speculative"
+
+
+class Drafter(str, Enum):
+    """Where the speculative mode's drafts come from."""
+
+    EXIT_HEAD = "exit_head"
+    LOOKUP = "lookup"
+    LOOKUP_EXIT_HEAD = "lookup+exit_head"
+
+    @property
+    def uses_heads(self) -> bool:
+        return self in (Drafter.EXIT_HEAD, Drafter.LOOKUP_EXIT_HEAD)
+
+    @property
+    def uses_lookup(self) -> bool:
+        return self in (Drafter.LOOKUP, Drafter.LOOKUP_EXIT_HEAD)
+
+
 @dataclass(frozen=True)
 class AdaptiveDepth:
     """A tier's token-level adaptive depth (see ``workers/adaptive_depth.py``). ``full``: every
@@ -38,14 +60,22 @@ class AdaptiveDepth:
     draft with the head after ``draft_layer`` layers, at most ``max_draft`` tokens per
     verification, fewer when the gate falls below ``draft_threshold``."""
 
-    mode: Literal["full", "early_exit", "speculative"] = "full"
-    drafter: Literal["exit_head", "lookup", "lookup+exit_head"] = "exit_head"  # speculative mode's drafts
+    mode: AdaptiveMode = AdaptiveMode.FULL
+    drafter: Drafter = Drafter.EXIT_HEAD  # speculative mode's drafts
     heads: Path | None = None  # folder with heads.safetensors (required unless mode is full)
     weights_id: str = ""  # what the heads must have been trained on (refused otherwise)
     threshold: float | None = None  # None: the heads' calibrated threshold (heads.json)
     draft_layer: int | None = None  # None: the heads' chosen draft layer
     max_draft: int = 6
     draft_threshold: float = 0.0
+
+    def __post_init__(self) -> None:  # strings from a config become the enums (a bad one raises here)
+        object.__setattr__(self, "mode", AdaptiveMode(self.mode))
+        object.__setattr__(self, "drafter", Drafter(self.drafter))
+
+    @property
+    def needs_heads(self) -> bool:
+        return self.mode is AdaptiveMode.EARLY_EXIT or (self.mode is AdaptiveMode.SPECULATIVE and self.drafter.uses_heads)
 
 
 class TransformersWorker:
@@ -78,11 +108,11 @@ class TransformersWorker:
             self.model_dir, dtype=getattr(torch, self.device_config.dtype)
         ).to(self.device_config.device)
         self.model.eval()
-        if self.adaptive.mode != "full":
+        if self.adaptive.mode is not AdaptiveMode.FULL:
             from ladder.workers.layerwise import LayerwiseModel
 
             self._layerwise = LayerwiseModel(self.model)
-        if self.adaptive.mode == "early_exit" or (self.adaptive.mode == "speculative" and "exit_head" in self.adaptive.drafter):
+        if self.adaptive.needs_heads:
             from ladder.workers.exit_heads import ExitHeads
 
             if self.adaptive.heads is None:
@@ -94,7 +124,7 @@ class TransformersWorker:
                 threshold=a.threshold if a.threshold is not None else heads.info.get("early_exit_threshold", 0.9),
                 draft_layer=a.draft_layer if a.draft_layer is not None else heads.info.get("draft_layer", heads.layers[0]),
             )
-            if a.mode == "speculative" and a.draft_layer not in heads.layers:
+            if a.mode is AdaptiveMode.SPECULATIVE and a.draft_layer not in heads.layers:
                 # an unknown draft layer fails at load, not per request
                 raise WeightsUnavailable(f"tier {self.tier}: no exit head after layer {a.draft_layer}; "
                                          f"the heads have {list(heads.layers)}")
@@ -119,7 +149,7 @@ class TransformersWorker:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         thr = query.sampling.exit_threshold
-        if self.adaptive.mode == "early_exit" and thr is not None and not 0 < thr <= 1:
+        if self.adaptive.mode is AdaptiveMode.EARLY_EXIT and thr is not None and not 0 < thr <= 1:
             # checked before any token is streamed; here the threshold is a gate probability, not a KL
             raise InvalidRequest(f"tier {self.tier} exits early on a gate probability: depth.exit_threshold "
                                  f"must be in (0, 1], got {thr}", param="depth")  # fmt: skip
@@ -245,19 +275,19 @@ class TransformersWorker:
             finish_reason=finish,
             prefill_s=prefill_s,
             decode_s=decode_s,
-            depths=tuple(depths) if self.adaptive.mode != "full" else (),
+            depths=tuple(depths) if self.adaptive.mode is not AdaptiveMode.FULL else (),
         )
 
     def _steps(self, prompt_ids: list[int], sampling: Sampling, pick: Pick) -> Iterator[Step]:
         """(token, logprob, depth) in order; the tier's adaptive-depth mode picks the loop."""
         a = self.adaptive
         max_len = len(prompt_ids) + sampling.max_tokens + 1
-        if a.mode == "early_exit":
+        if a.mode is AdaptiveMode.EARLY_EXIT:
             threshold = sampling.exit_threshold if sampling.exit_threshold is not None else a.threshold
             return early_exit(self._layerwise, self._heads, prompt_ids, max_len, pick, threshold)
-        if a.mode == "speculative" and sampling.greedy:  # lossless only means something for greedy
+        if a.mode is AdaptiveMode.SPECULATIVE and sampling.greedy:  # lossless only means something for greedy
             return self_speculative(self._layerwise, self._heads, prompt_ids, max_len, pick, a.draft_layer,
-                                    a.max_draft, a.draft_threshold, lookup="lookup" in a.drafter)  # fmt: skip
+                                    a.max_draft, a.draft_threshold, lookup=a.drafter.uses_lookup)  # fmt: skip
         return self._full_depth(prompt_ids, pick)
 
     def _full_depth(self, prompt_ids: list[int], pick: Pick) -> Iterator[Step]:
