@@ -14,7 +14,7 @@ test: setup
 	bash scripts/check-gpu-resolution.sh
 	.venv/bin/pytest -m "not gpu" --durations=25
 
-# The fast lane while editing (no model, Ray or slow tests): minutes, not the suite's half hour.
+# The fast lane while editing (no model, Ray or slow tests): under a minute, not the suite's half hour.
 test-fast: setup
 	.venv/bin/lint-imports
 	.venv/bin/ruff check --select F,E9 src tests benchmarks

@@ -22,12 +22,14 @@ def assert_clean_error(proc: subprocess.CompletedProcess, needle: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_unknown_tier_is_a_one_line_error():
     proc = ladder("generate", "--tier", "huge", "hello")
     assert_clean_error(proc, "unknown tier 'huge'")
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_empty_prompt_is_refused():
     assert_clean_error(ladder("generate", "   "), "prompt is empty")
 
@@ -36,6 +38,7 @@ def test_non_integer_max_tokens_is_refused():
     assert_clean_error(ladder("generate", "hi", "--max-tokens", "many"), "max-tokens")
 
 
+@pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_missing_weights_package_is_refused(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
@@ -46,6 +49,7 @@ def test_missing_weights_package_is_refused(tmp_path):
     assert_clean_error(proc, "ladder_absent_pkg")
 
 
+@pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_invalid_config_names_the_field(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("server: {port: -1}\n")
@@ -99,6 +103,7 @@ def test_depth_train_then_calibrate_writes_usable_heads(tmp_path):
     assert json.loads((out / "heads.json").read_text())["quality_budget"] == 0.5
 
 
+@pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_depth_commands_refuse_bad_input(tmp_path):
     assert_clean_error(ladder("depth", "train", "--tier", "huge"), "unknown tier 'huge'")
     assert_clean_error(ladder("depth", "calibrate", "--tier", "small", "--heads", str(tmp_path)), "no trained heads")
@@ -106,6 +111,7 @@ def test_depth_commands_refuse_bad_input(tmp_path):
                        "GSM8K file")  # fmt: skip
 
 
+@pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_collect_refuses_unknown_datasets_and_missing_data(tmp_path):
     assert_clean_error(ladder("collect", "squad", "--data", DATA, "-o", str(tmp_path / "o.jsonl")), "unknown dataset")
     assert_clean_error(ladder("collect", "gsm8k", "--data", str(tmp_path), "-o", str(tmp_path / "o.jsonl")),

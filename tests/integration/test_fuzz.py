@@ -141,6 +141,7 @@ def tiny_checkpoint(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_cli_recurrent_ask_accepts_or_refuses_cleanly(tiny_checkpoint):
     tried = Counter()
 
@@ -163,6 +164,7 @@ def test_cli_recurrent_ask_accepts_or_refuses_cleanly(tiny_checkpoint):
                                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
                                              lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
                                              max_leaves=8), max_size=3))  # fmt: skip
+@pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_cli_config_files_are_validated_with_one_line_errors(tmp_path_factory, mutation):
     path = tmp_path_factory.mktemp("cfg") / "c.yaml"
     path.write_text(yaml.safe_dump(mutation))

@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # CLI subprocesses with fits: not in make test-fast
 
 
 def ladder(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -79,6 +79,7 @@ def test_ratings_are_parsed_or_refused():
     assert parse_rating("8", 10) == 8 and parse_rating("Rating: 11", 10) is None and parse_rating("fine", 10) is None
 
 
+@pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_judge_grades_unlabelled_answers_caches_them_and_survives_a_broken_judge(tmp_path, judge_url):
     def row(i, answers, gold=None):
         return {"id": f"r{i}", "query": f"question {i}", "quality": {"small": gold, "large": gold},

@@ -132,6 +132,7 @@ def test_damaged_checkpoints_are_refused_with_a_clear_error(checkpoint, tmp_path
         load_checkpoint(garbage)
 
 
+@pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_recurrent_train_cli_writes_a_loadable_checkpoint_with_its_recipe(tmp_path):
     from typer.testing import CliRunner
 
@@ -183,6 +184,7 @@ def test_sliding_window_hides_far_tokens_and_generation_matches_the_parallel_for
     assert not torch.equal(run(unwindowed.eval(), prompts), run(unwindowed, far))
 
 
+@pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_operator_subsets_and_the_curriculum_train_records_their_recipe(tmp_path):
     items = make_items(3, 40, operators="+")
     assert all(set(it.prompt[1:-1:2]) == {"+"} for it in items)
@@ -206,6 +208,7 @@ def test_operator_subsets_and_the_curriculum_train_records_their_recipe(tmp_path
     assert bad.exit_code == 2 and "--operators" in bad.output
 
 
+@pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_constant_schedule_and_the_time_limit_stop_and_save(tmp_path):
     from dataclasses import replace
 
