@@ -151,9 +151,12 @@ def main() -> None:
     print(f"working in {work}", flush=True)
     prompts, collected = work / "prompts.jsonl", work / "collected.jsonl"
     write_prompts(prompts, args.prompts, args.labelled)
-    steps = {}
-    steps["collect"], _ = run([LADDER, "collect", str(prompts), "-o", str(collected), "--max-tokens", "128",
-                               "--batch-size", "16"], work / "collect.log")  # fmt: skip
+    steps_file = work / "steps.json"  # a rerun in the same folder keeps the collection it already has
+    steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
+    if "collect" not in steps:
+        steps["collect"], _ = run([LADDER, "collect", str(prompts), "-o", str(collected), "--max-tokens", "128",
+                                   "--batch-size", "16"], work / "collect.log")  # fmt: skip
+        steps_file.write_text(json.dumps(steps))
     print(f"collected in {steps['collect']:.0f}s", flush=True)
     port = free_port()
     proc = start_ladder(ROOT / "configs" / "default.yaml", port, work / "serve.log")

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
@@ -130,7 +130,7 @@ class LadderIngress:
         return JSONResponse(info)
 
     @api.get("/admin/shadow")
-    async def shadow_export(self, request: Request, count: int = 1000) -> PlainTextResponse | JSONResponse:
+    async def shadow_export(self, request: Request, count: int = 1000) -> Response:
         """The newest ``count`` shadow-log records as JSONL (``ladder shadow export``)."""
         if denied := self._admin(request):
             return denied
