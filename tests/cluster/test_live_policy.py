@@ -109,3 +109,10 @@ def _files_for_offline():
 
     path = save_policy(train_policy(o, TrainSpec(FeaturizerKind.TFIDF, idk=False)), Path(tempfile.mkdtemp()) / "p.json")
     return policy_files(path)
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b"3", b'{"doc": 1, "tensors_b64": "AA=="}', b'{"doc": "x"}',
+                                  b'{"doc": "x", "tensors_b64": "not base64!"}', b"\xff\xfe"])  # fmt: skip
+def test_a_malformed_push_body_is_a_value_error(body):
+    with pytest.raises(ValueError):
+        PolicyFiles.decode(body)

@@ -43,8 +43,15 @@ class PolicyFiles:
 
     @staticmethod
     def decode(raw: bytes | str) -> PolicyFiles:
-        data = json.loads(raw)
-        return PolicyFiles(data["doc"].encode(), base64.b64decode(data["tensors_b64"]))
+        """Raises ``ValueError`` for anything but {"doc": str, "tensors_b64": base64 str}."""
+        try:
+            data = json.loads(raw)
+            doc, tensors = data["doc"], data["tensors_b64"]
+        except (UnicodeDecodeError, KeyError, TypeError) as exc:  # (JSONDecodeError is a ValueError)
+            raise ValueError(f"not a pushed policy: {exc}") from None
+        if not isinstance(doc, str) or not isinstance(tensors, str):
+            raise ValueError("not a pushed policy: doc and tensors_b64 must be strings")
+        return PolicyFiles(doc.encode(), base64.b64decode(tensors, validate=True))
 
 
 class LivePolicy:
