@@ -85,6 +85,7 @@ DATA = os.environ.get("LADDER_DATA", os.path.join(os.path.dirname(__file__), "..
 
 @pytest.mark.model
 @pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "routellm")), reason=f"shared data not found at {DATA}")
 def test_depth_train_then_calibrate_writes_usable_heads(tmp_path):
     """`ladder depth train` end to end at toy size (4 questions, 8 tokens), then `depth calibrate`."""
     out = tmp_path / "heads"
