@@ -212,15 +212,16 @@ def test_the_shadow_log_records_requests_by_id_and_exports_prompts_to_collect(se
     r = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
     assert r.status_code == 200 and r.headers["x-request-id"] == "mine-1"
     streamed_headers, events, _ = sse(url, {**body, "messages": [{"role": "user", "content": "Name a color."}]})
-    generated_id = streamed_headers["x-request-id"]
-    assert generated_id.startswith("req-")
-    bad = httpx.post(url + "/v1/chat/completions", json=body, headers={**headers, "x-request-id": "a b\nc"}, timeout=120)
-    assert bad.headers["x-request-id"].startswith("req-")  # an unsafe id is replaced, never logged as given
+    generated_id = streamed_headers["x-request-id"]  # Serve's, when the client sends none
+    bad = httpx.post(url + "/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": "Hi."}]},
+                     headers={**headers, "x-request-id": "a b;c"}, timeout=120)  # fmt: skip
+    assert bad.status_code == 200
     time.sleep(0.5)  # records are written off the request path
     out = tmp_path / "shadow.jsonl"
     rc, stdout, err = ladder_cli("shadow", "export", "-o", str(out), "--url", url)
     assert rc == 0, err
     records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert "a b;c" not in records and any(i.startswith("req-") for i in records)  # an unsafe id is not logged as given
     mine = records["mine-1"]
     assert mine["messages"] == [{"role": "user", "content": "Name a fruit."}] and mine["answered_by"] in ("small", "medium")
     assert mine["attempts"][0]["tier"] == "small" and mine["policy_version"] == POLICY_VERSION

@@ -183,6 +183,8 @@ class LadderIngress:
         self.live.maybe_refresh()
         if not self._authorized(request):  # before parsing: strangers learn nothing about the API
             return self._error("invalid or missing API key", 401, code="invalid_api_key")
+        # Serve's proxy puts the client's x-request-id (or a new one) on the request and echoes it on
+        # the response; logs and the shadow log use it when it is a sane token, else their own.
         request_id = oai.request_id(request.headers.get("x-request-id"))
         try:
             body = oai.ChatRequest.model_validate_json(await request.body())
@@ -205,14 +207,13 @@ class LadderIngress:
         except WorkerFailed as exc:  # a pinned tier that failed: nothing else may answer
             log.warning("request %s: %s", request_id, exc)
             return self._error(str(exc), 504 if isinstance(exc, WorkerTimeout) else 503, code="tier_failed",
-                               headers={"Retry-After": "1", "x-request-id": request_id})  # fmt: skip
+                               headers={"Retry-After": "1"})  # fmt: skip
         except NoRungAvailable as exc:  # shed load says so, so clients back off instead of retrying hot
             log.warning("request %s: %s", request_id, exc)
             code = "overloaded" if exc.overloaded else "no_rung_available"
-            return self._error(str(exc), 503, code=code, headers={"Retry-After": "2" if exc.overloaded else "1",
-                                                                  "x-request-id": request_id})  # fmt: skip
+            return self._error(str(exc), 503, code=code, headers={"Retry-After": "2" if exc.overloaded else "1"})
         self._record(result, time.perf_counter() - started, request_id, query)
-        headers = {**oai.ladder_headers(result, self.cache is not None), "x-request-id": request_id}
+        headers = oai.ladder_headers(result, self.cache is not None)
         body_json = oai.completion_body(result, oai.new_completion_id(), body.logprobs, self.cache is not None)
         return JSONResponse(body_json, headers=headers)
 
@@ -278,7 +279,6 @@ class LadderIngress:
                     await events.aclose()
 
         headers = oai.stream_headers(tier, start.route, start.route_source, start.cache_hit, self.cache is not None)
-        headers["x-request-id"] = request_id
         return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
 
