@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ladder.errors import LadderError
-from ladder.outcomes.io import jsonl_lines
+from ladder.outcomes.io import jsonl_lines, read_rows
 
 PROMPT_VERSION = "single-v1"
 PROMPT = """You are grading an AI assistant's answer to a user's request. Rate how well the answer \
@@ -87,21 +87,6 @@ class JudgeSummary:
     failures: dict[str, int] = field(default_factory=dict)
 
 
-def _read_rows(path: Path) -> list[dict]:
-    try:
-        lines = jsonl_lines(path)
-    except FileNotFoundError:
-        raise LadderError(f"outcomes file not found: {path}") from None
-    rows = []
-    for n, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise LadderError(f"{path}:{n}: not JSON ({exc.msg})") from None
-    return rows
-
-
 async def _ask(client, judge: Judge, question: str, answer: str, summary: JudgeSummary) -> int:  # noqa: ANN001
     """The judge's rating, or raises ``LadderError`` with the last reason after the retries."""
     reason = ""
@@ -131,7 +116,7 @@ def judge_outcomes(path: Path, out: Path, judge: Judge, also_labelled: bool = Fa
     import openai
     from tqdm import tqdm
 
-    rows = _read_rows(path)
+    rows = read_rows(path)
     cache_path = cache_path or out.with_name(out.name + ".judge-cache.jsonl")
     cache: dict[str, int] = {}
     if cache_path.exists():

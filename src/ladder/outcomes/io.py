@@ -107,7 +107,8 @@ def _scale(row: dict, path: Path, n: int) -> tuple[float, float]:
     return lo, hi
 
 
-def read_jsonl(path: Path) -> Outcomes:
+def read_rows(path: Path) -> list[dict]:
+    """An outcomes file's rows as JSON, unchecked (``ladder judge`` fills in their grades)."""
     rows = []
     try:
         lines = jsonl_lines(path)
@@ -119,6 +120,11 @@ def read_jsonl(path: Path) -> Outcomes:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise OutcomesError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    return rows
+
+
+def read_jsonl(path: Path) -> Outcomes:
+    rows = read_rows(path)
     if not rows:
         raise OutcomesError(f"{path}: no rows")
     for n, row in enumerate(rows, start=1):
