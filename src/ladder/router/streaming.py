@@ -71,7 +71,7 @@ async def stream_cascade(
         k = 0 if live else policy.prefix_tokens(rung)
         verdict = PrefixVerdict.ACCEPT if live else PrefixVerdict.WAIT
         decided_at: int | None = 0 if live else None
-        held: list[Delta] = []  # text not yet shown (and, for the judgement, its tokens)
+        held: list[Delta] = []  # deltas not yet shown (and, for the judgement, their tokens)
         seen = 0
         shown = False
         final: Generation | None = None
@@ -81,29 +81,24 @@ async def stream_cascade(
                 if isinstance(item, Generation):
                     final = item
                     continue
-                if verdict is PrefixVerdict.ACCEPT:
-                    if not shown:
-                        shown = True
-                        yield start(worker.tier, decided_at)
-                        if text := "".join(d.text for d in held):
-                            yield text
-                        held.clear()
-                    if item.text:
-                        yield item.text
-                    continue
                 held.append(item)
-                seen += len(item.token_ids)
-                if k and decided_at is None and seen >= k:
+                if verdict is not PrefixVerdict.ACCEPT:
+                    seen += len(item.token_ids)
+                    if not (k and decided_at is None and seen >= k):
+                        continue
                     decided_at = k
                     verdict = policy.judge_prefix(_partial(worker.tier, held, k), route)
                     if verdict is PrefixVerdict.ESCALATE:
                         break  # leaving the loop closes the stream: the rung stops generating
-                    if verdict is PrefixVerdict.ACCEPT:
-                        shown = True
-                        yield start(worker.tier, decided_at)
-                        if text := "".join(d.text for d in held):
-                            yield text
-                        held.clear()
+                    if verdict is PrefixVerdict.WAIT:
+                        continue
+                # accepted (now, or from the start): what was held goes out, then each delta as it comes
+                if not shown:
+                    shown = True
+                    yield start(worker.tier, decided_at)
+                if text := "".join(d.text for d in held):
+                    yield text
+                held.clear()
         except Exception as exc:  # a failing tier degrades service: try the next rung
             if shown:  # its tokens were sent: nothing else may answer now
                 raise exc if isinstance(exc, WorkerFailed) else WorkerFailed(
