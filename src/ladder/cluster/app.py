@@ -41,6 +41,13 @@ api = FastAPI(title="Ladder", version="0.1.0")
 log = logging.getLogger("ladder.app")
 
 
+def _bearer_in(request: Request, keys: list[bytes]) -> bool:
+    header = request.headers.get("authorization", "")
+    token = header[7:].encode() if header.lower().startswith("bearer ") else b""
+    # Compare against every key, in constant time per key, so timing leaks nothing.
+    return any([hmac.compare_digest(token, k) for k in keys])
+
+
 @serve.deployment
 @serve.ingress(api)
 class LadderIngress:
@@ -72,12 +79,7 @@ class LadderIngress:
 
     # -- helpers ---------------------------------------------------------------------------
     def _authorized(self, request: Request) -> bool:
-        if not self._keys:
-            return True
-        header = request.headers.get("authorization", "")
-        token = header[7:].encode() if header.lower().startswith("bearer ") else b""
-        # Compare against every key, in constant time per key, so timing leaks nothing.
-        return any([hmac.compare_digest(token, k) for k in self._keys])
+        return not self._keys or _bearer_in(request, self._keys)
 
     def _error(self, message: str, status: int, param: str | None = None, code: str | None = None,
                headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
@@ -88,9 +90,7 @@ class LadderIngress:
         """Policy changes need an admin key (``server.admin_keys``); with none configured, only
         a client on this machine may make them."""
         if self._admin_keys:
-            header = request.headers.get("authorization", "")
-            token = header[7:].encode() if header.lower().startswith("bearer ") else b""
-            if not any([hmac.compare_digest(token, k) for k in self._admin_keys]):
+            if not _bearer_in(request, self._admin_keys):
                 return self._error("invalid or missing admin key", 401, code="invalid_api_key")
             return None
         host = request.client.host if request.client else ""

@@ -198,18 +198,10 @@ def ladder_extension(result: CascadeResult, cache_enabled: bool = True) -> dict:
 
 
 def ladder_headers(result: CascadeResult, cache_enabled: bool = True) -> dict[str, str]:
-    ext = ladder_extension(result, cache_enabled)
-    headers = {
-        "x-ladder-tier": ext["tier"],
-        "x-ladder-route": ext["route"],
-        "x-ladder-policy-version": ext["policy_version"],
-        "x-ladder-escalations": str(ext["escalations"]),
-        "x-ladder-cache": ext["cache"],
-        "x-ladder-cost-usd": f"{ext['cost_usd']:.8f}",
-    }
-    if result.route.scores:
-        headers["x-ladder-score"] = ",".join(f"{s:.4f}" for s in result.route.scores)
-        headers["x-ladder-threshold"] = ",".join(f"{t:.4f}" for t in result.route.thresholds)
+    """A whole answer's headers: a stream's, plus what is known only at the end."""
+    headers = stream_headers(result.answer.tier, result.route, result.route_source, result.cache_hit, cache_enabled)
+    headers["x-ladder-escalations"] = str(result.escalations)
+    headers["x-ladder-cost-usd"] = f"{result.cost_usd:.8f}"
     return headers
 
 
