@@ -48,7 +48,7 @@ def body(i: int, model: str) -> dict:
 
 async def one(client: httpx.AsyncClient, url: str, payload: dict) -> dict:
     start = time.perf_counter()
-    ttft, tokens, status = None, 0, None
+    ttft, tokens, status, ext = None, 0, None, None
     try:
         async with client.stream("POST", url, json=payload) as r:
             status = r.status_code
@@ -63,9 +63,10 @@ async def one(client: httpx.AsyncClient, url: str, payload: dict) -> dict:
                         ttft = time.perf_counter() - start
                 if event.get("usage"):
                     tokens = event["usage"]["completion_tokens"]
+                ext = event.get("ladder", ext)  # Ladder's last chunk says which rung answered, and how
     except httpx.HTTPError:
         status = None
-    return {"status": status, "latency_s": time.perf_counter() - start, "ttft_s": ttft, "tokens": tokens}
+    return {"status": status, "latency_s": time.perf_counter() - start, "ttft_s": ttft, "tokens": tokens, "ladder": ext}
 
 
 async def closed_loop(base: str, model: str, clients: int, duration_s: float, key: str | None) -> dict:

@@ -38,7 +38,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine import start_ladder, stop, wait_ready  # noqa: E402
+from engine import one, start_ladder, stop, wait_ready  # noqa: E402
 
 from ladder.cluster.redis_server import free_port  # noqa: E402
 from ladder.cluster.settings import LadderConfig  # noqa: E402
@@ -130,26 +130,6 @@ def offline() -> dict:
             "delay_tokens_full": float(r["delay_full"].mean()), "delay_tokens_prefix": float(r["delay_prefix"].mean())}  # fmt: skip
 
 
-async def one(client: httpx.AsyncClient, url: str, payload: dict) -> dict:
-    start = time.perf_counter()
-    ttft, ext, status = None, None, None
-    try:
-        async with client.stream("POST", url, json=payload) as r:
-            status = r.status_code
-            async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                status = 599 if "error" in event else status
-                for choice in event.get("choices") or ():
-                    if ttft is None and (choice.get("delta") or {}).get("content"):
-                        ttft = time.perf_counter() - start
-                ext = event.get("ladder", ext)
-    except httpx.HTTPError:
-        status = None
-    return {"status": status, "total_s": time.perf_counter() - start, "ttft_s": ttft, "ladder": ext}
-
-
 async def closed_loop(url: str, model: str, prompts: list[str], clients: int, duration_s: float) -> list[dict]:
     results, counter = [], iter(range(10**9))
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -176,7 +156,7 @@ def summary(results: list[dict], system: str, clients: int) -> dict:
     tiers = collections.Counter((r["ladder"] or {}).get("tier") for r in ok)
     decided = collections.Counter(str((r["ladder"] or {}).get("decided_at")) for r in ok)
     return {"system": system, "clients": clients, "requests": len(results), "ok": len(ok),
-            "ttft_p50_s": p50([r["ttft_s"] for r in ok]), "total_p50_s": p50([r["total_s"] for r in ok]),
+            "ttft_p50_s": p50([r["ttft_s"] for r in ok]), "total_p50_s": p50([r["latency_s"] for r in ok]),
             "answered_by": dict(tiers), "decided_at": dict(decided),
             "escalations": float(np.mean([(r["ladder"] or {}).get("escalations", 0) for r in ok])) if ok else None}  # fmt: skip
 
