@@ -42,8 +42,7 @@ from engine import one, start_ladder, stop, wait_ready  # noqa: E402
 
 from ladder.cluster.redis_server import free_port  # noqa: E402
 from ladder.cluster.settings import LadderConfig  # noqa: E402
-from ladder.offline.commands import _tokens  # noqa: E402
-from ladder.offline.pipeline import parse_target, rung_costs  # noqa: E402
+from ladder.offline.pipeline import answer_tokens, parse_target, rung_costs  # noqa: E402
 from ladder.offline.training import TrainSpec, gate_scores, idk_scores, train_policy  # noqa: E402
 from ladder.outcomes.io import read_jsonl  # noqa: E402
 from ladder.outcomes.schema import Outcomes, stable_split  # noqa: E402
@@ -97,7 +96,7 @@ def offline() -> dict:
         gates = gate_scores(chosen, val, route)
         choice = calibrate_prefix(target, route, point.thresholds, val.quality, rung_costs(val, prices()),
                                   {k: rung_costs(val, prices(), output_cap=k) for k in gates}, accept, ath, gates,
-                                  _tokens(val))  # fmt: skip
+                                  answer_tokens(val))  # fmt: skip
         ks.append(choice.tokens)
         # replay both on the held-out fold
         route, accept = scores(held)
@@ -107,9 +106,9 @@ def offline() -> dict:
         held_gates = gate_scores(chosen, held, route).get(k, np.full((len(held), 2), np.nan))
         pre = simulate_prefix(route, point.thresholds, held.quality, costs,
                               rung_costs(held, prices(), output_cap=k) if k else costs, accept, ath, held_gates,
-                              choice.accept_at, choice.escalate_below, _tokens(held), k)  # fmt: skip
+                              choice.accept_at, choice.escalate_below, answer_tokens(held), k)  # fmt: skip
         base = simulate_prefix(route, point.thresholds, held.quality, costs, costs, accept, ath,
-                               np.full((len(held), 2), np.nan), (2.0, 2.0), (-1.0, -1.0), _tokens(held), 0)  # fmt: skip
+                               np.full((len(held), 2), np.nan), (2.0, 2.0), (-1.0, -1.0), answer_tokens(held), 0)  # fmt: skip
         assert np.allclose(base.sim.cost, full.cost) and (base.sim.answered_by == full.answered_by).all()
         for name, value in [("q_full", full.quality), ("q_prefix", pre.sim.quality), ("c_full", full.cost),
                             ("c_prefix", pre.sim.cost), ("live_full", base.live), ("live_prefix", pre.live),

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ladder.offline.commands import _tokens, calibrate_policy
-from ladder.offline.pipeline import parse_prices, parse_target, rung_costs, three_way
+from ladder.offline.commands import calibrate_policy
+from ladder.offline.pipeline import answer_tokens, parse_prices, parse_target, rung_costs, three_way
 from ladder.offline.training import TrainSpec, gate_scores, idk_scores, train_policy
 from ladder.outcomes.io import read_jsonl
 from ladder.outcomes.schema import Outcomes
@@ -54,7 +54,7 @@ def test_gates_that_never_decide_replay_exactly_as_the_full_answer_policy(fitted
     th, ath = (0.6, 0.4), (0.5, 0.5)
     plain = simulate(route, th, part.quality, costs, accept, ath)
     gated = simulate_prefix(route, th, part.quality, costs, costs * 0, accept, ath, gate_scores(policy, part, route)[4],
-                            (2.0, 2.0), (-1.0, -1.0), _tokens(part), 4)  # fmt: skip
+                            (2.0, 2.0), (-1.0, -1.0), answer_tokens(part), 4)  # fmt: skip
     assert (gated.sim.answered_by == plain.answered_by).all() and np.allclose(gated.sim.cost, plain.cost)
     # every routed request that starts below the top waits for a whole answer there
     assert (gated.live == (plain.reached[:, :2].sum(axis=1) == 0)).all()

@@ -11,7 +11,7 @@ import numpy as np
 from ladder.errors import OutcomesError
 from ladder.offline.evaluation import compare, plot, table, tuned_knn
 from ladder.offline.featcache import featurize
-from ladder.offline.pipeline import load_outcomes, parse_prices, parse_target, rung_costs, three_way
+from ladder.offline.pipeline import answer_tokens, load_outcomes, parse_prices, parse_target, rung_costs, three_way
 from ladder.offline.training import TrainSpec, gate_scores, idk_scores, train_policy
 from ladder.policies.calibrate import calibrate
 from ladder.policies.features import FeaturizerKind, MiniLMFeaturizer, make_featurizer
@@ -81,13 +81,6 @@ def calibrate_policy(policy_path: Path, source: str, data: Path | None, target_t
             **({"prefix": prefix_info} if prefix_info else {}), **report}  # fmt: skip
 
 
-def _tokens(outcomes) -> np.ndarray:  # noqa: ANN001
-    """[n, R] recorded answer lengths (else ~chars/4): how long a client waits for a whole answer."""
-    if outcomes.tokens is not None:
-        return np.nan_to_num(outcomes.tokens)
-    return np.stack([[len(t) / 4 for t in outcomes.response(r)] for r in outcomes.rungs], axis=1)
-
-
 def _calibrate_gates(policy: HybridRouterPolicy, val, target, route: np.ndarray, accept: np.ndarray,  # noqa: ANN001
                      costs: np.ndarray, prices: dict, n_future: int | None) -> tuple[HybridRouterPolicy, dict]:  # fmt: skip
     """Prefix gates for the chosen operating point: k and thresholds (``calibrate_prefix``)."""
@@ -95,7 +88,7 @@ def _calibrate_gates(policy: HybridRouterPolicy, val, target, route: np.ndarray,
     prefix_costs = {k: rung_costs(val, prices, output_cap=k) for k in gates}
     choice = calibrate_prefix(target, route, policy.thresholds, val.quality, costs, prefix_costs, accept,
                               tuple(policy.idk_thresholds.get(b, 0.0) for b in range(len(policy.rungs) - 1)),
-                              gates, _tokens(val), n_future=n_future)  # fmt: skip
+                              gates, answer_tokens(val), n_future=n_future)  # fmt: skip
     kept = {}
     if choice.tokens:
         for b, candidates in policy.prefix.items():

@@ -42,22 +42,26 @@ def split(outcomes: Outcomes, exclude_from_test: np.ndarray, test_fraction: floa
     return Split(outcomes.take(~is_test), outcomes.take(is_test & ~exclude_from_test))
 
 
-def rung_costs(outcomes: Outcomes, prices: dict[str, tuple[float, float]], output_cap: int | None = None) -> np.ndarray:
-    """[n, R] USD per call: prompt ≈ chars/4 tokens; output = recorded tokens, else response
-    length/4, else 1 token (a multiple-choice letter); at most ``output_cap`` output tokens (the
-    cost of a rung stopped after a prefix decision)."""
+def answer_tokens(outcomes: Outcomes) -> np.ndarray:
+    """[n, R] output tokens of each rung's answer: recorded, else response length/4, else 1 token
+    (a multiple-choice letter)."""
     n = len(outcomes)
+    if outcomes.tokens is not None:
+        return outcomes.tokens
+    return np.stack([np.array([len(t) / 4 for t in outcomes.responses[rung]]) if rung in outcomes.responses
+                     else np.ones(n) for rung in outcomes.rungs], axis=1)  # fmt: skip
+
+
+def rung_costs(outcomes: Outcomes, prices: dict[str, tuple[float, float]], output_cap: int | None = None) -> np.ndarray:
+    """[n, R] USD per call: prompt ≈ chars/4 tokens, output = ``answer_tokens``, at most
+    ``output_cap`` of them (the cost of a rung stopped after a prefix decision)."""
     prompt_tokens = np.array([len(q) / 4 for q in outcomes.queries])
+    tokens = answer_tokens(outcomes)
     cols = []
     for j, rung in enumerate(outcomes.rungs):
         if rung not in prices:
             raise OutcomesError(f"no price for rung {rung!r}; prices given for {sorted(prices)}")
-        if outcomes.tokens is not None:
-            out = outcomes.tokens[:, j]
-        elif rung in outcomes.responses:
-            out = np.array([len(t) / 4 for t in outcomes.responses[rung]])
-        else:
-            out = np.ones(n)
+        out = tokens[:, j]
         if output_cap is not None:
             out = np.minimum(out, output_cap)
         p_in, p_out = prices[rung]

@@ -13,7 +13,7 @@ from ladder.policies.hybrid import HybridRouterPolicy
 from ladder.policies.idk import SIGNALS, VERIFIER_INPUTS, VERIFIER_SIGNALS, AnswerView, IdkModel, signal_matrix
 from ladder.policies.labels import LabelScheme, boundary_labels
 from ladder.policies.linear import fit_logistic
-from ladder.policies.prefix import CANDIDATE_TOKENS, PREFIX_SIGNALS, PrefixGate
+from ladder.policies.prefix import CANDIDATE_TOKENS, PREFIX_SIGNALS, PrefixGate, prefix_view
 
 # Log-probability and verifier signals are useless (constant) where a data set has none
 # (RouteLLM's); outcomes collected from Ladder's own tiers carry them, and then they are used.
@@ -90,13 +90,12 @@ def train_policy(
 
 
 def prefix_views(views: list[AnswerView], k: int) -> list[AnswerView]:
-    """What a prefix gate sees of each recorded answer: its first k log-probabilities and the prior."""
-    return [AnswerView("", v.logprobs[:k], v.prior) for v in views]
+    return [prefix_view(v.logprobs, v.prior, k) for v in views]
 
 
 def gate_scores(policy: HybridRouterPolicy, outcomes: Outcomes, route_scores: np.ndarray) -> dict[int, np.ndarray]:
-    """k -> [n, R-1] P(accept) of each rung's gate on the first k recorded tokens (1 where a rung
-    has no gate for k: it never decides early)."""
+    """k -> [n, R-1] P(accept) of each rung's gate on the first k recorded tokens (NaN where a rung
+    has no gate for k: every comparison is false, so it never decides early)."""
     n, r = len(outcomes), len(outcomes.rungs)
     out: dict[int, np.ndarray] = {}
     for b, gates in policy.prefix.items():

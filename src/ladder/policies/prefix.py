@@ -37,6 +37,12 @@ CANDIDATE_TOKENS = (1, 4, 16, 32)
 NEVER_ACCEPT, NEVER_ESCALATE = 2.0, -1.0  # gate thresholds that make it always WAIT
 
 
+def prefix_view(logprobs: tuple[float, ...], prior: float, k: int) -> AnswerView:
+    """What a gate sees of an answer: its first k log-probabilities and the router's prior — the
+    same when fitting on recorded answers as when judging a live stream."""
+    return AnswerView("", tuple(logprobs[:k]), prior)
+
+
 @dataclass(frozen=True)
 class PrefixGate:
     tokens: int  # k: how many tokens of the answer the gate reads
@@ -45,7 +51,7 @@ class PrefixGate:
     escalate_below: float = NEVER_ESCALATE
 
     def score(self, logprobs: tuple[float, ...], prior: float) -> float:
-        return float(self.model.proba([AnswerView("", tuple(logprobs[: self.tokens]), prior)])[0])
+        return float(self.model.proba([prefix_view(logprobs, prior, self.tokens)])[0])
 
     def judge(self, logprobs: tuple[float, ...], prior: float) -> PrefixVerdict:
         p = self.score(logprobs, prior)
@@ -92,7 +98,7 @@ def simulate_prefix(
     waited = np.zeros(n, bool)
     early = np.zeros(n, bool)
     delay = np.zeros(n)
-    tokens = np.zeros((n, r)) if tokens is None else tokens
+    tokens = np.zeros((n, r)) if tokens is None else np.nan_to_num(tokens)  # an unrecorded length counts 0
     for b in range(r - 1):
         here = ~done & (start <= b)
         ok_early = here & (gate_scores[:, b] >= accept_at[b])
