@@ -76,7 +76,18 @@ def save_policy(policy: HybridRouterPolicy, path: Path) -> Path:
 
 
 def load_policy(path: Path, tier_names: list[str] | None = None) -> HybridRouterPolicy:
-    path = Path(path)
+    raw_doc, doc, raw = _read(Path(path))
+    return _policy(doc, raw, str(path), tier_names)
+
+
+def policy_files(path: Path) -> tuple[bytes, bytes]:
+    """A policy file's two parts as bytes (what ``ladder policy push`` sends)."""
+    raw_doc, _, raw = _read(Path(path))
+    return raw_doc, raw
+
+
+def _read(path: Path) -> tuple[bytes, dict, bytes]:
+    """The document's bytes, the document, and its tensor file's bytes."""
     try:
         raw_doc = path.read_bytes()
     except FileNotFoundError:
@@ -84,21 +95,9 @@ def load_policy(path: Path, tier_names: list[str] | None = None) -> HybridRouter
     doc = _document(raw_doc, str(path))
     tensors_path = path.parent / str(doc.get("tensors_file"))
     try:
-        raw = tensors_path.read_bytes()
+        return raw_doc, doc, tensors_path.read_bytes()
     except FileNotFoundError:
         raise PolicyFileError(f"policy tensors not found: {tensors_path}") from None
-    return _policy(doc, raw, str(path), tier_names)
-
-
-def policy_files(path: Path) -> tuple[bytes, bytes]:
-    """A policy file's two parts as bytes (what ``ladder policy push`` sends)."""
-    path = Path(path)
-    try:
-        raw_doc = path.read_bytes()
-        doc = _document(raw_doc, str(path))
-        return raw_doc, (path.parent / str(doc.get("tensors_file"))).read_bytes()
-    except FileNotFoundError as exc:
-        raise PolicyFileError(f"policy file not found: {exc.filename}") from None
 
 
 def load_policy_bytes(raw_doc: bytes, tensors: bytes, tier_names: list[str] | None = None,
