@@ -217,10 +217,10 @@ def judge(
     price = (0.0, 0.0)
     if judge_price:
         try:
-            price = tuple(float(x) for x in judge_price.split(":", 1))  # type: ignore[assignment]
-            assert len(price) == 2
-        except (ValueError, AssertionError):
+            p_in, p_out = (float(x) for x in judge_price.split(":", 1))
+        except ValueError:  # not two numbers
             _fail(f"bad --judge-price {judge_price!r}; expected IN:OUT, e.g. 0.24:0.48")
+        price = (p_in, p_out)
     spec = Judge(judge_url, judge_model, os.environ.get(key_env, "unused"), scale, timeout, retries, concurrency,
                  price=price)  # fmt: skip
     s = judge_outcomes(outcomes, out, spec, also_labelled, cache)
@@ -393,14 +393,15 @@ def policy_push(policy: Path, url: UrlOpt = "http://127.0.0.1:8000", admin_key: 
     import time
 
     from ladder.cluster.live_policy import PolicyFiles
-    from ladder.policies.store import load_policy, policy_files
+    from ladder.policies.store import load_policy_bytes, policy_files
 
-    version = load_policy(policy).version  # a broken file is refused here, before anything is sent
     doc, tensors = policy_files(policy)
+    version = load_policy_bytes(doc, tensors, label=str(policy)).version  # a broken file is refused before sending
     t0 = time.perf_counter()
     info = _admin_call("PUT", url, "/admin/policy", admin_key, PolicyFiles(doc, tensors).encode())
     info["seconds"] = round(time.perf_counter() - t0, 3)
-    assert info["version"] == version
+    if info["version"] != version:
+        raise LadderError(f"the app reports policy {info['version']} live, not the pushed {version}")
     _print_json(info)
 
 
