@@ -35,16 +35,21 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
     from ladder.cluster.settings import load_config
     from ladder.offline import gsm8k
     from ladder.types import Query
-    from ladder.workers.adaptive_depth import SpecStats, early_exit, self_speculative
+    from ladder.workers.adaptive_depth import DraftChoice, SpecStats, early_exit, head_speculative, self_speculative
+    from ladder.workers.draft_head import DraftHead, bundled_draft_head
     from ladder.workers.exit_heads import ExitHeads, bundled_heads
     from ladder.workers.layerwise import LayerwiseModel
     from ladder.workers.transformer import DeviceConfig, TransformersWorker, _eos_ids
 
     cfg = load_config()
     tier = cfg.tier(name)
-    worker = TransformersWorker(name, materialize(cfg, tier), DeviceConfig(dtype=args.dtype, threads=args.threads)).load()
+    dev = DeviceConfig(device=args.device, dtype=args.dtype, threads=args.threads)
+    worker = TransformersWorker(name, materialize(cfg, tier), dev).load()
     lw = LayerwiseModel(worker.model)
-    heads = ExitHeads.load(bundled_heads(name), weights_id(tier)).to(getattr(torch, args.dtype))
+    dtype = getattr(torch, args.dtype)
+    heads = ExitHeads.load(bundled_heads(name), weights_id(tier)).to(device=args.device, dtype=dtype)
+    head_dir = bundled_draft_head(name)
+    draft = DraftHead.load(head_dir, weights_id(tier)).to(device=args.device, dtype=dtype) if (head_dir / "draft.safetensors").is_file() else None
     info = json.loads((bundled_heads(name) / "heads.json").read_text())
     draft_layer = args.draft_layer or info.get("draft_layer") or heads.layers[1]
     eos = _eos_ids(worker.model, worker.tokenizer)
@@ -72,20 +77,37 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
         return tokens, depths, seconds, calls
 
     drafters = {"spec:exit_head": (heads, False), "spec:lookup": (None, True), "spec:lookup+exit_head": (heads, True)}
-    modes = ["full", *drafters] + [f"early_exit@{t}" for t in args.thresholds]
+    head_drafters = {"spec:head": False, "spec:lookup+head": True} if draft is not None else {}
+    modes = ["full", *drafters, *head_drafters] + [f"early_exit@{t}" for t in args.thresholds]
+    if args.modes:
+        modes = [m for m in modes if m == "full" or m in args.modes]
     rows = {m: {"tokens": 0, "seconds": 0.0, "calls": 0, "depths": [], "identical": 0, "match": [], "correct": 0} for m in modes}
-    stats = {m: SpecStats() for m in drafters}
+    stats = {m: SpecStats() for m in [*drafters, *head_drafters] if m in modes}
+    choices = {m: DraftChoice() for m in head_drafters if m in modes}
+
+    def run_mode(m: str, ids: list[int], max_len: int, st: dict):  # noqa: ANN202
+        if m == "full":
+            return worker._full_depth(ids, greedy)
+        if m in drafters:
+            h, lookup = drafters[m]
+            return self_speculative(lw, h, ids, max_len, greedy, draft_layer, args.max_draft, args.draft_threshold,
+                                    st.get(m), lookup)  # fmt: skip
+        if m in head_drafters:
+            return head_speculative(lw, draft, ids, max_len, greedy, args.head_max_draft, args.head_threshold,
+                                    st.get(m), head_drafters[m], choices.get(m) if st else None)  # fmt: skip
+        return early_exit(lw, heads, ids, max_len, greedy, float(m.split("@")[1]))
+
+    with torch.inference_mode():  # warm-up (kernels, caches, allocator), not timed
+        ids = worker.encode(Query.of(problems[0].question, max_tokens=16))
+        for m in modes:
+            timed(run_mode(m, ids, len(ids) + 40, {}))
     for p in tqdm(problems, desc=f"{name}: prompts", unit="prompt"):
         ids = worker.encode(Query.of(p.question, max_tokens=args.new_tokens))
         max_len = len(ids) + args.new_tokens + 1
         outputs = {}
         with torch.inference_mode():
-            outputs["full"] = timed(worker._full_depth(ids, greedy))
-            for m, (h, lookup) in drafters.items():
-                outputs[m] = timed(self_speculative(lw, h, ids, max_len, greedy, draft_layer, args.max_draft,
-                                                    args.draft_threshold, stats[m], lookup))  # fmt: skip
-            for t in args.thresholds:
-                outputs[f"early_exit@{t}"] = timed(early_exit(lw, heads, ids, max_len, greedy, t))
+            for m in modes:
+                outputs[m] = timed(run_mode(m, ids, max_len, stats))
         ref = outputs["full"][0]
         for m, (tokens, depths, seconds, calls) in outputs.items():
             r = rows[m]
@@ -109,9 +131,13 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
                       "tokens": r["tokens"]})  # fmt: skip
     full_acc = rows["full"]["correct"] / len(problems)
     default = choose_default(table, full_acc)
-    plot(name, lw.n_layers, {m: rows[m]["depths"] for m in modes if m != "full"}, RESULTS / f"adaptive_depth_{name}.png")
+    plot(name, lw.n_layers, {m: rows[m]["depths"] for m in modes if m != "full"}, Path(args.out).parent / f"adaptive_depth_{name}.png")
     return {"tier": name, "layers": lw.n_layers, "exit_layers": list(heads.layers), "draft_layer": draft_layer,
             "max_draft": args.max_draft, "draft_threshold": args.draft_threshold, "prompts": len(problems),
+            "head_max_draft": args.head_max_draft, "head_threshold": args.head_threshold,
+            "device": args.device, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+            "draft_head": draft.info.get("heldout") if draft is not None else None,
+            "drafter_choice": {m: {"lookup_rounds": c.lookup_rounds, "head_rounds": c.head_rounds} for m, c in choices.items()},
             "new_tokens": args.new_tokens, "dtype": args.dtype, "rows": table, "default_early_exit": default,
             "calibrated_threshold": info.get("early_exit_threshold"),
             "speculation": {m: {"acceptance": round(s.acceptance, 4), "drafted": s.drafted, "accepted": s.accepted,
@@ -158,12 +184,18 @@ def main() -> None:
     ap.add_argument("--draft-layer", type=int, default=None, help="default: the heads file's choice")
     ap.add_argument("--max-draft", type=int, default=6)
     ap.add_argument("--draft-threshold", type=float, default=0.3)
+    ap.add_argument("--head-max-draft", type=int, default=6, help="draft head: longest chain per verification")
+    ap.add_argument("--head-threshold", type=float, default=0.3,
+                    help="draft head: stop a chain when the product of its draft probabilities falls below this")
+    ap.add_argument("--modes", type=lambda s: s.split(","), default=None,
+                    help="comma-separated subset, e.g. spec:lookup,spec:head,spec:lookup+head (full always runs)")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "adaptive_depth.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    RESULTS.mkdir(exist_ok=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tiers = args.tiers.split(",")
     counts = [int(x) for x in args.prompts.split(",")]
     counts = counts * len(tiers) if len(counts) == 1 else counts

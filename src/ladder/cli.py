@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -506,35 +507,58 @@ depth_app = typer.Typer(no_args_is_help=True, help="Token-level adaptive depth o
 app.add_typer(depth_app, name="depth")
 
 
+class DraftKind(str, Enum):
+    EXIT_HEADS = "exit_heads"
+    HEAD = "head"
+
+
 @depth_app.command("train")
 def depth_train(
     tier: Annotated[str, typer.Option("--tier", "-t")] = "small",
+    drafter: Annotated[DraftKind, typer.Option(help="exit_heads: early-exit heads after every 4th layer; "
+                                                    "head: a learned draft head (EAGLE-style) for lossless speculation")] = DraftKind.EXIT_HEADS,
     data: Annotated[Path, typer.Option(help="folder holding routellm/gsm8k/train.jsonl")] = Path("../shared/data"),
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="default: the bundled heads of the tier")] = None,
-    prompts: Annotated[int, typer.Option(min=2)] = 192,
+    prompts: Annotated[Optional[int], typer.Option(min=2, help="default: 192 (exit heads), 512 (draft head)")] = None,
     new_tokens: Annotated[int, typer.Option(min=1)] = 128,
-    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="default: 3 (exit heads), 12 (draft head)")] = None,
+    max_minutes: Annotated[float, typer.Option(min=0.1, help="draft head: stop fitting after this long")] = 25.0,
     seed: int = 0,
     threads: Annotated[int, typer.Option(min=1)] = 2,
     config: ConfigOpt = None,
 ) -> None:
-    """Fit early-exit heads (every 4th layer) to the tier's final layer by self-distillation on
-    its own greedy answers to GSM8K training questions."""
+    """Fit a tier's drafting heads by self-distillation on its own greedy answers to GSM8K
+    training questions: early-exit heads (every 4th layer, fitted to the final layer) or a draft
+    head (one layer reading the final hidden state, for lossless speculation)."""
     from ladder.cluster.compose import materialize, weights_id
-    from ladder.offline.exit_head_training import HeadSpec, train as run
-    from ladder.workers.exit_heads import bundled_heads
 
     cfg = _config(config)
     if tier not in cfg.tier_names:
         _fail(f"unknown tier {tier!r}; configured: {cfg.tier_names}")
     t = cfg.tier(tier)
     if t.backend not in ("transformers", "vllm"):  # heads fit the weights; serving them needs transformers
-        _fail(f"tier {tier} has backend {t.backend!r}; exit heads are for transformer tiers")
-    target = out or bundled_heads(tier)
-    spec = HeadSpec(prompts=prompts, new_tokens=new_tokens, epochs=epochs, seed=seed, threads=threads)
-    command = "ladder depth train " + " ".join(sys.argv[3:])
+        _fail(f"tier {tier} has backend {t.backend!r}; drafting heads are for transformer tiers")
+    command = ("ladder depth train " + " ".join(sys.argv[3:])).strip()
     try:
-        info = run(tier, materialize(cfg, t), weights_id(t), data, target, spec, command.strip())
+        if drafter is DraftKind.HEAD:
+            from ladder.offline.draft_head_training import DraftSpec, train as fit_head
+            from ladder.workers.draft_head import bundled_draft_head
+
+            target = out or bundled_draft_head(tier)
+            spec = DraftSpec(prompts=prompts or 512, new_tokens=new_tokens, epochs=epochs or 12, seed=seed,
+                             threads=threads, max_minutes=max_minutes)
+            info = fit_head(tier, materialize(cfg, t), weights_id(t), data, target, spec, command,
+                            corpus_dir=cfg.cache_path / "draft-corpus" / tier)
+            h = info["heldout"]
+            typer.echo(f"wrote {target} in {info['total_s'] / 60:.1f} min; held-out agreement per chain step "
+                       f"{h['agree_per_step']}, expected tokens per verification {h['expected_tokens_per_verification']}")
+            return
+        from ladder.offline.exit_head_training import HeadSpec, train as run
+        from ladder.workers.exit_heads import bundled_heads
+
+        target = out or bundled_heads(tier)
+        spec = HeadSpec(prompts=prompts or 192, new_tokens=new_tokens, epochs=epochs or 3, seed=seed, threads=threads)
+        info = run(tier, materialize(cfg, t), weights_id(t), data, target, spec, command)
     except FileNotFoundError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {target} in {info['total_s'] / 60:.1f} min; held-out agreement with the final layer:")

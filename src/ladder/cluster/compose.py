@@ -101,8 +101,10 @@ def _vllm(tier: TierConfig, model_dir: Path) -> TierWorker:
 def _transformers(tier: TierConfig, model_dir: Path) -> TierWorker:
     adaptive = AdaptiveDepth()
     if (a := tier.adaptive) is not None and a.mode != "full":
-        adaptive = AdaptiveDepth(a.mode, a.drafter, a.heads_path(tier.name), weights_id(tier), a.threshold,
-                                 a.draft_layer, a.max_draft, a.draft_threshold)  # fmt: skip
+        adaptive = AdaptiveDepth(mode=a.mode, drafter=a.drafter, heads=a.heads_path(tier.name),
+                                 weights_id=weights_id(tier), draft_head=a.draft_head_path(tier.name),
+                                 threshold=a.threshold, draft_layer=a.draft_layer, max_draft=a.max_draft,
+                                 draft_threshold=a.draft_threshold)  # fmt: skip
     return TransformersWorker(tier.name, model_dir, DeviceConfig(tier.device, tier.dtype, tier.threads), adaptive)
 
 

@@ -79,27 +79,42 @@ class DepthConfig(_Strict):
 
 
 class AdaptiveDepthConfig(_Strict):
-    """Token-level adaptive depth of a transformer tier (issue 5; ``docs/ADAPTIVE_DEPTH.md``).
+    """Token-level adaptive depth of a transformer tier (issues 5, 22; ``docs/ADAPTIVE_DEPTH.md``).
 
     ``full``: every layer. ``early_exit``: lossy, a token stops at the first exit head whose gate
     reaches ``threshold`` (calibrated with ``ladder depth calibrate``). ``speculative``: lossless for
-    greedy requests; drafts with the head after ``draft_layer`` layers, ``max_draft`` per
-    verification, stopping a draft early when the gate drops below ``draft_threshold``.
-    ``heads``: folder with ``heads.safetensors``; null = the heads bundled for the tier's name."""
+    greedy requests; drafts come from ``drafter``: ``head`` (a learned draft head reading the final
+    hidden state, ``ladder depth train --drafter head``), ``lookup`` (prompt lookup, free),
+    ``lookup+head`` (chosen per step by expected acceptance), ``exit_head`` / ``lookup+exit_head``
+    (the exit head after ``draft_layer`` layers). At most ``max_draft`` drafts per verification,
+    fewer when the drafter's confidence drops below ``draft_threshold``.
+    ``heads`` / ``draft_head``: folders; null = the ones bundled for the tier's name.
+    ``greedy_match``: what a greedy request is promised against plain decoding of the same tier —
+    ``exact`` (identical tokens: float32 only, where the verifier's several-position pass rounds
+    like the one-position pass to far below top-2 gaps) or ``approximate`` (bfloat16/float16: the
+    verification pass rounds differently from plain decoding, so near-ties may resolve
+    differently; measured rates in docs/ADAPTIVE_DEPTH.md). A speculative tier in a 16-bit dtype
+    must say ``approximate``: the config states the guarantee the tier really gives."""
 
     mode: Literal["full", "early_exit", "speculative"] = "full"
-    # speculative drafts: the exit head after draft_layer, prompt lookup (free, needs no heads), or both
-    drafter: Literal["exit_head", "lookup", "lookup+exit_head"] = "exit_head"
+    drafter: Literal["head", "lookup", "lookup+head", "exit_head", "lookup+exit_head"] = "exit_head"
     heads: str | None = None
+    draft_head: str | None = None
     threshold: float | None = Field(default=None, gt=0, le=1)  # None: the heads' calibrated one
     draft_layer: int | None = Field(default=None, ge=1)  # None: the heads' chosen one
     max_draft: int = Field(default=6, ge=1, le=32)
     draft_threshold: float = Field(default=0.0, ge=0, lt=1)
+    greedy_match: Literal["exact", "approximate"] = "exact"
 
     def heads_path(self, tier: str) -> Path:
         from ladder.workers.exit_heads import bundled_heads  # torch: only when a tier asks for heads
 
         return Path(os.path.expanduser(self.heads)) if self.heads else bundled_heads(tier)
+
+    def draft_head_path(self, tier: str) -> Path:
+        from ladder.workers.draft_head import bundled_draft_head
+
+        return Path(os.path.expanduser(self.draft_head)) if self.draft_head else bundled_draft_head(tier)
 
 
 class PriceConfig(_Strict):
@@ -182,6 +197,11 @@ class TierConfig(_Strict):
             raise ValueError("'depth' belongs to the depth-adaptive backends (recurrent, huginn)")
         if self.backend != "transformers" and self.adaptive:
             raise ValueError("'adaptive' (exit heads) belongs to backend 'transformers'")
+        a = self.adaptive
+        if a and a.mode == "speculative" and self.dtype != "float32" and a.greedy_match == "exact":
+            raise ValueError(f"adaptive: speculation in {self.dtype} is not token-for-token plain decoding (the "
+                             "verification pass rounds differently): use dtype float32, or state "
+                             "greedy_match: approximate")  # fmt: skip
         if self.backend != "vllm" and self.vllm:
             raise ValueError("'vllm' (engine settings) belongs to backend 'vllm'")
         return self

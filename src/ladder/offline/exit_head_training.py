@@ -91,29 +91,40 @@ def teacher_states(model, seqs: list[list[int]], layers: tuple[int, ...]) -> tup
     return torch.cat(exits), torch.cat(finals)
 
 
-def train(tier: str, model_dir: Path, model_sha256: str, data: Path, out: Path, spec: HeadSpec,
-          command: str) -> dict:
+def frozen_teacher(model_dir: Path, seed: int, threads: int):  # noqa: ANN201 (transformers objects)
+    """The tier's model in float32 with gradients off, and its tokenizer: the teacher of every head."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(spec.seed)
-    torch.set_num_threads(spec.threads)
-    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    problems = gsm8k.load(data / "routellm" / "gsm8k" / "train.jsonl")
-    rng = random.Random(spec.seed)
-    questions = [p.question for p in rng.sample(problems, spec.prompts)]
-    corpus = out / "corpus.json"  # the slow part: kept, so a rerun with the same spec skips it
-    key = {"tier": tier, "model": model_sha256, "prompts": spec.prompts, "new_tokens": spec.new_tokens, "seed": spec.seed}
+    return model, tokenizer
+
+
+def teacher_corpus(model, tokenizer, data: Path, corpus: Path, key: dict, spec: HeadSpec) -> list[list[int]]:  # noqa: ANN001
+    """The model's own greedy answers to ``spec.prompts`` GSM8K training questions (sampled with
+    ``spec.seed``), kept in ``corpus`` under ``key``: the slow part, so a rerun with the same key
+    reads the file instead."""
     cached = json.loads(corpus.read_text()) if corpus.is_file() else {}
     if cached.get("key") == key:
-        seqs = cached["seqs"]
-    else:
-        seqs = generate_corpus(model, tokenizer, questions, spec)
-        out.mkdir(parents=True, exist_ok=True)
-        corpus.write_text(json.dumps({"key": key, "seqs": seqs}))
+        return cached["seqs"]
+    problems = gsm8k.load(data / "routellm" / "gsm8k" / "train.jsonl")
+    questions = [p.question for p in random.Random(spec.seed).sample(problems, spec.prompts)]
+    seqs = generate_corpus(model, tokenizer, questions, spec)
+    corpus.parent.mkdir(parents=True, exist_ok=True)
+    corpus.write_text(json.dumps({"key": key, "seqs": seqs}))
+    return seqs
+
+
+def train(tier: str, model_dir: Path, model_sha256: str, data: Path, out: Path, spec: HeadSpec,
+          command: str) -> dict:
+    t0 = time.perf_counter()
+    model, tokenizer = frozen_teacher(model_dir, spec.seed, spec.threads)
+    key = {"tier": tier, "model": model_sha256, "prompts": spec.prompts, "new_tokens": spec.new_tokens, "seed": spec.seed}
+    seqs = teacher_corpus(model, tokenizer, data, out / "corpus.json", key, spec)
     gen_s = time.perf_counter() - t0
 
     layers = exit_layers(model.config.num_hidden_layers, spec.every)

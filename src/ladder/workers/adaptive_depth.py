@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ladder.workers.draft_head import DraftHead
 from ladder.workers.exit_heads import ExitHeads
 from ladder.workers.layerwise import LayerwiseModel
 
@@ -177,3 +178,113 @@ def _head_drafts(lw: LayerwiseModel, heads: ExitHeads, i: int, pending: int, pos
         if draft_threshold > 0 and float(heads.confidence(i, normed)) < draft_threshold:
             states.append(lw.layers_range(lw.embed_ids([x]), pos + len(states), 0, draft_layer))
             return states
+
+
+@dataclass
+class DraftChoice:
+    """Which drafter a head-speculation round used, and the running estimate it is chosen by."""
+
+    lookup_rounds: int = 0
+    head_rounds: int = 0
+    lookup_drafted: int = 0
+    lookup_accepted: int = 0
+
+    @property
+    def lookup_acceptance(self) -> float:
+        """Per-token acceptance of lookup drafts so far (prior 0.5 until a few were verified)."""
+        return (self.lookup_accepted + 2) / (self.lookup_drafted + 4)
+
+
+def head_speculative(
+    lw: LayerwiseModel,
+    head: DraftHead,
+    prompt: list[int],
+    max_len: int,
+    pick: Pick,
+    max_draft: int,
+    draft_threshold: float = 0.0,
+    stats: SpecStats | None = None,
+    lookup: bool = False,
+    choice: DraftChoice | None = None,
+) -> Iterator[Step]:
+    """Greedy decoding that emits exactly the full model's tokens (``pick`` must be greedy), with
+    drafts from a learned draft head (EAGLE-style, ``workers/draft_head.py``) and, when ``lookup``,
+    from prompt lookup. Every round: the head catches up on the positions the full model verified
+    last round (their true features), which also proposes the first draft token with its
+    probability; then one drafter is chosen by expected acceptance — lookup when it proposes the
+    same first token, or when its running per-token acceptance beats the head's probability for
+    its own first token — and the head, if chosen, chains on its own predictions while the product
+    of its draft probabilities stays ≥ ``draft_threshold`` (draft length per step from the
+    drafter's confidence, EAGLE-2's rule), up to ``max_draft``. The full model then verifies all
+    drafts in one pass from layer 0 (depth: 1 for an accepted head draft — one layer decided it —,
+    0 for an accepted lookup draft, all layers for the model's own token)."""
+    stats = stats if stats is not None else SpecStats()
+    choice = choice if choice is not None else DraftChoice()
+    L = lw.n_layers
+    size = max_len + max_draft + 1
+    lw.reset(size)
+    head.reset(size, lw.device, lw.dtype)
+    # The draft vocabulary of this request: the head's, plus the prompt's own tokens (names and
+    # numbers an answer repeats); its LM-head rows are gathered once.
+    vocab = torch.unique(torch.cat([head.vocab.to(lw.device), torch.tensor(prompt, device=lw.device)]))
+    rows = lw.lm_head.weight[vocab]
+    feats = lw.norm(lw.layers_range(lw.embed_ids(prompt), 0, 0, L))[0]  # [P, D] features f_0..f_{P-1}
+    pending, logprob = pick(lw.lm_head(feats[-1:]).float()[-1])
+    context = list(prompt) + [pending]
+    yield pending, logprob, L
+    pos = len(prompt)  # where `pending` goes (emitted, not yet run through the model)
+    known, head_pos = feats, 0  # true features of positions head_pos.. the head has not consumed yet
+    while True:
+        # Catch up: pairs (f_p, x_{p+1}) for p = head_pos..pos-1 with the true features.
+        nxt = lw.embed_ids(context[head_pos + 1 : pos + 1])
+        pred = head.step(known[None], nxt, head_pos, lw.rope(head_pos, len(known), nxt))[:, -1:]  # f̂_pos
+        p0 = torch.softmax((pred[0, -1] @ rows.T).float(), -1)
+        conf, best = p0.max(0)
+        first, conf = int(vocab[best]), float(conf)
+        looked = lookup_draft(context, max_draft) if lookup else []
+        use_lookup = bool(looked) and (looked[0] == first or choice.lookup_acceptance > conf)
+        if use_lookup:
+            drafts, draft_depth = looked, 0
+            choice.lookup_rounds += 1
+        else:
+            drafts, draft_depth = _chain(lw, head, rows, vocab, pred, first, conf, pos, max_draft, draft_threshold), 1
+            choice.head_rounds += 1
+        # Verify: the full model on [pending, drafts...] in one pass; features come with the logits.
+        f = lw.norm(lw.layers_range(lw.embed_ids([pending] + drafts), pos, 0, L))[0]  # [n+1, D]
+        out = lw.lm_head(f).float()
+        verdicts = [pick(out[k]) for k in range(len(drafts) + 1)]
+        accepted = 0
+        while accepted < len(drafts) and drafts[accepted] == verdicts[accepted][0]:
+            accepted += 1
+        stats.drafted += len(drafts)
+        stats.accepted += accepted
+        stats.verifications += 1
+        stats.accepted_runs.append(accepted)
+        if use_lookup:
+            choice.lookup_drafted += len(drafts)
+            choice.lookup_accepted += accepted
+        for k in range(accepted):
+            yield drafts[k], verdicts[k][1], draft_depth
+        pending, logprob = verdicts[accepted]
+        context += drafts[:accepted] + [pending]
+        yield pending, logprob, L
+        known, head_pos = f[: accepted + 1], pos  # the head's predicted entries past here get overwritten
+        pos += accepted + 1
+
+
+def _chain(lw: LayerwiseModel, head: DraftHead, rows: torch.Tensor, vocab: torch.Tensor, pred: torch.Tensor,
+           first: int, conf: float, pos: int, max_draft: int, threshold: float) -> list[int]:  # fmt: skip
+    """The head's draft chain from its first proposal: feed (f̂, draft) back while the product of
+    the draft probabilities stays ≥ threshold."""
+    drafts, reach = [first], conf
+    while len(drafts) < max_draft and reach >= threshold:
+        e = lw.embed_ids([drafts[-1]])
+        p = pos + len(drafts) - 1
+        pred = head.step(pred, e, p, lw.rope(p, 1, e))
+        probs = torch.softmax((pred[0, -1] @ rows.T).float(), -1)
+        c, best = probs.max(0)
+        reach *= float(c)
+        if reach < threshold:
+            break
+        drafts.append(int(vocab[best]))
+    return drafts

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from ladder.errors import WeightsUnavailable
+from ladder.workers.head_files import read_bound
 
 FORMAT = "ladder-exit-heads/1"
 
@@ -72,24 +72,8 @@ class ExitHeads(nn.Module):
 
     @staticmethod
     def load(folder: Path, model_sha256: str | None = None) -> ExitHeads:
-        path = Path(folder) / "heads.safetensors"
-        if not path.is_file():
-            raise WeightsUnavailable(f"no exit heads at {path}: train them with `ladder depth train`")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(path))
-        except Exception as exc:  # a truncated or foreign file: say which, never a traceback
-            raise WeightsUnavailable(f"exit heads {path} are unreadable: {exc}") from None
-        if meta.get("format") != FORMAT:
-            raise WeightsUnavailable(f"{path} is not a Ladder exit-heads file (format {meta.get('format')!r})")
-        if model_sha256 and meta.get("model_sha256") != model_sha256:
-            raise WeightsUnavailable(
-                f"exit heads {path} were trained for weights {meta.get('model_sha256', '?')[:16]}…, "
-                f"this tier loads {model_sha256[:16]}…: retrain them with `ladder depth train`"
-            )
+        meta, tensors = read_bound(Path(folder) / "heads.safetensors", FORMAT, model_sha256, "exit heads",
+                                   "ladder depth train")  # fmt: skip
         heads = ExitHeads(tuple(json.loads(meta["layers"])), int(meta["hidden"]), int(meta["rank"]))
         heads.load_state_dict({k: v.float() for k, v in tensors.items()})
         info = Path(folder) / "heads.json"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ladder.errors import ContextOverflow, InvalidRequest, WeightsUnavailable
 from ladder.types import Delta, Generation, Query, Sampling
-from ladder.workers.adaptive_depth import Pick, Step, early_exit, self_speculative
+from ladder.workers.adaptive_depth import Pick, Step, early_exit, head_speculative, self_speculative
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,24 @@ class AdaptiveMode(str, Enum):
 class Drafter(str, Enum):
     """Where the speculative mode's drafts come from."""
 
-    EXIT_HEAD = "exit_head"
+    HEAD = "head"  # a learned draft head (workers/draft_head.py)
     LOOKUP = "lookup"
+    LOOKUP_HEAD = "lookup+head"
+    EXIT_HEAD = "exit_head"
     LOOKUP_EXIT_HEAD = "lookup+exit_head"
 
     @property
     def uses_heads(self) -> bool:
+        """Drafts from the exit heads (the early-exit heads file)."""
         return self in (Drafter.EXIT_HEAD, Drafter.LOOKUP_EXIT_HEAD)
 
     @property
+    def uses_draft_head(self) -> bool:
+        return self in (Drafter.HEAD, Drafter.LOOKUP_HEAD)
+
+    @property
     def uses_lookup(self) -> bool:
-        return self in (Drafter.LOOKUP, Drafter.LOOKUP_EXIT_HEAD)
+        return self in (Drafter.LOOKUP, Drafter.LOOKUP_EXIT_HEAD, Drafter.LOOKUP_HEAD)
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,9 @@ class AdaptiveDepth:
 
     mode: AdaptiveMode = AdaptiveMode.FULL
     drafter: Drafter = Drafter.EXIT_HEAD  # speculative mode's drafts
-    heads: Path | None = None  # folder with heads.safetensors (required unless mode is full)
+    heads: Path | None = None  # folder with heads.safetensors (early exit, exit-head drafts)
     weights_id: str = ""  # what the heads must have been trained on (refused otherwise)
+    draft_head: Path | None = None  # folder with draft.safetensors (drafter head / lookup+head)
     threshold: float | None = None  # None: the heads' calibrated threshold (heads.json)
     draft_layer: int | None = None  # None: the heads' chosen draft layer
     max_draft: int = 6
@@ -87,6 +95,7 @@ class TransformersWorker:
         self.device_config = device
         self.adaptive = adaptive
         self._heads = None
+        self._draft = None
         self._layerwise = None
         self.model = None
         self.tokenizer = None
@@ -129,6 +138,13 @@ class TransformersWorker:
                 raise WeightsUnavailable(f"tier {self.tier}: no exit head after layer {a.draft_layer}; "
                                          f"the heads have {list(heads.layers)}")
             self._heads = heads.to(device=self.device_config.device, dtype=getattr(torch, self.device_config.dtype))
+        if self.adaptive.mode is AdaptiveMode.SPECULATIVE and self.adaptive.drafter.uses_draft_head:
+            from ladder.workers.draft_head import DraftHead
+
+            if self.adaptive.draft_head is None:
+                raise WeightsUnavailable(f"tier {self.tier}: drafter {self.adaptive.drafter.value!r} needs a draft head")
+            head = DraftHead.load(self.adaptive.draft_head, self.adaptive.weights_id or None)
+            self._draft = head.to(device=self.device_config.device, dtype=getattr(torch, self.device_config.dtype))
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
         return self
 
@@ -285,6 +301,9 @@ class TransformersWorker:
         if a.mode is AdaptiveMode.EARLY_EXIT:
             threshold = sampling.exit_threshold if sampling.exit_threshold is not None else a.threshold
             return early_exit(self._layerwise, self._heads, prompt_ids, max_len, pick, threshold)
+        if a.mode is AdaptiveMode.SPECULATIVE and sampling.greedy and a.drafter.uses_draft_head:
+            return head_speculative(self._layerwise, self._draft, prompt_ids, max_len, pick, a.max_draft,
+                                    a.draft_threshold, lookup=a.drafter.uses_lookup)  # fmt: skip
         if a.mode is AdaptiveMode.SPECULATIVE and sampling.greedy:  # lossless only means something for greedy
             return self_speculative(self._layerwise, self._heads, prompt_ids, max_len, pick, a.draft_layer,
                                     a.max_draft, a.draft_threshold, lookup=a.drafter.uses_lookup)  # fmt: skip

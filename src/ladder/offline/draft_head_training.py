@@ -1,0 +1,221 @@
+"""Train a tier's draft head by self-distillation (``ladder depth train --drafter head``, issue 22).
+
+1. The frozen tier answers N GSM8K training questions greedily (the same corpus recipe as the
+   exit heads: the head must imitate the model on the text it writes itself).
+2. One teacher pass per sequence keeps every position's feature (final normed hidden state) and
+   the model's greedy next token.
+3. The head is fitted on (f_t, x_{t+1}) -> f_{t+1}: cross-entropy of its draft-vocabulary logits
+   against the model's greedy token (what acceptance is) plus a small feature regression (EAGLE),
+   over ``unroll`` chained steps in one pass — step s feeds the head its own prediction from step
+   s-1 and attends to the true pairs before it and to its own earlier predictions, exactly the
+   cache a draft chain sees at inference (EAGLE-3's training-time test). Without it the head is
+   trained only on true features and its second draft of a chain is much worse.
+4. Held-out sequences report acceptance per chain step (top-1 agreement with the model, given the
+   earlier drafts were right) — the number the decode loop lives on.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ladder.offline.exit_head_training import HeadSpec, frozen_teacher, teacher_corpus
+from ladder.workers.draft_head import DraftHead
+
+
+@dataclass(frozen=True)
+class DraftSpec:
+    prompts: int = 512
+    new_tokens: int = 128
+    draft_vocab: int = 4096  # most frequent greedy tokens of the corpus (+ each prompt's tokens at inference)
+    intermediate: int | None = None  # the head's MLP width; None: 2 × hidden
+    unroll: int = 3  # chained steps trained per position
+    epochs: int = 6
+    batch_sequences: int = 8
+    lr: float = 2e-3
+    reg_weight: float = 0.1  # feature regression beside the token cross-entropy
+    gen_batch: int = 16
+    holdout: float = 0.1
+    seed: int = 0
+    threads: int = 2
+    max_minutes: float = 25.0  # fitting stops at this wall-clock budget (the issue's 30-minute target)
+
+
+def teacher_features(model, seqs: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:  # noqa: ANN001
+    """Per sequence: [T, D] features (final normed hidden states, float32) and [T] greedy next tokens."""
+    out = []
+    for seq in tqdm(seqs, desc="teacher pass", unit="seq"):
+        with torch.inference_mode():
+            f = model.model(input_ids=torch.tensor([seq], device=model.device)).last_hidden_state[0]
+            out.append((f.float().cpu(), model.lm_head(f).argmax(-1).cpu()))
+    return out
+
+
+def choose_vocab(teacher: list[tuple[torch.Tensor, torch.Tensor]], size: int) -> tuple[list[int], float]:
+    """The ``size`` tokens the model picks most often, and the share of its picks they cover."""
+    counts = Counter()
+    for _, nxt in teacher:
+        counts.update(nxt.tolist())
+    top = [t for t, _ in counts.most_common(size)]
+    covered = sum(counts[t] for t in top) / max(1, sum(counts.values()))
+    return sorted(top), covered
+
+
+def unrolled(head: DraftHead, rotary, feats: torch.Tensor, embeds: torch.Tensor, steps: int) -> list[torch.Tensor]:  # noqa: ANN001
+    """Predictions of ``steps`` chained draft steps for every base position t, in one pass each.
+
+    feats [B, T, D] true features; embeds [B, T + steps, D] token embeddings (zero-padded).
+    Step s reads (f_t if s == 0 else step s-1's prediction at t, x_{t+s+1}) at position t+s and
+    predicts f_{t+s+1}; it attends to the true pairs ≤ t and to the predictions of steps 1..s-1 at
+    t (a draft chain's cache). Returns one [B, T, D] prediction per step."""
+    b, t, _ = feats.shape
+    keys, values, preds = [], [], []
+    tril = torch.ones(t, t, dtype=torch.bool, device=feats.device).tril()
+    eye = torch.eye(t, dtype=torch.bool, device=feats.device)
+    inp = feats
+    for s in range(steps):
+        x = head.fuse(inp, embeds[:, s + 1 : s + 1 + t])
+        pos = torch.arange(s, s + t, device=feats.device)[None].expand(b, -1)
+        cos, sin = rotary(x, pos)
+        q, k, v = head.qkv(x, cos, sin)
+        keys.append(k)
+        values.append(v)
+        mask = torch.cat([tril] + [eye] * s, 1)
+        pred = head.finish(x, q, torch.cat(keys, 2), torch.cat(values, 2), mask)
+        preds.append(pred)
+        inp = pred
+    return preds
+
+
+def step_loss(head: DraftHead, rotary, rows: torch.Tensor, batch: dict, spec: DraftSpec,  # noqa: ANN001
+              ) -> tuple[torch.Tensor, list[tuple[int, int]]]:  # fmt: skip
+    """Loss over the unrolled steps and, per step, (agreeing, counted) positions."""
+    preds = unrolled(head, rotary, batch["feats"], batch["embeds"], spec.unroll)
+    total, tally = 0.0, []
+    for s, pred in enumerate(preds):
+        target_f = batch["tfeats"][:, s + 1 : s + 1 + pred.shape[1]]
+        target_t = batch["ttok"][:, s + 1 : s + 1 + pred.shape[1]]
+        valid = batch["valid"][:, s + 1 : s + 1 + pred.shape[1]]
+        logits = pred[valid] @ rows.T
+        tgt = target_t[valid]
+        ce = F.cross_entropy(logits.float(), tgt, ignore_index=-100)
+        reg = F.smooth_l1_loss(pred[valid].float(), target_f[valid])
+        total = total + ce + spec.reg_weight * reg
+        known = tgt != -100
+        tally.append((int((logits.argmax(-1) == tgt)[known].sum()), int(valid.sum())))
+    return total / len(preds), tally
+
+
+def make_batch(model, items: list[tuple[torch.Tensor, torch.Tensor, list[int]]], index: dict[int, int],  # noqa: ANN001
+               steps: int) -> dict:  # fmt: skip
+    """Right-padded tensors of a few sequences. ``ttok`` is the model's greedy token AFTER position
+    t as a draft-vocabulary index (-100: outside it) and is read shifted like the features, so
+    position t+s+1's entry is the token the step-s prediction should make."""
+    t = max(len(seq) for _, _, seq in items)
+    d = items[0][0].shape[1]
+    b = len(items)
+    feats = torch.zeros(b, t, d)
+    ids = torch.zeros(b, t + steps + 1, dtype=torch.long)
+    ttok = torch.full((b, t + steps + 1), -100, dtype=torch.long)
+    valid = torch.zeros(b, t + steps + 1, dtype=torch.bool)
+    for i, (f, nxt, seq) in enumerate(items):
+        n = len(seq)
+        feats[i, :n] = f
+        ids[i, :n] = torch.tensor(seq)
+        ttok[i, :n] = torch.tensor([index.get(x, -100) for x in nxt.tolist()])
+        valid[i, 1:n] = True  # a target position needs a predecessor
+    tfeats = torch.zeros(b, t + steps + 1, d)
+    tfeats[:, :t] = feats
+    with torch.no_grad():
+        embeds = model.model.embed_tokens(ids).float()
+    return {"feats": feats, "embeds": embeds, "tfeats": tfeats, "ttok": ttok, "valid": valid}
+
+
+def train(tier: str, model_dir: Path, model_sha256: str, data: Path, out: Path, spec: DraftSpec, command: str,
+          corpus_dir: Path | None = None) -> dict:  # fmt: skip
+    t0 = time.perf_counter()
+    model, tokenizer = frozen_teacher(model_dir, spec.seed, spec.threads)
+    rng = random.Random(spec.seed)
+    key = {"tier": tier, "model": model_sha256, "prompts": spec.prompts, "new_tokens": spec.new_tokens,
+           "seed": spec.seed, "kind": "draft-head"}  # fmt: skip
+    gen_spec = HeadSpec(prompts=spec.prompts, new_tokens=spec.new_tokens, gen_batch=spec.gen_batch, seed=spec.seed)
+    seqs = teacher_corpus(model, tokenizer, data, (corpus_dir or out) / "corpus.json", key, gen_spec)
+    gen_s = time.perf_counter() - t0
+
+    n_val = max(1, int(len(seqs) * spec.holdout))
+    teacher = teacher_features(model, seqs)
+    vocab, coverage = choose_vocab(teacher[n_val:], spec.draft_vocab)
+    index = {tok: i for i, tok in enumerate(vocab)}
+    rows = model.lm_head.weight[torch.tensor(vocab)].detach()
+    head = DraftHead.for_model(model.config, vocab, spec.intermediate)
+    with torch.no_grad():  # start from "the next feature is this one" (plus what the layer learns)
+        head.fc.weight.zero_()
+        head.fc.weight[:, : head.hidden].copy_(torch.eye(head.hidden))
+    items = [(f, nxt, seq) for (f, nxt), seq in zip(teacher, seqs)]
+    train_items, val_items = items[n_val:], items[:n_val]
+    rotary = model.model.rotary_emb
+    opt = torch.optim.AdamW([p for n, p in head.named_parameters()], lr=spec.lr, weight_decay=0.0)
+    per_epoch = (len(train_items) + spec.batch_sequences - 1) // spec.batch_sequences
+    steps = spec.epochs * per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=steps, pct_start=0.1)
+    bar = tqdm(total=steps, desc="fit draft head", unit="step")
+    fit_start, done, stopped_early = time.perf_counter(), 0, False
+    for _ in range(spec.epochs):  # batches of similar lengths (less padding), in random order
+        order = sorted(range(len(train_items)), key=lambda i: (len(train_items[i][2]) // 32, rng.random()))
+        batches = [order[i : i + spec.batch_sequences] for i in range(0, len(order), spec.batch_sequences)]
+        rng.shuffle(batches)
+        for idx in batches:
+            batch = make_batch(model, [train_items[i] for i in idx], index, spec.unroll)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss, tally = step_loss(head, rotary, rows, batch, spec)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            done += 1
+            bar.update()
+            bar.set_postfix(loss=f"{float(loss):.3f}", acc0=f"{tally[0][0] / max(1, tally[0][1]):.2f}")
+            if (time.perf_counter() - fit_start) / 60 > spec.max_minutes:
+                stopped_early = True
+                break
+        if stopped_early:
+            break
+    bar.close()
+    report = evaluate(head, model, rotary, rows, val_items, index, spec)
+    info = {"tier": tier, "spec": asdict(spec), "command": command, "sequences": len(seqs),
+            "heldout_sequences": n_val, "draft_vocab_coverage": round(coverage, 4), "steps": done,
+            "stopped_at_time_budget": stopped_early, "heldout": report,
+            "generate_s": round(gen_s, 1), "total_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    head.save(out, model_sha256, info)
+    return info
+
+
+@torch.no_grad()
+def evaluate(head: DraftHead, model, rotary, rows: torch.Tensor, items: list, index: dict[int, int],  # noqa: ANN001
+             spec: DraftSpec) -> dict:  # fmt: skip
+    """Held-out top-1 agreement with the model per chain step (step s given steps < s were right
+    in their tokens; the feature fed back is the head's own), and the expected tokens per
+    verification of a fixed chain of ``unroll`` drafts, 1 + a0 + a0·a1 + …"""
+    hits = [0] * spec.unroll
+    counted = [0] * spec.unroll
+    for i in range(0, len(items), spec.batch_sequences):
+        batch = make_batch(model, items[i : i + spec.batch_sequences], index, spec.unroll)
+        _, tally = step_loss(head, rotary, rows, batch, spec)
+        for s, (h, n) in enumerate(tally):
+            hits[s] += h
+            counted[s] += n
+    acc = [h / max(1, n) for h, n in zip(hits, counted)]
+    expected, reach = 1.0, 1.0
+    for a in acc:
+        reach *= a
+        expected += reach
+    return {"agree_per_step": [round(a, 4) for a in acc], "expected_tokens_per_verification": round(expected, 3),
+            "positions": counted[0]}  # fmt: skip

@@ -1,0 +1,142 @@
+"""The learned draft head (issue 22) on the small tier's real weights: lossless whatever the head
+predicts, the bundled head really drafts, its file is bound to the weights, the trainer runs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ladder.cluster.compose import materialize, weights_id
+from ladder.cluster.settings import LadderConfig, TierConfig
+from ladder.errors import WeightsUnavailable
+from ladder.types import Query
+from ladder.workers.adaptive_depth import DraftChoice, SpecStats, full_depth, head_speculative
+from ladder.workers.draft_head import DraftHead, bundled_draft_head
+from ladder.workers.layerwise import LayerwiseModel
+from ladder.workers.transformer import AdaptiveDepth, DeviceConfig, TransformersWorker
+
+pytestmark = pytest.mark.model
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+PROMPTS = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+           "How many clips did Natalia sell altogether?", "Write a haiku about autumn leaves.",
+           "Repeat exactly: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat."]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tier():
+    cfg = LadderConfig()
+    t = cfg.tier("small")
+    return t, materialize(cfg, t)
+
+
+@pytest.fixture(scope="module")
+def reference(tier):
+    return TransformersWorker("small", tier[1], DeviceConfig(dtype="float32")).load()
+
+
+@pytest.fixture(scope="module")
+def lw(reference):
+    return LayerwiseModel(reference.model)
+
+
+@pytest.fixture(scope="module")
+def random_head(reference):
+    """An untrained head: lossless must not depend on what the head predicts."""
+    torch.manual_seed(0)
+    return DraftHead.for_model(reference.model.config, list(range(0, 4000))).eval()
+
+
+def greedy(logits):
+    lp = torch.log_softmax(logits.float(), -1)
+    t = int(lp.argmax())
+    return t, float(lp[t])
+
+
+def take(steps, n):
+    out = []
+    for step in steps:
+        out.append(step)
+        if len(out) == n:
+            break
+    steps.close()
+    return out
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("lookup", [False, True])
+def test_head_speculation_is_token_for_token_full_depth_even_with_an_untrained_head(reference, lw, random_head, lookup):
+    for text in PROMPTS:
+        ids = reference.encode(Query.of(text, max_tokens=40))
+        ref = [t for t, _, _ in take(full_depth(lw, ids, len(ids) + 60, greedy), 40)]
+        stats, choice = SpecStats(), DraftChoice()
+        out = take(head_speculative(lw, random_head, ids, len(ids) + 60, greedy, 5, 0.0, stats, lookup, choice), 40)
+        assert [t for t, _, _ in out] == ref, text
+        assert stats.verifications > 0 and stats.drafted >= stats.accepted
+        assert {d for _, _, d in out} <= {0, 1, lw.n_layers}
+        if not lookup:
+            assert choice.lookup_rounds == 0 and choice.head_rounds == stats.verifications
+
+
+@torch.inference_mode()
+def test_the_bundled_head_drafts_tokens_the_model_accepts(tier, reference, lw):
+    t, _ = tier
+    head = DraftHead.load(bundled_draft_head("small"), weights_id(t))
+    ids = reference.encode(Query.of(PROMPTS[0], max_tokens=64))
+    ref = [tok for tok, _, _ in take(full_depth(lw, ids, len(ids) + 80, greedy), 64)]
+    stats = SpecStats()
+    out = take(head_speculative(lw, head, ids, len(ids) + 80, greedy, 6, 0.0, stats), 64)
+    assert [tok for tok, _, _ in out] == ref
+    # an untrained head is accepted ~never; the trained one on most of a GSM8K-style answer
+    assert stats.acceptance > 0.4, stats
+    assert (stats.accepted + stats.verifications) / stats.verifications > 2.0
+
+
+def test_worker_serves_the_head_drafter_and_matches_full_depth(tier, reference):
+    t, model_dir = tier
+    a = AdaptiveDepth("speculative", "lookup+head", weights_id=weights_id(t), draft_head=bundled_draft_head("small"))
+    spec = TransformersWorker("small", model_dir, DeviceConfig(dtype="float32"), a).load()
+    for text in PROMPTS[:2]:
+        q = Query.of(text, max_tokens=32)
+        x, y = spec.generate_sync(q), reference.generate_sync(q)
+        assert x.token_ids == y.token_ids and x.text == y.text
+        assert len(x.depths) == x.completion_tokens and 1 in x.depths  # some token came from the head
+    pinned = list(spec.stream(Query.of(PROMPTS[0], max_tokens=16)))  # a pinned stream works on this drafter too
+    assert pinned[-1].token_ids == reference.generate_sync(Query.of(PROMPTS[0], max_tokens=16)).token_ids
+
+
+def test_draft_head_file_round_trip_and_refusals(tmp_path: Path, random_head):
+    random_head.save(tmp_path / "d", "abc123", {"note": "test"})
+    back = DraftHead.load(tmp_path / "d", "abc123")
+    assert back.vocab.tolist() == random_head.vocab.tolist() and back.info["note"] == "test"
+    assert torch.allclose(back.q.weight, random_head.q.weight.to(torch.bfloat16).float())
+    with pytest.raises(WeightsUnavailable, match="trained for weights"):
+        DraftHead.load(tmp_path / "d", "other")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "draft.safetensors").write_bytes(b"\x00" * 40)
+    with pytest.raises(WeightsUnavailable, match="unreadable"):
+        DraftHead.load(tmp_path / "bad")
+    with pytest.raises(WeightsUnavailable, match="--drafter head"):
+        DraftHead.load(tmp_path / "missing")
+
+
+def test_a_16_bit_speculative_tier_must_state_its_approximate_guarantee():
+    base = {"name": "s", "source": {"kind": "local", "path": "/x"}, "price": {"input_per_1m": 1, "output_per_1m": 1},
+            "backend": "transformers", "adaptive": {"mode": "speculative", "drafter": "head"}}  # fmt: skip
+    with pytest.raises(ValueError, match="greedy_match: approximate"):
+        TierConfig(**base, dtype="bfloat16")
+    TierConfig(**base, dtype="float32")
+    TierConfig(**{**base, "adaptive": {**base["adaptive"], "greedy_match": "approximate"}}, dtype="bfloat16")
+
+
+@pytest.mark.skipif(not (DATA / "routellm").is_dir(), reason=f"shared data not found at {DATA}")
+def test_training_writes_a_head_bound_to_the_weights(tier, tmp_path):
+    from ladder.offline.draft_head_training import DraftSpec, train
+
+    t, model_dir = tier
+    spec = DraftSpec(prompts=4, new_tokens=12, draft_vocab=256, epochs=2, batch_sequences=2, gen_batch=4, holdout=0.25)
+    info = train("small", model_dir, weights_id(t), DATA, tmp_path / "head", spec, "test",
+                 corpus_dir=tmp_path / "corpus")  # fmt: skip
+    head = DraftHead.load(tmp_path / "head", weights_id(t))
+    assert len(head.vocab) <= 256 and info["steps"] == 4 and len(info["heldout"]["agree_per_step"]) == spec.unroll
+    assert (tmp_path / "corpus" / "corpus.json").is_file()
