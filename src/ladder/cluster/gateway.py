@@ -1,0 +1,314 @@
+"""The HTTP face of Ladder, without Ray: the OpenAI routes, the admin routes, and the one table
+that maps typed errors to HTTP answers.
+
+``Gateway`` holds what a request needs (the live policy, the route cache, the tiers as
+``Worker``/``StreamWorker``s, metrics, keys, the shadow log) and raises typed errors where a
+problem is found; ``build_api`` turns it into a FastAPI app whose exception handlers give every
+error its status, OpenAI-style body, headers and metric exactly once. ``cluster/app.py`` runs
+that app in a Ray Serve deployment over tier handles; tests run it in-process over an ASGI
+transport with scripted workers (``tests/cluster/test_gateway.py``).
+
+One request's path: ``POST /v1/chat/completions`` → ``Gateway.chat`` (auth, parse, limits) →
+``router.cascade.run_cascade`` or ``router.streaming.stream_cascade`` (policy → route cache →
+rung after rung, each a ``Worker``) → ``openai_api`` (response body, headers, SSE chunks).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from ladder.cluster import openai_api as oai
+from ladder.cluster.compose import build_policy, cost_function
+from ladder.cluster.live_policy import LivePolicy, PolicyFiles
+from ladder.cluster.metrics import LadderMetrics
+from ladder.cluster.settings import LadderConfig
+from ladder.cluster.shadow import ShadowLog
+from ladder.errors import InvalidRequest, LadderError, NoRungAvailable, PolicyFileError, UnknownTier, WorkerFailed, WorkerTimeout
+from ladder.protocols import Policy, StreamWorker, Worker
+from ladder.router.cascade import run_cascade
+from ladder.router.streaming import StreamStart, stream_cascade
+from ladder.types import CascadeResult, Query, Route
+
+log = logging.getLogger("ladder.app")
+
+
+class HTTPProblem(LadderError):
+    """A refusal that exists only at the HTTP edge (auth, admin access, a malformed admin body)."""
+
+    def __init__(self, message: str, status: int, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code
+
+
+def _bearer_in(request: Request, keys: list[bytes]) -> bool:
+    header = request.headers.get("authorization", "")
+    token = header[7:].encode() if header.lower().startswith("bearer ") else b""
+    # Compare against every key, in constant time per key, so timing leaks nothing.
+    return any([hmac.compare_digest(token, k) for k in keys])
+
+
+class Gateway:
+    def __init__(self, config: LadderConfig, workers: Sequence[Worker], streamers: Sequence[StreamWorker],
+                 redis_url: str | None) -> None:  # fmt: skip
+        self.config = config
+        self.tier_names = config.tier_names
+        self.workers, self.streamers = list(workers), list(streamers)
+        policy = build_policy(config.policy, self.tier_names, config.verified_tiers)
+        self.live = LivePolicy(policy, self.tier_names, config.verified_tiers, redis_url)
+        self.cost = cost_function(config)
+        self.metrics = LadderMetrics()
+        self.cache = None
+        if redis_url and config.cache.enabled:
+            from ladder.cluster.cache import RedisRouteCache
+
+            c = config.cache
+            self.cache = RedisRouteCache(redis_url, c.ttl_s, c.read_timeout_ms, c.connect_timeout_ms,
+                                         c.breaker_failures, c.breaker_cooldown_s)  # fmt: skip
+        self._keys = [k.encode() for k in config.server.api_keys]
+        self._admin_keys = [k.encode() for k in config.server.admin_keys]
+        self.shadow = ShadowLog(redis_url, config.shadow) if config.shadow.enabled and redis_url else None
+
+    @property
+    def policy(self) -> Policy:
+        """The live policy (``ladder policy push`` swaps it); a request reads it once and keeps it."""
+        return self.live.policy
+
+    def model_ids(self) -> list[str]:
+        return [self.config.server.router_model, *self.tier_names]
+
+    # -- access ------------------------------------------------------------------------------
+    def authorize(self, request: Request) -> None:
+        if self._keys and not _bearer_in(request, self._keys):
+            raise HTTPProblem("invalid or missing API key", 401, code="invalid_api_key")
+
+    def authorize_admin(self, request: Request) -> None:
+        """Policy changes need an admin key (``server.admin_keys``); with none configured, only
+        a client on this machine may make them."""
+        if self._admin_keys:
+            if not _bearer_in(request, self._admin_keys):
+                raise HTTPProblem("invalid or missing admin key", 401, code="invalid_api_key")
+            return
+        host = request.client.host if request.client else ""
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            raise HTTPProblem("policy changes are allowed from this machine only (or set server.admin_keys)",
+                              403, code="forbidden")  # fmt: skip
+
+    # -- chat ----------------------------------------------------------------------------------
+    async def chat(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.live.maybe_refresh()
+        self.authorize(request)  # before parsing: strangers learn nothing about the API
+        # Serve's proxy puts the client's x-request-id (or a new one) on the request and echoes it on
+        # the response; logs and the shadow log use it when it is a sane token, else their own.
+        request_id = oai.request_id(request.headers.get("x-request-id"))
+        body = oai.ChatRequest.model_validate_json(await request.body())
+        route = self._forced_route(body.model)
+        query = body.to_query()
+        if query.sampling.max_tokens > self.config.server.max_completion_tokens:
+            raise InvalidRequest(f"max_tokens: at most {self.config.server.max_completion_tokens} on this "
+                                 f"server, got {query.sampling.max_tokens}", "max_tokens")  # fmt: skip
+        if body.stream:
+            return await self._stream(body, query, route, started, request_id)
+        result = await run_cascade(query, self.policy, self.workers, self.cache, self.cost, route)
+        self._record(result, time.perf_counter() - started, request_id, query)
+        headers = oai.ladder_headers(result, self.cache is not None)
+        body_json = oai.completion_body(result, oai.new_completion_id(), body.logprobs, self.cache is not None)
+        return JSONResponse(body_json, headers=headers)
+
+    def _forced_route(self, model: str) -> Route | None:
+        if model == self.config.server.router_model:
+            return None
+        if model not in self.tier_names:
+            raise UnknownTier(model, self.model_ids())
+        return Route(self.tier_names.index(model), self.policy.version, pinned=True)
+
+    def _record(self, result: CascadeResult, elapsed: float, request_id: str, query: Query) -> None:
+        if self.shadow is not None:
+            self.shadow.record(request_id, query, result, elapsed)
+        m = self.metrics
+        m.requests.labels(status="200").inc()
+        m.answered.labels(tier=result.answer.tier).inc()
+        m.escalations.inc(result.escalations)
+        m.cache.labels(result="hit" if result.cache_hit else result.route_source).inc()
+        for a in result.attempts:
+            if a.error:
+                m.tier_errors.labels(tier=a.tier).inc()
+        m.tokens.labels(kind="prompt").inc(result.answer.prompt_tokens)
+        m.tokens.labels(kind="completion").inc(result.answer.completion_tokens)
+        m.cost.inc(result.cost_usd)
+        m.decision.observe(result.decision_s)
+        m.latency.observe(elapsed)
+
+    async def _stream(self, body: oai.ChatRequest, query: Query, route: Route | None, started: float,
+                      request_id: str) -> StreamingResponse:  # fmt: skip
+        """A routed or pinned stream (``stream_cascade``): the accepted rung's tokens go out as
+        generated; the last chunk carries the ``ladder`` object."""
+        events = stream_cascade(query, self.policy, self.streamers, self.cache, self.cost, route)
+        # The first event (which rung answers) comes before the 200 header, so a request that no
+        # rung can serve, or bad input, still gets its 4xx/503 (raised here, mapped by the handlers).
+        start: StreamStart = await events.__anext__()  # type: ignore[assignment]
+        completion_id, created, tier = oai.new_completion_id(), int(time.time()), start.tier
+
+        async def sse():  # noqa: ANN202
+            finished = False
+            try:
+                yield oai.sse(oai.chunk(completion_id, created, tier, {"role": "assistant", "content": ""}))
+                async for event in events:
+                    if isinstance(event, str):
+                        yield oai.sse(oai.chunk(completion_id, created, tier, {"content": event}))
+                        continue
+                    result: CascadeResult = event  # the last event
+                    self._record(result, time.perf_counter() - started, request_id, query)
+                    last = oai.chunk(completion_id, created, tier, {}, result.answer.finish_reason)
+                    yield oai.sse({**last, "ladder": oai.ladder_extension(result, self.cache is not None)})
+                    if body.stream_options and body.stream_options.include_usage:
+                        yield oai.sse({**oai.chunk(completion_id, created, tier, {}), "choices": [],
+                                       "usage": oai.usage(result.answer)})  # fmt: skip
+                finished = True
+                yield "data: [DONE]\n\n"
+            except Exception as exc:  # after the 200 header: an error event, then close
+                finished = True
+                log.warning("request %s: failed while streaming: %s", request_id, exc)
+                self.metrics.tier_errors.labels(tier=tier).inc()
+                yield oai.sse(oai.error_body(str(exc), 503, code="tier_failed"))
+            finally:
+                if not finished:  # the client went away: stop the rung's generation (vLLM aborts)
+                    await events.aclose()
+
+        headers = oai.stream_headers(tier, start.route, start.route_source, start.cache_hit, self.cache is not None)
+        return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
+
+    # -- admin -------------------------------------------------------------------------------
+    async def policy_push(self, request: Request) -> dict:
+        self.authorize_admin(request)
+        try:
+            files = PolicyFiles.decode(await request.body())
+        except ValueError:
+            raise HTTPProblem('the body must be {"doc": <policy JSON text>, "tensors_b64": <base64>}', 400) from None
+        return await self.live.push(files)  # a refusal (PolicyFileError) keeps the old policy serving
+
+    async def policy_rollback(self, request: Request) -> dict:
+        self.authorize_admin(request)
+        try:
+            return await self.live.rollback()
+        except PolicyFileError as exc:
+            raise HTTPProblem(str(exc), 409, code="policy_refused") from None
+
+    async def shadow_export(self, request: Request) -> str:
+        """The newest ``count`` shadow-log records as JSONL (``ladder shadow export``)."""
+        self.authorize_admin(request)
+        if self.shadow is None:
+            raise HTTPProblem("the shadow log is off (set shadow.enabled: true and a Redis)", 409, code="shadow_off")
+        raw = request.query_params.get("count", "1000")  # parsed here: a bad one gets an OpenAI-style 400
+        count = int(raw) if raw.isdigit() else 0
+        if not 1 <= count <= 1_000_000:
+            raise HTTPProblem("count: an integer between 1 and 1000000", 400, "count")
+        try:
+            records = await self.shadow.read(count)
+        except Exception as exc:  # Redis away: say so, do not fail the app
+            raise HTTPProblem(f"the shadow log's Redis is unavailable: {type(exc).__name__}", 503, code="redis_down") from None
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+# -- typed errors -> HTTP, in one table -----------------------------------------------------------
+def _answer(exc: Exception) -> tuple[int, str | None, str | None, dict[str, str] | None]:
+    """(status, param, code, headers) of a typed error; the most specific class decides."""
+    if isinstance(exc, HTTPProblem):
+        return exc.status, exc.param, exc.code, None
+    if isinstance(exc, UnknownTier):
+        return 404, "model", "model_not_found", None
+    if isinstance(exc, InvalidRequest):
+        return exc.status, exc.param, exc.code, None
+    if isinstance(exc, WorkerTimeout):  # a pinned tier that failed: nothing else may answer
+        return 504, None, "tier_failed", {"Retry-After": "1"}
+    if isinstance(exc, WorkerFailed):
+        return 503, None, "tier_failed", {"Retry-After": "1"}
+    if isinstance(exc, NoRungAvailable):  # shed load says so, so clients back off instead of retrying hot
+        return 503, None, "overloaded" if exc.overloaded else "no_rung_available", {"Retry-After": "2" if exc.overloaded else "1"}
+    if isinstance(exc, PolicyFileError):  # a pushed policy refused: the old one keeps serving
+        return 400, None, "policy_refused", None
+    return 500, None, "internal_error", None
+
+
+def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
+    """The FastAPI app over ``gateway()`` (called per request: the Serve replica creates its
+    gateway after the app is defined)."""
+    api = FastAPI(title="Ladder", version="0.1.0")
+
+    def error(request: Request, message: str, status: int, param: str | None = None, code: str | None = None,
+              headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+        gateway().metrics.requests.labels(status=str(status)).inc()
+        if status >= 500:
+            log.warning("request %s: %s", oai.request_id(request.headers.get("x-request-id")), message)
+        return JSONResponse(oai.error_body(message, status, param, code), status_code=status, headers=headers)
+
+    @api.exception_handler(LadderError)
+    async def typed_error(request: Request, exc: LadderError) -> JSONResponse:
+        status, param, code, headers = _answer(exc)
+        return error(request, str(exc), status, param, code, headers)
+
+    @api.exception_handler(ValidationError)
+    async def bad_body(request: Request, exc: ValidationError) -> JSONResponse:
+        message, param = oai.validation_message(exc)
+        return error(request, message, 400, param)
+
+    @api.get("/health")
+    async def health() -> dict[str, Any]:
+        gw = gateway()
+        gw.live.maybe_refresh()
+        return {"status": "ok", "tiers": gw.tier_names, "policy_version": gw.policy.version}
+
+    @api.post("/v1/chat/completions", openapi_extra=oai.CHAT_OPENAPI)
+    async def chat(request: Request) -> Response:
+        return await gateway().chat(request)
+
+    @api.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        gw = gateway()
+        gw.authorize(request)
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "ladder"} for m in gw.model_ids()]
+        return JSONResponse({"object": "list", "data": data})
+
+    @api.get("/v1/models/{model_id}")
+    async def model(model_id: str, request: Request) -> JSONResponse:
+        gw = gateway()
+        gw.authorize(request)
+        if model_id not in gw.model_ids():
+            raise HTTPProblem(f"model {model_id!r} not found", 404, "model", "model_not_found")
+        return JSONResponse({"id": model_id, "object": "model", "created": 0, "owned_by": "ladder"})
+
+    @api.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        from prometheus_client import generate_latest
+
+        return PlainTextResponse(generate_latest(gateway().metrics.registry).decode())
+
+    @api.get("/admin/policy")
+    async def policy_show(request: Request) -> JSONResponse:
+        gw = gateway()
+        gw.authorize_admin(request)
+        await gw.live.refresh()
+        return JSONResponse(gw.live.info())
+
+    @api.put("/admin/policy")
+    async def policy_push(request: Request) -> JSONResponse:
+        return JSONResponse(await gateway().policy_push(request))
+
+    @api.post("/admin/policy/rollback")
+    async def policy_rollback(request: Request) -> JSONResponse:
+        return JSONResponse(await gateway().policy_rollback(request))
+
+    @api.get("/admin/shadow")
+    async def shadow_export(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(await gateway().shadow_export(request), media_type="application/x-ndjson")
+
+    return api

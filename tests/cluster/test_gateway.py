@@ -1,0 +1,137 @@
+"""The HTTP app in-process (no Ray, Redis or weights): the real FastAPI routes of ``gateway`` over
+an ASGI transport, with scripted workers as tiers. Each typed error reaches the client as one
+status, OpenAI-style body and header set, from the handlers registered on the app."""
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from ladder.cluster.gateway import Gateway, _answer, build_api
+from ladder.cluster.settings import LadderConfig
+from ladder.errors import ContextOverflow, LadderError, NoRungAvailable, UnknownTier, WorkerFailed, WorkerTimeout
+from tests.fakes import ScriptedWorker
+
+KEY = "sk-test"
+
+
+def config(**policy) -> LadderConfig:
+    tier = {"source": {"kind": "local", "path": "/nowhere"}, "price": {"input_per_1m": 1, "output_per_1m": 2},
+            "backend": "transformers"}  # fmt: skip
+    return LadderConfig(tiers=[{"name": "small", **tier}, {"name": "medium", **tier}],
+                        policy={"kind": "fixed", **policy}, server={"api_keys": [KEY], "max_completion_tokens": 64})  # fmt: skip
+
+
+def call(gateway: Gateway, method: str, path: str, key: str | None = KEY, **kw) -> httpx.Response:
+    api = build_api(lambda: gateway)
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=api, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://ladder") as client:
+            return await client.request(method, path, headers=headers, **kw)
+
+    return asyncio.run(go())
+
+
+def chat(**body) -> dict:
+    return {"json": {"model": "ladder", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16, **body}}
+
+
+@pytest.fixture
+def tiers():
+    return [ScriptedWorker("small", logprob=-3.0, words=6), ScriptedWorker("medium", logprob=-0.1, words=6)]
+
+
+def gateway(tiers, **policy) -> Gateway:
+    return Gateway(config(**policy), tiers, tiers, redis_url=None)
+
+
+def test_a_routed_request_escalates_and_reports_the_ladder(tiers):
+    r = call(gateway(tiers, min_mean_logprob=-1.0), "POST", "/v1/chat/completions", **chat())
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model"] == "medium" and body["choices"][0]["message"]["content"] == "answer from medium w0 w1 w2"
+    assert r.headers["x-ladder-tier"] == "medium" and body["ladder"]["escalations"] == 1
+    assert [a["tier"] for a in body["ladder"]["rungs_tried"]] == ["small", "medium"]
+
+
+def test_a_stream_sends_the_accepted_rung_and_ends_with_the_ladder_object(tiers):
+    r = call(gateway(tiers, min_mean_logprob=-1.0), "POST", "/v1/chat/completions", **chat(stream=True))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e.get("choices"))
+    assert text == "answer from medium w0 w1 w2" and r.text.rstrip().endswith("data: [DONE]")
+    assert events[-1]["ladder"]["rungs_tried"][0]["tier"] == "small"
+
+
+@pytest.mark.parametrize("key,path,status,code", [
+    (None, "/v1/chat/completions", 401, "invalid_api_key"),
+    ("wrong", "/v1/models", 401, "invalid_api_key"),
+    (KEY, "/v1/models/nope", 404, "model_not_found"),
+])  # fmt: skip
+def test_access_errors_have_openai_bodies(tiers, key, path, status, code):
+    method = "POST" if "chat" in path else "GET"
+    r = call(gateway(tiers), method, path, key=key, **(chat() if method == "POST" else {}))
+    assert r.status_code == status and r.json()["error"]["code"] == code
+    assert tiers[0].calls == []  # refused before any tier was asked
+
+
+@pytest.mark.parametrize("body,status,param", [
+    ({"model": "ladder", "messages": "hi"}, 400, "messages"),
+    ({"model": "ladder", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 65}, 400, "max_tokens"),
+    ({"model": "huge", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+])  # fmt: skip
+def test_bad_requests_are_4xx_and_reach_no_tier(tiers, body, status, param):
+    r = call(gateway(tiers), "POST", "/v1/chat/completions", json=body)
+    assert r.status_code == status and r.json()["error"]["param"] == param
+    assert tiers[0].calls == [] and tiers[1].calls == []
+
+
+def test_a_failing_pinned_tier_is_503_with_retry_after_and_no_other_tier_answers():
+    tiers = [ScriptedWorker("small", fail=WorkerFailed("tier small: boom")), ScriptedWorker("medium")]
+    r = call(gateway(tiers), "POST", "/v1/chat/completions", **chat(model="small"))
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "no_rung_available" and tiers[1].calls == []
+
+
+def test_the_error_table_gives_each_typed_error_its_status():
+    assert _answer(WorkerTimeout("t"))[:3] == (504, None, "tier_failed")
+    assert _answer(WorkerFailed("t"))[0] == 503
+    assert _answer(NoRungAvailable("x", overloaded=True))[2:] == ("overloaded", {"Retry-After": "2"})
+    assert _answer(ContextOverflow("too long", "messages"))[:3] == (400, "messages", "context_length_exceeded")
+    assert _answer(UnknownTier("x", ["small"]))[:3] == (404, "model", "model_not_found")
+    assert _answer(LadderError("?"))[0] == 500
+
+
+def test_a_failing_rung_is_skipped_and_when_every_rung_fails_the_answer_is_503():
+    tiers = [ScriptedWorker("small", fail=WorkerFailed("tier small: boom")), ScriptedWorker("medium")]
+    r = call(gateway(tiers), "POST", "/v1/chat/completions", **chat())
+    assert r.status_code == 200 and r.json()["model"] == "medium"
+    dead = [ScriptedWorker(t, fail=WorkerFailed(f"tier {t}: boom")) for t in ("small", "medium")]
+    r = call(gateway(dead), "POST", "/v1/chat/completions", **chat())
+    assert r.status_code == 503 and r.json()["error"]["code"] == "no_rung_available"
+
+
+def test_metrics_count_each_answer_once(tiers):
+    gw = gateway(tiers)
+    call(gw, "POST", "/v1/chat/completions", **chat())
+    call(gw, "POST", "/v1/chat/completions", key=None, **chat())
+    text = call(gw, "GET", "/metrics").text
+    assert 'ladder_requests_total{status="200"} 1.0' in text and 'ladder_requests_total{status="401"} 1.0' in text
+
+
+def test_admin_routes_refuse_a_malformed_push_and_a_remote_caller(tiers):
+    gw = gateway(tiers)
+    r = call(gw, "PUT", "/admin/policy", content=b"not json")
+    assert r.status_code == 400 and "tensors_b64" in r.json()["error"]["message"]
+    assert call(gw, "GET", "/admin/shadow").json()["error"]["code"] == "shadow_off"
+
+    async def remote() -> httpx.Response:
+        transport = httpx.ASGITransport(app=build_api(lambda: gw), client=("203.0.113.9", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://ladder") as client:
+            return await client.get("/admin/policy")
+
+    r = asyncio.run(remote())
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
