@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ladder.policies.calibrate import pareto_front
+
 
 def frontier(costs: np.ndarray, quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((-quality, costs))
-    best, xs, ys = -np.inf, [], []
-    for i in order:
-        if quality[i] > best + 1e-12:
-            best = quality[i]
-            xs.append(costs[i])
-            ys.append(quality[i])
-    return np.array(xs), np.array(ys)
+    """The upper Pareto frontier as (costs, qualities), cheapest first (calibration's rule)."""
+    front = pareto_front(costs, quality)
+    return np.asarray(costs, float)[front], np.asarray(quality, float)[front]
 
 
 def aiq(xs: np.ndarray, ys: np.ndarray, lo: float, hi: float, grid: int = 1001) -> float:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ladder.cluster.compose import build_policy, build_worker, cost_function, materialize
+from ladder.cluster.ray_jobs import drive
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import InvalidRequest, LadderError
 from ladder.outcomes.io import jsonl_lines
@@ -155,30 +156,12 @@ class ScoreSummary:
 def score(config: LadderConfig, input_path: Path, out: Path, actors: int = 1, batch_size: int = 8,
           default_max_tokens: int = 64) -> ScoreSummary:  # fmt: skip
     """Run the job on the already-initialised Ray; appends to ``out``; returns the summary."""
-    import ray
-    from tqdm import tqdm
-
     rows = read_rows(input_path)
     finished = done_ids(out)
     todo = [r for r in rows if row_id(r) not in finished]
     summary = ScoreSummary(skipped=len(rows) - len(todo))
     t0 = time.perf_counter()
-    if todo:
-        for tier in config.tiers:  # convert once in the driver, not in every actor
-            materialize(config, tier)
-        cpus = max(1.0, ray.available_resources().get("CPU", 1.0) / actors)
-        ds = ray.data.from_items([{"row": json.dumps(r)} for r in todo])
-        ds = ds.map_batches(CascadeActor, fn_constructor_args=(config.model_dump_json(), default_max_tokens),
-                            batch_size=batch_size, concurrency=actors, num_cpus=cpus,
-                            # an actor holds every tier's engine: on a GPU cluster it needs their GPUs
-                            num_gpus=sum(t.num_gpus for t in config.tiers))  # fmt: skip
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("a") as f, tqdm(total=len(todo), desc="scoring", unit="row") as bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for record in batch["record"]:
-                    f.write(str(record) + "\n")
-                    summary.add(json.loads(record))
-                f.flush()
-                bar.update(len(batch["record"]))
+    drive(config, [json.dumps(r) for r in todo], "row", CascadeActor, (config.model_dump_json(), default_max_tokens),
+          out, lambda record: summary.add(json.loads(record)), "scoring", "row", actors, batch_size)  # fmt: skip
     summary.wall_s = time.perf_counter() - t0
     return summary

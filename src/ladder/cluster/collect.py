@@ -22,6 +22,7 @@ import numpy as np
 
 from ladder.cluster.batch import done_ids
 from ladder.cluster.compose import build_worker, materialize
+from ladder.cluster.ray_jobs import drive
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import LadderError
 from ladder.offline.datasets import Dataset, LabelledItem, load_dataset
@@ -127,30 +128,13 @@ class CollectSummary:
 def collect(config: LadderConfig, dataset: Dataset, data_root: Path, out: Path, actors: int = 1,
             batch_size: int = 16, max_tokens: int | None = None) -> CollectSummary:  # fmt: skip
     """Run on the already-initialised Ray; appends to ``out``; returns the summary of this run."""
-    import ray
-    from tqdm import tqdm
-
     finished = done_ids(out)
     todo = [it for it in dataset.items if it.id not in finished]
     summary = CollectSummary(skipped=len(dataset.items) - len(todo))
     t0 = time.perf_counter()
-    if todo:
-        for tier in config.tiers:  # convert once in the driver, not in every actor
-            materialize(config, tier)
-        cpus = max(1.0, ray.available_resources().get("CPU", 1.0) / actors)
-        spec = json.dumps({"name": dataset.name, "data": str(data_root), "max_tokens": max_tokens})
-        ds = ray.data.from_items([{"item": json.dumps(it.__dict__)} for it in todo])
-        ds = ds.map_batches(CollectActor, fn_constructor_args=(config.model_dump_json(), spec),
-                            batch_size=batch_size, concurrency=actors, num_cpus=cpus,
-                            # an actor holds every tier's engine: on a GPU cluster it needs their GPUs
-                            num_gpus=sum(t.num_gpus for t in config.tiers))  # fmt: skip
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("a") as f, tqdm(total=len(todo), desc=f"collect {dataset.name}", unit="query") as bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for record in batch["record"]:
-                    f.write(str(record) + "\n")
-                    summary.add(json.loads(record))
-                f.flush()
-                bar.update(len(batch["record"]))
+    spec = json.dumps({"name": dataset.name, "data": str(data_root), "max_tokens": max_tokens})
+    drive(config, [json.dumps(it.__dict__) for it in todo], "item", CollectActor, (config.model_dump_json(), spec),
+          out, lambda record: summary.add(json.loads(record)), f"collect {dataset.name}", "query", actors,
+          batch_size)  # fmt: skip
     summary.wall_s = time.perf_counter() - t0
     return summary

@@ -10,6 +10,7 @@ validation estimate and of the future batch both count). Pure numpy.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,14 +155,21 @@ def sweep(
     return out
 
 
+def pareto_front(costs: Sequence[float], quality: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both cost (lower) and quality (higher),
+    cheapest first: the one frontier rule of calibration and of the benchmarks' curves."""
+    costs, quality = np.asarray(costs, float), np.asarray(quality, float)
+    best, front = -np.inf, []
+    for i in np.lexsort((-quality, costs)):
+        if quality[i] > best + 1e-12:
+            front.append(int(i))
+            best = quality[i]
+    return front
+
+
 def pareto(points: list[OperatingPoint]) -> list[OperatingPoint]:
-    """Points no other point beats on both cost (lower) and quality (higher), cheapest first."""
-    best, frontier = -np.inf, []
-    for p in sorted(points, key=lambda p: (p.cost_per_1k, -p.quality)):
-        if p.quality > best + 1e-12:
-            frontier.append(p)
-            best = p.quality
-    return frontier
+    """The operating points on the cost–quality frontier, cheapest first."""
+    return [points[i] for i in pareto_front([p.cost_per_1k for p in points], [p.quality for p in points])]
 
 
 def _meets(p: OperatingPoint, sim: Simulation, target: Target, n_future: int) -> bool:
