@@ -491,13 +491,16 @@ def recurrent_ask(
 ) -> None:
     """Answer one expression; prints the answer and the core iterations each token used."""
     from ladder.types import Query
-    from ladder.workers.exits import ExitKind
-    from ladder.workers.recurrent_worker import DepthBudget, RecurrentWorker
+    from ladder.workers.options import DepthBudget, ExitKind
+    from ladder.workers.recurrent_worker import RecurrentWorker
 
+    if exit_rule not in {k.value for k in ExitKind}:
+        _fail(f"--exit must be one of {[k.value for k in ExitKind]}, got {exit_rule!r}")
     try:
         budget = DepthBudget(max_iterations, ExitKind(exit_rule), threshold)
-    except ValueError:
-        _fail(f"--exit must be one of {[k.value for k in ExitKind]}, got {exit_rule!r}")
+    except ValueError as exc:  # pydantic: the first broken bound, in one line
+        err = exc.errors()[0] if hasattr(exc, "errors") else {"loc": ("?",), "msg": str(exc)}
+        _fail(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
     worker = RecurrentWorker("recurrent", checkpoint or _bundled_checkpoint(), budget).load()
     gen = worker.generate_sync(Query.of(program, max_tokens=4))
     typer.echo(f"{gen.text}\titerations per token: {list(gen.depths)}")

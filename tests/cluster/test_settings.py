@@ -76,7 +76,7 @@ def test_adaptive_example_config_is_valid_and_points_at_shipped_heads():
     assert small.adaptive.mode == "speculative" and small.adaptive.drafter == "lookup"
     assert small.dtype == "float32"  # the lossless claim is made in float32 (docs/ADAPTIVE_DEPTH.md)
     for name in ("small", "medium"):  # heads ship for both, with the weights they were fitted to
-        heads = cfg.tier(name).adaptive.heads_path(name)
+        heads = cfg.tier(name).adaptive.resolved(name, "").heads
         assert (heads / "heads.safetensors").is_file()
         import json
 

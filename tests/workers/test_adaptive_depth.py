@@ -1,7 +1,6 @@
 """Adaptive depth on the small tier's real weights: the layer-by-layer runner, CALM early exit,
 self-speculation (lossless) and the exit-heads file."""
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -163,6 +162,6 @@ def test_worker_speculative_mode_matches_full_depth_and_reports_depths(tier, ref
     sampled = spec.generate_sync(Query.of(PROMPTS[1], max_tokens=8, temperature=0.8, seed=1))
     assert set(sampled.depths) == {30}  # sampled requests run at full depth in speculative mode
     with pytest.raises(WeightsUnavailable, match="no exit head after layer 9"):
-        TransformersWorker("small", model_dir, DeviceConfig(dtype="float32"), replace(base, draft_layer=9)).load()
+        TransformersWorker("small", model_dir, DeviceConfig(dtype="float32"), base.model_copy(update={"draft_layer": 9})).load()
     with pytest.raises(WeightsUnavailable, match="trained for weights"):
-        TransformersWorker("small", model_dir, DeviceConfig(dtype="float32"), replace(base, weights_id="x")).load()
+        TransformersWorker("small", model_dir, DeviceConfig(dtype="float32"), base.model_copy(update={"weights_id": "x"})).load()

@@ -9,7 +9,6 @@ decoding, so it is NOT guaranteed identical there (measured on an H100: 2-3 of 8
 Without a CUDA device these tests fail with that message (they are never silently skipped).
 """
 
-from dataclasses import replace
 
 import pytest
 
@@ -45,7 +44,7 @@ def _worker(folder, dtype: str, adaptive=None):  # noqa: ANN001, ANN202
     from ladder.workers.transformer import AdaptiveDepth, DeviceConfig, TransformersWorker
 
     if adaptive is not None:
-        adaptive = replace(adaptive, heads=bundled_heads("small"), draft_head=bundled_draft_head("small"))
+        adaptive = adaptive.model_copy(update={"heads": bundled_heads("small"), "draft_head": bundled_draft_head("small")})
     return TransformersWorker("small", folder, DeviceConfig("cuda", dtype), adaptive or AdaptiveDepth()).load()
 
 

@@ -12,13 +12,13 @@ import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from ladder.cluster.settings import BundledSourceConfig, DepthConfig, LadderConfig, PolicyConfig, TierConfig
+from ladder.cluster.settings import BundledSourceConfig, LadderConfig, PolicyConfig, TierConfig
 from ladder.errors import ConfigError, WeightsUnavailable
 from ladder.protocols import Policy, TierWorker
 from ladder.types import Delta, Generation, Query
-from ladder.workers.exits import ExitKind
-from ladder.workers.recurrent_worker import DepthBudget, RecurrentWorker
-from ladder.workers.transformer import AdaptiveDepth, DeviceConfig, TransformersWorker
+from ladder.workers.options import AdaptiveDepth, AdaptiveMode, DepthBudget
+from ladder.workers.recurrent_worker import RecurrentWorker
+from ladder.workers.transformer import DeviceConfig, TransformersWorker
 from ladder.workers.weights import WeightStore
 
 
@@ -83,34 +83,26 @@ def build_worker(tier: TierConfig, model_dir: Path) -> TierWorker:
 
 
 def _recurrent(tier: TierConfig, model_dir: Path) -> TierWorker:
-    return RecurrentWorker(tier.name, model_dir, _budget(tier), tier.threads, tier.device)
+    return RecurrentWorker(tier.name, model_dir, tier.depth or DepthBudget(), tier.threads, tier.device)
 
 
 def _huginn(tier: TierConfig, model_dir: Path) -> TierWorker:
     from ladder.workers.huginn import HuginnWorker
 
-    return HuginnWorker(tier.name, model_dir, _budget(tier), tier.device, tier.dtype)
+    return HuginnWorker(tier.name, model_dir, tier.depth or DepthBudget(), tier.device, tier.dtype)
 
 
 def _vllm(tier: TierConfig, model_dir: Path) -> TierWorker:
-    from ladder.workers.vllm_worker import VLLMOptions, VLLMWorker
+    from ladder.workers.vllm_worker import VLLMWorker
 
-    return VLLMWorker(tier.name, model_dir, tier.device, VLLMOptions(dtype=tier.dtype, **tier.engine.model_dump()))
+    return VLLMWorker(tier.name, model_dir, tier.device, tier.engine, tier.dtype)
 
 
 def _transformers(tier: TierConfig, model_dir: Path) -> TierWorker:
     adaptive = AdaptiveDepth()
-    if (a := tier.adaptive) is not None and a.mode != "full":
-        adaptive = AdaptiveDepth(mode=a.mode, drafter=a.drafter, heads=a.heads_path(tier.name),
-                                 weights_id=weights_id(tier), draft_head=a.draft_head_path(tier.name),
-                                 threshold=a.threshold, draft_layer=a.draft_layer, max_draft=a.max_draft,
-                                 draft_threshold=a.draft_threshold)  # fmt: skip
+    if (a := tier.adaptive) is not None and a.mode is not AdaptiveMode.FULL:
+        adaptive = a.resolved(tier.name, weights_id(tier))
     return TransformersWorker(tier.name, model_dir, DeviceConfig(tier.device, tier.dtype, tier.threads), adaptive)
-
-
-def _budget(tier: TierConfig) -> DepthBudget:
-    d = tier.depth or DepthConfig()
-    return DepthBudget(d.max_iterations, ExitKind(d.exit), d.threshold)
 
 
 # One entry per ``TierConfig.backend``: each builds its worker from the tier's own settings.

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ladder.errors import ConfigError
+from ladder.workers.options import AdaptiveDepth, AdaptiveMode, DepthBudget, VLLMOptions
 from ladder.workers.weights import HubSource, LocalSource, PackageSource, WeightsSource
 
 
@@ -69,54 +70,6 @@ SourceConfig = Annotated[
 ]
 
 
-class DepthConfig(_Strict):
-    """A recurrent-depth rung's budget: at most ``max_iterations`` core iterations per token, fewer
-    when the ``exit`` rule fires (``kl``: successive output distributions within ``threshold``)."""
-
-    max_iterations: int = Field(default=32, ge=1, le=64)
-    exit: Literal["kl", "latent", "never"] = "kl"
-    threshold: float = Field(default=1e-3, gt=0)
-
-
-class AdaptiveDepthConfig(_Strict):
-    """Token-level adaptive depth of a transformer tier (issues 5, 22; ``docs/ADAPTIVE_DEPTH.md``).
-
-    ``full``: every layer. ``early_exit``: lossy, a token stops at the first exit head whose gate
-    reaches ``threshold`` (calibrated with ``ladder depth calibrate``). ``speculative``: lossless for
-    greedy requests; drafts come from ``drafter``: ``head`` (a learned draft head reading the final
-    hidden state, ``ladder depth train --drafter head``), ``lookup`` (prompt lookup, free),
-    ``lookup+head`` (chosen per step by expected acceptance), ``exit_head`` / ``lookup+exit_head``
-    (the exit head after ``draft_layer`` layers). At most ``max_draft`` drafts per verification,
-    fewer when the drafter's confidence drops below ``draft_threshold``.
-    ``heads`` / ``draft_head``: folders; null = the ones bundled for the tier's name.
-    ``greedy_match``: what a greedy request is promised against plain decoding of the same tier —
-    ``exact`` (identical tokens: float32 only, where the verifier's several-position pass rounds
-    like the one-position pass to far below top-2 gaps) or ``approximate`` (bfloat16/float16: the
-    verification pass rounds differently from plain decoding, so near-ties may resolve
-    differently; measured rates in docs/ADAPTIVE_DEPTH.md). A speculative tier in a 16-bit dtype
-    must say ``approximate``: the config states the guarantee the tier really gives."""
-
-    mode: Literal["full", "early_exit", "speculative"] = "full"
-    drafter: Literal["head", "lookup", "lookup+head", "exit_head", "lookup+exit_head"] = "exit_head"
-    heads: str | None = None
-    draft_head: str | None = None
-    threshold: float | None = Field(default=None, gt=0, le=1)  # None: the heads' calibrated one
-    draft_layer: int | None = Field(default=None, ge=1)  # None: the heads' chosen one
-    max_draft: int = Field(default=6, ge=1, le=32)
-    draft_threshold: float = Field(default=0.0, ge=0, lt=1)
-    greedy_match: Literal["exact", "approximate"] = "exact"
-
-    def heads_path(self, tier: str) -> Path:
-        from ladder.workers.exit_heads import bundled_heads  # torch: only when a tier asks for heads
-
-        return Path(os.path.expanduser(self.heads)) if self.heads else bundled_heads(tier)
-
-    def draft_head_path(self, tier: str) -> Path:
-        from ladder.workers.draft_head import bundled_draft_head
-
-        return Path(os.path.expanduser(self.draft_head)) if self.draft_head else bundled_draft_head(tier)
-
-
 class PriceConfig(_Strict):
     """USD per million tokens; the cost model of routing and of the ``x-ladder-cost-usd`` header."""
 
@@ -125,16 +78,6 @@ class PriceConfig(_Strict):
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6
-
-
-class VLLMConfig(_Strict):
-    """Engine settings of a ``backend: vllm`` tier (see workers/vllm_worker.py)."""
-
-    max_model_len: int = Field(default=4096, ge=64)
-    max_num_seqs: int = Field(default=32, ge=1)
-    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
-    kv_cache_gib: int = Field(default=2, ge=1)  # CPU backend only
-    enforce_eager: bool = False
 
 
 class TierConfig(_Strict):
@@ -146,9 +89,9 @@ class TierConfig(_Strict):
     # Ladder's own recurrent-depth checkpoints; huginn: a published Huginn-format checkpoint in a
     # local folder (not runnable here: see workers/huginn.py).
     backend: Literal["transformers", "recurrent", "huginn", "vllm"] = "vllm"
-    vllm: VLLMConfig | None = None  # vllm backend only
-    depth: DepthConfig | None = None  # recurrent and huginn backends only
-    adaptive: AdaptiveDepthConfig | None = None  # transformers backend only
+    vllm: VLLMOptions | None = None  # vllm backend only
+    depth: DepthBudget | None = None  # recurrent and huginn backends only
+    adaptive: AdaptiveDepth | None = None  # transformers backend only
     # A check run next to every answer of this rung, whose signals the IDK step reads
     # (ladder.verify): python_examples = does the code parse, does it pass the prompt's >>> examples.
     verifier: Literal["python_examples"] | None = None
@@ -175,8 +118,8 @@ class TierConfig(_Strict):
             data = dict(data)
             if data.get("backend", "vllm") == "vllm":
                 engine = data.get("vllm") or {}
-                seqs = engine.max_num_seqs if isinstance(engine, VLLMConfig) else engine.get("max_num_seqs")
-                data["max_ongoing_requests"] = seqs or VLLMConfig().max_num_seqs
+                seqs = engine.max_num_seqs if isinstance(engine, VLLMOptions) else engine.get("max_num_seqs")
+                data["max_ongoing_requests"] = seqs or VLLMOptions().max_num_seqs
             else:
                 data["max_ongoing_requests"] = 4
         return data
@@ -198,7 +141,9 @@ class TierConfig(_Strict):
         if self.backend != "transformers" and self.adaptive:
             raise ValueError("'adaptive' (exit heads) belongs to backend 'transformers'")
         a = self.adaptive
-        if a and a.mode == "speculative" and self.dtype != "float32" and a.greedy_match == "exact":
+        if a and a.weights_id:
+            raise ValueError("adaptive.weights_id is derived from the tier's source, not configured")
+        if a and a.mode is AdaptiveMode.SPECULATIVE and self.dtype != "float32" and a.greedy_match == "exact":
             raise ValueError(f"adaptive: speculation in {self.dtype} is not token-for-token plain decoding (the "
                              "verification pass rounds differently): use dtype float32, or state "
                              "greedy_match: approximate")  # fmt: skip
@@ -207,9 +152,9 @@ class TierConfig(_Strict):
         return self
 
     @property
-    def engine(self) -> VLLMConfig:
+    def engine(self) -> VLLMOptions:
         """The vLLM engine settings of this tier (defaults where the file names none)."""
-        return self.vllm or VLLMConfig()
+        return self.vllm or VLLMOptions()
 
 
 class PolicyConfig(_Strict):
@@ -270,7 +215,7 @@ class ServerConfig(_Strict):
 def _default_tiers() -> list[TierConfig]:
     # On this 2-core CPU each engine reserves 1 GiB of KV cache (three tiers fit beside the rest of
     # the stack) and batches up to 16 sequences; on a GPU see configs/gpu.yaml.
-    engine = VLLMConfig(max_model_len=2048, max_num_seqs=16, kv_cache_gib=1)
+    engine = VLLMOptions(max_model_len=2048, max_num_seqs=16, kv_cache_gib=1)
     return [
         TierConfig(
             name="small",

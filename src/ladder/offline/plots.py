@@ -6,7 +6,12 @@ from pathlib import Path
 
 
 def new_axes():  # noqa: ANN201 (matplotlib figure, axes)
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # plotting is an extra: serving and training run without it
+        from ladder.errors import LadderError
+
+        raise LadderError("drawing this plot needs matplotlib: pip install 'ladder[plots]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

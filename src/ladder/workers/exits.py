@@ -8,16 +8,11 @@ iteration. Thresholds are data (a rung's depth budget), not code.
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Protocol
 
 import torch
 
-
-class ExitKind(str, Enum):
-    NEVER = "never"  # always run the full budget: the fixed-r baseline
-    KL = "kl"  # KL(p_i || p_{i-1}) of successive output distributions below a threshold (Geiping et al.)
-    LATENT = "latent"  # relative change of the latent state below a threshold
+from ladder.workers.options import ExitKind
 
 
 class ExitRule(Protocol):

@@ -25,7 +25,7 @@ from pathlib import Path
 from ladder.errors import ContextOverflow, InvalidRequest, WeightsUnavailable
 from ladder.types import Delta, Generation, Query
 from ladder.workers.exits import ExitKind
-from ladder.workers.recurrent_worker import DepthBudget
+from ladder.workers.options import DepthBudget
 
 ARCHITECTURE = "RavenForCausalLM"
 

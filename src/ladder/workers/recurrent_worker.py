@@ -17,20 +17,13 @@ import math
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from ladder.errors import ContextOverflow, ChecksumMismatch, InvalidRequest, WeightsUnavailable
 from ladder.types import Delta, Generation, Query
 from ladder.workers.exits import ExitKind, make_exit
+from ladder.workers.options import DepthBudget
 from ladder.workers.recurrent import RecurrentConfig, RecurrentDepthModel
-
-
-@dataclass(frozen=True)
-class DepthBudget:
-    max_iterations: int = 32  # core iterations a token may use
-    exit: ExitKind = ExitKind.KL
-    threshold: float | None = 1e-3  # the exit rule's threshold (unused by NEVER)
 
 
 class CharTokenizer:
@@ -122,9 +115,9 @@ class RecurrentWorker:
     def budget_for(self, query: Query) -> DepthBudget:
         """The request's depth budget: the rung's, with the request's overrides (never above its ceiling)."""
         s = query.sampling
-        budget = DepthBudget(s.max_iterations if s.max_iterations is not None else self.budget.max_iterations,
-                             self.budget.exit,
-                             s.exit_threshold if s.exit_threshold is not None else self.budget.threshold)  # fmt: skip
+        budget = DepthBudget.model_construct(  # checked by _validate: a bad request value is a 400, not a crash
+            max_iterations=s.max_iterations if s.max_iterations is not None else self.budget.max_iterations,
+            exit=self.budget.exit, threshold=s.exit_threshold if s.exit_threshold is not None else self.budget.threshold)
         _validate(budget, self.budget.max_iterations)
         return budget
 

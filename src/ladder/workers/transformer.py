@@ -14,12 +14,12 @@ import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
 
 from ladder.errors import ContextOverflow, InvalidRequest, WeightsUnavailable
 from ladder.types import Delta, Generation, Query, Sampling
+from ladder.workers.options import AdaptiveDepth, AdaptiveMode, Drafter  # noqa: F401 (re-exported)
 from ladder.workers.adaptive_depth import Pick, Step, early_exit, head_speculative, self_speculative
 
 
@@ -28,62 +28,6 @@ class DeviceConfig:
     device: str = "cpu"  # "cpu" | "cuda" | "cuda:1" ...
     dtype: str = "bfloat16"
     threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
-
-
-class AdaptiveMode(str, Enum):
-    FULL = "full"
-    EARLY_EXIT = "early_exit"
-    SPECULATIVE = "speculative"
-
-
-class Drafter(str, Enum):
-    """Where the speculative mode's drafts come from."""
-
-    HEAD = "head"  # a learned draft head (workers/draft_head.py)
-    LOOKUP = "lookup"
-    LOOKUP_HEAD = "lookup+head"
-    EXIT_HEAD = "exit_head"
-    LOOKUP_EXIT_HEAD = "lookup+exit_head"
-
-    @property
-    def uses_heads(self) -> bool:
-        """Drafts from the exit heads (the early-exit heads file)."""
-        return self in (Drafter.EXIT_HEAD, Drafter.LOOKUP_EXIT_HEAD)
-
-    @property
-    def uses_draft_head(self) -> bool:
-        return self in (Drafter.HEAD, Drafter.LOOKUP_HEAD)
-
-    @property
-    def uses_lookup(self) -> bool:
-        return self in (Drafter.LOOKUP, Drafter.LOOKUP_EXIT_HEAD, Drafter.LOOKUP_HEAD)
-
-
-@dataclass(frozen=True)
-class AdaptiveDepth:
-    """A tier's token-level adaptive depth (see ``workers/adaptive_depth.py``). ``full``: every
-    layer for every token. ``early_exit``: lossy, stop at the first exit head whose gate reaches
-    ``threshold``. ``speculative``: lossless for greedy requests (sampled ones run at full depth),
-    draft with the head after ``draft_layer`` layers, at most ``max_draft`` tokens per
-    verification, fewer when the gate falls below ``draft_threshold``."""
-
-    mode: AdaptiveMode = AdaptiveMode.FULL
-    drafter: Drafter = Drafter.EXIT_HEAD  # speculative mode's drafts
-    heads: Path | None = None  # folder with heads.safetensors (early exit, exit-head drafts)
-    weights_id: str = ""  # what the heads must have been trained on (refused otherwise)
-    draft_head: Path | None = None  # folder with draft.safetensors (drafter head / lookup+head)
-    threshold: float | None = None  # None: the heads' calibrated threshold (heads.json)
-    draft_layer: int | None = None  # None: the heads' chosen draft layer
-    max_draft: int = 6
-    draft_threshold: float = 0.0
-
-    def __post_init__(self) -> None:  # strings from a config become the enums (a bad one raises here)
-        object.__setattr__(self, "mode", AdaptiveMode(self.mode))
-        object.__setattr__(self, "drafter", Drafter(self.drafter))
-
-    @property
-    def needs_heads(self) -> bool:
-        return self.mode is AdaptiveMode.EARLY_EXIT or (self.mode is AdaptiveMode.SPECULATIVE and self.drafter.uses_heads)
 
 
 class TransformersWorker:
@@ -128,11 +72,10 @@ class TransformersWorker:
                 raise WeightsUnavailable(f"tier {self.tier}: adaptive depth {self.adaptive.mode!r} needs exit heads")
             heads = ExitHeads.load(self.adaptive.heads, self.adaptive.weights_id or None)
             a = self.adaptive
-            self.adaptive = a = replace(
-                a,
-                threshold=a.threshold if a.threshold is not None else heads.info.get("early_exit_threshold", 0.9),
-                draft_layer=a.draft_layer if a.draft_layer is not None else heads.info.get("draft_layer", heads.layers[0]),
-            )
+            self.adaptive = a = a.model_copy(update={
+                "threshold": a.threshold if a.threshold is not None else heads.info.get("early_exit_threshold", 0.9),
+                "draft_layer": a.draft_layer if a.draft_layer is not None else heads.info.get("draft_layer", heads.layers[0]),
+            })  # fmt: skip
             if a.mode is AdaptiveMode.SPECULATIVE and a.draft_layer not in heads.layers:
                 # an unknown draft layer fails at load, not per request
                 raise WeightsUnavailable(f"tier {self.tier}: no exit head after layer {a.draft_layer}; "

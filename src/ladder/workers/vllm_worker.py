@@ -27,32 +27,24 @@ import itertools
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from ladder.errors import ContextOverflow, EngineStartFailed, InvalidRequest, WeightsUnavailable, WorkerFailed
 from ladder.types import Delta, Generation, Query
-
-
-@dataclass(frozen=True)
-class VLLMOptions:
-    dtype: str = "bfloat16"
-    max_model_len: int = 4096
-    max_num_seqs: int = 32  # requests batched together at most
-    gpu_memory_utilization: float = 0.85  # GPU only
-    kv_cache_gib: int = 2  # CPU only: VLLM_CPU_KVCACHE_SPACE
-    enforce_eager: bool = False
+from ladder.workers.options import VLLMOptions
 
 
 _ids = itertools.count()
 
 
 class VLLMWorker:
-    def __init__(self, tier: str, model_dir: Path, device: str = "cpu", options: VLLMOptions = VLLMOptions()) -> None:
+    def __init__(self, tier: str, model_dir: Path, device: str = "cpu", options: VLLMOptions = VLLMOptions(),
+                 dtype: str = "bfloat16") -> None:  # fmt: skip
         self.tier = tier
         self.model_dir = Path(model_dir)
         self.device = device
         self.options = options
+        self.dtype = dtype
         self.engine = None
         self.tokenizer = None
         self.context_length = 0
@@ -88,7 +80,7 @@ class VLLMWorker:
         os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         o = self.options
-        args = AsyncEngineArgs(model=str(self.model_dir), dtype=o.dtype, max_model_len=o.max_model_len,
+        args = AsyncEngineArgs(model=str(self.model_dir), dtype=self.dtype, max_model_len=o.max_model_len,
                                max_num_seqs=o.max_num_seqs, enforce_eager=o.enforce_eager,
                                disable_log_stats=True, seed=0,
                                # log p under the sampling distribution (after temperature, top-p),

@@ -1,0 +1,127 @@
+"""The settings each backend's worker takes, declared once (pydantic, no torch).
+
+The YAML config (``cluster/settings.py``) uses these same models for a tier's ``vllm``, ``depth``
+and ``adaptive`` sections, and ``cluster/compose.py`` hands them whole to the worker it builds: a
+field is added, validated and documented in one place. Positional construction is allowed
+(``DepthBudget(8, ExitKind.KL, 1e-3)``) because the workers' callers and tests read better so.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names = list(type(self).model_fields)
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__} takes at most {len(names)} positional arguments")
+        super().__init__(**dict(zip(names, args)), **kwargs)
+
+
+# -- recurrent-depth rungs ------------------------------------------------------------------------
+class ExitKind(str, Enum):
+    NEVER = "never"  # always run the full budget: the fixed-r baseline
+    KL = "kl"  # KL(p_i || p_{i-1}) of successive output distributions below a threshold (Geiping et al.)
+    LATENT = "latent"  # relative change of the latent state below a threshold
+
+
+class DepthBudget(Options):
+    """A recurrent-depth rung's budget: at most ``max_iterations`` core iterations per token, fewer
+    when the ``exit`` rule fires (``kl``: successive output distributions within ``threshold``)."""
+
+    max_iterations: int = Field(default=32, ge=1, le=64)
+    exit: ExitKind = ExitKind.KL
+    threshold: float | None = Field(default=1e-3, gt=0)  # the exit rule's threshold (unused by never)
+
+
+# -- vLLM tiers ---------------------------------------------------------------------------------------
+class VLLMOptions(Options):
+    """Engine settings of a ``backend: vllm`` tier (see workers/vllm_worker.py)."""
+
+    max_model_len: int = Field(default=4096, ge=64)
+    max_num_seqs: int = Field(default=32, ge=1)  # requests batched together at most
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # GPU only
+    kv_cache_gib: int = Field(default=2, ge=1)  # CPU only: VLLM_CPU_KVCACHE_SPACE
+    enforce_eager: bool = False
+
+
+# -- transformer tiers: token-level adaptive depth -------------------------------------------------
+class AdaptiveMode(str, Enum):
+    FULL = "full"
+    EARLY_EXIT = "early_exit"
+    SPECULATIVE = "speculative"
+
+
+class Drafter(str, Enum):
+    """Where the speculative mode's drafts come from."""
+
+    HEAD = "head"  # a learned draft head (workers/draft_head.py)
+    LOOKUP = "lookup"
+    LOOKUP_HEAD = "lookup+head"
+    EXIT_HEAD = "exit_head"
+    LOOKUP_EXIT_HEAD = "lookup+exit_head"
+
+    @property
+    def uses_heads(self) -> bool:
+        """Drafts from the exit heads (the early-exit heads file)."""
+        return self in (Drafter.EXIT_HEAD, Drafter.LOOKUP_EXIT_HEAD)
+
+    @property
+    def uses_draft_head(self) -> bool:
+        return self in (Drafter.HEAD, Drafter.LOOKUP_HEAD)
+
+    @property
+    def uses_lookup(self) -> bool:
+        return self in (Drafter.LOOKUP, Drafter.LOOKUP_EXIT_HEAD, Drafter.LOOKUP_HEAD)
+
+
+class AdaptiveDepth(Options):
+    """Token-level adaptive depth of a transformer tier (issues 5, 22; ``docs/ADAPTIVE_DEPTH.md``).
+
+    ``full``: every layer. ``early_exit``: lossy, a token stops at the first exit head whose gate
+    reaches ``threshold`` (calibrated with ``ladder depth calibrate``). ``speculative``: lossless for
+    greedy requests (sampled ones run at full depth); drafts come from ``drafter``: ``head`` (a
+    learned draft head reading the final hidden state, ``ladder depth train --drafter head``),
+    ``lookup`` (prompt lookup, free), ``lookup+head`` (chosen per step by expected acceptance),
+    ``exit_head`` / ``lookup+exit_head`` (the exit head after ``draft_layer`` layers). At most
+    ``max_draft`` drafts per verification, fewer when the drafter's confidence drops below
+    ``draft_threshold``. ``heads`` / ``draft_head``: folders; null = the ones bundled for the tier.
+    ``greedy_match``: what a greedy request is promised against plain decoding of the same tier —
+    ``exact`` (identical tokens: float32, where the verifier's several-position pass rounds like
+    the one-position pass to far below top-2 gaps) or ``approximate`` (bfloat16/float16: the
+    verification pass rounds differently, so near-ties may resolve differently; measured rates in
+    docs/ADAPTIVE_DEPTH.md). A speculative tier in a 16-bit dtype must say ``approximate``."""
+
+    mode: AdaptiveMode = AdaptiveMode.FULL
+    drafter: Drafter = Drafter.EXIT_HEAD
+    heads: Path | None = None
+    draft_head: Path | None = None
+    threshold: float | None = Field(default=None, gt=0, le=1)  # None: the heads' calibrated one
+    draft_layer: int | None = Field(default=None, ge=1)  # None: the heads' chosen one
+    max_draft: int = Field(default=6, ge=1, le=32)
+    draft_threshold: float = Field(default=0.0, ge=0, lt=1)
+    greedy_match: Literal["exact", "approximate"] = "exact"
+    # What the heads must have been trained on (refused otherwise): set by compose from the tier's
+    # source, never written in a config file.
+    weights_id: str = Field(default="", exclude=True)
+
+    @property
+    def needs_heads(self) -> bool:
+        return self.mode is AdaptiveMode.EARLY_EXIT or (self.mode is AdaptiveMode.SPECULATIVE and self.drafter.uses_heads)
+
+    def resolved(self, tier: str, weights_id: str) -> AdaptiveDepth:
+        """The same settings with the heads' folders resolved (null: bundled for ``tier``)."""
+        from ladder.workers.draft_head import bundled_draft_head  # torch: only when a tier asks for heads
+        from ladder.workers.exit_heads import bundled_heads
+
+        heads = Path(os.path.expanduser(self.heads)) if self.heads else bundled_heads(tier)
+        draft = Path(os.path.expanduser(self.draft_head)) if self.draft_head else bundled_draft_head(tier)
+        return self.model_copy(update={"heads": heads, "draft_head": draft, "weights_id": weights_id})
