@@ -35,7 +35,13 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
     from ladder.cluster.settings import load_config
     from ladder.offline import gsm8k
     from ladder.types import Query
-    from ladder.workers.adaptive_depth import DraftChoice, SpecStats, early_exit, head_speculative, self_speculative
+    from ladder.workers.adaptive_depth import (
+        DraftChoice,
+        SpecStats,
+        early_exit,
+        head_speculative,
+        self_speculative,
+    )
     from ladder.workers.draft_head import DraftHead, bundled_draft_head
     from ladder.workers.exit_heads import ExitHeads, bundled_heads
     from ladder.workers.layerwise import LayerwiseModel

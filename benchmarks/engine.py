@@ -30,9 +30,9 @@ from pathlib import Path
 
 import httpx
 import psutil
+from harness.loadgen import QUESTIONS
 
 from ladder.cluster.compose import materialize
-from harness.loadgen import QUESTIONS
 from ladder.cluster.redis_server import free_port
 
 RESULTS = Path(__file__).parent / "results"

@@ -17,10 +17,11 @@ import json
 from pathlib import Path
 
 from harness.chaos import account, fill_redis, kill_proxy, kill_replica, scenario
+
 from ladder.cluster.redis_server import EmbeddedRedis, free_port
 from ladder.cluster.runtime import Runtime
-from ladder.cluster.serving import deploy, restrict
 from ladder.cluster.settings import LadderConfig
+from ladder.serving.launch import deploy, restrict
 
 RESULTS = Path(__file__).parent / "results"
 KEY = "sk-ladder-faults"

@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from harness.frontier import aiq, cell_ceiling, cost_to_reach, frontier
 
 from ladder.offline.evaluation import knn_scores
 from ladder.offline.featcache import featurize
-from harness.frontier import aiq, cell_ceiling, cost_to_reach, frontier
 from ladder.offline.pipeline import three_way
 from ladder.offline.plots import new_axes, save
 from ladder.offline.training import TrainSpec, train_policy

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import psutil
-
 from harness.loadgen import closed_loop, open_loop, summarize
+
 from ladder.cluster.redis_server import free_port
 from ladder.cluster.runtime import Runtime
-from ladder.cluster.serving import deploy, restrict
 from ladder.cluster.settings import LadderConfig
+from ladder.serving.launch import deploy, restrict
 
 RESULTS = Path(__file__).parent / "results"
 KEY = "sk-ladder-load"

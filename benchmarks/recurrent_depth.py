@@ -27,7 +27,12 @@ from tqdm import tqdm
 from ladder.offline.arithmetic import MAX_OPS, ArithItem, make_items
 from ladder.types import Query
 from ladder.workers.exits import ExitKind, ExitRule, make_exit
-from ladder.workers.recurrent_worker import CharTokenizer, DepthBudget, RecurrentWorker, load_checkpoint
+from ladder.workers.recurrent_worker import (
+    CharTokenizer,
+    DepthBudget,
+    RecurrentWorker,
+    load_checkpoint,
+)
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_CKPT = Path(__file__).parents[1] / "src" / "ladder" / "data" / "recurrent-arith"

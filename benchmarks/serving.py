@@ -26,15 +26,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from ladder.cluster.batch import score
-from ladder.cluster.cache import RedisRouteCache
 from ladder.cluster.compose import build_worker, materialize
 from ladder.cluster.redis_server import free_port
 from ladder.cluster.runtime import Runtime
-from ladder.cluster.serving import deploy, restrict
 from ladder.cluster.settings import LadderConfig
+from ladder.jobs.batch import score
 from ladder.policies.fixed import FixedPolicy
 from ladder.router.cascade import decide
+from ladder.serving.cache import RedisRouteCache
+from ladder.serving.launch import deploy, restrict
 from ladder.types import Query
 
 RESULTS = Path(__file__).parent / "results"

@@ -1,10 +1,10 @@
 """The CLI as a user runs it: real subprocesses, exit codes, one-line errors."""
 
 import os
-from pathlib import Path
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 

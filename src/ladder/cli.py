@@ -110,7 +110,7 @@ def serve(
     tiers: Annotated[Optional[str], typer.Option(help="comma-separated subset of tiers to deploy")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API on Ray Serve (local Ray + embedded Redis by default)."""
-    from ladder.cluster.serving import serve_forever
+    from ladder.serving.launch import serve_forever
 
     cfg = _config(config)
     serve_forever(cfg, host=host, port=port, tiers=tiers.split(",") if tiers else None)
@@ -131,9 +131,9 @@ def score(
     from rich.console import Console
     from rich.table import Table
 
-    from ladder.cluster.batch import score as run
     from ladder.cluster.runtime import Runtime
-    from ladder.cluster.serving import restrict
+    from ladder.jobs.batch import score as run
+    from ladder.serving.launch import restrict
 
     cfg = restrict(_config(config), tiers.split(",") if tiers else None, None, None)
     cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"enabled": False})})
@@ -168,10 +168,10 @@ def collect(
     from rich.console import Console
     from rich.table import Table
 
-    from ladder.cluster.collect import collect as run
     from ladder.cluster.runtime import Runtime
-    from ladder.cluster.serving import restrict
+    from ladder.jobs.collect import collect as run
     from ladder.offline.datasets import load_dataset
+    from ladder.serving.launch import restrict
 
     cfg = restrict(_config(config), tiers.split(",") if tiers else None, None, None)
     cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"enabled": False})})
@@ -312,8 +312,8 @@ def route(
     """Route prompts with a policy without generating: per row the router's scores and start rung."""
     import json
 
-    from ladder.cluster.batch import read_rows, row_id, row_query
     from ladder.errors import InvalidRequest
+    from ladder.jobs.batch import read_rows, row_id, row_query
     from ladder.policies.store import load_policy
 
     loaded = load_policy(policy)
@@ -393,8 +393,8 @@ def policy_push(policy: Path, url: UrlOpt = "http://127.0.0.1:8000", admin_key: 
     """Replace the running app's policy without a restart (validated there first; refused: the old one stays)."""
     import time
 
-    from ladder.cluster.live_policy import PolicyFiles
     from ladder.policies.store import load_policy_bytes, policy_files
+    from ladder.serving.live_policy import PolicyFiles
 
     doc, tensors = policy_files(policy)
     version = load_policy_bytes(doc, tensors, label=str(policy)).version  # a broken file is refused before sending
@@ -462,7 +462,8 @@ def recurrent_train(
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
 ) -> None:
     """Train a recurrent-depth model from scratch on seeded left-to-right arithmetic (CPU or CUDA)."""
-    from ladder.offline.recurrent_training import SCHEDULES, TrainSpec, train as run
+    from ladder.offline.recurrent_training import SCHEDULES, TrainSpec
+    from ladder.offline.recurrent_training import train as run
 
     if not operators or set(operators) - set("+-*"):
         _fail(f'--operators must be a non-empty subset of "+-*", got {operators!r}')
@@ -544,7 +545,8 @@ def depth_train(
     command = ("ladder depth train " + " ".join(sys.argv[3:])).strip()
     try:
         if drafter is DraftKind.HEAD:
-            from ladder.offline.draft_head_training import DraftSpec, train as fit_head
+            from ladder.offline.draft_head_training import DraftSpec
+            from ladder.offline.draft_head_training import train as fit_head
             from ladder.workers.draft_head import bundled_draft_head
 
             target = out or bundled_draft_head(tier)
@@ -556,7 +558,8 @@ def depth_train(
             typer.echo(f"wrote {target} in {info['total_s'] / 60:.1f} min; held-out agreement per chain step "
                        f"{h['agree_per_step']}, expected tokens per verification {h['expected_tokens_per_verification']}")
             return
-        from ladder.offline.exit_head_training import HeadSpec, train as run
+        from ladder.offline.exit_head_training import HeadSpec
+        from ladder.offline.exit_head_training import train as run
         from ladder.workers.exit_heads import bundled_heads
 
         target = out or bundled_heads(tier)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from ladder.cluster.cache import RedisRouteCache
 from ladder.cluster.redis_server import EmbeddedRedis, free_port
 from ladder.cluster.settings import LadderConfig
 from ladder.policies.fixed import FixedPolicy
 from ladder.router.cascade import decide
+from ladder.serving.cache import RedisRouteCache
 from ladder.types import Query, Route
 
 SRC = Path(__file__).parents[2] / "src" / "ladder"

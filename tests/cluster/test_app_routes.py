@@ -3,7 +3,7 @@ documented routes. Fast: nothing starts."""
 
 
 def test_the_app_declares_its_routes():
-    from ladder.cluster.app import api
+    from ladder.serving.app import api
 
     routes = {(r.path, m) for r in api.routes for m in getattr(r, "methods", ())}
     assert {("/v1/chat/completions", "POST"), ("/v1/models", "GET"), ("/health", "GET"), ("/metrics", "GET"),

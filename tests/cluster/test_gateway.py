@@ -8,9 +8,16 @@ import json
 import httpx
 import pytest
 
-from ladder.cluster.gateway import Gateway, _answer, build_api
 from ladder.cluster.settings import LadderConfig
-from ladder.errors import ContextOverflow, LadderError, NoRungAvailable, UnknownTier, WorkerFailed, WorkerTimeout
+from ladder.errors import (
+    ContextOverflow,
+    LadderError,
+    NoRungAvailable,
+    UnknownTier,
+    WorkerFailed,
+    WorkerTimeout,
+)
+from ladder.serving.gateway import Gateway, _answer, build_api
 from tests.fakes import ScriptedWorker
 
 KEY = "sk-test"

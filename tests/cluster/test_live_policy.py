@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from ladder.cluster.live_policy import LivePolicy, PolicyFiles
 from ladder.cluster.redis_server import EmbeddedRedis
 from ladder.errors import PolicyFileError
 from ladder.offline.training import TrainSpec, train_policy
@@ -15,6 +14,7 @@ from ladder.outcomes.io import read_jsonl
 from ladder.policies.features import FeaturizerKind
 from ladder.policies.fixed import FixedPolicy
 from ladder.policies.store import policy_files, save_policy
+from ladder.serving.live_policy import LivePolicy, PolicyFiles
 
 pytestmark = pytest.mark.redis
 ROOT = Path(__file__).resolve().parents[2]

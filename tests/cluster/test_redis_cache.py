@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from ladder.cluster.cache import RedisRouteCache
 from ladder.cluster.redis_server import EmbeddedRedis
+from ladder.serving.cache import RedisRouteCache
 from ladder.types import Route
 
 pytestmark = pytest.mark.redis

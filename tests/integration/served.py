@@ -5,8 +5,8 @@ from contextlib import contextmanager
 
 from ladder.cluster.redis_server import free_port
 from ladder.cluster.runtime import Runtime
-from ladder.cluster.serving import deploy, restrict
 from ladder.cluster.settings import LadderConfig
+from ladder.serving.launch import deploy, restrict
 
 
 @contextmanager

@@ -10,9 +10,16 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
-from benchmarks.harness.chaos import account, fill_redis, kill_engine, kill_proxy, kill_replica, scenario
+from benchmarks.harness.chaos import (
+    account,
+    fill_redis,
+    kill_engine,
+    kill_proxy,
+    kill_replica,
+    scenario,
+)
 from benchmarks.harness.loadgen import send, short_chat
+
 from tests.integration.served import small_tier_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.model, pytest.mark.slow]

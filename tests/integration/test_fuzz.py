@@ -11,14 +11,14 @@ import pytest
 import schemathesis
 import yaml
 from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
 from typer.testing import CliRunner
 
 from ladder.cli import app
-from tests.integration.served import small_tier_app
 from ladder.errors import LadderError
+from tests.integration.served import small_tier_app
 
 KEY = "sk-fuzz-key"
 SETTINGS = dict(deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))

@@ -157,8 +157,8 @@ def test_policy_show_push_refusals_and_a_swap_under_load_without_a_failed_reques
     rc, _, err = ladder_cli("policy", "push", str(path), "--url", url)
     assert rc == 2 and "run no verifier" in err
     # ... tensors altered on the way (the server checks the checksum itself)
-    from ladder.cluster.live_policy import PolicyFiles
     from ladder.policies.store import policy_files
+    from ladder.serving.live_policy import PolicyFiles
 
     doc, tensors = policy_files(path)
     r = httpx.put(url + "/admin/policy", content=PolicyFiles(doc, tensors[:-1] + b"\x00").encode(), timeout=30)

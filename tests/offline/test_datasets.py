@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 
 from ladder.errors import LadderError
-from ladder.offline.datasets import chosen_letter, final_number, load_dataset, score_gsm8k, score_letter, subset
+from ladder.offline.datasets import (
+    chosen_letter,
+    final_number,
+    load_dataset,
+    score_gsm8k,
+    score_letter,
+    subset,
+)
 
 DATA = Path(os.environ.get("LADDER_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from benchmarks.harness.frontier import aiq, cell_ceiling, cost_to_reach, frontier
+
 from ladder.outcomes.io import load_model_ladder
 from tests.outcomes.test_io import DATA, needs_data
 

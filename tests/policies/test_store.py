@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ladder.errors import PolicyFileError
-from ladder.outcomes import Outcomes
 from ladder.offline.training import TrainSpec, train_policy
+from ladder.outcomes import Outcomes
 from ladder.policies.features import FeaturizerKind
 from ladder.policies.store import load_policy, save_policy
 from ladder.types import Generation, Query

@@ -10,7 +10,13 @@ from ladder.cluster.compose import materialize, weights_id
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import WeightsUnavailable
 from ladder.types import Query
-from ladder.workers.adaptive_depth import SpecStats, early_exit, full_depth, lookup_draft, self_speculative
+from ladder.workers.adaptive_depth import (
+    SpecStats,
+    early_exit,
+    full_depth,
+    lookup_draft,
+    self_speculative,
+)
 from ladder.workers.exit_heads import ExitHeads
 from ladder.workers.layerwise import LayerwiseModel
 from ladder.workers.transformer import AdaptiveDepth, DeviceConfig, TransformersWorker

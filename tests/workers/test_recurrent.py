@@ -17,7 +17,12 @@ from ladder.offline.recurrent_training import TrainSpec, encode_batch, learning_
 from ladder.types import Query, Sampling
 from ladder.workers.exits import ExitKind, make_exit
 from ladder.workers.recurrent import RecurrentConfig, RecurrentDepthModel
-from ladder.workers.recurrent_worker import CharTokenizer, DepthBudget, RecurrentWorker, load_checkpoint
+from ladder.workers.recurrent_worker import (
+    CharTokenizer,
+    DepthBudget,
+    RecurrentWorker,
+    load_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,11 @@
 """The transformers worker on the small tier's real weights."""
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from ladder.cluster.compose import build_worker, materialize
-from pathlib import Path
-
 from ladder.cluster.settings import load_config
 from ladder.errors import InvalidRequest
 from ladder.types import Message, Query, Sampling

@@ -11,7 +11,14 @@ import numpy as np
 from ladder.errors import OutcomesError
 from ladder.offline.evaluation import compare, plot, table, tuned_knn
 from ladder.offline.featcache import featurize
-from ladder.offline.pipeline import answer_tokens, load_outcomes, parse_prices, parse_target, rung_costs, three_way
+from ladder.offline.pipeline import (
+    answer_tokens,
+    load_outcomes,
+    parse_prices,
+    parse_target,
+    rung_costs,
+    three_way,
+)
 from ladder.offline.training import TrainSpec, gate_scores, idk_scores, train_policy
 from ladder.policies.calibrate import calibrate
 from ladder.policies.features import FeaturizerKind, MiniLMFeaturizer, make_featurizer

@@ -10,7 +10,6 @@ from pathlib import Path
 from ladder.answers import final_number
 
 
-
 @dataclass(frozen=True)
 class Problem:
     question: str

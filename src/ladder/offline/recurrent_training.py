@@ -25,7 +25,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ladder.offline.arithmetic import END, MAX_OPS, OPERATORS, PROMPT_LEN, VOCAB, ArithItem, make_item
+from ladder.offline.arithmetic import (
+    END,
+    MAX_OPS,
+    OPERATORS,
+    PROMPT_LEN,
+    VOCAB,
+    ArithItem,
+    make_item,
+)
 from ladder.workers.recurrent import RecurrentConfig, RecurrentDepthModel, sample_r
 from ladder.workers.recurrent_worker import CharTokenizer, weights_sha256
 

@@ -10,7 +10,14 @@ import numpy as np
 from ladder.outcomes import Outcomes
 from ladder.policies.features import Featurizer, FeaturizerKind, make_featurizer
 from ladder.policies.hybrid import HybridRouterPolicy
-from ladder.policies.idk import SIGNALS, VERIFIER_INPUTS, VERIFIER_SIGNALS, AnswerView, IdkModel, signal_matrix
+from ladder.policies.idk import (
+    SIGNALS,
+    VERIFIER_INPUTS,
+    VERIFIER_SIGNALS,
+    AnswerView,
+    IdkModel,
+    signal_matrix,
+)
 from ladder.policies.labels import LabelScheme, boundary_labels
 from ladder.policies.linear import fit_logistic
 from ladder.policies.prefix import CANDIDATE_TOKENS, PREFIX_SIGNALS, PrefixGate, prefix_view

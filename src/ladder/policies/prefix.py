@@ -25,7 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ladder.policies.calibrate import OperatingPoint, Simulation, Target, _meets, _point, start_rungs
+from ladder.policies.calibrate import (
+    OperatingPoint,
+    Simulation,
+    Target,
+    _meets,
+    _point,
+    start_rungs,
+)
 from ladder.policies.idk import AnswerView, IdkModel
 from ladder.types import PrefixVerdict
 

@@ -119,7 +119,9 @@ class AdaptiveDepth(Options):
 
     def resolved(self, tier: str, weights_id: str) -> AdaptiveDepth:
         """The same settings with the heads' folders resolved (null: bundled for ``tier``)."""
-        from ladder.workers.draft_head import bundled_draft_head  # torch: only when a tier asks for heads
+        from ladder.workers.draft_head import (
+            bundled_draft_head,  # torch: only when a tier asks for heads
+        )
         from ladder.workers.exit_heads import bundled_heads
 
         heads = Path(os.path.expanduser(self.heads)) if self.heads else bundled_heads(tier)

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ladder.errors import ContextOverflow, ChecksumMismatch, InvalidRequest, WeightsUnavailable
+from ladder.errors import ChecksumMismatch, ContextOverflow, InvalidRequest, WeightsUnavailable
 from ladder.types import Delta, Generation, Query
 from ladder.workers.exits import ExitKind, make_exit
 from ladder.workers.options import DepthBudget

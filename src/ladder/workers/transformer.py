@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ladder.errors import ContextOverflow, InvalidRequest, WeightsUnavailable
 from ladder.types import Delta, Generation, Query, Sampling
-from ladder.workers.options import AdaptiveDepth, AdaptiveMode, Drafter  # noqa: F401 (re-exported)
 from ladder.workers.adaptive_depth import Pick, Step, early_exit, head_speculative, self_speculative
+from ladder.workers.options import AdaptiveDepth, AdaptiveMode, Drafter  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,15 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ladder.errors import ContextOverflow, EngineStartFailed, InvalidRequest, WeightsUnavailable, WorkerFailed
+from ladder.errors import (
+    ContextOverflow,
+    EngineStartFailed,
+    InvalidRequest,
+    WeightsUnavailable,
+    WorkerFailed,
+)
 from ladder.types import Delta, Generation, Query
 from ladder.workers.options import VLLMOptions
-
 
 _ids = itertools.count()
 

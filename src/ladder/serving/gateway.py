@@ -4,7 +4,7 @@ that maps typed errors to HTTP answers.
 ``Gateway`` holds what a request needs (the live policy, the route cache, the tiers as
 ``Worker``/``StreamWorker``s, metrics, keys, the shadow log) and raises typed errors where a
 problem is found; ``build_api`` turns it into a FastAPI app whose exception handlers give every
-error its status, OpenAI-style body, headers and metric exactly once. ``cluster/app.py`` runs
+error its status, OpenAI-style body, headers and metric exactly once. ``serving/app.py`` runs
 that app in a Ray Serve deployment over tier handles; tests run it in-process over an ASGI
 transport with scripted workers (``tests/cluster/test_gateway.py``).
 
@@ -26,16 +26,24 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from ladder.cluster import openai_api as oai
 from ladder.cluster.compose import build_policy, cost_function
-from ladder.cluster.live_policy import LivePolicy, PolicyFiles
-from ladder.cluster.metrics import LadderMetrics
 from ladder.cluster.settings import LadderConfig
-from ladder.cluster.shadow import ShadowLog
-from ladder.errors import InvalidRequest, LadderError, NoRungAvailable, PolicyFileError, UnknownTier, WorkerFailed, WorkerTimeout
+from ladder.errors import (
+    InvalidRequest,
+    LadderError,
+    NoRungAvailable,
+    PolicyFileError,
+    UnknownTier,
+    WorkerFailed,
+    WorkerTimeout,
+)
 from ladder.protocols import Policy, StreamWorker, Worker
 from ladder.router.cascade import run_cascade
 from ladder.router.streaming import StreamStart, stream_cascade
+from ladder.serving import openai_api as oai
+from ladder.serving.live_policy import LivePolicy, PolicyFiles
+from ladder.serving.metrics import LadderMetrics
+from ladder.serving.shadow import ShadowLog
 from ladder.types import CascadeResult, Query, Route
 
 log = logging.getLogger("ladder.app")
@@ -68,7 +76,7 @@ class Gateway:
         self.metrics = LadderMetrics()
         self.cache = None
         if redis_url and config.cache.enabled:
-            from ladder.cluster.cache import RedisRouteCache
+            from ladder.serving.cache import RedisRouteCache
 
             c = config.cache
             self.cache = RedisRouteCache(redis_url, c.ttl_s, c.read_timeout_ms, c.connect_timeout_ms,

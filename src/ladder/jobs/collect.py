@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ladder.cluster.batch import done_ids
 from ladder.cluster.compose import build_worker, materialize
-from ladder.cluster.ray_jobs import drive
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import LadderError
+from ladder.jobs.batch import done_ids
+from ladder.jobs.driver import drive
 from ladder.offline.datasets import Dataset, LabelledItem, load_dataset
 from ladder.types import Message, Query, Sampling
 from ladder.verify import VERIFIERS

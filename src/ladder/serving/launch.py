@@ -38,7 +38,7 @@ def deploy(config: LadderConfig, runtime: Runtime) -> str:
     """Deploy the Serve app on the running Ray; returns the base URL once every replica is up."""
     from ray import serve
 
-    from ladder.cluster.app import build_app
+    from ladder.serving.app import build_app
 
     serve.start(http_options={"host": config.server.host, "port": config.server.port})
     try:

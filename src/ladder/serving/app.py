@@ -1,9 +1,9 @@
 """The Ray Serve application: one deployment per tier, and a router ingress speaking OpenAI.
 
 ``build_app(args)`` composes it from the YAML config, so the same app runs from ``ladder serve``,
-``serve run ladder.cluster.app:build_app config=...`` and a Serve config file (``serve deploy``).
+``serve run ladder.serving.app:build_app config=...`` and a Serve config file (``serve deploy``).
 Deployments are thin: ``TierDeployment`` wraps a tier's worker; ``LadderIngress`` runs the HTTP
-app of ``cluster/gateway.py`` (routes, typed errors -> HTTP, the cascade) over tier handles. The
+app of ``serving/gateway.py`` (routes, typed errors -> HTTP, the cascade) over tier handles. The
 router and the HTTP ingress are one deployment on purpose: it saves a network hop on every request.
 """
 
@@ -14,9 +14,9 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from ladder.cluster.gateway import Gateway, build_api
 from ladder.cluster.settings import LadderConfig, load_config
-from ladder.cluster.tiers import TierDeployment, TierHandleStreamer, TierHandleWorker
+from ladder.serving.gateway import Gateway, build_api
+from ladder.serving.tiers import TierDeployment, TierHandleStreamer, TierHandleWorker
 
 _gateway: Gateway | None = None  # this replica's (one ingress replica per process)
 

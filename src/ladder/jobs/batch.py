@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ladder.cluster.compose import build_policy, build_worker, cost_function, materialize
-from ladder.cluster.ray_jobs import drive
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import InvalidRequest, LadderError
+from ladder.jobs.driver import drive
 from ladder.outcomes.io import jsonl_lines
 from ladder.router.cascade import run_cascade
 from ladder.router.memory import InMemoryRouteCache
