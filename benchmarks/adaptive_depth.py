@@ -2,8 +2,10 @@
 
 For each tier and each GSM8K test question (greedy, up to --new-tokens new tokens) the same
 process runs, one after the other on the same prompt: full depth (the transformers forward pass
-the worker serves by default), self-speculation (lossless) and confident early exit at several
-gate thresholds (lossy). Reported per mode: generated tokens/s and its ratio to full depth,
+the worker serves by default), self-speculation (lossless: drafts from exit heads, prompt lookup,
+the learned draft head — spec:head, spec:lookup+head — when the tier has one) and confident early
+exit at several gate thresholds (lossy); --modes picks a subset. Every mode runs once on a short
+prompt first (warm-up, not timed). Reported per mode: generated tokens/s and its ratio to full depth,
 decoder-layer passes per generated token (sequential layer invocations: on a memory-bound decode
 step, reading a layer's weights once serves every position it processes), mean / p50 / p95 depth
 per token (see workers/adaptive_depth.py for what depth means in each mode), identical outputs (share of prompts whose whole output equals full
@@ -14,6 +16,7 @@ benchmarks/results/adaptive_depth.json and adaptive_depth_<tier>.png (exit-depth
 
     .venv/bin/python benchmarks/adaptive_depth.py --data ../shared/data [--tiers small,medium]
         [--prompts 100 | --prompts 25,10] [--new-tokens 128] [--thresholds 0.6,0.8,0.9,0.95] [--dtype float32]
+        [--modes spec:lookup,spec:head,spec:lookup+head] [--device cuda] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
                       "tokens": r["tokens"]})  # fmt: skip
     full_acc = rows["full"]["correct"] / len(problems)
     default = choose_default(table, full_acc)
-    plot(name, lw.n_layers, {m: rows[m]["depths"] for m in modes if m != "full"}, Path(args.out).parent / f"adaptive_depth_{name}.png")
+    plot(name, lw.n_layers, {m: rows[m]["depths"] for m in modes if m != "full"}, Path(args.out).with_name(f"{Path(args.out).stem}_{name}.png"))
     return {"tier": name, "layers": lw.n_layers, "exit_layers": list(heads.layers), "draft_layer": draft_layer,
             "max_draft": args.max_draft, "draft_threshold": args.draft_threshold, "prompts": len(problems),
             "head_max_draft": args.head_max_draft, "head_threshold": args.head_threshold,

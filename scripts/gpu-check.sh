@@ -16,8 +16,13 @@ echo "$(cat /root/gguf/smol.sha256)  $GGUF" | sha256sum -c || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LADDER_CACHE_DIR=/root/ladder-cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-timeout 300 python3 -m pytest -p no:cacheprovider -m gpu tests/workers/test_cuda_paths.py -k "not vllm" -q -s 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "passed|failed|error|identical|FAIL|Error" | tail -20
-for dtype in float32 bfloat16; do
-  timeout 420 python3 benchmarks/adaptive_depth.py --tiers small --prompts "$N" --device cuda --dtype $dtype \
-    --modes spec:lookup,spec:head,spec:lookup+head --out "$OUT/adaptive_depth_cuda_$dtype.json" 2>&1 | grep -v "it/s\]" | tail -12
-done
+bench() {  # dtype, seconds
+  timeout "$2" python3 benchmarks/adaptive_depth.py --tiers small --prompts "$N" --device cuda --dtype "$1" \
+    --modes spec:lookup,spec:head,spec:lookup+head --out "$OUT/adaptive_depth_cuda_$1.json" 2>&1 | grep -v "it/s\]" | tail -12
+}
+timeout 120 python3 -c "from ladder.cluster.compose import materialize; from ladder.cluster.settings import LadderConfig; \
+c = LadderConfig(); print('weights at', materialize(c, c.tier('small')))" || exit 1
+bench float32 210
+timeout 170 python3 -m pytest -p no:cacheprovider -m gpu tests/workers/test_cuda_paths.py -k "not vllm" -q -s 2>&1 \
+  | tee "$OUT/gpu-tests.log" | grep -E "passed|failed|error|identical|FAIL|Error" | tail -20
+bench bfloat16 150

@@ -525,7 +525,9 @@ def depth_train(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="default: the bundled heads of the tier")] = None,
     prompts: Annotated[Optional[int], typer.Option(min=2, help="default: 192 (exit heads), 512 (draft head)")] = None,
     new_tokens: Annotated[int, typer.Option(min=1)] = 128,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="default: 3 (exit heads), 12 (draft head)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="default: 3 (exit heads), 5 (draft head)")] = None,
+    reference: Annotated[int, typer.Option(min=0, help="draft head: extra questions fitted on their GSM8K reference "
+                                                      "solutions (no generation)")] = 768,
     max_minutes: Annotated[float, typer.Option(min=0.1, help="draft head: stop fitting after this long")] = 25.0,
     seed: int = 0,
     threads: Annotated[int, typer.Option(min=1)] = 2,
@@ -550,8 +552,8 @@ def depth_train(
             from ladder.workers.draft_head import bundled_draft_head
 
             target = out or bundled_draft_head(tier)
-            spec = DraftSpec(prompts=prompts or 512, new_tokens=new_tokens, epochs=epochs or 12, seed=seed,
-                             threads=threads, max_minutes=max_minutes)
+            spec = DraftSpec(prompts=prompts or 512, reference=reference, new_tokens=new_tokens, epochs=epochs or 5,
+                             seed=seed, threads=threads, max_minutes=max_minutes)
             info = fit_head(tier, materialize(cfg, t), weights_id(t), data, target, spec, command,
                             corpus_dir=cfg.cache_path / "draft-corpus" / tier)
             h = info["heldout"]

@@ -134,9 +134,12 @@ def test_training_writes_a_head_bound_to_the_weights(tier, tmp_path):
     from ladder.offline.draft_head_training import DraftSpec, train
 
     t, model_dir = tier
-    spec = DraftSpec(prompts=4, new_tokens=12, draft_vocab=256, epochs=2, batch_sequences=2, gen_batch=4, holdout=0.25)
+    spec = DraftSpec(prompts=4, reference=3, new_tokens=12, draft_vocab=256, epochs=2, batch_sequences=2, gen_batch=4,
+                     holdout=0.25)  # fmt: skip
     info = train("small", model_dir, weights_id(t), DATA, tmp_path / "head", spec, "test",
                  corpus_dir=tmp_path / "corpus")  # fmt: skip
     head = DraftHead.load(tmp_path / "head", weights_id(t))
-    assert len(head.vocab) <= 256 and info["steps"] == 4 and len(info["heldout"]["agree_per_step"]) == spec.unroll
+    # 3 own answers + 3 reference solutions in training (1 own answer held out), 2 per batch, 2 epochs
+    assert info["reference_sequences"] == 3 and info["steps"] == 6 and len(info["heldout_per_epoch"]) == 2
+    assert len(head.vocab) <= 256 and len(info["heldout"]["agree_per_step"]) == spec.unroll
     assert (tmp_path / "corpus" / "corpus.json").is_file()

@@ -31,7 +31,7 @@ import torch
 
 from ladder.workers.draft_head import DraftHead
 from ladder.workers.exit_heads import ExitHeads
-from ladder.workers.layerwise import LayerwiseModel
+from ladder.workers.layerwise import LayerwiseModel, linear
 
 Pick = Callable[[torch.Tensor], tuple[int, float]]  # logits [V] -> (token, logprob)
 Step = tuple[int, float, int]  # token, logprob, depth
@@ -251,7 +251,7 @@ def head_speculative(
             choice.head_rounds += 1
         # Verify: the full model on [pending, drafts...] in one pass; features come with the logits.
         f = lw.norm(lw.layers_range(lw.embed_ids([pending] + drafts), pos, 0, L))[0]  # [n+1, D]
-        out = lw.lm_head(f).float()
+        out = linear(lw.lm_head, f).float()
         verdicts = [pick(out[k]) for k in range(len(drafts) + 1)]
         accepted = 0
         while accepted < len(drafts) and drafts[accepted] == verdicts[accepted][0]:

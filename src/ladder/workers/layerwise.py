@@ -19,6 +19,21 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 SUPPORTED = ("llama", "qwen2")
 
 
+def linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, but a pass over 2..8 positions (a speculative verification) is computed as
+    ``W @ xᵀ``: on the x86 CPU of this project torch's ``F.linear`` picks a kernel for 2–7 rows
+    that is 2–6× slower than one row (LM head of medium: 41 ms for 1 row, 92 ms for 2; ``W @ xᵀ``:
+    16 ms — benchmarks in docs/ADAPTIVE_DEPTH.md), which is what made verification expensive.
+    One row (plain decoding) and prefill keep ``F.linear``; values agree to float rounding."""
+    rows = x.numel() // x.shape[-1]
+    if not 2 <= rows <= 8 or x.device.type != "cpu":
+        return module(x)
+    out = (module.weight @ x.reshape(rows, -1).T).T
+    if module.bias is not None:
+        out = out + module.bias
+    return out.reshape(*x.shape[:-1], -1)
+
+
 class LayerwiseModel:
     def __init__(self, model) -> None:  # noqa: ANN001 (a transformers CausalLM)
         kind = model.config.model_type
@@ -63,9 +78,9 @@ class LayerwiseModel:
     def _qkv(self, j: int, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):  # noqa: ANN202
         attn = self.layers[j].self_attn
         n = x.shape[1]
-        q = attn.q_proj(x).view(1, n, self.n_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+        q = linear(attn.q_proj, x).view(1, n, self.n_heads, self.head_dim).transpose(1, 2)
+        k = linear(attn.k_proj, x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+        v = linear(attn.v_proj, x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, *rope)
         return q, k, v
 
@@ -85,8 +100,9 @@ class LayerwiseModel:
         else:  # query i sits at position start + i and sees keys up to it
             mask = torch.ones(n, end, dtype=torch.bool, device=self.device).tril(diagonal=start)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
-        h = h + block.self_attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
-        return h + block.mlp(block.post_attention_layernorm(h))
+        h = h + linear(block.self_attn.o_proj, out.transpose(1, 2).reshape(1, n, -1))
+        y, mlp = block.post_attention_layernorm(h), block.mlp
+        return h + linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, y)) * linear(mlp.up_proj, y))
 
     def layers_range(self, h: torch.Tensor, start: int, first: int, last: int) -> torch.Tensor:
         """Layers first..last-1 on h at positions start.. (one rotary computation for all)."""
@@ -112,4 +128,4 @@ class LayerwiseModel:
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head: the full-depth output distribution (float32 logits)."""
-        return self.lm_head(self.norm(h)).float()
+        return linear(self.lm_head, self.norm(h)).float()
