@@ -73,7 +73,7 @@ def test_prices_give_costs():
 def test_adaptive_example_config_is_valid_and_points_at_shipped_heads():
     cfg = load_config(ROOT / "configs" / "adaptive.yaml")
     small = cfg.tier("small")
-    assert small.adaptive.mode == "speculative" and small.adaptive.drafter == "lookup"
+    assert small.adaptive.mode == "speculative" and small.adaptive.drafter == "lookup+head"
     assert small.dtype == "float32"  # the lossless claim is made in float32 (docs/ADAPTIVE_DEPTH.md)
     for name in ("small", "medium"):  # heads ship for both, with the weights they were fitted to
         heads = cfg.tier(name).adaptive.resolved(name, "").heads
@@ -81,6 +81,8 @@ def test_adaptive_example_config_is_valid_and_points_at_shipped_heads():
         import json
 
         assert json.loads((heads / "heads.json").read_text())["model_sha256"] == cfg.tier(name).source.sha256
+    draft = small.adaptive.resolved("small", "").draft_head  # the small tier's draft head ships too
+    assert json.loads((draft / "draft.json").read_text())["model_sha256"] == small.source.sha256
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if p.name != "serve.yaml"))
