@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ladder.cluster.compose import materialize, weights_id
-from ladder.cluster.settings import LadderConfig
+from ladder.cluster.compose import weights_id
 from ladder.errors import WeightsUnavailable
 from ladder.types import Query
 from ladder.workers.adaptive_depth import (
@@ -18,8 +17,8 @@ from ladder.workers.adaptive_depth import (
     self_speculative,
 )
 from ladder.workers.exit_heads import ExitHeads
-from ladder.workers.layerwise import LayerwiseModel
 from ladder.workers.transformer import AdaptiveDepth, DeviceConfig, TransformersWorker
+from tests.workers.decoding import greedy, take
 
 pytestmark = pytest.mark.model
 
@@ -27,22 +26,10 @@ PROMPTS = ["Natalia sold clips to 48 of her friends in April, and then she sold 
            "How many clips did Natalia sell altogether?", "Write a haiku about autumn leaves."]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def tier():
-    cfg = LadderConfig()
-    t = cfg.tier("small")
-    return t, materialize(cfg, t)
 
 
-@pytest.fixture(scope="module")
-def reference(tier):
-    """The plain transformers path in float32: the greedy output adaptive modes are held to."""
-    return TransformersWorker("small", tier[1], DeviceConfig(dtype="float32")).load()
 
 
-@pytest.fixture(scope="module")
-def lw(reference):
-    return LayerwiseModel(reference.model)
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +38,6 @@ def lens_heads(lw):
     return ExitHeads(tuple(range(4, lw.n_layers, 4)), lw.hidden, rank=8)
 
 
-def greedy(logits):
-    lp = torch.log_softmax(logits.float(), -1)
-    t = int(lp.argmax())
-    return t, float(lp[t])
-
-
-def take(steps, n):
-    out = []
-    for step in steps:
-        out.append(step)
-        if len(out) == n:
-            steps.close()
-            return out
 
 
 def prompt_ids(worker, text):

@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ladder.cluster.compose import materialize, weights_id
-from ladder.cluster.settings import LadderConfig, TierConfig
+from ladder.cluster.compose import weights_id
+from ladder.cluster.settings import TierConfig
 from ladder.errors import WeightsUnavailable
 from ladder.types import Query
 from ladder.workers.adaptive_depth import DraftChoice, SpecStats, full_depth, head_speculative
 from ladder.workers.draft_head import DraftHead, bundled_draft_head
-from ladder.workers.layerwise import LayerwiseModel
 from ladder.workers.transformer import AdaptiveDepth, DeviceConfig, TransformersWorker
+from tests.workers.decoding import greedy, take
 
 pytestmark = pytest.mark.model
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -23,21 +23,10 @@ PROMPTS = ["Natalia sold clips to 48 of her friends in April, and then she sold 
            "Repeat exactly: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat."]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def tier():
-    cfg = LadderConfig()
-    t = cfg.tier("small")
-    return t, materialize(cfg, t)
 
 
-@pytest.fixture(scope="module")
-def reference(tier):
-    return TransformersWorker("small", tier[1], DeviceConfig(dtype="float32")).load()
 
 
-@pytest.fixture(scope="module")
-def lw(reference):
-    return LayerwiseModel(reference.model)
 
 
 @pytest.fixture(scope="module")
@@ -47,20 +36,6 @@ def random_head(reference):
     return DraftHead.for_model(reference.model.config, list(range(0, 4000))).eval()
 
 
-def greedy(logits):
-    lp = torch.log_softmax(logits.float(), -1)
-    t = int(lp.argmax())
-    return t, float(lp[t])
-
-
-def take(steps, n):
-    out = []
-    for step in steps:
-        out.append(step)
-        if len(out) == n:
-            break
-    steps.close()
-    return out
 
 
 @torch.inference_mode()
