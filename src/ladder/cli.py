@@ -313,12 +313,13 @@ def route(
     import json
 
     from ladder.errors import InvalidRequest
-    from ladder.jobs.batch import read_rows, row_id, row_query
+    from ladder.jobs.batch import row_id, row_query
+    from ladder.outcomes.io import read_rows
     from ladder.policies.store import load_policy
 
     loaded = load_policy(policy)
     lines, counts = [], {r: 0 for r in loaded.rungs}
-    for row in read_rows(prompts):
+    for row in read_rows(prompts, "prompts file"):
         try:
             decision = loaded.route(row_query(row, 1))
         except InvalidRequest as exc:

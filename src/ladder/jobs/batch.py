@@ -24,7 +24,7 @@ from ladder.cluster.compose import build_policy, build_worker, cost_function, ma
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import InvalidRequest, LadderError
 from ladder.jobs.driver import drive
-from ladder.outcomes.io import jsonl_lines
+from ladder.outcomes.io import jsonl_lines, read_rows
 from ladder.router.cascade import run_cascade
 from ladder.router.memory import InMemoryRouteCache
 from ladder.types import Message, Query, Sampling
@@ -49,25 +49,6 @@ def row_query(row: dict, default_max_tokens: int) -> Query:
         raise InvalidRequest(f"max_tokens must be a positive integer, got {max_tokens!r}")
     sampling = Sampling(max_tokens=max_tokens, temperature=float(row.get("temperature", 0.0)), seed=row.get("seed"))
     return Query(messages, sampling)
-
-
-def read_rows(path: Path) -> list[dict]:
-    rows = []
-    try:
-        lines = jsonl_lines(path)
-    except FileNotFoundError:
-        raise LadderError(f"input file not found: {path}") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LadderError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise LadderError(f"{path}:{n}: each line must be a JSON object")
-        rows.append(row)
-    return rows
 
 
 def repair_tail(out: Path) -> None:
@@ -156,7 +137,7 @@ class ScoreSummary:
 def score(config: LadderConfig, input_path: Path, out: Path, actors: int = 1, batch_size: int = 8,
           default_max_tokens: int = 64) -> ScoreSummary:  # fmt: skip
     """Run the job on the already-initialised Ray; appends to ``out``; returns the summary."""
-    rows = read_rows(input_path)
+    rows = read_rows(input_path, "input file")
     finished = done_ids(out)
     todo = [r for r in rows if row_id(r) not in finished]
     summary = ScoreSummary(skipped=len(rows) - len(todo))

@@ -107,19 +107,25 @@ def _scale(row: dict, path: Path, n: int) -> tuple[float, float]:
     return lo, hi
 
 
-def read_rows(path: Path) -> list[dict]:
-    """An outcomes file's rows as JSON, unchecked (``ladder judge`` fills in their grades)."""
+def read_rows(path: Path, what: str = "outcomes file") -> list[dict]:
+    """A JSONL file's rows as JSON objects, unchecked beyond that (``ladder judge`` fills in
+    outcomes' grades; ``ladder score`` reads its input with it); blank lines are skipped, a line
+    that is not a JSON object is an error naming the file and line."""
     rows = []
     try:
         lines = jsonl_lines(path)
     except FileNotFoundError:
-        raise OutcomesError(f"outcomes file not found: {path}") from None
+        raise OutcomesError(f"{what} not found: {path}") from None
     for n, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise OutcomesError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise OutcomesError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise OutcomesError(f"{path}:{n}: each line must be a JSON object")
+        rows.append(row)
     return rows
 
 

@@ -15,17 +15,16 @@ not returned by Huginn's generate, so ``Generation.depths`` stays empty for this
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ladder.errors import ContextOverflow, InvalidRequest, WeightsUnavailable
-from ladder.types import Delta, Generation, Query
+from ladder.types import Generation, Query
 from ladder.workers.exits import ExitKind
 from ladder.workers.options import DepthBudget
+from ladder.workers.whole_answer import WholeAnswer
 
 ARCHITECTURE = "RavenForCausalLM"
 
@@ -45,7 +44,7 @@ def check_folder(folder: Path) -> dict:
     return meta
 
 
-class HuginnWorker:
+class HuginnWorker(WholeAnswer):  # its generate loop has no streamer hook: one piece
     def __init__(self, tier: str, folder: Path, budget: DepthBudget = DepthBudget(), device: str = "cpu",
                  dtype: str = "bfloat16") -> None:  # fmt: skip
         self.tier, self.folder, self.budget, self.device, self.dtype = tier, Path(folder), budget, device, dtype
@@ -62,15 +61,6 @@ class HuginnWorker:
         self.model = AutoModelForCausalLM.from_pretrained(self.folder, trust_remote_code=True, local_files_only=True,
                                                           dtype=getattr(torch, self.dtype)).to(self.device).eval()  # fmt: skip
         return self
-
-    async def generate(self, query: Query) -> Generation:
-        return await asyncio.to_thread(self.generate_sync, query)
-
-    async def stream(self, query: Query) -> AsyncIterator[Delta | Generation]:
-        """Huginn's generate loop has no streamer hook: the whole text, then the Generation."""
-        gen = await self.generate(query)
-        yield Delta(gen.text, gen.token_ids, gen.logprobs, gen.prompt_tokens)
-        yield gen
 
     def generate_sync(self, query: Query) -> Generation:
         from transformers import GenerationConfig

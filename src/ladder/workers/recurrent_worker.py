@@ -10,19 +10,18 @@ character tokenizer: characters outside the vocabulary, over-long prompts and ba
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ladder.errors import ChecksumMismatch, ContextOverflow, InvalidRequest, WeightsUnavailable
-from ladder.types import Delta, Generation, Query
+from ladder.types import Generation, Query
 from ladder.workers.exits import ExitKind, make_exit
 from ladder.workers.options import DepthBudget
+from ladder.workers.whole_answer import WholeAnswer
 from ladder.workers.recurrent import RecurrentConfig, RecurrentDepthModel
 
 
@@ -83,7 +82,7 @@ def load_checkpoint(folder: Path) -> tuple[RecurrentDepthModel, dict]:
     return model.eval(), meta
 
 
-class RecurrentWorker:
+class RecurrentWorker(WholeAnswer):  # an answer is a few characters: one piece
     def __init__(self, tier: str, checkpoint: Path, budget: DepthBudget = DepthBudget(),
                  threads: int | None = None, device: str = "cpu") -> None:  # fmt: skip
         self.tier, self.checkpoint, self.budget, self.threads = tier, Path(checkpoint), budget, threads
@@ -102,15 +101,6 @@ class RecurrentWorker:
         untrained = "".join(sorted(set("+-*") - set(meta.get("operators", "+-*"))))
         self.tokenizer = CharTokenizer(cfg.vocab, cfg.prompt_len, untrained)
         return self
-
-    async def generate(self, query: Query) -> Generation:
-        return await asyncio.to_thread(self.generate_sync, query)
-
-    async def stream(self, query: Query) -> AsyncIterator[Delta | Generation]:
-        """The whole answer is a few characters: one text piece, then the Generation."""
-        gen = await self.generate(query)
-        yield Delta(gen.text, gen.token_ids, gen.logprobs, gen.prompt_tokens)
-        yield gen
 
     def budget_for(self, query: Query) -> DepthBudget:
         """The request's depth budget: the rung's, with the request's overrides (never above its ceiling)."""
