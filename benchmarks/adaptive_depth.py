@@ -69,7 +69,7 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
         t = int(lp.argmax())
         return t, float(lp[t])
 
-    def timed(steps) -> tuple[list[int], list[int], float, int]:  # noqa: ANN001
+    def timed(steps, limit: int = args.new_tokens) -> tuple[list[int], list[int], float, int]:  # noqa: ANN001
         tokens, depths = [], []
         calls0 = lw.layer_calls
         t0 = time.perf_counter()
@@ -78,7 +78,7 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
                 break
             tokens.append(token)
             depths.append(depth)
-            if len(tokens) == args.new_tokens:
+            if len(tokens) == limit:
                 break
         steps.close()
         seconds = time.perf_counter() - t0
@@ -109,7 +109,7 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
     with torch.inference_mode():  # warm-up (kernels, caches, allocator), not timed
         ids = worker.encode(Query.of(problems[0].question, max_tokens=16))
         for m in modes:
-            timed(run_mode(m, ids, len(ids) + 40, {}))
+            timed(run_mode(m, ids, len(ids) + 40, {}), limit=16)
     for p in tqdm(problems, desc=f"{name}: prompts", unit="prompt"):
         ids = worker.encode(Query.of(p.question, max_tokens=args.new_tokens))
         max_len = len(ids) + args.new_tokens + 1
