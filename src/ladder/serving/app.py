@@ -15,19 +15,10 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from ladder.cluster.settings import LadderConfig, load_config
-from ladder.serving.gateway import Gateway, build_api
+from ladder.serving.gateway import Gateway, activate, active, build_api
 from ladder.serving.tiers import TierDeployment, TierHandleStreamer, TierHandleWorker
 
-_gateway: Gateway | None = None  # this replica's (one ingress replica per process)
-
-
-def _current() -> Gateway:
-    if _gateway is None:
-        raise RuntimeError("the ingress replica has not finished starting")
-    return _gateway
-
-
-api = build_api(_current)
+api = build_api(active)  # the routes reach this replica's Gateway (set in LadderIngress.__init__)
 
 
 @serve.deployment
@@ -36,11 +27,10 @@ class LadderIngress:
     """The router + OpenAI ingress replica: a ``Gateway`` over handles of the tier deployments."""
 
     def __init__(self, config_json: str, redis_url: str | None, tiers: dict[str, DeploymentHandle]) -> None:
-        global _gateway
         config = LadderConfig.model_validate_json(config_json)
         workers = [TierHandleWorker(t.name, tiers[t.name], t.timeout_s) for t in config.tiers]
         streamers = [TierHandleStreamer(t.name, tiers[t.name], t.timeout_s) for t in config.tiers]
-        _gateway = Gateway(config, workers, streamers, redis_url)
+        activate(Gateway(config, workers, streamers, redis_url))
 
 
 def build_app(args: dict[str, Any]) -> Application:

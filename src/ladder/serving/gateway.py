@@ -227,6 +227,23 @@ class Gateway:
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
+# -- the replica's gateway ------------------------------------------------------------------------
+# Serve may ship the deployment class by value (cloudpickle), and a by-value function writes its
+# globals into a copy, not into its module: so the replica's gateway is kept here, in an importable
+# module, and reached only through these two functions.
+_ACTIVE: list[Gateway] = []
+
+
+def activate(gateway: Gateway) -> None:
+    _ACTIVE[:] = [gateway]
+
+
+def active() -> Gateway:
+    if not _ACTIVE:
+        raise RuntimeError("the ingress replica has not finished starting")
+    return _ACTIVE[0]
+
+
 # -- typed errors -> HTTP, in one table -----------------------------------------------------------
 def _answer(exc: Exception) -> tuple[int, str | None, str | None, dict[str, str] | None]:
     """(status, param, code, headers) of a typed error; the most specific class decides."""
