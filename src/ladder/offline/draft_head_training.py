@@ -55,7 +55,6 @@ class DraftSpec:
 def teacher_features(model, seqs: list[list[int]], batch: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:  # noqa: ANN001
     """Per sequence: [T, D] features (final normed hidden states, float32) and [T] greedy next
     tokens. Batched with right padding (causal attention: a position never sees the padding)."""
-    out = []
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths: little padding
     done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for s in tqdm(range(0, len(order), batch), desc="teacher pass", unit="batch"):
@@ -72,8 +71,7 @@ def teacher_features(model, seqs: list[list[int]], batch: int = 8) -> list[tuple
         for r, i in enumerate(idx):
             n = len(seqs[i])
             done[i] = (f[r, :n].float().cpu(), nxt[r, :n].cpu())
-    out = [done[i] for i in range(len(seqs))]
-    return out
+    return [done[i] for i in range(len(seqs))]
 
 
 def reference_corpus(tokenizer, data: Path, exclude: set[str], n: int, seed: int) -> list[list[int]]:  # noqa: ANN001
@@ -205,7 +203,7 @@ def train(tier: str, model_dir: Path, model_sha256: str, data: Path, out: Path, 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=steps, pct_start=0.1)
     bar = tqdm(total=steps, desc="fit draft head", unit="step")
     fit_start, done, stopped_early = time.perf_counter(), 0, False
-    best, best_state, curve = -1.0, None, []
+    best, best_state, report, curve = -1.0, None, {}, []
     for _ in range(spec.epochs):  # batches of similar lengths (less padding), in random order
         order = sorted(range(len(train_items)), key=lambda i: (len(train_items[i][2]) // 32, rng.random()))
         batches = [order[i : i + spec.batch_sequences] for i in range(0, len(order), spec.batch_sequences)]
@@ -233,13 +231,12 @@ def train(tier: str, model_dir: Path, model_sha256: str, data: Path, out: Path, 
         score = evaluate(head, model, rotary, rows, val_items, index, spec)
         curve.append(score["agree_per_step"])
         if score["expected_tokens_per_verification"] > best:  # keep the epoch that generalises best
-            best = score["expected_tokens_per_verification"]
+            best, report = score["expected_tokens_per_verification"], score
             best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
         if stopped_early:
             break
     bar.close()
     head.load_state_dict(best_state)
-    report = evaluate(head, model, rotary, rows, val_items, index, spec)
     info = {"tier": tier, "spec": asdict(spec), "command": command, "sequences": len(seqs),
             "heldout_sequences": n_val, "draft_vocab_coverage": round(coverage, 4), "steps": done,
             "stopped_at_time_budget": stopped_early, "heldout": report, "heldout_per_epoch": curve,
