@@ -120,8 +120,10 @@ class LayerwiseModel:
         for j in range(first, last):
             block = self.layers[j]
             x = block.input_layernorm(h)
-            k = block.self_attn.k_proj(x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
-            v = block.self_attn.v_proj(x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+            # the same kernel as layer() so the K/V written here are bit-for-bit what running the
+            # layer writes (F.linear and W @ xᵀ differ in the last float bit)
+            k = linear(block.self_attn.k_proj, x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+            v = linear(block.self_attn.v_proj, x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
             k, _ = apply_rotary_pos_emb(k, k, *rope)
             self.k[j, :, start : start + n] = k[0]
             self.v[j, :, start : start + n] = v[0]
