@@ -11,6 +11,7 @@ serve: setup
 test: setup
 	.venv/bin/lint-imports
 	.venv/bin/ruff check --select F,E9 src tests benchmarks
+	.venv/bin/ruff format --check -q src tests benchmarks scripts
 	bash scripts/check-gpu-resolution.sh
 	.venv/bin/pytest -m "not gpu" --durations=25
 
@@ -18,6 +19,7 @@ test: setup
 test-fast: setup
 	.venv/bin/lint-imports
 	.venv/bin/ruff check --select F,E9 src tests benchmarks
+	.venv/bin/ruff format --check -q src tests benchmarks scripts
 	.venv/bin/pytest -m "not gpu and not slow and not model and not ray" -q
 
 # On a CUDA machine (after pip install -c constraints/cuda.txt -e ".[gpu,dev]"): the CUDA paths.

@@ -58,7 +58,11 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
     dtype = getattr(torch, args.dtype)
     heads = ExitHeads.load(bundled_heads(name), weights_id(tier)).to(device=args.device, dtype=dtype)
     head_dir = bundled_draft_head(name)
-    draft = DraftHead.load(head_dir, weights_id(tier)).to(device=args.device, dtype=dtype) if (head_dir / "draft.safetensors").is_file() else None
+    draft = (
+        DraftHead.load(head_dir, weights_id(tier)).to(device=args.device, dtype=dtype)
+        if (head_dir / "draft.safetensors").is_file()
+        else None
+    )
     info = json.loads((bundled_heads(name) / "heads.json").read_text())
     draft_layer = args.draft_layer or info.get("draft_layer") or heads.layers[1]
     eos = _eos_ids(worker.model, worker.tokenizer)
@@ -82,7 +86,9 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
                 break
         steps.close()
         seconds = time.perf_counter() - t0
-        calls = lw.layer_calls - calls0 if lw.layer_calls > calls0 else len(tokens) * lw.n_layers  # HF path: L per token
+        calls = (
+            lw.layer_calls - calls0 if lw.layer_calls > calls0 else len(tokens) * lw.n_layers
+        )  # HF path: L per token
         return tokens, depths, seconds, calls
 
     drafters = {"spec:exit_head": (heads, False), "spec:lookup": (None, True), "spec:lookup+exit_head": (heads, True)}
@@ -90,7 +96,10 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
     modes = ["full", *drafters, *head_drafters] + [f"early_exit@{t}" for t in args.thresholds]
     if args.modes:
         modes = [m for m in modes if m == "full" or m in args.modes]
-    rows = {m: {"tokens": 0, "seconds": 0.0, "calls": 0, "depths": [], "identical": 0, "match": [], "correct": 0} for m in modes}
+    rows = {
+        m: {"tokens": 0, "seconds": 0.0, "calls": 0, "depths": [], "identical": 0, "match": [], "correct": 0}
+        for m in modes
+    }
     stats = {m: SpecStats() for m in [*drafters, *head_drafters] if m in modes}
     choices = {m: DraftChoice() for m in head_drafters if m in modes}
 
@@ -99,11 +108,22 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
             return worker._full_depth(ids, greedy)
         if m in drafters:
             h, lookup = drafters[m]
-            return self_speculative(lw, h, ids, max_len, greedy, draft_layer, args.max_draft, args.draft_threshold,
-                                    st.get(m), lookup)  # fmt: skip
+            return self_speculative(
+                lw, h, ids, max_len, greedy, draft_layer, args.max_draft, args.draft_threshold, st.get(m), lookup
+            )
         if m in head_drafters:
-            return head_speculative(lw, draft, ids, max_len, greedy, args.head_max_draft, args.head_threshold,
-                                    st.get(m), head_drafters[m], choices.get(m) if st else None)  # fmt: skip
+            return head_speculative(
+                lw,
+                draft,
+                ids,
+                max_len,
+                greedy,
+                args.head_max_draft,
+                args.head_threshold,
+                st.get(m),
+                head_drafters[m],
+                choices.get(m) if st else None,
+            )
         return early_exit(lw, heads, ids, max_len, greedy, float(m.split("@")[1]))
 
     with torch.inference_mode():  # warm-up (kernels, caches, allocator), not timed
@@ -133,26 +153,61 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
     for m, r in rows.items():
         d = np.array(r["depths"])
         tps = r["tokens"] / r["seconds"]
-        table.append({"mode": m, "tokens_per_s": round(tps, 2), "speedup": round(tps / full_tps, 3),
-                      "layer_passes_per_token": round(r["calls"] / r["tokens"], 2), "mean_depth": round(float(d.mean()), 2), "p50_layers": float(np.percentile(d, 50)),
-                      "p95_layers": float(np.percentile(d, 95)), "identical_outputs": r["identical"] / len(problems),
-                      "token_match": round(float(np.mean(r["match"])), 4), "accuracy": r["correct"] / len(problems),
-                      "tokens": r["tokens"]})  # fmt: skip
+        table.append(
+            {
+                "mode": m,
+                "tokens_per_s": round(tps, 2),
+                "speedup": round(tps / full_tps, 3),
+                "layer_passes_per_token": round(r["calls"] / r["tokens"], 2),
+                "mean_depth": round(float(d.mean()), 2),
+                "p50_layers": float(np.percentile(d, 50)),
+                "p95_layers": float(np.percentile(d, 95)),
+                "identical_outputs": r["identical"] / len(problems),
+                "token_match": round(float(np.mean(r["match"])), 4),
+                "accuracy": r["correct"] / len(problems),
+                "tokens": r["tokens"],
+            }
+        )
     full_acc = rows["full"]["correct"] / len(problems)
     default = choose_default(table, full_acc)
-    plot(name, lw.n_layers, {m: rows[m]["depths"] for m in modes if m != "full"}, Path(args.out).with_name(f"{Path(args.out).stem}_{name}.png"))
-    return {"tier": name, "layers": lw.n_layers, "exit_layers": list(heads.layers), "draft_layer": draft_layer,
-            "max_draft": args.max_draft, "draft_threshold": args.draft_threshold, "prompts": len(problems),
-            "head_max_draft": args.head_max_draft, "head_threshold": args.head_threshold,
-            "device": args.device, "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-            "draft_head": draft.info.get("heldout") if draft is not None else None,
-            "drafter_choice": {m: {"lookup_rounds": c.lookup_rounds, "head_rounds": c.head_rounds} for m, c in choices.items()},
-            "new_tokens": args.new_tokens, "dtype": args.dtype, "rows": table, "default_early_exit": default,
-            "calibrated_threshold": info.get("early_exit_threshold"),
-            "speculation": {m: {"acceptance": round(s.acceptance, 4), "drafted": s.drafted, "accepted": s.accepted,
-                                "verifications": s.verifications,
-                                "tokens_per_verification": round((s.accepted + s.verifications) / max(1, s.verifications), 3)}
-                            for m, s in stats.items()}}  # fmt: skip
+    plot(
+        name,
+        lw.n_layers,
+        {m: rows[m]["depths"] for m in modes if m != "full"},
+        Path(args.out).with_name(f"{Path(args.out).stem}_{name}.png"),
+    )
+    return {
+        "tier": name,
+        "layers": lw.n_layers,
+        "exit_layers": list(heads.layers),
+        "draft_layer": draft_layer,
+        "max_draft": args.max_draft,
+        "draft_threshold": args.draft_threshold,
+        "prompts": len(problems),
+        "head_max_draft": args.head_max_draft,
+        "head_threshold": args.head_threshold,
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        "draft_head": draft.info.get("heldout") if draft is not None else None,
+        "drafter_choice": {
+            m: {"lookup_rounds": c.lookup_rounds, "head_rounds": c.head_rounds} for m, c in choices.items()
+        },
+        "new_tokens": args.new_tokens,
+        "dtype": args.dtype,
+        "rows": table,
+        "default_early_exit": default,
+        "calibrated_threshold": info.get("early_exit_threshold"),
+        "speculation": {
+            m: {
+                "acceptance": round(s.acceptance, 4),
+                "drafted": s.drafted,
+                "accepted": s.accepted,
+                "verifications": s.verifications,
+                "tokens_per_verification": round((s.accepted + s.verifications) / max(1, s.verifications), 3),
+            }
+            for m, s in stats.items()
+        },
+    }
 
 
 def choose_default(table: list[dict], full_acc: float) -> str | None:
@@ -194,10 +249,18 @@ def main() -> None:
     ap.add_argument("--max-draft", type=int, default=6)
     ap.add_argument("--draft-threshold", type=float, default=0.3)
     ap.add_argument("--head-max-draft", type=int, default=6, help="draft head: longest chain per verification")
-    ap.add_argument("--head-threshold", type=float, default=0.3,
-                    help="draft head: stop a chain when the product of its draft probabilities falls below this")
-    ap.add_argument("--modes", type=lambda s: s.split(","), default=None,
-                    help="comma-separated subset, e.g. spec:lookup,spec:head,spec:lookup+head (full always runs)")
+    ap.add_argument(
+        "--head-threshold",
+        type=float,
+        default=0.3,
+        help="draft head: stop a chain when the product of its draft probabilities falls below this",
+    )
+    ap.add_argument(
+        "--modes",
+        type=lambda s: s.split(","),
+        default=None,
+        help="comma-separated subset, e.g. spec:lookup,spec:head,spec:lookup+head (full always runs)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=2)
@@ -209,19 +272,29 @@ def main() -> None:
     counts = [int(x) for x in args.prompts.split(",")]
     counts = counts * len(tiers) if len(counts) == 1 else counts
     results = [run_tier(t, n, args) for t, n in zip(tiers, counts)]
-    Path(args.out).write_text(json.dumps({"command": "benchmarks/adaptive_depth.py", "args": vars(args), "tiers": results}, indent=2) + "\n")
+    Path(args.out).write_text(
+        json.dumps({"command": "benchmarks/adaptive_depth.py", "args": vars(args), "tiers": results}, indent=2) + "\n"
+    )
     for res in results:
-        print(f"\n{res['tier']} ({res['prompts']} prompts x {res['new_tokens']} new tokens, {res['dtype']}, "
-              f"{res['layers']} layers, draft layer {res['draft_layer']})")  # fmt: skip
-        print(f"{'mode':<22}{'tok/s':>7}{'x full':>8}{'passes':>7}{'depth':>6}{'p50':>5}{'p95':>5}{'identical':>10}{'match':>7}{'acc':>6}")
+        print(
+            f"\n{res['tier']} ({res['prompts']} prompts x {res['new_tokens']} new tokens, {res['dtype']}, "
+            f"{res['layers']} layers, draft layer {res['draft_layer']})"
+        )
+        print(
+            f"{'mode':<22}{'tok/s':>7}{'x full':>8}{'passes':>7}{'depth':>6}{'p50':>5}{'p95':>5}{'identical':>10}{'match':>7}{'acc':>6}"
+        )
         for r in res["rows"]:
-            print(f"{r['mode']:<22}{r['tokens_per_s']:>7.2f}{r['speedup']:>8.2f}{r['layer_passes_per_token']:>7.1f}{r['mean_depth']:>6.1f}"
-                  f"{r['p50_layers']:>5.0f}{r['p95_layers']:>5.0f}{r['identical_outputs']:>10.2f}"
-                  f"{r['token_match']:>7.3f}{r['accuracy']:>6.2f}")  # fmt: skip
+            print(
+                f"{r['mode']:<22}{r['tokens_per_s']:>7.2f}{r['speedup']:>8.2f}{r['layer_passes_per_token']:>7.1f}{r['mean_depth']:>6.1f}"
+                f"{r['p50_layers']:>5.0f}{r['p95_layers']:>5.0f}{r['identical_outputs']:>10.2f}"
+                f"{r['token_match']:>7.3f}{r['accuracy']:>6.2f}"
+            )
         for m, s in res["speculation"].items():
             print(f"{m}: acceptance {s['acceptance']:.3f}, {s['tokens_per_verification']:.2f} tokens per verification")
-        print(f"early exit: fastest point within 1 point of full-depth accuracy: {res['default_early_exit']}; "
-              f"calibrated threshold (heads.json, 2% held-out disagreement): {res['calibrated_threshold']}")
+        print(
+            f"early exit: fastest point within 1 point of full-depth accuracy: {res['default_early_exit']}; "
+            f"calibrated threshold (heads.json, 2% held-out disagreement): {res['calibrated_threshold']}"
+        )
 
 
 if __name__ == "__main__":

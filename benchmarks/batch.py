@@ -31,7 +31,8 @@ import yaml
 RESULTS = Path(__file__).parent / "results"
 MAX_TOKENS = 64
 
-OFFLINE = r"""
+OFFLINE = (
+    r"""
 import json, os, sys, time
 t0 = time.perf_counter()
 folder, prompts_path, seqs, max_len, kv = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
@@ -49,7 +50,9 @@ if __name__ == "__main__":
     outs = llm.generate([{"prompt_token_ids": i} for i in ids], SamplingParams(max_tokens=%d, temperature=0.0))
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     print("RESULT " + json.dumps({"tokens": tokens, "rows": len(outs), "wall_s": time.perf_counter() - t0}))
-""" % MAX_TOKENS
+"""
+    % MAX_TOKENS
+)
 
 
 def gsm8k_prompts(data: Path, n: int) -> list[dict]:
@@ -64,8 +67,20 @@ def gsm8k_prompts(data: Path, n: int) -> list[dict]:
 
 def run_score(name: str, config: Path, prompts: Path, tmp: Path, tiers: str | None) -> dict:
     out = tmp / f"{name}.jsonl"
-    cmd = [sys.executable, "-m", "ladder.cli", "score", str(prompts), "-o", str(out), "--config", str(config),
-           "-n", str(MAX_TOKENS), *(["--tiers", tiers] if tiers else [])]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ladder.cli",
+        "score",
+        str(prompts),
+        "-o",
+        str(out),
+        "--config",
+        str(config),
+        "-n",
+        str(MAX_TOKENS),
+        *(["--tiers", tiers] if tiers else []),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     wall = time.perf_counter() - t0
@@ -74,10 +89,18 @@ def run_score(name: str, config: Path, prompts: Path, tmp: Path, tiers: str | No
     records = [json.loads(line) for line in out.read_text().splitlines()]
     ok = [r for r in records if "error" not in r]
     tokens = sum(r["completion_tokens"] for r in ok)
-    return {"system": name, "rows": len(records), "errors": len(records) - len(ok), "completion_tokens": tokens,
-            "tokens_per_s": tokens / wall, "rows_per_s": len(records) / wall, "wall_s": wall,
-            "mix": dict(Counter(r["tier"] for r in ok)), "escalations": sum(r["escalations"] for r in ok),
-            "cost_usd": sum(r["cost_usd"] for r in ok)}  # fmt: skip
+    return {
+        "system": name,
+        "rows": len(records),
+        "errors": len(records) - len(ok),
+        "completion_tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "rows_per_s": len(records) / wall,
+        "wall_s": wall,
+        "mix": dict(Counter(r["tier"] for r in ok)),
+        "escalations": sum(r["escalations"] for r in ok),
+        "cost_usd": sum(r["cost_usd"] for r in ok),
+    }
 
 
 def run_offline(prompts: Path, tmp: Path) -> dict:
@@ -90,15 +113,33 @@ def run_offline(prompts: Path, tmp: Path) -> dict:
     script = tmp / "offline.py"
     script.write_text(OFFLINE)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(script), str(folder), str(prompts), str(e.max_num_seqs),
-                           str(e.max_model_len), str(e.kv_cache_gib)], capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(folder),
+            str(prompts),
+            str(e.max_num_seqs),
+            str(e.max_model_len),
+            str(e.kv_cache_gib),
+        ],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not line:
         raise RuntimeError(f"vllm-offline failed:\n{proc.stderr[-3000:]}")
     r = json.loads(line[0][7:])
-    return {"system": "vllm-offline", "rows": r["rows"], "errors": 0, "completion_tokens": r["tokens"],
-            "tokens_per_s": r["tokens"] / wall, "rows_per_s": r["rows"] / wall, "wall_s": wall}  # fmt: skip
+    return {
+        "system": "vllm-offline",
+        "rows": r["rows"],
+        "errors": 0,
+        "completion_tokens": r["tokens"],
+        "tokens_per_s": r["tokens"] / wall,
+        "rows_per_s": r["rows"] / wall,
+        "wall_s": wall,
+    }
 
 
 def main() -> None:
@@ -130,25 +171,38 @@ def main() -> None:
     cascade_prompts.write_text("".join(json.dumps(r) + "\n" for r in rows[: args.cascade_rows or args.rows]))
     skip = set(args.skip.split(","))
     runs = []
-    for name, job in (("ladder-score-small", lambda: run_score("ladder-score-small", small_cfg, prompts, tmp, "small")),
-                      ("vllm-offline", lambda: run_offline(prompts, tmp)),
-                      ("ladder-score-cascade", lambda: run_score("ladder-score-cascade", cascade_cfg, cascade_prompts, tmp, None))):  # fmt: skip
+    for name, job in (
+        ("ladder-score-small", lambda: run_score("ladder-score-small", small_cfg, prompts, tmp, "small")),
+        ("vllm-offline", lambda: run_offline(prompts, tmp)),
+        ("ladder-score-cascade", lambda: run_score("ladder-score-cascade", cascade_cfg, cascade_prompts, tmp, None)),
+    ):
         if name in skip:
             continue
         print(f"running {name} ...", flush=True)
         runs.append(job())
         print(json.dumps(runs[-1]), flush=True)
     by = {r["system"]: r for r in runs}
-    ratio = (by["ladder-score-small"]["tokens_per_s"] / by["vllm-offline"]["tokens_per_s"]
-             if {"ladder-score-small", "vllm-offline"} <= set(by) else None)  # fmt: skip
-    out = {"rows": args.rows, "max_tokens": MAX_TOKENS, "cpus": len(os.sched_getaffinity(0)),
-           "cascade_policy": "the bundled learned default", "runs": runs, "ratio_vs_vllm_offline": ratio}  # fmt: skip
+    ratio = (
+        by["ladder-score-small"]["tokens_per_s"] / by["vllm-offline"]["tokens_per_s"]
+        if {"ladder-score-small", "vllm-offline"} <= set(by)
+        else None
+    )
+    out = {
+        "rows": args.rows,
+        "max_tokens": MAX_TOKENS,
+        "cpus": len(os.sched_getaffinity(0)),
+        "cascade_policy": "the bundled learned default",
+        "runs": runs,
+        "ratio_vs_vllm_offline": ratio,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "batch.json").write_text(json.dumps(out, indent=2))
     print(f"\n{'system':<24}{'rows':>6}{'tok/s':>9}{'rows/s':>8}{'wall s':>8}  mix / cost")
     for r in runs:
         extra = f"{r.get('mix', '')} esc={r.get('escalations', '-')} ${r.get('cost_usd', 0):.5f}" if "mix" in r else ""
-        print(f"{r['system']:<24}{r['rows']:>6}{r['tokens_per_s']:>9.1f}{r['rows_per_s']:>8.2f}{r['wall_s']:>8.0f}  {extra}")
+        print(
+            f"{r['system']:<24}{r['rows']:>6}{r['tokens_per_s']:>9.1f}{r['rows_per_s']:>8.2f}{r['wall_s']:>8.0f}  {extra}"
+        )
     print(f"ladder score (always-small) / vLLM offline tokens/s: {ratio}")
 
 

@@ -75,19 +75,27 @@ def interval(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean() - s), float(x.mean() + s)
 
 
-def describe(name: str, sim: Simulation, c_usd: np.ndarray, c_s: tuple[np.ndarray, np.ndarray],
-             thresholds=None) -> dict:  # noqa: ANN001
+def describe(
+    name: str, sim: Simulation, c_usd: np.ndarray, c_s: tuple[np.ndarray, np.ndarray], thresholds=None
+) -> dict:  # noqa: ANN001
     """``c_s`` = (latency, compute) seconds per call; a cascade's rungs run one after another, so
     its latency is the sum over the rungs it called."""
     spent_s = (c_s[0] * sim.reached).sum(axis=1)
     compute_s = (c_s[1] * sim.reached).sum(axis=1)
     r = sim.reached.shape[1]
-    return {"method": name, "quality": float(sim.quality.mean()), "quality_ci95": interval(sim.quality),
-            "usd_per_1k": float(sim.cost.mean() * 1000), "compute_s": float(compute_s.mean()),
-            "mix": (np.bincount(sim.answered_by, minlength=r) / len(sim.answered_by)).tolist(),
-            "reach": sim.reached.mean(axis=0).tolist(), "escalations": float((sim.reached.sum(axis=1) - 1).mean()),
-            "p50_s": float(np.percentile(spent_s, 50)), "p95_s": float(np.percentile(spent_s, 95)),
-            "thresholds": thresholds}  # fmt: skip
+    return {
+        "method": name,
+        "quality": float(sim.quality.mean()),
+        "quality_ci95": interval(sim.quality),
+        "usd_per_1k": float(sim.cost.mean() * 1000),
+        "compute_s": float(compute_s.mean()),
+        "mix": (np.bincount(sim.answered_by, minlength=r) / len(sim.answered_by)).tolist(),
+        "reach": sim.reached.mean(axis=0).tolist(),
+        "escalations": float((sim.reached.sum(axis=1) - 1).mean()),
+        "p50_s": float(np.percentile(spent_s, 50)),
+        "p95_s": float(np.percentile(spent_s, 95)),
+        "thresholds": thresholds,
+    }
 
 
 def fixed(quality: np.ndarray, rung: int, c_usd: np.ndarray) -> Simulation:
@@ -125,7 +133,9 @@ LEVELS = (0.5, 0.7, 0.8, 0.9, 1.0, 1.1)
 
 
 def concat(sims: list[Simulation]) -> Simulation:
-    return Simulation(*(np.concatenate([getattr(x, f) for x in sims]) for f in ("answered_by", "reached", "quality", "cost")))
+    return Simulation(
+        *(np.concatenate([getattr(x, f) for x in sims]) for f in ("answered_by", "reached", "quality", "cost"))
+    )
 
 
 def run(name: str, paths: list[Path], config: LadderConfig, folds: int, results: Path) -> dict:
@@ -151,7 +161,9 @@ def run(name: str, paths: list[Path], config: LadderConfig, folds: int, results:
         pooled.setdefault(("kNN", 1.0), []).append(knn_method(rest, test, u_v, usd(test, config), floor, folds - 1))
         if verifier_column(rest) is not None and verifier_column(test) is not None:
             for method_name, method in automix_methods().items():
-                pooled.setdefault((method_name, 1.0), []).append(automix_sim(rest, test, u_v, usd(test, config), method))
+                pooled.setdefault((method_name, 1.0), []).append(
+                    automix_sim(rest, test, u_v, usd(test, config), method)
+                )
         for family_name, family in FAMILIES.items():
             points = sweep(*_args(family, s_v, a_v, q_v, u_v))
             for level in LEVELS:
@@ -160,7 +172,9 @@ def run(name: str, paths: list[Path], config: LadderConfig, folds: int, results:
                 sim = simulate(rs_t, point.thresholds, q_t, u_t, acc_t, point.accept_thresholds)
                 pooled.setdefault((family_name, level), []).append(sim)
                 if level == 1.0:
-                    chosen.setdefault(family_name, []).append({"router": point.thresholds, "idk": point.accept_thresholds})
+                    chosen.setdefault(family_name, []).append(
+                        {"router": point.thresholds, "idk": point.accept_thresholds}
+                    )
     test = _merge(parts_t)
     u, t, q = usd(test, config), (seconds(test, "latency_s"), seconds(test, "compute_s")), test.quality
     rows = [describe(f"always-{rung}", fixed(q, j, u), u, t) for j, rung in enumerate(o.rungs)]
@@ -173,8 +187,14 @@ def run(name: str, paths: list[Path], config: LadderConfig, folds: int, results:
     target_cost = next(x for x in rows if x["method"] == "router + IDK")["usd_per_1k"]
     always_cost = np.array([x["usd_per_1k"] for x in rows[:r]])
     always_q = np.array([x["quality"] for x in rows[:r]])
-    rows.append({"method": "random at matched cost", "quality": float(np.interp(target_cost, always_cost, always_q)),
-                 "usd_per_1k": target_cost, "note": "expected accuracy of a random mix of adjacent always-k runs"})  # fmt: skip
+    rows.append(
+        {
+            "method": "random at matched cost",
+            "quality": float(np.interp(target_cost, always_cost, always_q)),
+            "usd_per_1k": target_cost,
+            "note": "expected accuracy of a random mix of adjacent always-k runs",
+        }
+    )
     rows.append(describe("kNN", concat(pooled[("kNN", 1.0)]), u, t))
     for method_name in automix_methods():
         if (method_name, 1.0) in pooled:
@@ -186,19 +206,32 @@ def run(name: str, paths: list[Path], config: LadderConfig, folds: int, results:
         if "compute_s" in x:
             x["compute_vs_large"] = x["compute_s"] / large["compute_s"]
     best = next(x for x in rows if x["method"] == "router + IDK")
-    target = {"large_quality_ci95": large["quality_ci95"], "router_idk_quality": best["quality"],
-              "router_idk_usd_vs_large": best["usd_vs_large"],
-              "met": bool(best["quality"] >= large["quality_ci95"][0] and best["usd_vs_large"] <= 0.5)}  # fmt: skip
+    target = {
+        "large_quality_ci95": large["quality_ci95"],
+        "router_idk_quality": best["quality"],
+        "router_idk_usd_vs_large": best["usd_vs_large"],
+        "met": bool(best["quality"] >= large["quality_ci95"][0] and best["usd_vs_large"] <= 0.5),
+    }
     lo = large["quality_ci95"][0]
     match = {"usd": best["usd_vs_large"], "compute": best.get("compute_vs_large")} if best["quality"] >= lo else None
     plot(name, rows, curves, large["usd_per_1k"], r, len(test), results)
-    return {"workload": name, "outcomes": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths],
-            "rungs": list(o.rungs), "rows": len(test), "folds": folds, "levels": list(LEVELS), "methods": rows,
-            # router + IDK at the operating point chosen on training folds only (level 1.0: always-large's
-            # training quality); None when its cross-validated quality is outside large's 95% interval
-            "cost_to_match_large": match,
-            "curves": {k: {"usd_vs_large": (c / large["usd_per_1k"]).tolist(), "quality": qs.tolist()}
-                       for k, (c, qs) in curves.items()}, "target": target}  # fmt: skip
+    return {
+        "workload": name,
+        "outcomes": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths],
+        "rungs": list(o.rungs),
+        "rows": len(test),
+        "folds": folds,
+        "levels": list(LEVELS),
+        "methods": rows,
+        # router + IDK at the operating point chosen on training folds only (level 1.0: always-large's
+        # training quality); None when its cross-validated quality is outside large's 95% interval
+        "cost_to_match_large": match,
+        "curves": {
+            k: {"usd_vs_large": (c / large["usd_per_1k"]).tolist(), "quality": qs.tolist()}
+            for k, (c, qs) in curves.items()
+        },
+        "target": target,
+    }
 
 
 def read_paths(paths: list[Path]) -> Outcomes:
@@ -211,8 +244,9 @@ def read_paths(paths: list[Path]) -> Outcomes:
     return read_jsonl(pooled)
 
 
-def knn_method(rest: Outcomes, test: Outcomes, u_rest: np.ndarray, u_test: np.ndarray, floor: float,
-               inner_folds: int, k: int = 10) -> Simulation:  # fmt: skip
+def knn_method(
+    rest: Outcomes, test: Outcomes, u_rest: np.ndarray, u_test: np.ndarray, floor: float, inner_folds: int, k: int = 10
+) -> Simulation:
     """kNN quality predictions per rung; the cheapest rung predicted at least ``tau`` answers.
     ``tau`` is chosen on out-of-fold predictions of the training part (the cheapest reaching the
     floor), as the other methods' thresholds are."""
@@ -232,12 +266,18 @@ def knn_method(rest: Outcomes, test: Outcomes, u_rest: np.ndarray, u_test: np.nd
         held = inner == j
         if held.any():
             pred_rest[held] = predict(rest.take(~held), rest.take(held))
-    start_of = lambda pred, tau: np.where((pred[:, :-1] >= tau).any(axis=1), np.argmax(pred[:, :-1] >= tau, axis=1),  # noqa: E731
-                                          pred.shape[1] - 1)
+    start_of = lambda pred, tau: np.where(
+        (pred[:, :-1] >= tau).any(axis=1),
+        np.argmax(pred[:, :-1] >= tau, axis=1),  # noqa: E731
+        pred.shape[1] - 1,
+    )
     best_tau, best = 2.0, None
     for tau in np.linspace(0, 1, 41):
         sim = fixed_start(rest.quality, start_of(pred_rest, tau), u_rest)
-        key = (sim.quality.mean() >= floor - 1e-12, -sim.cost.mean() if sim.quality.mean() >= floor - 1e-12 else sim.quality.mean())
+        key = (
+            sim.quality.mean() >= floor - 1e-12,
+            -sim.cost.mean() if sim.quality.mean() >= floor - 1e-12 else sim.quality.mean(),
+        )
         if best is None or key > best:
             best_tau, best = tau, key
     return fixed_start(test.quality, start_of(predict(rest, test), best_tau), u_test)
@@ -278,8 +318,14 @@ def automix_sim(rest: Outcomes, test: Outcomes, u_rest: np.ndarray, u_test: np.n
         category = np.where(slm >= 0.5, "GOOD", np.where(llm >= 0.5, "NEEDY", "HOPELESS"))
         return pd.DataFrame({"slm": slm, "llm": llm, "p_ver": verifier_column(part), "category": category})
 
-    am = Automix(method(), slm_column="slm", llm_column="llm", verifier_column="p_ver",
-                 costs=[float(u_rest[:, 1].mean()), float(u_rest[:, 2].mean())], verifier_cost=0)  # fmt: skip
+    am = Automix(
+        method(),
+        slm_column="slm",
+        llm_column="llm",
+        verifier_column="p_ver",
+        costs=[float(u_rest[:, 1].mean()), float(u_rest[:, 2].mean())],
+        verifier_cost=0,
+    )
     am.train(frame(rest))
     retry = np.asarray(am.evaluate(frame(test), return_dict=True, return_decisions=True)["route_to_llm"], bool)
     n, r = test.quality.shape
@@ -301,15 +347,28 @@ def served_policy_check() -> dict:
     test = three_way(o, np.zeros(len(o), bool)).test
     route = policy.scores(list(test.queries))
     accept = idk_scores(policy, test, route)
-    sim = simulate(route, policy.thresholds, test.quality, np.ones_like(test.quality), accept,
-                   tuple(policy.idk_thresholds.get(b, 0.0) for b in range(len(policy.rungs) - 1)))  # fmt: skip
+    sim = simulate(
+        route,
+        policy.thresholds,
+        test.quality,
+        np.ones_like(test.quality),
+        accept,
+        tuple(policy.idk_thresholds.get(b, 0.0) for b in range(len(policy.rungs) - 1)),
+    )
     point = policy.meta["operating_point"]
     reach = sim.reached.mean(axis=0)
     inside = [bool(lo <= x <= hi) for x, (lo, hi) in zip(reach, point["reach_ci"])]
-    return {"policy": policy.version, "target": policy.meta.get("target"), "held_out_rows": len(test),
-            "reach": dict(zip(policy.rungs, reach.tolist())), "reach_ci": dict(zip(policy.rungs, point["reach_ci"])),
-            "inside": dict(zip(policy.rungs, inside)), "all_inside": all(inside),
-            "quality": float(sim.quality.mean()), "quality_ci": point["quality_ci"]}  # fmt: skip
+    return {
+        "policy": policy.version,
+        "target": policy.meta.get("target"),
+        "held_out_rows": len(test),
+        "reach": dict(zip(policy.rungs, reach.tolist())),
+        "reach_ci": dict(zip(policy.rungs, point["reach_ci"])),
+        "inside": dict(zip(policy.rungs, inside)),
+        "all_inside": all(inside),
+        "quality": float(sim.quality.mean()),
+        "quality_ci": point["quality_ci"],
+    }
 
 
 def _fold(i: str, folds: int, salt: str = "cascade-fold") -> int:
@@ -344,11 +403,17 @@ def _merge(parts: list[Outcomes]) -> Outcomes:
 
     first = parts[0]
     cat = lambda f: tuple(x for p in parts for x in getattr(p, f))  # noqa: E731
-    return replace(first, ids=cat("ids"), queries=cat("queries"), quality=np.concatenate([p.quality for p in parts]),
-                   tokens=np.concatenate([p.tokens for p in parts]),
-                   responses={k: tuple(x for p in parts for x in p.responses[k]) for k in first.responses},
-                   signals={k: np.concatenate([p.signals[k] for p in parts]) for k in first.signals},
-                   groups=cat("groups"), logprobs={k: tuple(x for p in parts for x in p.logprobs[k]) for k in first.logprobs})  # fmt: skip
+    return replace(
+        first,
+        ids=cat("ids"),
+        queries=cat("queries"),
+        quality=np.concatenate([p.quality for p in parts]),
+        tokens=np.concatenate([p.tokens for p in parts]),
+        responses={k: tuple(x for p in parts for x in p.responses[k]) for k in first.responses},
+        signals={k: np.concatenate([p.signals[k] for p in parts]) for k in first.signals},
+        groups=cat("groups"),
+        logprobs={k: tuple(x for p in parts for x in p.logprobs[k]) for k in first.logprobs},
+    )
 
 
 def plot(name: str, rows: list[dict], curves: dict, large_usd: float, r: int, n: int, results: Path) -> None:
@@ -358,11 +423,19 @@ def plot(name: str, rows: list[dict], curves: dict, large_usd: float, r: int, n:
     for x in rows:
         style = {"oracle": "*", "random at matched cost": "x"}.get(x["method"], "o")
         ax.scatter([x["usd_vs_large"]], [x["quality"]], marker=style, s=60, zorder=5)
-        ax.annotate(x["method"], (x["usd_vs_large"], x["quality"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.annotate(
+            x["method"], (x["usd_vs_large"], x["quality"]), textcoords="offset points", xytext=(4, -10), fontsize=7
+        )
     lo, hi = rows[r - 1]["quality_ci95"]
     ax.axhspan(lo, hi, color="grey", alpha=0.15, label="always-large 95% interval")
-    save(fig, ax, "USD per query relative to always-large", f"cascade on Ladder's tiers: {name} (test n={n})",
-         results / f"cascade_{name}.png", legend_size=7)  # fmt: skip
+    save(
+        fig,
+        ax,
+        "USD per query relative to always-large",
+        f"cascade on Ladder's tiers: {name} (test n={n})",
+        results / f"cascade_{name}.png",
+        legend_size=7,
+    )
 
 
 def _num(x: dict, key: str, fmt: str) -> str:
@@ -373,15 +446,21 @@ def _line(x: dict) -> str:
     ci = x.get("quality_ci95")
     ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-"
     mix = "/".join(f"{m:.0%}" for m in x["mix"]) if "mix" in x else "-"
-    return (f"{x['method']:<24}{x['quality']:>7.3f}{ci_text:>16}{x['usd_per_1k']:>10.4f}{x['usd_vs_large']:>9.1%}"
-            f"{_num(x, 'compute_s', '.2f'):>10}{mix:>16}{_num(x, 'escalations', '.2f'):>6}"
-            f"{_num(x, 'p50_s', '.1f'):>7}{_num(x, 'p95_s', '.1f'):>7}")  # fmt: skip
+    return (
+        f"{x['method']:<24}{x['quality']:>7.3f}{ci_text:>16}{x['usd_per_1k']:>10.4f}{x['usd_vs_large']:>9.1%}"
+        f"{_num(x, 'compute_s', '.2f'):>10}{mix:>16}{_num(x, 'escalations', '.2f'):>6}"
+        f"{_num(x, 'p50_s', '.1f'):>7}{_num(x, 'p95_s', '.1f'):>7}"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--outcomes", type=Path, action="append",
-                    help="collected outcomes JSONL, one workload each (repeatable; default: humaneval and humaneval+gsm8k)")
+    ap.add_argument(
+        "--outcomes",
+        type=Path,
+        action="append",
+        help="collected outcomes JSONL, one workload each (repeatable; default: humaneval and humaneval+gsm8k)",
+    )
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--results", type=Path, default=RESULTS, help="where to write cascade.json and the PNGs")
     args = ap.parse_args()
@@ -389,28 +468,38 @@ def main() -> None:
     workloads = {Path(p).stem: [Path(p).resolve()] for p in args.outcomes} if args.outcomes else WORKLOADS
     report = [run(name, paths, config, args.folds, args.results) for name, paths in workloads.items()]
     for rep in report:
-        print(f"\n== {rep['workload']}  rungs {' > '.join(rep['rungs'])}  {rep['rows']} held-out rows "
-              f"({rep['folds']}-fold cross-validation)")
-        print(f"  {'method':<24}{'acc':>7}{'95% CI':>16}{'USD/1k':>10}{'vs large':>9}{'compute s':>10}"
-              f"{'mix S/M/L':>16}{'esc':>6}{'p50 s':>7}{'p95 s':>7}")  # fmt: skip
+        print(
+            f"\n== {rep['workload']}  rungs {' > '.join(rep['rungs'])}  {rep['rows']} held-out rows "
+            f"({rep['folds']}-fold cross-validation)"
+        )
+        print(
+            f"  {'method':<24}{'acc':>7}{'95% CI':>16}{'USD/1k':>10}{'vs large':>9}{'compute s':>10}"
+            f"{'mix S/M/L':>16}{'esc':>6}{'p50 s':>7}{'p95 s':>7}"
+        )
         for x in rep["methods"]:
             print("  " + _line(x))
         for method, c in rep["curves"].items():
             pts = ", ".join(f"{x:.0%}:{y:.3f}" for x, y in zip(c["usd_vs_large"], c["quality"]))
             print(f"  curve {method:<14} (cost vs large: accuracy) {pts}")
         t = rep["target"]
-        print(f"  target (router + IDK within always-large's 95% interval at <= 50% of its cost): "
-              f"{'MET' if t['met'] else 'missed'} — acc {t['router_idk_quality']:.3f} vs interval "
-              f"[{t['large_quality_ci95'][0]:.3f}, {t['large_quality_ci95'][1]:.3f}], cost {t['router_idk_usd_vs_large']:.1%}")  # fmt: skip
+        print(
+            f"  target (router + IDK within always-large's 95% interval at <= 50% of its cost): "
+            f"{'MET' if t['met'] else 'missed'} — acc {t['router_idk_quality']:.3f} vs interval "
+            f"[{t['large_quality_ci95'][0]:.3f}, {t['large_quality_ci95'][1]:.3f}], cost {t['router_idk_usd_vs_large']:.1%}"
+        )
         m = rep["cost_to_match_large"]
-        print("  cost to match always-large (operating point chosen on training folds): "
-              + (f"USD {m['usd']:.1%}, compute {m['compute']:.1%}" if m else "not matched (outside its 95% interval)"))
+        print(
+            "  cost to match always-large (operating point chosen on training folds): "
+            + (f"USD {m['usd']:.1%}, compute {m['compute']:.1%}" if m else "not matched (outside its 95% interval)")
+        )
     if not args.outcomes:
         check = served_policy_check()
         report[-1]["served_policy_check"] = check
-        print(f"\n  served default policy {check['policy']} ({check['target']}) on {check['held_out_rows']} held-out "
-              f"rows: reach {', '.join(f'{k} {v:.2f} in [{lo:.2f}, {hi:.2f}]' for (k, v), (lo, hi) in zip(check['reach'].items(), check['reach_ci'].values()))}"
-              f" -> {'inside' if check['all_inside'] else 'OUTSIDE'}")  # fmt: skip
+        print(
+            f"\n  served default policy {check['policy']} ({check['target']}) on {check['held_out_rows']} held-out "
+            f"rows: reach {', '.join(f'{k} {v:.2f} in [{lo:.2f}, {hi:.2f}]' for (k, v), (lo, hi) in zip(check['reach'].items(), check['reach_ci'].values()))}"
+            f" -> {'inside' if check['all_inside'] else 'OUTSIDE'}"
+        )
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "cascade.json").write_text(json.dumps(report, indent=1, default=float))
 

@@ -41,9 +41,14 @@ MAX_TOKENS = 64
 
 
 def body(i: int, model: str) -> dict:
-    return {"model": model, "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} Explain in detail. (#{i})"}]}  # fmt: skip
+    return {
+        "model": model,
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} Explain in detail. (#{i})"}],
+    }
 
 
 async def one(client: httpx.AsyncClient, url: str, payload: dict) -> dict:
@@ -148,8 +153,13 @@ def write_config(path: Path, backend: str, tiers: list[str]) -> None:
 
 def start_ladder(config: Path, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    return subprocess.Popen([sys.executable, "-m", "ladder.cli", "serve", "--config", str(config), "--port", str(port)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "ladder.cli", "serve", "--config", str(config), "--port", str(port)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def start_plain_vllm(folder: Path, port: int, log: Path) -> subprocess.Popen:
@@ -159,12 +169,36 @@ def start_plain_vllm(folder: Path, port: int, log: Path) -> subprocess.Popen:
     cores = sorted(os.sched_getaffinity(0))
     # The same engine settings Ladder's worker gives vLLM (workers/vllm_worker.py), so only the
     # serving layer differs.
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(e.kv_cache_gib), "VLLM_NO_USAGE_STATS": "1",
-           "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores)), "OMP_NUM_THREADS": str(len(cores))}  # fmt: skip
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--served-model-name",
-           "small", "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--max-model-len",
-           str(e.max_model_len), "--max-num-seqs", str(e.max_num_seqs), "--seed", "0", "--disable-log-stats",
-           "--disable-uvicorn-access-log"]  # fmt: skip
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": str(e.kv_cache_gib),
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores)),
+        "OMP_NUM_THREADS": str(len(cores)),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(folder),
+        "--served-model-name",
+        "small",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "bfloat16",
+        "--max-model-len",
+        str(e.max_model_len),
+        "--max-num-seqs",
+        str(e.max_num_seqs),
+        "--seed",
+        "0",
+        "--disable-log-stats",
+        "--disable-uvicorn-access-log",
+    ]
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
@@ -179,7 +213,9 @@ def stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)  # nothing left over
+    subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True
+    )  # nothing left over
     time.sleep(3)
 
 
@@ -222,14 +258,23 @@ def stack_start(tmp: Path) -> dict:
                 raise RuntimeError("the three-tier stack did not come up")
             time.sleep(1)
         ready = time.perf_counter() - started
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=300,
-                       json={"model": "large", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})  # fmt: skip
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            timeout=300,
+            json={"model": "large", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]},
+        )
         # the README's own request, routed by the default (learned) policy
-        routed = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=300,
-                            json={"model": "ladder", "max_tokens": 32,
-                                  "messages": [{"role": "user", "content": "What is 2+2?"}]}).json()  # fmt: skip
-        return {"ready_s": ready, "pss_mib": stack_pss_mib(psutil.Process(proc.pid)), "large_answered": r.status_code == 200,
-                "readme_request": {"answer": routed["choices"][0]["message"]["content"], "ladder": routed.get("ladder")}}
+        routed = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            timeout=300,
+            json={"model": "ladder", "max_tokens": 32, "messages": [{"role": "user", "content": "What is 2+2?"}]},
+        ).json()
+        return {
+            "ready_s": ready,
+            "pss_mib": stack_pss_mib(psutil.Process(proc.pid)),
+            "large_answered": r.status_code == 200,
+            "readme_request": {"answer": routed["choices"][0]["message"]["content"], "ladder": routed.get("ladder")},
+        }
     finally:
         stop(proc)
 
@@ -252,9 +297,14 @@ def main() -> None:
     ratio = None
     if ("ladder", 16) in by and ("plain-vllm", 16) in by:
         ratio = by[("ladder", 16)]["completion_tokens_per_s"] / by[("plain-vllm", 16)]["completion_tokens_per_s"]
-    out = {"max_tokens": MAX_TOKENS, "duration_s": args.duration, "cpus": len(os.sched_getaffinity(0)), "runs": runs,
-           "ratio_vs_plain_vllm": ratio,
-           "p50_ratio_vs_plain_vllm": (by[("ladder", 16)]["p50_s"] / by[("plain-vllm", 16)]["p50_s"]) if ratio else None}  # fmt: skip
+    out = {
+        "max_tokens": MAX_TOKENS,
+        "duration_s": args.duration,
+        "cpus": len(os.sched_getaffinity(0)),
+        "runs": runs,
+        "ratio_vs_plain_vllm": ratio,
+        "p50_ratio_vs_plain_vllm": (by[("ladder", 16)]["p50_s"] / by[("plain-vllm", 16)]["p50_s"]) if ratio else None,
+    }
     if not args.no_stack:
         out["stack"] = stack_start(tmp)
     RESULTS.mkdir(exist_ok=True)
@@ -262,11 +312,15 @@ def main() -> None:
     print(f"\n{'system':<22}{'clients':>8}{'tok/s':>9}{'p50 s':>8}{'p95 s':>8}{'ttft s':>8}{'503':>6}{'err':>5}")
     for r in runs:
         f = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
-        print(f"{r['system']:<22}{r['clients']:>8}{r['completion_tokens_per_s']:>9.1f}{f(r['p50_s']):>8}"
-              f"{f(r['p95_s']):>8}{f(r['ttft_p50_s']):>8}{r['shed_503']:>6}{r['errors']:>5}")
+        print(
+            f"{r['system']:<22}{r['clients']:>8}{r['completion_tokens_per_s']:>9.1f}{f(r['p50_s']):>8}"
+            f"{f(r['p95_s']):>8}{f(r['ttft_p50_s']):>8}{r['shed_503']:>6}{r['errors']:>5}"
+        )
     print(f"ladder / plain vLLM tokens/s at 16 clients: {ratio}")
     if "stack" in out:
-        print(f"three-tier `ladder serve` ready in {out['stack']['ready_s']:.0f}s, stack PSS {out['stack']['pss_mib']:.0f} MiB")
+        print(
+            f"three-tier `ladder serve` ready in {out['stack']['ready_s']:.0f}s, stack PSS {out['stack']['pss_mib']:.0f} MiB"
+        )
     print(f"logs: {tmp}")
 
 

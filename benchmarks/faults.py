@@ -46,12 +46,25 @@ def main() -> None:
             runtime._redis = EmbeddedRedis(port=port).start()
 
         def run(name: str, fault, heal=None, heal_at=None) -> None:  # noqa: ANN001
-            outcomes, at = asyncio.run(scenario(url, KEY, fault, at_s=5, total_s=args.seconds,
-                                                concurrency=args.concurrency, heal=heal, heal_at_s=heal_at))  # fmt: skip
+            outcomes, at = asyncio.run(
+                scenario(
+                    url,
+                    KEY,
+                    fault,
+                    at_s=5,
+                    total_s=args.seconds,
+                    concurrency=args.concurrency,
+                    heal=heal,
+                    heal_at_s=heal_at,
+                )
+            )
             results[name] = account(outcomes, at)
             r = results[name]
-            print(f"{name:<22} in flight {r['in_flight']}  after {r['after']}  recovery {r['recovery_s']}  "
-                  f"kinds {r['error_kinds']}", flush=True)  # fmt: skip
+            print(
+                f"{name:<22} in flight {r['in_flight']}  after {r['after']}  recovery {r['recovery_s']}  "
+                f"kinds {r['error_kinds']}",
+                flush=True,
+            )
 
         run("kill tier replica", lambda: kill_replica("tier-small"))
         run("kill redis", lambda: runtime.embedded_redis.stop(), restart_redis, 15)

@@ -33,11 +33,17 @@ from ladder.policies.linear import fit_logistic
 
 RESULTS = Path(__file__).parent / "results"
 LADDERS = {  # name: (file, models cheapest first, parameters in billions)
-    "gemma2-gsm8k": ("zeroeval_gsm/outcomes.parquet", ["gemma-2-2b-it", "gemma-2-9b-it", "gemma-2-27b-it@together"],
-                     [2.6, 9.2, 27.2]),
-    "llama2-mmlupro": ("mmlu_pro/outcomes.parquet", ["Llama-2-7b-hf", "Llama-2-13b-hf", "Llama-2-70b-hf"],
-                       [7.0, 13.0, 70.0]),
-}  # fmt: skip
+    "gemma2-gsm8k": (
+        "zeroeval_gsm/outcomes.parquet",
+        ["gemma-2-2b-it", "gemma-2-9b-it", "gemma-2-27b-it@together"],
+        [2.6, 9.2, 27.2],
+    ),
+    "llama2-mmlupro": (
+        "mmlu_pro/outcomes.parquet",
+        ["Llama-2-7b-hf", "Llama-2-13b-hf", "Llama-2-70b-hf"],
+        [7.0, 13.0, 70.0],
+    ),
+}
 KS = (5, 10, 25, 50, 100)
 
 
@@ -87,27 +93,51 @@ def run_ladder(name: str, data: Path, cost_model: str) -> dict:
         methods[f"router-{feat.value}"] = cloud(s_test, q, c_test)
         # kNN in the same feature space, k chosen on validation by AIQ.
         y_fit = labels(fit.quality)
-        best = max(KS, key=lambda k: aiq(*frontier(*cloud(np.stack([knn_scores(x_fit, y_fit[:, b], x_val, k)
-                                                                    for b in range(2)], 1), val.quality, costs(val))),
-                                         costs(val)[:, 0].mean(), costs(val)[:, 2].mean()))  # fmt: skip
+        best = max(
+            KS,
+            key=lambda k: aiq(
+                *frontier(
+                    *cloud(
+                        np.stack([knn_scores(x_fit, y_fit[:, b], x_val, k) for b in range(2)], 1),
+                        val.quality,
+                        costs(val),
+                    )
+                ),
+                costs(val)[:, 0].mean(),
+                costs(val)[:, 2].mean(),
+            ),
+        )
         methods[f"knn-{feat.value} (k={best})"] = cloud(
-            np.stack([knn_scores(x_fit, y_fit[:, b], x_test, best) for b in range(2)], 1), q, c_test)
+            np.stack([knn_scores(x_fit, y_fit[:, b], x_test, best) for b in range(2)], 1), q, c_test
+        )
         # Cascade: per non-top rung, P(accept) from the answer's length and the router's prior.
         s_fit = np.stack([cross_fitted(x_fit, y_fit[:, b]) for b in range(2)], 1)
-        idk = [fit_logistic(cascade_features(fit.tokens[:, b], s_fit[:, b]), y_fit[:, b], 1.0, standardize=True)
-               for b in range(2)]  # fmt: skip
-        accept = lambda part, s: np.stack([idk[b].proba(cascade_features(part.tokens[:, b], s[:, b]))  # noqa: E731
-                                           for b in range(2)], 1)  # fmt: skip
+        idk = [
+            fit_logistic(cascade_features(fit.tokens[:, b], s_fit[:, b]), y_fit[:, b], 1.0, standardize=True)
+            for b in range(2)
+        ]
+        accept = lambda part, s: np.stack(
+            [
+                idk[b].proba(cascade_features(part.tokens[:, b], s[:, b]))  # noqa: E731
+                for b in range(2)
+            ],
+            1,
+        )
         methods[f"router+cascade-{feat.value}"] = cloud(s_test, q, c_test, accept(test, s_test))
         if feat is FeaturizerKind.TFIDF:
             s_val = np.stack([b.proba(x_val) for b in policy.boundaries], 1)
             # Calibration to a rung mix, chosen on validation, checked on test.
             point, _ = calibrate(Target({2: 0.2}), s_val, val.quality, costs(val), n_future=len(test))
             realized = simulate(s_test, point.thresholds, q, c_test)
-            calibration = {"target": "<= 20% of queries reach the largest rung", "predicted_reach": point.reach[2],
-                           "interval": point.reach_ci[2], "realized_reach": float(realized.reached[:, 2].mean()),
-                           "met": bool(realized.reached[:, 2].mean() <= 0.2), "test_quality": float(realized.quality.mean()),
-                           "test_cost_vs_large": float(realized.cost.mean() / large_cost)}  # fmt: skip
+            calibration = {
+                "target": "<= 20% of queries reach the largest rung",
+                "predicted_reach": point.reach[2],
+                "interval": point.reach_ci[2],
+                "realized_reach": float(realized.reached[:, 2].mean()),
+                "met": bool(realized.reached[:, 2].mean() <= 0.2),
+                "test_quality": float(realized.quality.mean()),
+                "test_cost_vs_large": float(realized.cost.mean() / large_cost),
+            }
     oracle_rung = np.where(q.any(axis=1), np.argmax(q > 0, axis=1), 0)
     oracle = (np.array([c_test[np.arange(len(q)), oracle_rung].mean()]), np.array([q.max(axis=1).mean()]))
     methods["oracle"] = oracle
@@ -117,7 +147,9 @@ def run_ladder(name: str, data: Path, cost_model: str) -> dict:
     for m, (cs, qs) in methods.items():
         xs, ys = frontier(cs, qs)
         if m.startswith(("random", "ceiling")):  # straight lines between points (mixing)
-            area = float(np.trapezoid(np.interp(np.linspace(lo, hi, 1001), xs, ys), np.linspace(lo, hi, 1001)) / (hi - lo))
+            area = float(
+                np.trapezoid(np.interp(np.linspace(lo, hi, 1001), xs, ys), np.linspace(lo, hi, 1001)) / (hi - lo)
+            )
         else:
             area = aiq(xs, ys, lo, hi)
         if m.startswith("random"):
@@ -126,14 +158,29 @@ def run_ladder(name: str, data: Path, cost_model: str) -> dict:
             reach = float(np.interp(always[2][1], ys, xs)) if ys.max() >= always[2][1] - 1e-9 else None
         else:
             reach = cost_to_reach(xs, ys, always[2][1])
-        rows.append({"method": m, "aiq": area, "best_quality": float(ys.max()),
-                     "cost_to_match_large": None if reach is None else reach / large_cost, "_xs": xs, "_ys": ys})  # fmt: skip
+        rows.append(
+            {
+                "method": m,
+                "aiq": area,
+                "best_quality": float(ys.max()),
+                "cost_to_match_large": None if reach is None else reach / large_cost,
+                "_xs": xs,
+                "_ys": ys,
+            }
+        )
     plot(name, rows, always, large_cost)
-    return {"ladder": name, "models": models, "params_b": params, "cost_model": cost_model, "rows_fit": len(fit),
-            "rows_validation": len(val), "rows_test": len(test),
-            "always": [{"rung": r, "quality": a[1], "cost_vs_large": a[0] / large_cost} for r, a in zip(models, always)],
-            "methods": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
-            "calibration": calibration}  # fmt: skip
+    return {
+        "ladder": name,
+        "models": models,
+        "params_b": params,
+        "cost_model": cost_model,
+        "rows_fit": len(fit),
+        "rows_validation": len(val),
+        "rows_test": len(test),
+        "always": [{"rung": r, "quality": a[1], "cost_vs_large": a[0] / large_cost} for r, a in zip(models, always)],
+        "methods": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+        "calibration": calibration,
+    }
 
 
 def ceilings(test, c_test: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # noqa: ANN001
@@ -148,11 +195,14 @@ def ceilings(test, c_test: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray
     small, medium = test.rungs[0], test.rungs[1]
     if small in test.responses and medium in test.responses:
         a, b = np.array(test.response(small)), np.array(test.response(medium))
-        cells = np.char.add(np.char.add(cats, "|"), ((a != "").astype(int) * 4 + (b != "").astype(int) * 2
-                                                     + (a == b).astype(int)).astype(str))  # fmt: skip
+        cells = np.char.add(
+            np.char.add(cats, "|"),
+            ((a != "").astype(int) * 4 + (b != "").astype(int) * 2 + (a == b).astype(int)).astype(str),
+        )
         base = c_test[:, 0] + c_test[:, 1]
         out["ceiling: subject + both cheaper answers"] = cell_ceiling(
-            cells, q, np.stack([base, base, base + c_test[:, 2]], 1))
+            cells, q, np.stack([base, base, base + c_test[:, 2]], 1)
+        )
     return out
 
 
@@ -161,8 +211,15 @@ def plot(name: str, rows: list[dict], always, large_cost: float) -> None:  # noq
     for r in rows:
         style = ":" if r["method"].startswith("random") else "--" if r["method"].startswith("ceiling") else "-"
         marker = "*" if r["method"] == "oracle" else None
-        ax.plot(r["_xs"] / large_cost, r["_ys"], style, marker=marker, ms=12, drawstyle="steps-post" if style == "-" else None,
-                label=f"{r['method']} (AIQ {r['aiq']:.3f})")  # fmt: skip
+        ax.plot(
+            r["_xs"] / large_cost,
+            r["_ys"],
+            style,
+            marker=marker,
+            ms=12,
+            drawstyle="steps-post" if style == "-" else None,
+            label=f"{r['method']} (AIQ {r['aiq']:.3f})",
+        )
     for label, (c, qq) in zip(("small", "medium", "large"), always):
         ax.scatter([c / large_cost], [qq], color="k", zorder=5)
         ax.annotate(f"always-{label}", (c / large_cost, qq), textcoords="offset points", xytext=(4, -12), fontsize=8)
@@ -182,11 +239,15 @@ def main() -> None:
         print(f"  {'method':<28}{'AIQ':>7}{'best acc':>10}{'cost to match large':>22}")
         for m in r["methods"]:
             c = m["cost_to_match_large"]
-            print(f"  {m['method']:<28}{m['aiq']:>7.3f}{m['best_quality']:>10.3f}{('never' if c is None else f'{c:.1%}'):>22}")
+            print(
+                f"  {m['method']:<28}{m['aiq']:>7.3f}{m['best_quality']:>10.3f}{('never' if c is None else f'{c:.1%}'):>22}"
+            )
         cal = r["calibration"]
-        print(f"  calibration {cal['target']}: predicted {cal['predicted_reach']:.3f} {tuple(round(x, 3) for x in cal['interval'])}, "
-              f"realized {cal['realized_reach']:.3f} -> {'met' if cal['met'] else 'MISSED'}; test acc {cal['test_quality']:.3f} "
-              f"at {cal['test_cost_vs_large']:.1%} of always-large cost")  # fmt: skip
+        print(
+            f"  calibration {cal['target']}: predicted {cal['predicted_reach']:.3f} {tuple(round(x, 3) for x in cal['interval'])}, "
+            f"realized {cal['realized_reach']:.3f} -> {'met' if cal['met'] else 'MISSED'}; test acc {cal['test_quality']:.3f} "
+            f"at {cal['test_cost_vs_large']:.1%} of always-large cost"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ladders.json").write_text(json.dumps(report, indent=1, default=float))
 

@@ -31,8 +31,15 @@ from ladder.serving.launch import deploy, restrict
 
 RESULTS = Path(__file__).parent / "results"
 KEY = "sk-ladder-load"
-ROLES = {"tier-small": "tier replica", "ladder-router": "router ingress", "ProxyActor": "http proxy",
-         "ServeController": "serve controller", "raylet": "raylet", "gcs_server": "gcs", "redis-server": "redis"}  # fmt: skip
+ROLES = {
+    "tier-small": "tier replica",
+    "ladder-router": "router ingress",
+    "ProxyActor": "http proxy",
+    "ServeController": "serve controller",
+    "raylet": "raylet",
+    "gcs_server": "gcs",
+    "redis-server": "redis",
+}
 
 
 def rss_by_role() -> dict[str, float]:
@@ -61,9 +68,12 @@ def sweep(url: str, levels: list[int], duration_s: float) -> list[dict]:
         outcomes = asyncio.run(closed_loop(url, KEY, c, duration_s))
         row = {"concurrency": c, **summarize(outcomes, time.perf_counter() - t0)}
         rows.append(row)
-        print(f"c={c:<3} {row['requests']:>5} req  ok {row['ok']:>5}  shed {row['shed_with_retry_after']:>4}  "
-              f"other {row['other_errors']:>3}  no-resp {row['no_response']:>3}  {row['throughput_rps']:.2f} rps  "
-              f"p50 {row['p50_s']:.2f}s p95 {row['p95_s']:.2f}s p99 {row['p99_s']:.2f}s", flush=True)  # fmt: skip
+        print(
+            f"c={c:<3} {row['requests']:>5} req  ok {row['ok']:>5}  shed {row['shed_with_retry_after']:>4}  "
+            f"other {row['other_errors']:>3}  no-resp {row['no_response']:>3}  {row['throughput_rps']:.2f} rps  "
+            f"p50 {row['p50_s']:.2f}s p95 {row['p95_s']:.2f}s p99 {row['p99_s']:.2f}s",
+            flush=True,
+        )
     return rows
 
 
@@ -79,9 +89,14 @@ def soak(url: str, rate: float, seconds: float) -> dict:
     samples.append({"t": round(time.perf_counter() - t0, 1), **rss_by_role()})
     start, end = samples[0], samples[-1]
     roles = sorted(k for k in end if k != "t")
-    return {"rate_rps": rate, "seconds": seconds, **summarize(outcomes, time.perf_counter() - t0),
-            "rss_mib_start": {r: round(start.get(r, 0), 1) for r in roles},
-            "rss_mib_end": {r: round(end.get(r, 0), 1) for r in roles}, "rss_samples": samples}  # fmt: skip
+    return {
+        "rate_rps": rate,
+        "seconds": seconds,
+        **summarize(outcomes, time.perf_counter() - t0),
+        "rss_mib_start": {r: round(start.get(r, 0), 1) for r in roles},
+        "rss_mib_end": {r: round(end.get(r, 0), 1) for r in roles},
+        "rss_samples": samples,
+    }
 
 
 def plot(rows: list[dict], soaked: dict | None, path: Path) -> None:
@@ -97,15 +112,24 @@ def plot(rows: list[dict], soaked: dict | None, path: Path) -> None:
         ax.plot(cs, [r[q] for r in rows], marker="o", label=q[:-2])
     ax.set_xscale("log", base=2), ax.set_xlabel("concurrent clients"), ax.set_ylabel("latency of 200s (s)")
     twin = ax.twinx()
-    twin.bar(cs, [r["shed_with_retry_after"] / max(1, r["requests"]) for r in rows], width=[c * 0.3 for c in cs],
-             alpha=0.25, color="red", label="shed share")  # fmt: skip
+    twin.bar(
+        cs,
+        [r["shed_with_retry_after"] / max(1, r["requests"]) for r in rows],
+        width=[c * 0.3 for c in cs],
+        alpha=0.25,
+        color="red",
+        label="shed share",
+    )
     twin.set_ylabel("share shed (503 + Retry-After)")
     ax.legend(loc="upper left"), ax.set_title("closed loop, small tier, 8 tokens")
     if soaked:
         ax = axes[0][1]
         for role in soaked["rss_mib_end"]:
-            ax.plot([s["t"] / 60 for s in soaked["rss_samples"]], [s.get(role, 0) for s in soaked["rss_samples"]],
-                    label=role)  # fmt: skip
+            ax.plot(
+                [s["t"] / 60 for s in soaked["rss_samples"]],
+                [s.get(role, 0) for s in soaked["rss_samples"]],
+                label=role,
+            )
         ax.set_xlabel("minutes"), ax.set_ylabel("RSS (MiB)"), ax.legend(fontsize=7)
         ax.set_title(f"soak at {soaked['rate_rps']:.2f} req/s")
     fig.tight_layout()
@@ -136,9 +160,14 @@ def main() -> None:
     previous = RESULTS / "load.json"
     if soaked is None and previous.exists():  # a sweep-only run keeps the last soak's figures
         soaked = json.loads(previous.read_text()).get("soak")
-    result = {"tier": "small", "max_ongoing_requests": tier.max_ongoing_requests,
-              "max_queued_requests": tier.max_queued_requests, "duration_s": args.duration,
-              "sweep": rows, "soak": soaked}  # fmt: skip
+    result = {
+        "tier": "small",
+        "max_ongoing_requests": tier.max_ongoing_requests,
+        "max_queued_requests": tier.max_queued_requests,
+        "duration_s": args.duration,
+        "sweep": rows,
+        "soak": soaked,
+    }
     (RESULTS / "load.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(rows, soaked, RESULTS / "load.png")
     print(f"wrote {RESULTS / 'load.json'} and load.png")

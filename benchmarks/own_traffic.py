@@ -41,27 +41,84 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 LADDER = str(Path(sys.executable).parent / "ladder")
 
-CONCEPTS = ["recursion", "photosynthesis", "inflation", "a hash table", "gravity", "TCP handshakes", "vaccines",
-            "compound interest", "the water cycle", "machine learning", "a binary search", "plate tectonics",
-            "supply and demand", "DNS", "entropy", "a mutex", "the immune system", "public-key cryptography",
-            "a neural network", "the greenhouse effect", "garbage collection", "big-O notation", "a blockchain",
-            "the placebo effect", "version control"]  # fmt: skip
-ACTIVITIES = ["learning a new language", "running a first marathon", "saving money", "sleeping better",
-              "writing clean code", "public speaking", "growing tomatoes", "studying for exams", "remote work",
-              "cooking rice", "reading more books", "reviewing a pull request"]  # fmt: skip
+CONCEPTS = [
+    "recursion",
+    "photosynthesis",
+    "inflation",
+    "a hash table",
+    "gravity",
+    "TCP handshakes",
+    "vaccines",
+    "compound interest",
+    "the water cycle",
+    "machine learning",
+    "a binary search",
+    "plate tectonics",
+    "supply and demand",
+    "DNS",
+    "entropy",
+    "a mutex",
+    "the immune system",
+    "public-key cryptography",
+    "a neural network",
+    "the greenhouse effect",
+    "garbage collection",
+    "big-O notation",
+    "a blockchain",
+    "the placebo effect",
+    "version control",
+]
+ACTIVITIES = [
+    "learning a new language",
+    "running a first marathon",
+    "saving money",
+    "sleeping better",
+    "writing clean code",
+    "public speaking",
+    "growing tomatoes",
+    "studying for exams",
+    "remote work",
+    "cooking rice",
+    "reading more books",
+    "reviewing a pull request",
+]
 TOPICS = ["the sea", "autumn leaves", "a city at night", "coffee", "a lost key", "mountains", "a robot", "rain"]
 PHRASES = ["good morning", "where is the station", "thank you very much", "I would like a coffee", "see you tomorrow"]
-TASKS = ["reverses a string", "returns the largest of three numbers", "counts the vowels in a string",
-         "checks whether a number is prime", "returns the factorial of n", "removes duplicates from a list",
-         "computes the average of a list", "checks whether a string is a palindrome", "merges two sorted lists",
-         "returns the n-th Fibonacci number"]  # fmt: skip
-TEXTS = ["The meeting was moved from Monday to Wednesday because the projector broke and the room was booked.",
-         "Sales rose 12% in the third quarter, driven by new customers in Europe, while costs stayed flat.",
-         "The library will close early on Friday for maintenance and reopen on Saturday at nine."]  # fmt: skip
-CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin",
-            "Egypt": "Cairo", "Canada": "Ottawa", "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo",
-            "Greece": "Athens", "Poland": "Warsaw", "Chile": "Santiago", "Cuba": "Havana", "Austria": "Vienna",
-            "Portugal": "Lisbon"}  # fmt: skip
+TASKS = [
+    "reverses a string",
+    "returns the largest of three numbers",
+    "counts the vowels in a string",
+    "checks whether a number is prime",
+    "returns the factorial of n",
+    "removes duplicates from a list",
+    "computes the average of a list",
+    "checks whether a string is a palindrome",
+    "merges two sorted lists",
+    "returns the n-th Fibonacci number",
+]
+TEXTS = [
+    "The meeting was moved from Monday to Wednesday because the projector broke and the room was booked.",
+    "Sales rose 12% in the third quarter, driven by new customers in Europe, while costs stayed flat.",
+    "The library will close early on Friday for maintenance and reopen on Saturday at nine.",
+]
+CAPITALS = {
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Germany": "Berlin",
+    "Egypt": "Cairo",
+    "Canada": "Ottawa",
+    "Kenya": "Nairobi",
+    "Peru": "Lima",
+    "Norway": "Oslo",
+    "Greece": "Athens",
+    "Poland": "Warsaw",
+    "Chile": "Santiago",
+    "Cuba": "Havana",
+    "Austria": "Vienna",
+    "Portugal": "Lisbon",
+}
 
 
 def write_prompts(path: Path, n: int, labelled: int, seed: int = 0) -> None:
@@ -84,12 +141,24 @@ def write_prompts(path: Path, n: int, labelled: int, seed: int = 0) -> None:
     for i in range(labelled):
         if i % 2:
             country = list(CAPITALS)[i // 2 % len(CAPITALS)]
-            rows.append({"id": f"cap-{i}", "prompt": f"What is the capital of {country}? Answer in one word.",
-                         "reference": CAPITALS[country], "group": "labelled"})  # fmt: skip
+            rows.append(
+                {
+                    "id": f"cap-{i}",
+                    "prompt": f"What is the capital of {country}? Answer in one word.",
+                    "reference": CAPITALS[country],
+                    "group": "labelled",
+                }
+            )
         else:
             a, b = rng.randint(3, 40), rng.randint(3, 40)
-            rows.append({"id": f"mul-{i}", "prompt": f"What is {a} times {b}? Reply with the number only.",
-                         "reference": a * b, "group": "labelled"})  # fmt: skip
+            rows.append(
+                {
+                    "id": f"mul-{i}",
+                    "prompt": f"What is {a} times {b}? Reply with the number only.",
+                    "reference": a * b,
+                    "group": "labelled",
+                }
+            )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -104,15 +173,24 @@ def run(cmd: list[str], log: Path) -> tuple[float, str]:
 
 def swap_under_load(url: str, policy: Path, clients: int = 4, before_s: float = 10, after_s: float = 15) -> dict:
     stop_flag, seen, failed = threading.Event(), [], []
-    prompts = ["Explain recursion briefly.", "What is 7 times 8?", "Write a haiku about rain.", "Give one tip for sleep."]
+    prompts = [
+        "Explain recursion briefly.",
+        "What is 7 times 8?",
+        "Write a haiku about rain.",
+        "Give one tip for sleep.",
+    ]
 
     def client(k: int) -> None:
         with httpx.Client(timeout=300) as http:
             i = 0
             while not stop_flag.is_set():
                 i += 1
-                body = {"model": "ladder", "max_tokens": 4, "temperature": 0,
-                        "messages": [{"role": "user", "content": f"{prompts[(i + k) % 4]} (#{k}.{i})"}]}  # fmt: skip
+                body = {
+                    "model": "ladder",
+                    "max_tokens": 4,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": f"{prompts[(i + k) % 4]} (#{k}.{i})"}],
+                }
                 try:
                     r = http.post(url + "/v1/chat/completions", json=body)
                     ok = r.status_code == 200
@@ -140,11 +218,17 @@ def swap_under_load(url: str, policy: Path, clients: int = 4, before_s: float = 
     # response the new policy routed; the CLI's own start-up (Python, its local check of the file)
     # is reported apart, as cli_s.
     sent_at = pushed["swapped_at"] - pushed["seconds"]
-    return {"requests": len(seen) + len(failed), "failed": len(failed), "new_version": new,
-            "seconds_to_new_version": None if first_new is None else first_new - sent_at,
-            "push_http_s": pushed["seconds"], "cli_s": push_s,
-            "from_cli_start_s": None if first_new is None else first_new - t_push,
-            "old_after_new": sum(1 for t, v in seen if first_new and t > first_new and v != new), "push_s": push_s}  # fmt: skip
+    return {
+        "requests": len(seen) + len(failed),
+        "failed": len(failed),
+        "new_version": new,
+        "seconds_to_new_version": None if first_new is None else first_new - sent_at,
+        "push_http_s": pushed["seconds"],
+        "cli_s": push_s,
+        "from_cli_start_s": None if first_new is None else first_new - t_push,
+        "old_after_new": sum(1 for t, v in seen if first_new and t > first_new and v != new),
+        "push_s": push_s,
+    }
 
 
 def main() -> None:
@@ -161,8 +245,10 @@ def main() -> None:
     steps_file = work / "steps.json"  # a rerun in the same folder keeps the collection it already has
     steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
     if "collect" not in steps:
-        steps["collect"], _ = run([LADDER, "collect", str(prompts), "-o", str(collected), "--max-tokens", "128",
-                                   "--batch-size", "16"], work / "collect.log")  # fmt: skip
+        steps["collect"], _ = run(
+            [LADDER, "collect", str(prompts), "-o", str(collected), "--max-tokens", "128", "--batch-size", "16"],
+            work / "collect.log",
+        )
         steps_file.write_text(json.dumps(steps))
     print(f"collected in {steps['collect']:.0f}s", flush=True)
     port = free_port()
@@ -179,17 +265,43 @@ def main() -> None:
         print(f"serving in {ready_s:.0f}s", flush=True)
         judged = work / "judged.jsonl"
         large = LadderConfig().tier("large").price
-        steps["judge"], out = run([LADDER, "judge", str(collected), "-o", str(judged), "--judge-url", url + "/v1",
-                                   "--judge-model", "large", "--also-labelled", "--concurrency", "16", "--timeout", "600",
-                                   "--judge-price", f"{large.input_per_1m}:{large.output_per_1m}"], work / "judge.log")  # fmt: skip
+        steps["judge"], out = run(
+            [
+                LADDER,
+                "judge",
+                str(collected),
+                "-o",
+                str(judged),
+                "--judge-url",
+                url + "/v1",
+                "--judge-model",
+                "large",
+                "--also-labelled",
+                "--concurrency",
+                "16",
+                "--timeout",
+                "600",
+                "--judge-price",
+                f"{large.input_per_1m}:{large.output_per_1m}",
+            ],
+            work / "judge.log",
+        )
         judge = json.loads(out)
         print(f"judged in {steps['judge']:.0f}s: {judge}", flush=True)
         fitted, policy = work / "fitted.json", work / "own-policy.json"
-        steps["train"], out = run([LADDER, "train", str(judged), "-o", str(fitted), "--featurizer", "tfidf"], work / "train.log")
+        steps["train"], out = run(
+            [LADDER, "train", str(judged), "-o", str(fitted), "--featurizer", "tfidf"], work / "train.log"
+        )
         trained = json.loads(out)
-        prices = [x for t in LadderConfig().tiers for x in ("--price", f"{t.name}={t.price.input_per_1m}:{t.price.output_per_1m}")]
-        steps["calibrate"], out = run([LADDER, "calibrate", str(fitted), str(judged), "-t", "large<=0.5", *prices,
-                                       "-o", str(policy)], work / "calibrate.log")  # fmt: skip
+        prices = [
+            x
+            for t in LadderConfig().tiers
+            for x in ("--price", f"{t.name}={t.price.input_per_1m}:{t.price.output_per_1m}")
+        ]
+        steps["calibrate"], out = run(
+            [LADDER, "calibrate", str(fitted), str(judged), "-t", "large<=0.5", *prices, "-o", str(policy)],
+            work / "calibrate.log",
+        )
         calibrated = json.loads(out)
         swap = swap_under_load(url, policy)
         steps["push"] = swap.pop("push_s")
@@ -197,11 +309,32 @@ def main() -> None:
         stop(proc)
     rows = [json.loads(line) for line in judged.read_text().splitlines()]
     quality = {r: sum((row["quality"][r] or 0) for row in rows) / len(rows) for r in rows[0]["quality"]}
-    result = {"prompts": args.prompts, "labelled": args.labelled, "judge_agreement_on_labelled": judge["agreement"],
-              "judge_agreement_n": judge["agreement_n"], "swap": swap, "steps_s": steps, "serve_ready_s": ready_s,
-              "judge": judge, "mean_judged_quality": quality, "train": trained,
-              "calibrated": {k: calibrated.get(k) for k in ("version", "target", "thresholds", "reach", "answer_mix",
-                                                            "quality", "quality_ci", "cost_per_1k", "prefix")}}  # fmt: skip
+    result = {
+        "prompts": args.prompts,
+        "labelled": args.labelled,
+        "judge_agreement_on_labelled": judge["agreement"],
+        "judge_agreement_n": judge["agreement_n"],
+        "swap": swap,
+        "steps_s": steps,
+        "serve_ready_s": ready_s,
+        "judge": judge,
+        "mean_judged_quality": quality,
+        "train": trained,
+        "calibrated": {
+            k: calibrated.get(k)
+            for k in (
+                "version",
+                "target",
+                "thresholds",
+                "reach",
+                "answer_mix",
+                "quality",
+                "quality_ci",
+                "cost_per_1k",
+                "prefix",
+            )
+        },
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "own_traffic.json").write_text(json.dumps(result, indent=1, default=float))
     print(json.dumps({k: result[k] for k in ("prompts", "judge_agreement_on_labelled", "swap", "steps_s")}, indent=1))

@@ -53,12 +53,26 @@ def methods(bench: str, data: Path) -> dict:
         accept = idk_scores(minilm_policy, test, prior)
         needs["router+idk"] = 1 - accept[:, 0]
     curves = compare(q, needs)
-    png = plot(curves, q, f"RouteLLM {bench}: weak=Mixtral-8x7B, strong=GPT-4 (test n={len(test)})",
-               RESULTS / f"routing_{bench}.png")  # fmt: skip
+    png = plot(
+        curves,
+        q,
+        f"RouteLLM {bench}: weak=Mixtral-8x7B, strong=GPT-4 (test n={len(test)})",
+        RESULTS / f"routing_{bench}.png",
+    )
     headline = "router+idk" if accept is not None else "router-tfidf"
-    return {"bench": bench, "train": len(train), "test": len(test), "weak_acc": float(q[:, 0].mean()),
-            "strong_acc": float(q[:, 1].mean()), "table": table(curves, q), "plot": str(png),
-            "headline": headline, "_test": test, "_needs": needs, "_policy": tfidf_policy}  # fmt: skip
+    return {
+        "bench": bench,
+        "train": len(train),
+        "test": len(test),
+        "weak_acc": float(q[:, 0].mean()),
+        "strong_acc": float(q[:, 1].mean()),
+        "table": table(curves, q),
+        "plot": str(png),
+        "headline": headline,
+        "_test": test,
+        "_needs": needs,
+        "_policy": tfidf_policy,
+    }
 
 
 def calibration_trials(test, need: np.ndarray, splits: int, cap: float = 0.30) -> dict:
@@ -71,17 +85,30 @@ def calibration_trials(test, need: np.ndarray, splits: int, cap: float = 0.30) -
     for _ in tqdm(range(splits), desc="calibration re-splits", leave=False):
         val = rng.random(len(need)) < 0.5
         te = ~val
-        point, _ = calibrate(Target(max_fraction={1: cap}), scores[val], test.quality[val], costs[val],
-                             n_future=int(te.sum()))  # fmt: skip
+        point, _ = calibrate(
+            Target(max_fraction={1: cap}), scores[val], test.quality[val], costs[val], n_future=int(te.sum())
+        )
         sim = simulate(scores[te], point.thresholds, test.quality[te], costs[te])
         realized = float(sim.reached[:, 1].mean())
         lo, hi = point.reach_ci[1]
         met += realized <= cap
         covered += lo <= realized <= hi
-        trials.append({"predicted": point.reach[1], "interval": [lo, hi], "realized": realized,
-                       "val_quality": point.quality, "test_quality": float(sim.quality.mean())})  # fmt: skip
-    return {"target": f"<= {cap:.0%} to strong", "splits": splits, "met": met / splits,
-            "interval_covers": covered / splits, "trials": trials}  # fmt: skip
+        trials.append(
+            {
+                "predicted": point.reach[1],
+                "interval": [lo, hi],
+                "realized": realized,
+                "val_quality": point.quality,
+                "test_quality": float(sim.quality.mean()),
+            }
+        )
+    return {
+        "target": f"<= {cap:.0%} to strong",
+        "splits": splits,
+        "met": met / splits,
+        "interval_covers": covered / splits,
+        "trials": trials,
+    }
 
 
 def _timed(fn, batches: list) -> list[float]:  # noqa: ANN001
@@ -94,17 +121,25 @@ def _timed(fn, batches: list) -> list[float]:  # noqa: ANN001
 
 
 def _latency_row(single: list[float], batch: list[float]) -> dict:
-    return {"single_p50_ms": 1e3 * float(np.percentile(single, 50)), "single_p99_ms": 1e3 * float(np.percentile(single, 99)),
-            "batch64_p50_ms": 1e3 * float(np.percentile(batch, 50)), "batch64_p99_ms": 1e3 * float(np.percentile(batch, 99))}  # fmt: skip
+    return {
+        "single_p50_ms": 1e3 * float(np.percentile(single, 50)),
+        "single_p99_ms": 1e3 * float(np.percentile(single, 99)),
+        "batch64_p50_ms": 1e3 * float(np.percentile(batch, 50)),
+        "batch64_p99_ms": 1e3 * float(np.percentile(batch, 99)),
+    }
 
 
 def latency(policy, texts: list[str]) -> dict:  # noqa: ANN001
     """Decision latency of the deployed TF-IDF policy, and of the MiniLM featurizer alone."""
     batches = [texts[i : i + 64] for i in range(0, 64 * 20, 64)]
-    out = {"tfidf": _latency_row(_timed(lambda t: policy.route(Query.of(t)), texts[:300]), _timed(policy.scores, batches))}
+    out = {
+        "tfidf": _latency_row(_timed(lambda t: policy.route(Query.of(t)), texts[:300]), _timed(policy.scores, batches))
+    }
     minilm = MiniLMFeaturizer()
     minilm.transform(["warm up"])
-    out["minilm"] = _latency_row(_timed(lambda t: minilm.transform([t]), texts[:100]), _timed(minilm.transform, batches[:5]))
+    out["minilm"] = _latency_row(
+        _timed(lambda t: minilm.transform([t]), texts[:100]), _timed(minilm.transform, batches[:5])
+    )
     return out
 
 
@@ -122,15 +157,21 @@ def main() -> None:
         if bench == "mmlu":
             res["decision_latency"] = latency(policy, list(test.queries))
         report[bench] = res
-        print(f"\n== {bench}: train {res['train']}, test {res['test']}, weak {res['weak_acc']:.3f}, "
-              f"strong {res['strong_acc']:.3f}")  # fmt: skip
+        print(
+            f"\n== {bench}: train {res['train']}, test {res['test']}, weak {res['weak_acc']:.3f}, "
+            f"strong {res['strong_acc']:.3f}"
+        )
         print(f"{'method':<24}{'APGR':>8}{'CPT50':>8}{'CPT80':>8}{'acc@30%':>9}")
         for row in res["table"]:
-            print(f"{row['method']:<24}{row['apgr']:>8.3f}{row['cpt50']:>8.3f}{row['cpt80']:>8.3f}"
-                  f"{row['quality_at_30']:>9.3f}")  # fmt: skip
+            print(
+                f"{row['method']:<24}{row['apgr']:>8.3f}{row['cpt50']:>8.3f}{row['cpt80']:>8.3f}"
+                f"{row['quality_at_30']:>9.3f}"
+            )
         cal = res["calibration"]
-        print(f"calibration ({res['headline']}, {cal['target']}): met in {cal['met']:.0%} of {cal['splits']} "
-              f"re-splits, interval covers realized rate in {cal['interval_covers']:.0%}")  # fmt: skip
+        print(
+            f"calibration ({res['headline']}, {cal['target']}): met in {cal['met']:.0%} of {cal['splits']} "
+            f"re-splits, interval covers realized rate in {cal['interval_covers']:.0%}"
+        )
         if "decision_latency" in res:
             for name, lat in res["decision_latency"].items():
                 print(f"decision latency {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in lat.items()))

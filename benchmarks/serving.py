@@ -45,8 +45,9 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def batch_vs_loop(cfg: LadderConfig, rows: int) -> dict:
-    prompts = [{"id": f"b{i}", "prompt": f"Give one word that rhymes with number {i}.", "max_tokens": 4}
-               for i in range(rows)]  # fmt: skip
+    prompts = [
+        {"id": f"b{i}", "prompt": f"Give one word that rhymes with number {i}.", "max_tokens": 4} for i in range(rows)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp, "in.jsonl"), Path(tmp, "out.jsonl")
         src.write_text("".join(json.dumps(r) + "\n" for r in prompts))
@@ -57,8 +58,14 @@ def batch_vs_loop(cfg: LadderConfig, rows: int) -> dict:
     for r in prompts:
         worker.generate_sync(Query.of(r["prompt"], max_tokens=4))
     loop_s = time.perf_counter() - t0
-    return {"rows": rows, "ray_data_rows_s": rows / s.wall_s, "plain_loop_rows_s": rows / loop_s,
-            "ratio": (rows / s.wall_s) / (rows / loop_s), "ray_data_wall_s": s.wall_s, "loop_wall_s": loop_s}  # fmt: skip
+    return {
+        "rows": rows,
+        "ray_data_rows_s": rows / s.wall_s,
+        "plain_loop_rows_s": rows / loop_s,
+        "ratio": (rows / s.wall_s) / (rows / loop_s),
+        "ray_data_wall_s": s.wall_s,
+        "loop_wall_s": loop_s,
+    }
 
 
 def router_overhead(url: str, n: int) -> dict:
@@ -74,9 +81,15 @@ def router_overhead(url: str, n: int) -> dict:
                 if mode == "direct_handle":
                     handle.generate.remote(Query.of(p, max_tokens=32)).result()
                 else:
-                    r = client.post(url + "/v1/chat/completions", json={
-                        "model": "ladder" if mode == "router" else "small", "max_tokens": 32, "temperature": 0,
-                        "messages": [{"role": "user", "content": p}]})  # fmt: skip
+                    r = client.post(
+                        url + "/v1/chat/completions",
+                        json={
+                            "model": "ladder" if mode == "router" else "small",
+                            "max_tokens": 32,
+                            "temperature": 0,
+                            "messages": [{"role": "user", "content": p}],
+                        },
+                    )
                     r.raise_for_status()
                 times[mode].append(time.perf_counter() - t0)
     out: dict = {m: {"p50_ms": pct(v, 50), "p95_ms": pct(v, 95)} for m, v in times.items()}
@@ -110,16 +123,26 @@ async def decision_latency(redis_url: str, policies: dict) -> dict:
             t0 = time.perf_counter()
             policy.route(q)
             featurize.append(time.perf_counter() - t0)
-        out[name] = {"miss_p50_ms": pct(miss, 50), "miss_p99_ms": pct(miss, 99), "hit_p50_ms": pct(hit, 50),
-                     "hit_p99_ms": pct(hit, 99), "policy_only_p50_ms": pct(featurize, 50)}  # fmt: skip
+        out[name] = {
+            "miss_p50_ms": pct(miss, 50),
+            "miss_p99_ms": pct(miss, 99),
+            "hit_p50_ms": pct(hit, 50),
+            "hit_p99_ms": pct(hit, 99),
+            "policy_only_p50_ms": pct(featurize, 50),
+        }
     await cache.close()
     return out
 
 
 def streaming(url: str, n: int) -> dict:
     ttft, total = [], []
-    body = {"model": "small", "max_tokens": 64, "temperature": 0, "stream": True,
-            "messages": [{"role": "user", "content": "Write a short paragraph about the sea."}]}  # fmt: skip
+    body = {
+        "model": "small",
+        "max_tokens": 64,
+        "temperature": 0,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Write a short paragraph about the sea."}],
+    }
     with httpx.Client(timeout=120) as client:
         for _ in range(n):
             t0, first = time.perf_counter(), None
@@ -129,8 +152,11 @@ def streaming(url: str, n: int) -> dict:
                         first = time.perf_counter() - t0
             total.append(time.perf_counter() - t0)
             ttft.append(first or total[-1])
-    return {"ttft_p50_ms": pct(ttft, 50), "total_p50_ms": pct(total, 50),
-            "ttft_over_total": statistics.median(ttft) / statistics.median(total)}  # fmt: skip
+    return {
+        "ttft_p50_ms": pct(ttft, 50),
+        "total_p50_ms": pct(total, 50),
+        "ttft_over_total": statistics.median(ttft) / statistics.median(total),
+    }
 
 
 def main() -> None:

@@ -65,8 +65,9 @@ def load() -> Outcomes:
 
 
 def fold_of(ids: tuple[str, ...]) -> np.ndarray:
-    return np.array([int.from_bytes(hashlib.blake2b(f"fold:{i}".encode(), digest_size=4).digest(), "big") % FOLDS
-                     for i in ids])  # fmt: skip
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(f"fold:{i}".encode(), digest_size=4).digest(), "big") % FOLDS for i in ids]
+    )
 
 
 def prices() -> dict[str, tuple[float, float]]:
@@ -94,9 +95,18 @@ def offline() -> dict:
         chosen = replace(policy, thresholds=point.thresholds)
         ath = point.accept_thresholds
         gates = gate_scores(chosen, val, route)
-        choice = calibrate_prefix(target, route, point.thresholds, val.quality, rung_costs(val, prices()),
-                                  {k: rung_costs(val, prices(), output_cap=k) for k in gates}, accept, ath, gates,
-                                  answer_tokens(val))  # fmt: skip
+        choice = calibrate_prefix(
+            target,
+            route,
+            point.thresholds,
+            val.quality,
+            rung_costs(val, prices()),
+            {k: rung_costs(val, prices(), output_cap=k) for k in gates},
+            accept,
+            ath,
+            gates,
+            answer_tokens(val),
+        )
         ks.append(choice.tokens)
         # replay both on the held-out fold
         route, accept = scores(held)
@@ -104,29 +114,72 @@ def offline() -> dict:
         full = simulate(route, point.thresholds, held.quality, costs, accept, ath)
         k = choice.tokens
         held_gates = gate_scores(chosen, held, route).get(k, np.full((len(held), 2), np.nan))
-        pre = simulate_prefix(route, point.thresholds, held.quality, costs,
-                              rung_costs(held, prices(), output_cap=k) if k else costs, accept, ath, held_gates,
-                              choice.accept_at, choice.escalate_below, answer_tokens(held), k)  # fmt: skip
-        base = simulate_prefix(route, point.thresholds, held.quality, costs, costs, accept, ath,
-                               np.full((len(held), 2), np.nan), (2.0, 2.0), (-1.0, -1.0), answer_tokens(held), 0)  # fmt: skip
+        pre = simulate_prefix(
+            route,
+            point.thresholds,
+            held.quality,
+            costs,
+            rung_costs(held, prices(), output_cap=k) if k else costs,
+            accept,
+            ath,
+            held_gates,
+            choice.accept_at,
+            choice.escalate_below,
+            answer_tokens(held),
+            k,
+        )
+        base = simulate_prefix(
+            route,
+            point.thresholds,
+            held.quality,
+            costs,
+            costs,
+            accept,
+            ath,
+            np.full((len(held), 2), np.nan),
+            (2.0, 2.0),
+            (-1.0, -1.0),
+            answer_tokens(held),
+            0,
+        )
         assert np.allclose(base.sim.cost, full.cost) and (base.sim.answered_by == full.answered_by).all()
-        for name, value in [("q_full", full.quality), ("q_prefix", pre.sim.quality), ("c_full", full.cost),
-                            ("c_prefix", pre.sim.cost), ("live_full", base.live), ("live_prefix", pre.live),
-                            ("delay_full", base.delay), ("delay_prefix", pre.delay)]:  # fmt: skip
+        for name, value in [
+            ("q_full", full.quality),
+            ("q_prefix", pre.sim.quality),
+            ("c_full", full.cost),
+            ("c_prefix", pre.sim.cost),
+            ("live_full", base.live),
+            ("live_prefix", pre.live),
+            ("delay_full", base.delay),
+            ("delay_prefix", pre.delay),
+        ]:
             rows[name].append(value)
-        print(f"fold {f}: k={k} quality full {full.quality.mean():.3f} prefix {pre.sim.quality.mean():.3f}; "
-              f"USD/1k {full.cost.mean() * 1e3:.4f} vs {pre.sim.cost.mean() * 1e3:.4f}; live "
-              f"{base.live.mean():.2f} -> {pre.live.mean():.2f}; delay {base.delay.mean():.0f} -> "
-              f"{pre.delay.mean():.0f} tokens", flush=True)  # fmt: skip
+        print(
+            f"fold {f}: k={k} quality full {full.quality.mean():.3f} prefix {pre.sim.quality.mean():.3f}; "
+            f"USD/1k {full.cost.mean() * 1e3:.4f} vs {pre.sim.cost.mean() * 1e3:.4f}; live "
+            f"{base.live.mean():.2f} -> {pre.live.mean():.2f}; delay {base.delay.mean():.0f} -> "
+            f"{pre.delay.mean():.0f} tokens",
+            flush=True,
+        )
     r = {k: np.concatenate(v) for k, v in rows.items()}
     d = r["q_prefix"] - r["q_full"]
-    return {"rows": int(len(d)), "target": TARGET, "k": collections.Counter(ks).most_common(1)[0][0], "k_per_fold": ks,
-            "quality_full": float(r["q_full"].mean()), "quality_prefix": float(r["q_prefix"].mean()),
-            "quality_delta": float(d.mean()), "quality_delta_ci95": float(1.96 * d.std(ddof=1) / np.sqrt(len(d))),
-            "cost_delta": float(r["c_prefix"].sum() / r["c_full"].sum() - 1),
-            "usd_per_1k_full": float(r["c_full"].mean() * 1e3), "usd_per_1k_prefix": float(r["c_prefix"].mean() * 1e3),
-            "live_full": float(r["live_full"].mean()), "live_prefix": float(r["live_prefix"].mean()),
-            "delay_tokens_full": float(r["delay_full"].mean()), "delay_tokens_prefix": float(r["delay_prefix"].mean())}  # fmt: skip
+    return {
+        "rows": int(len(d)),
+        "target": TARGET,
+        "k": collections.Counter(ks).most_common(1)[0][0],
+        "k_per_fold": ks,
+        "quality_full": float(r["q_full"].mean()),
+        "quality_prefix": float(r["q_prefix"].mean()),
+        "quality_delta": float(d.mean()),
+        "quality_delta_ci95": float(1.96 * d.std(ddof=1) / np.sqrt(len(d))),
+        "cost_delta": float(r["c_prefix"].sum() / r["c_full"].sum() - 1),
+        "usd_per_1k_full": float(r["c_full"].mean() * 1e3),
+        "usd_per_1k_prefix": float(r["c_prefix"].mean() * 1e3),
+        "live_full": float(r["live_full"].mean()),
+        "live_prefix": float(r["live_prefix"].mean()),
+        "delay_tokens_full": float(r["delay_full"].mean()),
+        "delay_tokens_prefix": float(r["delay_prefix"].mean()),
+    }
 
 
 async def closed_loop(url: str, model: str, prompts: list[str], clients: int, duration_s: float) -> list[dict]:
@@ -138,8 +191,13 @@ async def closed_loop(url: str, model: str, prompts: list[str], clients: int, du
         async def user() -> None:
             while time.perf_counter() - t0 < duration_s:
                 i = next(counter)
-                body = {"model": model, "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True,
-                        "messages": [{"role": "user", "content": prompts[i % len(prompts)]}]}  # fmt: skip
+                body = {
+                    "model": model,
+                    "max_tokens": MAX_TOKENS,
+                    "temperature": 0,
+                    "stream": True,
+                    "messages": [{"role": "user", "content": prompts[i % len(prompts)]}],
+                }
                 results.append(await one(client, url + "/v1/chat/completions", body))
 
         await asyncio.gather(*(user() for _ in range(clients)))
@@ -154,10 +212,17 @@ def summary(results: list[dict], system: str, clients: int) -> dict:
     ok = [r for r in results if r["status"] == 200 and r["ttft_s"] is not None]
     tiers = collections.Counter((r["ladder"] or {}).get("tier") for r in ok)
     decided = collections.Counter(str((r["ladder"] or {}).get("decided_at")) for r in ok)
-    return {"system": system, "clients": clients, "requests": len(results), "ok": len(ok),
-            "ttft_p50_s": p50([r["ttft_s"] for r in ok]), "total_p50_s": p50([r["latency_s"] for r in ok]),
-            "answered_by": dict(tiers), "decided_at": dict(decided),
-            "escalations": float(np.mean([(r["ladder"] or {}).get("escalations", 0) for r in ok])) if ok else None}  # fmt: skip
+    return {
+        "system": system,
+        "clients": clients,
+        "requests": len(results),
+        "ok": len(ok),
+        "ttft_p50_s": p50([r["ttft_s"] for r in ok]),
+        "total_p50_s": p50([r["latency_s"] for r in ok]),
+        "answered_by": dict(tiers),
+        "decided_at": dict(decided),
+        "escalations": float(np.mean([(r["ladder"] or {}).get("escalations", 0) for r in ok])) if ok else None,
+    }
 
 
 def served(clients: list[int], duration: float) -> list[dict]:
@@ -180,8 +245,14 @@ def served(clients: list[int], duration: float) -> list[dict]:
             tier = max(routed["answered_by"], key=routed["answered_by"].get)
             pinned = summary(asyncio.run(closed_loop(url, tier, prompts, c, duration)), f"pinned-{tier}", c)
             print(json.dumps(pinned), flush=True)
-            rows.append({"clients": c, "routed": routed, "pinned": pinned,
-                         "ttft_ratio": routed["ttft_p50_s"] / pinned["ttft_p50_s"]})  # fmt: skip
+            rows.append(
+                {
+                    "clients": c,
+                    "routed": routed,
+                    "pinned": pinned,
+                    "ttft_ratio": routed["ttft_p50_s"] / pinned["ttft_p50_s"],
+                }
+            )
     finally:
         stop(proc)
     return rows
@@ -194,24 +265,35 @@ def main() -> None:
     ap.add_argument("--offline-only", action="store_true")
     args = ap.parse_args()
     cv = offline()
-    print(f"\nprefix vs whole answer, {cv['rows']} rows, {FOLDS}-fold CV, target {TARGET}: quality "
-          f"{cv['quality_full']:.3f} -> {cv['quality_prefix']:.3f} (delta {cv['quality_delta']:+.3f} "
-          f"± {cv['quality_delta_ci95']:.3f}), USD {cv['cost_delta']:+.1%}, k={cv['k']} {cv['k_per_fold']}, live "
-          f"{cv['live_full']:.0%} -> {cv['live_prefix']:.0%}, first token after {cv['delay_tokens_full']:.0f} -> "
-          f"{cv['delay_tokens_prefix']:.0f} generated tokens", flush=True)  # fmt: skip
+    print(
+        f"\nprefix vs whole answer, {cv['rows']} rows, {FOLDS}-fold CV, target {TARGET}: quality "
+        f"{cv['quality_full']:.3f} -> {cv['quality_prefix']:.3f} (delta {cv['quality_delta']:+.3f} "
+        f"± {cv['quality_delta_ci95']:.3f}), USD {cv['cost_delta']:+.1%}, k={cv['k']} {cv['k_per_fold']}, live "
+        f"{cv['live_full']:.0%} -> {cv['live_prefix']:.0%}, first token after {cv['delay_tokens_full']:.0f} -> "
+        f"{cv['delay_tokens_prefix']:.0f} generated tokens",
+        flush=True,
+    )
     out: dict = {"prefix_vs_full": cv}
     if not args.offline_only:
         rows = served([int(c) for c in args.clients.split(",")], args.duration)
         print("\n| clients | routed TTFT p50 | pinned TTFT p50 | ratio | routed total p50 | answered by |")
         print("|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['clients']} | {r['routed']['ttft_p50_s']:.2f} s | {r['pinned']['ttft_p50_s']:.2f} s "
-                  f"({r['pinned']['system']}) | {r['ttft_ratio']:.1f}x | {r['routed']['total_p50_s']:.2f} s | "
-                  f"{r['routed']['answered_by']} |")  # fmt: skip
+            print(
+                f"| {r['clients']} | {r['routed']['ttft_p50_s']:.2f} s | {r['pinned']['ttft_p50_s']:.2f} s "
+                f"({r['pinned']['system']}) | {r['ttft_ratio']:.1f}x | {r['routed']['total_p50_s']:.2f} s | "
+                f"{r['routed']['answered_by']} |"
+            )
         top = next((r for r in rows if r["clients"] == 16), rows[-1])
-        out.update(ttft_routed_p50_s=top["routed"]["ttft_p50_s"], ttft_pinned_p50_s=top["pinned"]["ttft_p50_s"],
-                   total_p50_s=top["routed"]["total_p50_s"], clients=top["clients"], served=rows,
-                   max_tokens=MAX_TOKENS, duration_s=args.duration)  # fmt: skip
+        out.update(
+            ttft_routed_p50_s=top["routed"]["ttft_p50_s"],
+            ttft_pinned_p50_s=top["pinned"]["ttft_p50_s"],
+            total_p50_s=top["routed"]["total_p50_s"],
+            clients=top["clients"],
+            served=rows,
+            max_tokens=MAX_TOKENS,
+            duration_s=args.duration,
+        )
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "streaming.json"
     previous = json.loads(path.read_text()) if path.exists() and args.offline_only else {}

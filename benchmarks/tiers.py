@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-PROMPT = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes "
-          "muffins for her friends every day with four. She sells the remainder at the farmers' market "
-          "daily for $2 per fresh duck egg. How much in dollars does she make every day at the farmers' "
-          "market? Explain step by step.") * 3  # fmt: skip
+PROMPT = (
+    "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes "
+    "muffins for her friends every day with four. She sells the remainder at the farmers' market "
+    "daily for $2 per fresh duck egg. How much in dollars does she make every day at the farmers' "
+    "market? Explain step by step."
+) * 3
 
 
 def rss_mb() -> float:
@@ -81,8 +83,11 @@ def main() -> None:
         return
     rows = []
     for name in args.tiers.split(","):
-        out = subprocess.run([sys.executable, __file__, "--one", name, "--runs", str(args.runs),
-                              "--new-tokens", str(args.new_tokens)], capture_output=True, text=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", name, "--runs", str(args.runs), "--new-tokens", str(args.new_tokens)],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode != 0:
             print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
             continue

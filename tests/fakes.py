@@ -16,8 +16,14 @@ class ScriptedWorker:
     one token per word (with a pause, so a consumer can stop it midway) and counts the tokens it
     produced; ``fail_after`` makes the stream fail after that many tokens."""
 
-    def __init__(self, tier: str, logprob: float = -0.1, fail: Exception | None = None, words: int = 3,
-                 fail_after: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        tier: str,
+        logprob: float = -0.1,
+        fail: Exception | None = None,
+        words: int = 3,
+        fail_after: int | None = None,
+    ) -> None:
         self.tier = tier
         self.logprob = logprob
         self.fail = fail
@@ -59,8 +65,14 @@ class ScriptedPolicy:
     """Starts at ``start``; accepts answers whose mean logprob is at least ``min_logprob``; with
     ``prefix_k`` it judges the first k tokens the same way (``prefix_wait`` tiers always WAIT)."""
 
-    def __init__(self, start: int = 0, min_logprob: float = -1.0, version: str = "test-1", prefix_k: int = 0,
-                 prefix_wait: tuple[str, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        start: int = 0,
+        min_logprob: float = -1.0,
+        version: str = "test-1",
+        prefix_k: int = 0,
+        prefix_wait: tuple[str, ...] = (),
+    ) -> None:
         self.start = start
         self.min_logprob = min_logprob
         self.version = version

@@ -67,11 +67,14 @@ def test_models_lists_three_verified_tiers():
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("config, tier, prompt", [
-    (None, "small", "What is the capital of France?"),  # the default backend: vLLM
-    ("configs/transformers.yaml", "small", "What is the capital of France?"),
-    ("configs/recurrent.yaml", "think-4", "3+4="),
-])
+@pytest.mark.parametrize(
+    "config, tier, prompt",
+    [
+        (None, "small", "What is the capital of France?"),  # the default backend: vLLM
+        ("configs/transformers.yaml", "small", "What is the capital of France?"),
+        ("configs/recurrent.yaml", "think-4", "3+4="),
+    ],
+)
 def test_generate_prints_only_the_answer_on_every_backend(config, tier, prompt):
     extra = ("--config", str(Path(__file__).parents[1] / config)) if config else ()
     proc = ladder("generate", "--tier", tier, prompt, "-n", "12", *extra)
@@ -89,8 +92,22 @@ DATA = os.environ.get("LADDER_DATA", os.path.join(os.path.dirname(__file__), "..
 def test_depth_train_then_calibrate_writes_usable_heads(tmp_path):
     """`ladder depth train` end to end at toy size (4 questions, 8 tokens), then `depth calibrate`."""
     out = tmp_path / "heads"
-    proc = ladder("depth", "train", "--tier", "small", "--data", DATA, "--prompts", "4", "--new-tokens", "8",
-                  "--epochs", "1", "-o", str(out))  # fmt: skip
+    proc = ladder(
+        "depth",
+        "train",
+        "--tier",
+        "small",
+        "--data",
+        DATA,
+        "--prompts",
+        "4",
+        "--new-tokens",
+        "8",
+        "--epochs",
+        "1",
+        "-o",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "after layer   4" in proc.stdout and "after layer  28" in proc.stdout
     import json
@@ -108,13 +125,18 @@ def test_depth_train_then_calibrate_writes_usable_heads(tmp_path):
 def test_depth_commands_refuse_bad_input(tmp_path):
     assert_clean_error(ladder("depth", "train", "--tier", "huge"), "unknown tier 'huge'")
     assert_clean_error(ladder("depth", "calibrate", "--tier", "small", "--heads", str(tmp_path)), "no trained heads")
-    assert_clean_error(ladder("depth", "train", "--tier", "small", "--data", str(tmp_path), "--prompts", "2", "-o", str(tmp_path / "h")),
-                       "GSM8K file")  # fmt: skip
+    assert_clean_error(
+        ladder(
+            "depth", "train", "--tier", "small", "--data", str(tmp_path), "--prompts", "2", "-o", str(tmp_path / "h")
+        ),
+        "GSM8K file",
+    )
 
 
 @pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_collect_refuses_unknown_datasets_and_missing_data(tmp_path):
     assert_clean_error(ladder("collect", "squad", "--data", DATA, "-o", str(tmp_path / "o.jsonl")), "unknown dataset")
-    assert_clean_error(ladder("collect", "gsm8k", "--data", str(tmp_path), "-o", str(tmp_path / "o.jsonl")),
-                       "not found")  # fmt: skip
+    assert_clean_error(
+        ladder("collect", "gsm8k", "--data", str(tmp_path), "-o", str(tmp_path / "o.jsonl")), "not found"
+    )
     assert not (tmp_path / "o.jsonl").exists()

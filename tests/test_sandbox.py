@@ -76,15 +76,20 @@ def test_no_network():
     server.listen()
     port = server.getsockname()[1]
     try:
-        r = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')", QUICK)
+        r = run_python(
+            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')", QUICK
+        )
         assert r.status == "failed" and "connected" not in r.stdout
     finally:
         server.close()
 
 
 def test_signalling_the_parent_does_nothing_to_it():
-    r = run_python("import os, signal\nfor pid in (os.getppid(), 1, -1):\n    try:\n        os.kill(pid, signal.SIGKILL)\n"
-                   "    except OSError:\n        pass", QUICK)  # fmt: skip
+    r = run_python(
+        "import os, signal\nfor pid in (os.getppid(), 1, -1):\n    try:\n        os.kill(pid, signal.SIGKILL)\n"
+        "    except OSError:\n        pass",
+        QUICK,
+    )
     assert r.status in ("passed", "failed")  # whatever it did to itself, we are still here
 
 
@@ -140,5 +145,9 @@ def test_a_verified_tier_streams_its_answer_and_the_closing_generation_carries_t
 
     items = asyncio.run(go())
     assert all(isinstance(i, Delta) for i in items[:-1]) and len(items) == 5
-    assert dict(items[-1].signals) | {"verify_s": 0} == {"code_parses": 1.0, "examples": 1.0, "examples_passed": 1.0,
-                                                          "verify_s": 0}  # fmt: skip
+    assert dict(items[-1].signals) | {"verify_s": 0} == {
+        "code_parses": 1.0,
+        "examples": 1.0,
+        "examples_passed": 1.0,
+        "verify_s": 0,
+    }

@@ -75,14 +75,24 @@ def fill_redis(url: str, chunk_bytes: int = 64 * 1024, limit: int = 100_000) -> 
     raise RuntimeError(f"Redis still accepted writes after {limit} × {chunk_bytes} bytes")
 
 
-async def scenario(base_url: str, api_key: str | None, fault: Callable[[], object], *, at_s: float = 5.0,
-                   total_s: float = 30.0, concurrency: int = 2, heal: Callable[[], object] | None = None,
-                   heal_at_s: float | None = None, timeout_s: float = 60.0) -> tuple[list[Outcome], float]:  # fmt: skip
+async def scenario(
+    base_url: str,
+    api_key: str | None,
+    fault: Callable[[], object],
+    *,
+    at_s: float = 5.0,
+    total_s: float = 30.0,
+    concurrency: int = 2,
+    heal: Callable[[], object] | None = None,
+    heal_at_s: float | None = None,
+    timeout_s: float = 60.0,
+) -> tuple[list[Outcome], float]:
     """Closed-loop load for ``total_s``; ``fault()`` runs at ``at_s`` (and ``heal()`` at ``heal_at_s``)
     in a thread so the load never pauses. Returns every outcome and the fault's time."""
     t0 = time.perf_counter()
-    load = asyncio.create_task(closed_loop(base_url, api_key, concurrency, total_s,
-                                           lambda i: short_chat(i, max_tokens=6), timeout_s))  # fmt: skip
+    load = asyncio.create_task(
+        closed_loop(base_url, api_key, concurrency, total_s, lambda i: short_chat(i, max_tokens=6), timeout_s)
+    )
     await asyncio.sleep(at_s)
     fault_at = time.perf_counter() - t0
     await asyncio.to_thread(fault)
@@ -97,9 +107,12 @@ def account(outcomes: list[Outcome], fault_at: float) -> dict:
     """Requests before / in flight at / after the fault, by result, and the time to recover."""
 
     def tally(group: list[Outcome]) -> dict:
-        return {"total": len(group), "ok": sum(o.status == 200 for o in group),
-                "http_error": sum(o.status not in (200, None) for o in group),
-                "no_response": sum(o.status is None for o in group)}  # fmt: skip
+        return {
+            "total": len(group),
+            "ok": sum(o.status == 200 for o in group),
+            "http_error": sum(o.status not in (200, None) for o in group),
+            "no_response": sum(o.status is None for o in group),
+        }
 
     before = [o for o in outcomes if o.started + o.latency_s < fault_at]
     in_flight = [o for o in outcomes if o.started < fault_at <= o.started + o.latency_s]
@@ -111,9 +124,15 @@ def account(outcomes: list[Outcome], fault_at: float) -> dict:
         recovery = after[last_bad + 1].started - fault_at
     else:
         recovery = None  # not recovered within the run
-    codes = sorted({f"{o.status}:{o.code}" if o.status else f"no-response:{o.failure}"
-                    for o in outcomes if o.status != 200})  # fmt: skip
-    return {"before": tally(before), "in_flight": tally(in_flight), "after": tally(after),
-            "recovery_s": recovery, "error_kinds": codes,
-            "max_latency_after_s": max((o.latency_s for o in after if o.status == 200), default=None),
-            "errors_without_body": sum(1 for o in outcomes if o.status not in (200, None) and not o.well_formed)}  # fmt: skip
+    codes = sorted(
+        {f"{o.status}:{o.code}" if o.status else f"no-response:{o.failure}" for o in outcomes if o.status != 200}
+    )
+    return {
+        "before": tally(before),
+        "in_flight": tally(in_flight),
+        "after": tally(after),
+        "recovery_s": recovery,
+        "error_kinds": codes,
+        "max_latency_after_s": max((o.latency_s for o in after if o.status == 200), default=None),
+        "errors_without_body": sum(1 for o in outcomes if o.status not in (200, None) and not o.well_formed),
+    }

@@ -18,16 +18,27 @@ from dataclasses import asdict, dataclass
 import httpx
 
 QUESTIONS = (
-    "What is the capital of France?", "Name a primary color.", "What is 2 + 2?", "Say hello.",
-    "What is the opposite of hot?", "Name a fruit.", "How many legs does a cat have?",
-    "What color is the sky?", "Name a planet.", "What is 10 minus 3?",
-)  # fmt: skip
+    "What is the capital of France?",
+    "Name a primary color.",
+    "What is 2 + 2?",
+    "Say hello.",
+    "What is the opposite of hot?",
+    "Name a fruit.",
+    "How many legs does a cat have?",
+    "What color is the sky?",
+    "Name a planet.",
+    "What is 10 minus 3?",
+)
 
 
 def short_chat(i: int, model: str = "ladder", max_tokens: int = 8) -> dict:
     """The i-th request of a run: a short question, greedy, a few tokens (the load test's unit)."""
-    return {"model": model, "max_tokens": max_tokens, "temperature": 0,
-            "messages": [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} (#{i})"}]}  # fmt: skip
+    return {
+        "model": model,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} (#{i})"}],
+    }
 
 
 @dataclass(frozen=True)
@@ -74,9 +85,15 @@ def _client(api_key: str | None, timeout_s: float, connections: int) -> httpx.As
     return httpx.AsyncClient(headers=headers, timeout=timeout_s, limits=limits)
 
 
-async def closed_loop(base_url: str, api_key: str | None, concurrency: int, duration_s: float,
-                      make_body: Callable[[int], dict] = short_chat, timeout_s: float = 120,
-                      honour_retry_after: bool = True) -> list[Outcome]:  # fmt: skip
+async def closed_loop(
+    base_url: str,
+    api_key: str | None,
+    concurrency: int,
+    duration_s: float,
+    make_body: Callable[[int], dict] = short_chat,
+    timeout_s: float = 120,
+    honour_retry_after: bool = True,
+) -> list[Outcome]:
     """``concurrency`` clients back to back for ``duration_s`` (requests in flight then finish).
     A shed request's client waits its Retry-After before the next one, as OpenAI's clients do;
     a request with no response at all is followed by a 0.5 s pause."""
@@ -99,9 +116,15 @@ async def closed_loop(base_url: str, api_key: str | None, concurrency: int, dura
     return outcomes
 
 
-async def open_loop(base_url: str, api_key: str | None, rate: float, duration_s: float,
-                    make_body: Callable[[int], dict] = short_chat, timeout_s: float = 120,
-                    on_tick: Callable[[float], None] | None = None) -> list[Outcome]:  # fmt: skip
+async def open_loop(
+    base_url: str,
+    api_key: str | None,
+    rate: float,
+    duration_s: float,
+    make_body: Callable[[int], dict] = short_chat,
+    timeout_s: float = 120,
+    on_tick: Callable[[float], None] | None = None,
+) -> list[Outcome]:
     """Requests arrive at ``rate`` per second for ``duration_s`` whatever the server does."""
     url, tasks = base_url + "/v1/chat/completions", []
     t0 = time.perf_counter()

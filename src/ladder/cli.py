@@ -16,8 +16,12 @@ import typer
 
 from ladder.errors import LadderError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Ladder: route each query to the cheapest model rung that is good enough.")  # fmt: skip
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Ladder: route each query to the cheapest model rung that is good enough.",
+)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: embedded)")]
 
@@ -88,8 +92,9 @@ def generate(
     tier_cfg = cfg.tier(tier)
     if not prompt.strip():
         _fail("the prompt is empty")
-    query = Query.of(prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                     stop=tuple(stop or ()))  # fmt: skip
+    query = Query.of(
+        prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop or ())
+    )
     worker = build_worker(tier_cfg, materialize(cfg, tier_cfg)).load()
     try:
         gen = worker.generate_sync(query)
@@ -98,8 +103,11 @@ def generate(
             close()
     typer.echo(gen.text)
     rate = gen.completion_tokens / gen.decode_s if gen.decode_s > 0 else 0.0
-    typer.echo(f"[{gen.tier}] {gen.prompt_tokens} prompt + {gen.completion_tokens} completion tokens, "
-               f"{rate:.1f} tok/s, finish={gen.finish_reason}", err=True)  # fmt: skip
+    typer.echo(
+        f"[{gen.tier}] {gen.prompt_tokens} prompt + {gen.completion_tokens} completion tokens, "
+        f"{rate:.1f} tok/s, finish={gen.finish_reason}",
+        err=True,
+    )
 
 
 @app.command()
@@ -123,8 +131,10 @@ def score(
     config: ConfigOpt = None,
     tiers: Annotated[Optional[str], typer.Option(help="comma-separated subset of tiers")] = None,
     actors: Annotated[int, typer.Option(min=1, help="actors in the Ray Data pool")] = 1,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="rows in flight together per actor "
-                                                       "(default: the largest engine's max_num_seqs)")] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="rows in flight together per actor (default: the largest engine's max_num_seqs)"),
+    ] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="default per row")] = 64,
 ) -> None:
     """Route and answer every row with Ray Data (resumable: ids already in OUT are skipped)."""
@@ -141,20 +151,43 @@ def score(
     batch_size = batch_size or max(t.engine.max_num_seqs if t.backend == "vllm" else 8 for t in cfg.tiers)
     with Runtime.start(cfg):
         s = run(cfg, input_path, out, actors, batch_size, max_tokens)
-    table = Table("rows", "skipped (done before)", "errors", "rung mix", "escalations", "tokens", "cost USD",
-                  "wall s", "rows/s", "tokens/s")  # fmt: skip
+    table = Table(
+        "rows",
+        "skipped (done before)",
+        "errors",
+        "rung mix",
+        "escalations",
+        "tokens",
+        "cost USD",
+        "wall s",
+        "rows/s",
+        "tokens/s",
+    )
     mix = ", ".join(f"{k}:{v}" for k, v in sorted((s.mix or {}).items()))
-    table.add_row(str(s.rows), str(s.skipped), str(s.errors), mix or "-", str(s.escalations),
-                  str(s.completion_tokens), f"{s.cost_usd:.6f}", f"{s.wall_s:.1f}",
-                  f"{s.rows / s.wall_s:.2f}" if s.wall_s > 0 else "-",
-                  f"{s.completion_tokens / s.wall_s:.1f}" if s.wall_s > 0 else "-")  # fmt: skip
+    table.add_row(
+        str(s.rows),
+        str(s.skipped),
+        str(s.errors),
+        mix or "-",
+        str(s.escalations),
+        str(s.completion_tokens),
+        f"{s.cost_usd:.6f}",
+        f"{s.wall_s:.1f}",
+        f"{s.rows / s.wall_s:.2f}" if s.wall_s > 0 else "-",
+        f"{s.completion_tokens / s.wall_s:.1f}" if s.wall_s > 0 else "-",
+    )
     Console(width=160).print(table)
 
 
 @app.command()
 def collect(
-    dataset: Annotated[str, typer.Argument(help="gsm8k, gsm8k-train, mmlu-pro, humaneval, or a PROMPTS.jsonl "
-                                                "of your own ({id?, prompt | messages, reference?, tests?})")],
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="gsm8k, gsm8k-train, mmlu-pro, humaneval, or a PROMPTS.jsonl "
+            "of your own ({id?, prompt | messages, reference?, tests?})"
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o")],
     data: Annotated[Optional[Path], typer.Option("--data", help="the shared data folder (not for humaneval)")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="first N items by a stable id hash")] = None,
@@ -162,7 +195,9 @@ def collect(
     tiers: Annotated[Optional[str], typer.Option(help="comma-separated subset of tiers (rungs)")] = None,
     actors: Annotated[int, typer.Option(min=1, help="actors in the Ray Data pool")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="queries sent to a rung together (vLLM batches them)")] = 16,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help="default: the dataset's")] = None,
+    max_tokens: Annotated[
+        Optional[int], typer.Option("--max-tokens", "-n", min=1, help="default: the dataset's")
+    ] = None,
 ) -> None:
     """Run every rung on a labelled dataset; write outcomes JSONL (resumable: done ids are skipped)."""
     from rich.console import Console
@@ -189,8 +224,9 @@ def collect(
         print(f"{s.unlabelled} rows have no reference or tests: grade them with `ladder judge {out}`", file=sys.stderr)
     table = Table("rung", "accuracy (this run)", "mean latency s", "errors")
     for rung in s.correct:
-        table.add_row(rung, f"{s.correct[rung] / s.rows:.3f}", f"{s.latency_s[rung] / s.rows:.2f}",
-                      str(s.errors.get(rung, 0)))  # fmt: skip
+        table.add_row(
+            rung, f"{s.correct[rung] / s.rows:.3f}", f"{s.latency_s[rung] / s.rows:.2f}", str(s.errors.get(rung, 0))
+        )
     Console(width=160).print(table)
     print(f"{s.rows} queries collected, {s.skipped} already in {out}, {s.wall_s:.0f} s")
 
@@ -222,8 +258,9 @@ def judge(
         except ValueError:  # not two numbers
             _fail(f"bad --judge-price {judge_price!r}; expected IN:OUT, e.g. 0.24:0.48")
         price = (p_in, p_out)
-    spec = Judge(judge_url, judge_model, os.environ.get(key_env, "unused"), scale, timeout, retries, concurrency,
-                 price=price)  # fmt: skip
+    spec = Judge(
+        judge_url, judge_model, os.environ.get(key_env, "unused"), scale, timeout, retries, concurrency, price=price
+    )
     s = judge_outcomes(outcomes, out, spec, also_labelled, cache)
     _print_json({k: v for k, v in s.__dict__.items()})
     if s.failed:
@@ -249,8 +286,10 @@ def train(
     scheme: Annotated[str, typer.Option(help="deterministic | probabilistic | transformed")] = "deterministic",
     c: Annotated[float, typer.Option(min=1e-6, help="inverse L2 strength of the logistic routers")] = 1.0,
     idk: Annotated[bool, typer.Option(help="fit IDK models where responses are recorded")] = True,
-    all_rows: Annotated[bool, typer.Option("--all-rows", help="fit on every row (calibrate on another "
-                                           "file then, with calibrate --all-rows)")] = False,  # fmt: skip
+    all_rows: Annotated[
+        bool,
+        typer.Option("--all-rows", help="fit on every row (calibrate on another file then, with calibrate --all-rows)"),
+    ] = False,
 ) -> None:
     """Fit a router (+ IDK) policy on the fit part of an outcomes file (thresholds uncalibrated)."""
     from ladder.offline.commands import train as run
@@ -273,8 +312,13 @@ def calibrate(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="default: overwrite POLICY")] = None,
     data: DataOpt = None,
     price: Annotated[Optional[list[str]], typer.Option(help="RUNG=IN:OUT USD per 1M tokens")] = None,
-    all_rows: Annotated[bool, typer.Option("--all-rows", help="calibrate on every row of SOURCE (a file "
-                                           "the policy was not fitted on), not its validation part")] = False,  # fmt: skip
+    all_rows: Annotated[
+        bool,
+        typer.Option(
+            "--all-rows",
+            help="calibrate on every row of SOURCE (a file the policy was not fitted on), not its validation part",
+        ),
+    ] = False,
 ) -> None:
     """Choose thresholds on the validation part to meet a target; saves a new policy version."""
     from ladder.offline.commands import calibrate_policy
@@ -287,7 +331,9 @@ def tune(
     outcomes: SourceArg,
     policy: Path,
     target: Annotated[str, typer.Option("--target", "-t", help="e.g. large<=0.3 | cost<=1.5 | quality>=0.8")],
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="tune.png, tune.md and the tuned policy.json")] = Path("tune"),
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="tune.png, tune.md and the tuned policy.json")] = Path(
+        "tune"
+    ),
     data: DataOpt = None,
     price: Annotated[Optional[list[str]], typer.Option(help="RUNG=IN:OUT USD per 1M tokens")] = None,
     all_rows: Annotated[bool, typer.Option("--all-rows", help="tune on every row of OUTCOMES")] = False,
@@ -297,8 +343,9 @@ def tune(
     from ladder.offline.commands import calibrate_policy
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = calibrate_policy(policy, outcomes, data, target, price, out_dir / "policy.json", all_rows=all_rows,
-                            report_dir=out_dir)  # fmt: skip
+    info = calibrate_policy(
+        policy, outcomes, data, target, price, out_dir / "policy.json", all_rows=all_rows, report_dir=out_dir
+    )
     typer.echo(Path(info["report"]).read_text())
     typer.echo(f"policy: {info['policy']} ({info['version']}); plot: {info['plot']}")
 
@@ -327,8 +374,15 @@ def route(
             continue
         rung = loaded.rungs[decision.start]
         counts[rung] += 1
-        lines.append({"id": row_id(row), "start": rung, "scores": dict(zip(loaded.rungs[:-1], decision.scores)),
-                      "thresholds": dict(zip(loaded.rungs[:-1], decision.thresholds)), "policy": decision.policy_version})  # fmt: skip
+        lines.append(
+            {
+                "id": row_id(row),
+                "start": rung,
+                "scores": dict(zip(loaded.rungs[:-1], decision.scores)),
+                "thresholds": dict(zip(loaded.rungs[:-1], decision.thresholds)),
+                "policy": decision.policy_version,
+            }
+        )
     text = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
     if out:
         out.write_text(text)
@@ -344,11 +398,21 @@ def evaluate(
     source: SourceArg,
     data: DataOpt = None,
     out_dir: Annotated[Path, typer.Option("--out-dir")] = Path("eval"),
-    all_rows: Annotated[bool, typer.Option("--all-rows", help="evaluate on every row of SOURCE (out of domain); "
-                                           "the kNN baseline is fitted on the policy's training data")] = False,  # fmt: skip
-    train_source: Annotated[Optional[str], typer.Option("--train", help="the policy's training outcomes (default: "
-                                                        "the source its file records)")] = None,  # fmt: skip
-    knn: Annotated[str, typer.Option(help="kNN baseline features: tfidf (seconds) | minilm (minutes here) | none")] = "tfidf",
+    all_rows: Annotated[
+        bool,
+        typer.Option(
+            "--all-rows",
+            help="evaluate on every row of SOURCE (out of domain); "
+            "the kNN baseline is fitted on the policy's training data",
+        ),
+    ] = False,
+    train_source: Annotated[
+        Optional[str],
+        typer.Option("--train", help="the policy's training outcomes (default: the source its file records)"),
+    ] = None,
+    knn: Annotated[
+        str, typer.Option(help="kNN baseline features: tfidf (seconds) | minilm (minutes here) | none")
+    ] = "tfidf",
 ) -> None:
     """Quality–cost curve, APGR, CPT(50/80%) on the test part beside random/weak/strong/oracle/kNN."""
     from ladder.offline.commands import evaluate as run
@@ -358,20 +422,36 @@ def evaluate(
     result = run(policy, source, data, out_dir, all_rows=all_rows, train_source=train_source, knn=knn)
     typer.echo(f"{'method':<24}{'APGR':>8}{'CPT50':>8}{'CPT80':>8}{'acc@30%':>9}")
     for row in result["rows"]:
-        typer.echo(f"{row['method']:<24}{row['apgr']:>8.3f}{row['cpt50']:>8.3f}{row['cpt80']:>8.3f}"
-                   f"{row['quality_at_30']:>9.3f}")  # fmt: skip
+        typer.echo(
+            f"{row['method']:<24}{row['apgr']:>8.3f}{row['cpt50']:>8.3f}{row['cpt80']:>8.3f}"
+            f"{row['quality_at_30']:>9.3f}"
+        )
     typer.echo(f"plot: {result['plot']} (test rows: {result['test_rows']})")
 
 
 policy_app = typer.Typer(no_args_is_help=True, help="The running app's policy: push a new one, show it, roll back.")
 app.add_typer(policy_app, name="policy")
 UrlOpt = Annotated[str, typer.Option("--url", envvar="LADDER_URL", help="the running app (ladder serve)")]
-AdminKeyOpt = Annotated[Optional[str], typer.Option("--admin-key", envvar="LADDER_ADMIN_KEY", show_default=False,
-                                                    help="one of server.admin_keys (default: $LADDER_ADMIN_KEY)")]  # fmt: skip
+AdminKeyOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--admin-key",
+        envvar="LADDER_ADMIN_KEY",
+        show_default=False,
+        help="one of server.admin_keys (default: $LADDER_ADMIN_KEY)",
+    ),
+]
 
 
-def _admin_call(method: str, url: str, path: str, admin_key: str | None, content: str | None = None,
-                params: dict | None = None, raw: bool = False):  # noqa: ANN202 (dict, or the body text when raw)
+def _admin_call(
+    method: str,
+    url: str,
+    path: str,
+    admin_key: str | None,
+    content: str | None = None,
+    params: dict | None = None,
+    raw: bool = False,
+):  # noqa: ANN202 (dict, or the body text when raw)
     """One call to the running app's /admin endpoints; its error becomes one CLI line (exit 2)."""
     import httpx
 
@@ -457,8 +537,12 @@ def recurrent_train(
     window: Annotated[Optional[int], typer.Option(min=1, help="sliding attention window (default: none)")] = None,
     curriculum: Annotated[bool, typer.Option(help="start at 2 operations, add one when learned")] = False,
     lr: Annotated[float, typer.Option(min=1e-6, max=1.0, help="peak learning rate (after warm-up)")] = 7e-4,
-    schedule: Annotated[str, typer.Option(help="cosine (decay to 0 over --steps) | constant | wsd (flat, "
-                                               "then linear decay over the last 20%)")] = "cosine",
+    schedule: Annotated[
+        str,
+        typer.Option(
+            help="cosine (decay to 0 over --steps) | constant | wsd (flat, then linear decay over the last 20%)"
+        ),
+    ] = "cosine",
     max_minutes: Annotated[Optional[float], typer.Option(min=0.01, help="stop and save after this long")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
 ) -> None:
@@ -471,21 +555,35 @@ def recurrent_train(
     if schedule not in SCHEDULES:
         _fail(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     command = "ladder recurrent train " + " ".join(sys.argv[3:])
-    spec = TrainSpec(steps=steps, batch=batch, seed=seed, threads=threads, operators=operators, window=window,
-                     curriculum=curriculum, lr=lr, schedule=schedule, max_minutes=max_minutes, device=device)  # fmt: skip
+    spec = TrainSpec(
+        steps=steps,
+        batch=batch,
+        seed=seed,
+        threads=threads,
+        operators=operators,
+        window=window,
+        curriculum=curriculum,
+        lr=lr,
+        schedule=schedule,
+        max_minutes=max_minutes,
+        device=device,
+    )
     if device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             _fail(f"--device {device}: no CUDA device is available here")
     meta = run(spec, out, command.strip())
-    typer.echo(f"wrote {out} ({meta['parameters']:,} parameters, {meta['train_minutes']} min); "
-               f"last log: {meta['log'][-1]}")  # fmt: skip
+    typer.echo(
+        f"wrote {out} ({meta['parameters']:,} parameters, {meta['train_minutes']} min); last log: {meta['log'][-1]}"
+    )
 
 
 @recurrent_app.command("ask")
 def recurrent_ask(
-    program: Annotated[str, typer.Argument(help='e.g. "3+4+8=" (left to right, mod 10; the operators the checkpoint was trained on)')],
+    program: Annotated[
+        str, typer.Argument(help='e.g. "3+4+8=" (left to right, mod 10; the operators the checkpoint was trained on)')
+    ],
     checkpoint: Annotated[Optional[Path], typer.Option(help="default: the bundled checkpoint")] = None,
     max_iterations: Annotated[int, typer.Option("--max-iterations", "-r")] = 32,
     exit_rule: Annotated[str, typer.Option("--exit", help="kl | latent | never")] = "kl",
@@ -520,15 +618,24 @@ class DraftKind(str, Enum):
 @depth_app.command("train")
 def depth_train(
     tier: Annotated[str, typer.Option("--tier", "-t")] = "small",
-    drafter: Annotated[DraftKind, typer.Option(help="exit_heads: early-exit heads after every 4th layer; "
-                                                    "head: a learned draft head (EAGLE-style) for lossless speculation")] = DraftKind.EXIT_HEADS,
+    drafter: Annotated[
+        DraftKind,
+        typer.Option(
+            help="exit_heads: early-exit heads after every 4th layer; "
+            "head: a learned draft head (EAGLE-style) for lossless speculation"
+        ),
+    ] = DraftKind.EXIT_HEADS,
     data: Annotated[Path, typer.Option(help="folder holding routellm/gsm8k/train.jsonl")] = Path("../shared/data"),
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="default: the bundled heads of the tier")] = None,
     prompts: Annotated[Optional[int], typer.Option(min=2, help="default: 192 (exit heads), 512 (draft head)")] = None,
     new_tokens: Annotated[int, typer.Option(min=1)] = 128,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="default: 3 (exit heads), 5 (draft head)")] = None,
-    reference: Annotated[int, typer.Option(min=0, help="draft head: extra questions fitted on their GSM8K reference "
-                                                      "solutions (no generation)")] = 768,
+    reference: Annotated[
+        int,
+        typer.Option(
+            min=0, help="draft head: extra questions fitted on their GSM8K reference solutions (no generation)"
+        ),
+    ] = 768,
     max_minutes: Annotated[float, typer.Option(min=0.1, help="draft head: stop fitting after this long")] = 25.0,
     seed: int = 0,
     threads: Annotated[int, typer.Option(min=1)] = 2,
@@ -553,13 +660,30 @@ def depth_train(
             from ladder.workers.draft_head import bundled_draft_head
 
             target = out or bundled_draft_head(tier)
-            spec = DraftSpec(prompts=prompts or 512, reference=reference, new_tokens=new_tokens, epochs=epochs or 5,
-                             seed=seed, threads=threads, max_minutes=max_minutes)
-            info = fit_head(tier, materialize(cfg, t), weights_id(t), data, target, spec, command,
-                            corpus_dir=cfg.cache_path / "draft-corpus" / tier)
+            spec = DraftSpec(
+                prompts=prompts or 512,
+                reference=reference,
+                new_tokens=new_tokens,
+                epochs=epochs or 5,
+                seed=seed,
+                threads=threads,
+                max_minutes=max_minutes,
+            )
+            info = fit_head(
+                tier,
+                materialize(cfg, t),
+                weights_id(t),
+                data,
+                target,
+                spec,
+                command,
+                corpus_dir=cfg.cache_path / "draft-corpus" / tier,
+            )
             h = info["heldout"]
-            typer.echo(f"wrote {target} in {info['total_s'] / 60:.1f} min; held-out agreement per chain step "
-                       f"{h['agree_per_step']}, expected tokens per verification {h['expected_tokens_per_verification']}")
+            typer.echo(
+                f"wrote {target} in {info['total_s'] / 60:.1f} min; held-out agreement per chain step "
+                f"{h['agree_per_step']}, expected tokens per verification {h['expected_tokens_per_verification']}"
+            )
             return
         from ladder.offline.exit_head_training import HeadSpec
         from ladder.offline.exit_head_training import train as run
@@ -572,14 +696,18 @@ def depth_train(
         _fail(str(exc))
     typer.echo(f"wrote {target} in {info['total_s'] / 60:.1f} min; held-out agreement with the final layer:")
     for layer, row in info["heldout"].items():
-        typer.echo(f"  after layer {layer:>3}: {row['agree']:.3f} (logit lens {row['agree_logit_lens']:.3f}), KL {row['kl']:.3f}")
+        typer.echo(
+            f"  after layer {layer:>3}: {row['agree']:.3f} (logit lens {row['agree_logit_lens']:.3f}), KL {row['kl']:.3f}"
+        )
 
 
 @depth_app.command("calibrate")
 def depth_calibrate(
     tier: Annotated[str, typer.Option("--tier", "-t")] = "small",
     heads: Annotated[Optional[Path], typer.Option(help="default: the bundled heads of the tier")] = None,
-    budget: Annotated[float, typer.Option(min=0.0, max=1.0, help="max share of tokens that may differ from full depth")] = 0.02,
+    budget: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="max share of tokens that may differ from full depth")
+    ] = 0.02,
     config: ConfigOpt = None,
 ) -> None:
     """Choose the early-exit gate threshold for a quality budget and the draft layer, on the
@@ -602,7 +730,9 @@ def depth_calibrate(
     typer.echo(f"{'threshold':>10}{'disagree':>10}{'layers':>8}")
     for row in info["threshold_table"]:
         typer.echo(f"{row['threshold']:>10}{row['disagree']:>10.4f}{row['mean_layers']:>8.1f}")
-    typer.echo(f"early-exit threshold {info['early_exit_threshold']} (budget {budget}); draft layer {info['draft_layer']}")
+    typer.echo(
+        f"early-exit threshold {info['early_exit_threshold']} (budget {budget}); draft layer {info['draft_layer']}"
+    )
 
 
 def main() -> None:

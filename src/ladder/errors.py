@@ -33,8 +33,11 @@ class ContextOverflow(InvalidRequest):
     def check(cls, tier: str, prompt_tokens: int, max_tokens: int, context: int) -> None:
         """The one rule every backend applies before generating."""
         if prompt_tokens + max_tokens > context:
-            raise cls(f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds tier {tier}'s context "
-                      f"of {context} tokens", "messages")  # fmt: skip
+            raise cls(
+                f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds tier {tier}'s context "
+                f"of {context} tokens",
+                "messages",
+            )
 
 
 class UnknownTier(InvalidRequest):

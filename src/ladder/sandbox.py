@@ -125,12 +125,22 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits(), isolate: bool
     with tempfile.TemporaryDirectory(prefix="ladder-sandbox-") as tmp:
         work = Path(tmp, "work")
         work.mkdir()
-        cfg = {"isolate": isolated, "uid": NOBODY, "work": str(work), "python": _interpreter(isolated),
-               "limits": limits.__dict__}  # fmt: skip
+        cfg = {
+            "isolate": isolated,
+            "uid": NOBODY,
+            "work": str(work),
+            "python": _interpreter(isolated),
+            "limits": limits.__dict__,
+        }
         out_path, err_path = Path(tmp, "stdout"), Path(tmp, "stderr")
         with out_path.open("wb") as out, err_path.open("wb") as err:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg)],
-                                    stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg)],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
             timed_out = False
             try:
                 proc.communicate(code.encode("utf-8", "surrogatepass"), timeout=limits.timeout_s)

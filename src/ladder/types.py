@@ -86,7 +86,6 @@ class Generation:
         return len(self.token_ids)
 
 
-
 @dataclass(frozen=True)
 class Delta:
     """One piece of a streamed answer: the text it adds (possibly empty while text is held back,

@@ -65,7 +65,7 @@ def docstring_examples(prompt: str) -> list[tuple[str, str]]:
             i += 1
         want = []
         while i < len(lines) and lines[i].strip() and lines[i].startswith(indent):
-            text = lines[i][len(indent):]
+            text = lines[i][len(indent) :]
             if text.lstrip().startswith((">>>", '"""', "'''", "```")):
                 break
             want.append(text)
@@ -75,7 +75,7 @@ def docstring_examples(prompt: str) -> list[tuple[str, str]]:
     return out
 
 
-_RUNNER = '''
+_RUNNER = """
 import doctest, json, sys
 _examples = json.loads({examples!r})
 _passed = 0
@@ -94,7 +94,7 @@ for _src, _want in _examples:
     except Exception:
         pass
 print("LADDER-EXAMPLES " + json.dumps([_passed, len(_examples)]))
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -105,12 +105,20 @@ class VerifierSignals:
     seconds: float  # wall time of the check (sandbox start included)
 
     def as_dict(self) -> dict[str, float]:
-        return {"code_parses": self.code_parses, "examples": self.examples,
-                "examples_passed": self.examples_passed, "verify_s": self.seconds}  # fmt: skip
+        return {
+            "code_parses": self.code_parses,
+            "examples": self.examples,
+            "examples_passed": self.examples_passed,
+            "verify_s": self.seconds,
+        }
 
 
-def python_examples(prompt: str, answer: str, entry_point: str | None = None,
-                    limits: SandboxLimits = SandboxLimits(timeout_s=5, cpu_s=3)) -> VerifierSignals:  # fmt: skip
+def python_examples(
+    prompt: str,
+    answer: str,
+    entry_point: str | None = None,
+    limits: SandboxLimits = SandboxLimits(timeout_s=5, cpu_s=3),
+) -> VerifierSignals:
     program = complete_program(prompt, answer, entry_point)
     ok = parses(program)
     examples = docstring_examples(prompt)

@@ -29,7 +29,10 @@ _TIER = "tiers:\n- {name: small, price: {input_per_1m: 1, output_per_1m: 1}, sou
     [
         ("tiers: []", "tiers"),
         ("server: {port: 70000}", "server.port"),
-        ("tiers:\n- {name: small, price: {input_per_1m: 1, output_per_1m: 1}, source: {kind: pypi, packages: [x], filename: f, sha256: nothex}}", "tiers.0.source.pypi.sha256"),
+        (
+            "tiers:\n- {name: small, price: {input_per_1m: 1, output_per_1m: 1}, source: {kind: pypi, packages: [x], filename: f, sha256: nothex}}",
+            "tiers.0.source.pypi.sha256",
+        ),
         ("policy: {kind: sometimes}", "policy.kind"),
         ("policy: {start_tier: huge}", "(top level)"),
         ("surprise: 1", "surprise"),

@@ -10,9 +10,16 @@ from ladder.serving.launch import deploy, restrict
 
 
 @contextmanager
-def small_tier_app(api_key: str, *, server: dict | None = None, cache: dict | None = None,
-                   tier: dict | None = None, tiers: tuple[str, ...] = ("small",),
-                   policy: dict | None = None, extra: dict | None = None) -> Iterator[tuple[str, Runtime]]:  # fmt: skip
+def small_tier_app(
+    api_key: str,
+    *,
+    server: dict | None = None,
+    cache: dict | None = None,
+    tier: dict | None = None,
+    tiers: tuple[str, ...] = ("small",),
+    policy: dict | None = None,
+    extra: dict | None = None,
+) -> Iterator[tuple[str, Runtime]]:
     """(base URL, runtime) of a served app with only the small tier (or ``tiers``); overrides per
     config section (``tier``: the first tier's)."""
     data = LadderConfig().model_dump()

@@ -43,7 +43,19 @@ def test_a_job_killed_mid_batch_and_restarted_writes_every_row_once(tmp_path):
     rows = [{"id": f"k{i}", "prompt": f"Count from {i} to {i + 3}.", "max_tokens": 6} for i in range(48)]
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cmd = [sys.executable, "-m", "ladder.cli", "score", str(src), "--out", str(out), "--tiers", "small", "--batch-size", "8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ladder.cli",
+        "score",
+        str(src),
+        "--out",
+        str(out),
+        "--tiers",
+        "small",
+        "--batch-size",
+        "8",
+    ]
     job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
     while time.time() < deadline and job.poll() is None:
@@ -55,7 +67,9 @@ def test_a_job_killed_mid_batch_and_restarted_writes_every_row_once(tmp_path):
     job.wait()
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     with out.open("a") as f:  # and a torn line, as a kill in the middle of a write leaves
-        f.write('{"id": "k4', )
+        f.write(
+            '{"id": "k4',
+        )
     written_before = out.read_text().count("\n")
     assert 8 <= written_before < len(rows)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

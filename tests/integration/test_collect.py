@@ -18,8 +18,20 @@ needs_gsm8k = pytest.mark.skipif(not (DATA / "routellm" / "gsm8k").is_dir(), rea
 
 
 def collect(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "ladder.cli", "collect", "gsm8k", "--data", str(DATA), "-o", str(out),
-           "--tiers", "small", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ladder.cli",
+        "collect",
+        "gsm8k",
+        "--data",
+        str(DATA),
+        "-o",
+        str(out),
+        "--tiers",
+        "small",
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -57,16 +69,43 @@ def test_a_rung_that_cannot_answer_is_recorded_not_fatal(tmp_path):
 
 def test_collect_on_ones_own_prompts_grades_what_it_can_and_skips_bad_rows(tmp_path):
     prompts = tmp_path / "mine.jsonl"
-    prompts.write_text("\n".join([
-        json.dumps({"id": "ref", "prompt": "What is 2 + 2? Reply with the number only.", "reference": 4}),
-        json.dumps({"id": "chat", "messages": [{"role": "system", "content": "Be brief."},
-                                               {"role": "user", "content": "Say hello."}]}),
-        "{broken",
-        json.dumps({"id": "code", "prompt": "Write a Python function add(a, b).", "tests": "assert add(1, 2) == 3"}),
-    ]) + "\n")  # fmt: skip
+    prompts.write_text(
+        "\n".join(
+            [
+                json.dumps({"id": "ref", "prompt": "What is 2 + 2? Reply with the number only.", "reference": 4}),
+                json.dumps(
+                    {
+                        "id": "chat",
+                        "messages": [
+                            {"role": "system", "content": "Be brief."},
+                            {"role": "user", "content": "Say hello."},
+                        ],
+                    }
+                ),
+                "{broken",
+                json.dumps(
+                    {"id": "code", "prompt": "Write a Python function add(a, b).", "tests": "assert add(1, 2) == 3"}
+                ),
+            ]
+        )
+        + "\n"
+    )
     out = tmp_path / "mine-outcomes.jsonl"
-    cmd = [sys.executable, "-m", "ladder.cli", "collect", str(prompts), "-o", str(out), "--tiers", "small",
-           "--max-tokens", "48", "--batch-size", "3"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ladder.cli",
+        "collect",
+        str(prompts),
+        "-o",
+        str(out),
+        "--tiers",
+        "small",
+        "--max-tokens",
+        "48",
+        "--batch-size",
+        "3",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mine.jsonl:3: skipped" in proc.stderr and "ladder judge" in proc.stderr

@@ -23,8 +23,13 @@ def test_serve_reports_an_engine_that_cannot_start_in_one_line_and_exits_2(tmp_p
     data["ray"]["num_cpus"] = 2
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(data))
-    proc = subprocess.run([sys.executable, "-m", "ladder.cli", "serve", "--config", str(cfg), "--port", str(free_port())],
-                          capture_output=True, text=True, timeout=420, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "ladder.cli", "serve", "--config", str(cfg), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: tier small: the vLLM engine did not start"), proc.stderr[-3000:]

@@ -29,8 +29,9 @@ KEY = "sk-faults-key-7f3a9c"
 @pytest.fixture(scope="module")
 def server():
     # A tiny queue (1 running + 2 waiting): easy to overflow.
-    with small_tier_app(KEY, cache={"breaker_cooldown_s": 0.5},
-                        tier={"max_ongoing_requests": 1, "max_queued_requests": 2}) as served:  # fmt: skip
+    with small_tier_app(
+        KEY, cache={"breaker_cooldown_s": 0.5}, tier={"max_ongoing_requests": 1, "max_queued_requests": 2}
+    ) as served:
         yield served
 
 
@@ -45,8 +46,9 @@ def test_overload_is_shed_at_once_with_503_retry_after_and_an_openai_body(server
 
     async def burst():
         async with httpx.AsyncClient(headers={"authorization": f"Bearer {KEY}"}, timeout=120) as client:
-            return await asyncio.gather(*(send(client, url + "/v1/chat/completions", short_chat(i, max_tokens=6), 0.0)
-                                          for i in range(12)))  # fmt: skip
+            return await asyncio.gather(
+                *(send(client, url + "/v1/chat/completions", short_chat(i, max_tokens=6), 0.0) for i in range(12))
+            )
 
     outcomes = asyncio.run(burst())
     ok = [o for o in outcomes if o.status == 200]
@@ -82,8 +84,9 @@ def test_proxy_restart_loses_no_request_silently_and_service_recovers(server):
 def test_killed_tier_replica_under_load_recovers(server):
     # A replacement vLLM replica starts its engine (~35-60 s on this CPU); requests queued for the
     # tier meanwhile wait for it (Serve's bounded queue sheds the rest), so clients allow 120 s.
-    outcomes, at = asyncio.run(scenario(server[0], KEY, lambda: kill_replica("tier-small"), at_s=3, total_s=110,
-                                        timeout_s=120))  # fmt: skip
+    outcomes, at = asyncio.run(
+        scenario(server[0], KEY, lambda: kill_replica("tier-small"), at_s=3, total_s=110, timeout_s=120)
+    )
     report = account(outcomes, at)
     _no_silent_losses(report)
     assert report["recovery_s"] is not None and report["recovery_s"] < 100, report
@@ -101,8 +104,9 @@ def test_killed_engine_process_fails_cleanly_and_serve_replaces_the_replica(serv
         return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#tier-small#" in a["name"]}
 
     before = replicas()
-    outcomes, at = asyncio.run(scenario(server[0], KEY, lambda: kill_engine("tier-small"), at_s=3, total_s=110,
-                                        timeout_s=120))  # fmt: skip
+    outcomes, at = asyncio.run(
+        scenario(server[0], KEY, lambda: kill_engine("tier-small"), at_s=3, total_s=110, timeout_s=120)
+    )
     report = account(outcomes, at)
     _no_silent_losses(report)
     assert report["after"]["total"] - report["after"]["ok"] >= 1, report  # the dead engine was noticed
@@ -116,7 +120,10 @@ def test_api_keys_never_reach_the_logs(server):
     # Requests with the key (and a wrong key) have been made by every test above.
     httpx.get(server[0] + "/v1/models", headers={"authorization": "Bearer sk-wrong-key-0000"}, timeout=30)
     logs = Path(ray._private.worker._global_node.get_logs_dir_path())
-    leaked = [p.name for p in logs.rglob("*") if p.is_file() and (KEY.encode() in p.read_bytes()
-                                                                  or b"sk-wrong-key-0000" in p.read_bytes())]  # fmt: skip
+    leaked = [
+        p.name
+        for p in logs.rglob("*")
+        if p.is_file() and (KEY.encode() in p.read_bytes() or b"sk-wrong-key-0000" in p.read_bytes())
+    ]
     assert list(logs.rglob("*.log")), "no Ray logs found to check"
     assert leaked == []

@@ -92,13 +92,23 @@ def test_garbage_bodies_and_auth_headers_get_4xx(server):
     with httpx.Client(timeout=60) as client:
 
         @settings(max_examples=60, **SETTINGS)
-        @given(body=st.one_of(st.binary(max_size=300), st.text(max_size=200).map(str.encode),
-                              st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                                           lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
-                                           max_leaves=12).map(lambda v: json.dumps(v).encode())))  # fmt: skip
+        @given(
+            body=st.one_of(
+                st.binary(max_size=300),
+                st.text(max_size=200).map(str.encode),
+                st.recursive(
+                    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+                    max_leaves=12,
+                ).map(lambda v: json.dumps(v).encode()),
+            )
+        )
         def garbage(body: bytes) -> None:
-            r = client.post(server + "/v1/chat/completions", content=body,
-                            headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})  # fmt: skip
+            r = client.post(
+                server + "/v1/chat/completions",
+                content=body,
+                headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
+            )
             tried[r.status_code] += 1
             assert r.status_code == 400, (body, r.text)
             _check(r.status_code, r.content, r.headers)
@@ -146,13 +156,29 @@ def test_cli_recurrent_ask_accepts_or_refuses_cleanly(tiny_checkpoint):
     tried = Counter()
 
     @settings(max_examples=60, **SETTINGS)
-    @given(program=st.one_of(st.text(max_size=80), st.from_regex(r"[0-9]( ?[+*-] ?[0-9]){1,12} ?=", fullmatch=True)),
-           r=st.integers(-3, 80), threshold=st.one_of(st.sampled_from([1e-3, 0.05]), st.floats(allow_nan=True)))
+    @given(
+        program=st.one_of(st.text(max_size=80), st.from_regex(r"[0-9]( ?[+*-] ?[0-9]){1,12} ?=", fullmatch=True)),
+        r=st.integers(-3, 80),
+        threshold=st.one_of(st.sampled_from([1e-3, 0.05]), st.floats(allow_nan=True)),
+    )
     def ask(program: str, r: int, threshold: float) -> None:
         if program.startswith("-"):
             program = " " + program  # an argument, not an option
-        tried[_cli(["recurrent", "ask", program, "--checkpoint", str(tiny_checkpoint), "-r", str(r),
-                    "--threshold", str(threshold)])] += 1  # fmt: skip
+        tried[
+            _cli(
+                [
+                    "recurrent",
+                    "ask",
+                    program,
+                    "--checkpoint",
+                    str(tiny_checkpoint),
+                    "-r",
+                    str(r),
+                    "--threshold",
+                    str(threshold),
+                ]
+            )
+        ] += 1
 
     ask()
     print(f"\nrecurrent ask: {sum(tried.values())} cases {dict(tried)}")
@@ -160,15 +186,25 @@ def test_cli_recurrent_ask_accepts_or_refuses_cleanly(tiny_checkpoint):
 
 
 @settings(max_examples=60, **SETTINGS)
-@given(mutation=st.dictionaries(st.sampled_from(["tiers", "policy", "cache", "server", "ray", "cache_dir", "bogus"]),
-                                st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
-                                             lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
-                                             max_leaves=8), max_size=3))  # fmt: skip
+@given(
+    mutation=st.dictionaries(
+        st.sampled_from(["tiers", "policy", "cache", "server", "ray", "cache_dir", "bogus"]),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+            max_leaves=8,
+        ),
+        max_size=3,
+    )
+)
 @pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_cli_config_files_are_validated_with_one_line_errors(tmp_path_factory, mutation):
     path = tmp_path_factory.mktemp("cfg") / "c.yaml"
     path.write_text(yaml.safe_dump(mutation))
     result = CliRunner().invoke(app, ["models", "--config", str(path)])
     if mutation:
-        assert result.exit_code == 0 or isinstance(result.exception, LadderError), (mutation, result.output,
-                                                                                     repr(result.exception))  # fmt: skip
+        assert result.exit_code == 0 or isinstance(result.exception, LadderError), (
+            mutation,
+            result.output,
+            repr(result.exception),
+        )

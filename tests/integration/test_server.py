@@ -53,8 +53,12 @@ def test_second_identical_request_hits_the_redis_cache(client):
 def test_streaming_a_pinned_tier_matches_the_non_streamed_text(client):
     chunks = list(
         client.chat.completions.create(
-            model="small", messages=[{"role": "user", "content": "Name three colors."}], max_tokens=16,
-            temperature=0, stream=True, stream_options={"include_usage": True},
+            model="small",
+            messages=[{"role": "user", "content": "Name three colors."}],
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -85,10 +89,13 @@ def test_bad_requests_get_openai_errors(client, server):
         ask(client, "word " * 9000)
     assert too_long.value.body["code"] == "context_length_exceeded"
     headers = {"authorization": f"Bearer {KEY}"}
-    for body in ('{"model": "ladder", "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}',
-                 '{"model": "ladder", "messages": [{"role": "user", "content": "lone \\ud800 surrogate"}]}',
-                 '{"model": "ladder", "messages": [{"role": "user", "content": "x"}], "seed": 99999999999999999999}',
-                 "{not json", '{"model": "ladder", "messages": [{"role": "wizard", "content": "x"}]}'):
+    for body in (
+        '{"model": "ladder", "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}',
+        '{"model": "ladder", "messages": [{"role": "user", "content": "lone \\ud800 surrogate"}]}',
+        '{"model": "ladder", "messages": [{"role": "user", "content": "x"}], "seed": 99999999999999999999}',
+        "{not json",
+        '{"model": "ladder", "messages": [{"role": "wizard", "content": "x"}]}',
+    ):
         r = httpx.post(server[0] + "/v1/chat/completions", content=body, headers=headers, timeout=30)
         assert r.status_code == 400, r.text
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
@@ -149,11 +156,18 @@ def test_killed_tier_replica_gives_an_error_not_a_hang_and_serve_replaces_it(cli
     victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(
-            lambda: httpx.post(server[0] + "/v1/chat/completions", timeout=120,
-                               headers={"authorization": f"Bearer {KEY}"},
-                               json={"model": "ladder", "max_tokens": 200, "temperature": 0,
-                                     "messages": [{"role": "user", "content": "Write a long essay about rivers."}]})
-        )  # fmt: skip
+            lambda: httpx.post(
+                server[0] + "/v1/chat/completions",
+                timeout=120,
+                headers={"authorization": f"Bearer {KEY}"},
+                json={
+                    "model": "ladder",
+                    "max_tokens": 200,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": "Write a long essay about rivers."}],
+                },
+            )
+        )
         time.sleep(2.0)
         ray.kill(victim, no_restart=True)
         response = pending.result(timeout=150)

@@ -22,8 +22,9 @@ POLICY_VERSION = f"fixed-s0-t-2-k{K}"
 
 @pytest.fixture(scope="module")
 def server():
-    with small_tier_app(KEY, tiers=("small", "medium"), policy=POLICY,
-                        extra={"shadow": {"enabled": True, "prompts": True}}) as served:  # fmt: skip
+    with small_tier_app(
+        KEY, tiers=("small", "medium"), policy=POLICY, extra={"shadow": {"enabled": True, "prompts": True}}
+    ) as served:
         yield served
 
 
@@ -96,8 +97,13 @@ def test_an_unsure_prefix_escalates_at_once_and_the_client_sees_only_the_next_ru
 
 def test_usage_and_the_ladder_object_close_a_routed_stream(server):
     url, _ = server
-    body = {"model": "ladder", "messages": [{"role": "user", "content": "Name three colors."}], "max_tokens": 16,
-            "temperature": 0, "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": "ladder",
+        "messages": [{"role": "user", "content": "Name three colors."}],
+        "max_tokens": 16,
+        "temperature": 0,
+        "stream_options": {"include_usage": True},
+    }
     _, events, _ = sse(url, body)
     finish = [e for e in events if e.get("choices") and e["choices"][0]["finish_reason"]]
     assert len(finish) == 1 and "ladder" in finish[0]
@@ -107,8 +113,15 @@ def test_usage_and_the_ladder_object_close_a_routed_stream(server):
 def test_bad_stream_options_are_a_400_before_the_stream(server):
     url, _ = server
     with httpx.Client(timeout=30, headers={"authorization": f"Bearer {KEY}"}) as http:
-        r = http.post(url + "/v1/chat/completions", json={"model": "ladder", "stream": True,
-                      "messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": "yes"}})  # fmt: skip
+        r = http.post(
+            url + "/v1/chat/completions",
+            json={
+                "model": "ladder",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream_options": {"include_usage": "yes"},
+            },
+        )
     assert r.status_code == 400 and r.json()["error"]["param"].startswith("stream_options")
 
 
@@ -172,8 +185,15 @@ def test_policy_show_push_refusals_and_a_swap_under_load_without_a_failed_reques
     def client() -> None:
         with httpx.Client(timeout=120, headers={"authorization": f"Bearer {KEY}"}) as http:
             while not stop.is_set():
-                r = http.post(url + "/v1/chat/completions", json={"model": "ladder", "max_tokens": 2, "temperature": 0,
-                              "messages": [{"role": "user", "content": f"Say hi #{len(seen)}"}]})  # fmt: skip
+                r = http.post(
+                    url + "/v1/chat/completions",
+                    json={
+                        "model": "ladder",
+                        "max_tokens": 2,
+                        "temperature": 0,
+                        "messages": [{"role": "user", "content": f"Say hi #{len(seen)}"}],
+                    },
+                )
                 if r.status_code != 200:
                     failures.append(r.status_code)
                 else:
@@ -208,13 +228,22 @@ def test_the_shadow_log_records_requests_by_id_and_exports_prompts_to_collect(se
 
     url, _ = server
     headers = {"authorization": f"Bearer {KEY}", "x-request-id": "mine-1"}
-    body = {"model": "ladder", "messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 8, "temperature": 0}
+    body = {
+        "model": "ladder",
+        "messages": [{"role": "user", "content": "Name a fruit."}],
+        "max_tokens": 8,
+        "temperature": 0,
+    }
     r = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
     assert r.status_code == 200 and r.headers["x-request-id"] == "mine-1"
     streamed_headers, events, _ = sse(url, {**body, "messages": [{"role": "user", "content": "Name a color."}]})
     generated_id = streamed_headers["x-request-id"]  # Serve's, when the client sends none
-    bad = httpx.post(url + "/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": "Hi."}]},
-                     headers={**headers, "x-request-id": "a b;c"}, timeout=120)  # fmt: skip
+    bad = httpx.post(
+        url + "/v1/chat/completions",
+        json={**body, "messages": [{"role": "user", "content": "Hi."}]},
+        headers={**headers, "x-request-id": "a b;c"},
+        timeout=120,
+    )
     assert bad.status_code == 200
     time.sleep(0.5)  # records are written off the request path
     out = tmp_path / "shadow.jsonl"
@@ -223,7 +252,10 @@ def test_the_shadow_log_records_requests_by_id_and_exports_prompts_to_collect(se
     records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert "a b;c" not in records and any(i.startswith("req-") for i in records)  # an unsafe id is not logged as given
     mine = records["mine-1"]
-    assert mine["messages"] == [{"role": "user", "content": "Name a fruit."}] and mine["answered_by"] in ("small", "medium")
+    assert mine["messages"] == [{"role": "user", "content": "Name a fruit."}] and mine["answered_by"] in (
+        "small",
+        "medium",
+    )
     assert mine["attempts"][0]["tier"] == "small" and mine["policy_version"] == POLICY_VERSION
     assert records[generated_id]["streamed"] and records[generated_id]["attempts"][0]["decided_at"] in (None, K)
     prompts = load_prompts(out)  # the log is a prompts file for `ladder collect`

@@ -13,8 +13,19 @@ OUTCOMES = ROOT / "data" / "outcomes" / "gsm8k.jsonl"
 
 @pytest.mark.slow
 def test_cascade_benchmark_on_committed_outcomes(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cascade.py"), "--outcomes", str(OUTCOMES),
-                           "--results", str(tmp_path)], capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "cascade.py"),
+            "--outcomes",
+            str(OUTCOMES),
+            "--results",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (rep,) = json.loads((tmp_path / "cascade.json").read_text())
     assert (tmp_path / "cascade_gsm8k.png").stat().st_size > 10_000

@@ -12,8 +12,9 @@ pytestmark = [needs_data, pytest.mark.slow]
 
 
 def ladder(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "ladder.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=900)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ladder.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=900
+    )
 
 
 def test_train_calibrate_eval_end_to_end(tmp_path):
@@ -27,16 +28,24 @@ def test_train_calibrate_eval_end_to_end(tmp_path):
     assert point["reach"][1] <= 0.3 and point["quality"] > 0.6
     doc = json.loads((tmp_path / "c.json").read_text())
     assert doc["meta"]["target"] == "strong<=0.3" and doc["meta"]["pareto"]  # rung names, not indices
-    rows = [{"id": "easy", "prompt": "What is 2 + 3?"}, {"id": "bad"},
-            {"id": "hard", "prompt": "A train leaves at 3 pm at 60 mph and another at 4 pm at 80 mph; after how many "
-                                     "hours does the second overtake the first, and how far have both travelled?"}]  # fmt: skip
+    rows = [
+        {"id": "easy", "prompt": "What is 2 + 3?"},
+        {"id": "bad"},
+        {
+            "id": "hard",
+            "prompt": "A train leaves at 3 pm at 60 mph and another at 4 pm at 80 mph; after how many "
+            "hours does the second overtake the first, and how far have both travelled?",
+        },
+    ]
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = ladder("route", "c.json", "prompts.jsonl", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     routed = {r["id"]: r for r in map(json.loads, proc.stdout.splitlines())}
     assert "neither" in routed["bad"]["error"]
     assert routed["easy"]["start"] in ("weak", "strong") and 0 <= routed["easy"]["scores"]["weak"] <= 1
-    assert routed["easy"]["start"] == ("weak" if routed["easy"]["scores"]["weak"] >= routed["easy"]["thresholds"]["weak"] else "strong")
+    assert routed["easy"]["start"] == (
+        "weak" if routed["easy"]["scores"]["weak"] >= routed["easy"]["thresholds"]["weak"] else "strong"
+    )
     assert "start rungs:" in proc.stderr
     proc = ladder("eval", "c.json", "routellm:gsm8k", *data, "--out-dir", "ev", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -54,4 +63,3 @@ def test_unreachable_target_and_bad_sources_exit_2(tmp_path):
     assert proc.returncode == 2 and "not found" in proc.stderr
     proc = ladder("train", "routellm:gsm8k", "--featurizer", "bert", *data, cwd=tmp_path)
     assert proc.returncode == 2 and "bert" in proc.stderr
-

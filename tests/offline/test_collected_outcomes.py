@@ -17,15 +17,23 @@ def _collected(path, n=240, seed=0):
     for i in range(n):
         confident = rng.random() < 0.5
         first = float(rng.uniform(-0.05, 0.0) if confident else rng.uniform(-3.0, -1.0))
-        lines.append(json.dumps({
-            "id": f"q{i}", "query": f"question number {i} about topic {i % 7}", "gold": "C",
-            "quality": {"small": float(confident), "large": 1.0},
-            "tokens": {"small": 1.0, "large": 1.0},
-            "response": {"small": "C", "large": "C"},
-            "signals": {"small": {"first_logprob": first, "latency_s": 0.1, "prompt_tokens": 50.0},
-                        "large": {"first_logprob": -0.1, "latency_s": 1.0, "prompt_tokens": 50.0}},
-            "logprobs": {"small": [first, -0.01], "large": [-0.1, -0.01]},
-        }))  # fmt: skip
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"q{i}",
+                    "query": f"question number {i} about topic {i % 7}",
+                    "gold": "C",
+                    "quality": {"small": float(confident), "large": 1.0},
+                    "tokens": {"small": 1.0, "large": 1.0},
+                    "response": {"small": "C", "large": "C"},
+                    "signals": {
+                        "small": {"first_logprob": first, "latency_s": 0.1, "prompt_tokens": 50.0},
+                        "large": {"first_logprob": -0.1, "latency_s": 1.0, "prompt_tokens": 50.0},
+                    },
+                    "logprobs": {"small": [first, -0.01], "large": [-0.1, -0.01]},
+                }
+            )
+        )
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -18,10 +18,17 @@ from ladder.offline.datasets import (
 DATA = Path(os.environ.get("LADDER_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("so 3 + 4 = 7.\n#### 7", 7.0), ("The answer is $1,250.", 1250.0), ("answer: -3", -3.0),
-    ("she has 5 apples and then 12", 12.0), ("no numbers here", None), ("#### 18\nthen 3 more", 18.0),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("so 3 + 4 = 7.\n#### 7", 7.0),
+        ("The answer is $1,250.", 1250.0),
+        ("answer: -3", -3.0),
+        ("she has 5 apples and then 12", 12.0),
+        ("no numbers here", None),
+        ("#### 18\nthen 3 more", 18.0),
+    ],
+)
 def test_final_number_prefers_the_marked_answer(text, value):
     assert final_number(text) == value
 
@@ -33,10 +40,20 @@ def test_gsm8k_scoring_compares_final_numbers():
     assert score_gsm8k("", "18") == 0.0
 
 
-@pytest.mark.parametrize(("text", "letter"), [
-    ("C", "C"), ("(B)", "B"), ("J. Trivial", "J"), ("The answer is D.", "D"), ("the answer is (E)", "E"),
-    ("Option H", "H"), ("To determine the value", None), ("A", "A"), ("K", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [
+        ("C", "C"),
+        ("(B)", "B"),
+        ("J. Trivial", "J"),
+        ("The answer is D.", "D"),
+        ("the answer is (E)", "E"),
+        ("Option H", "H"),
+        ("To determine the value", None),
+        ("A", "A"),
+        ("K", None),
+    ],
+)
 def test_chosen_letter(text, letter):
     assert chosen_letter(text) == letter
     assert score_letter(text, "C") == float(letter == "C")

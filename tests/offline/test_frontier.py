@@ -33,7 +33,9 @@ def test_cell_ceiling_spends_first_where_quality_is_cheapest():
 
 @needs_data
 def test_model_ladders_load_with_published_accuracies():
-    g = load_model_ladder(DATA / "zeroeval_gsm/outcomes.parquet", ["gemma-2-2b-it", "gemma-2-9b-it", "gemma-2-27b-it@together"])
+    g = load_model_ladder(
+        DATA / "zeroeval_gsm/outcomes.parquet", ["gemma-2-2b-it", "gemma-2-9b-it", "gemma-2-27b-it@together"]
+    )
     assert g.quality.mean(0) == pytest.approx([0.516, 0.874, 0.902], abs=0.01)
     assert (g.tokens > 1).all()
     m = load_model_ladder(DATA / "mmlu_pro/outcomes.parquet", ["Llama-2-7b-hf", "Llama-2-13b-hf", "Llama-2-70b-hf"])

@@ -32,10 +32,17 @@ class JudgeHandler(BaseHTTPRequestHandler):
         JudgeHandler.calls.append(answer)
         if "slow" in answer:
             time.sleep(3)
-        reply = "I think it is fine." if "garbled" in answer else ("Rating: 9" if "good" in answer else "**Rating:** 2/10")
-        payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
-                   "usage": {"prompt_tokens": 100, "completion_tokens": 4, "total_tokens": 104}}  # fmt: skip
+        reply = (
+            "I think it is fine." if "garbled" in answer else ("Rating: 9" if "good" in answer else "**Rating:** 2/10")
+        )
+        payload = {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 4, "total_tokens": 104},
+        }
         data = json.dumps(payload).encode()
         try:
             self.send_response(200)
@@ -56,10 +63,15 @@ def judge_url():
 
 
 def test_prompt_rows_grading_rules_and_bad_rows(tmp_path):
-    rows = ['{"id": "a", "prompt": "What is 6*7?", "reference": 42}', "not json",
-            '{"id": "b", "messages": [{"role": "user", "content": "Capital of France?"}], "reference": "Paris"}',
-            '{"id": "c", "prompt": "Write add(a, b).", "tests": "assert add(2, 3) == 5"}', '{"id": "d", "prompt": "  "}',
-            '{"id": "e", "prompt": "Tell me a joke."}', '{"id": "a", "prompt": "again"}']  # fmt: skip
+    rows = [
+        '{"id": "a", "prompt": "What is 6*7?", "reference": 42}',
+        "not json",
+        '{"id": "b", "messages": [{"role": "user", "content": "Capital of France?"}], "reference": "Paris"}',
+        '{"id": "c", "prompt": "Write add(a, b).", "tests": "assert add(2, 3) == 5"}',
+        '{"id": "d", "prompt": "  "}',
+        '{"id": "e", "prompt": "Tell me a joke."}',
+        '{"id": "a", "prompt": "again"}',
+    ]
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(rows) + "\n")
     ds = load_prompts(path)
@@ -82,16 +94,41 @@ def test_ratings_are_parsed_or_refused():
 @pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_judge_grades_unlabelled_answers_caches_them_and_survives_a_broken_judge(tmp_path, judge_url):
     def row(i, answers, gold=None):
-        return {"id": f"r{i}", "query": f"question {i}", "quality": {"small": gold, "large": gold},
-                "response": dict(zip(("small", "large"), answers)), "tokens": {"small": 5.0, "large": 9.0}}
+        return {
+            "id": f"r{i}",
+            "query": f"question {i}",
+            "quality": {"small": gold, "large": gold},
+            "response": dict(zip(("small", "large"), answers)),
+            "tokens": {"small": 5.0, "large": 9.0},
+        }
 
-    rows = [row(0, ["a good answer", "a good answer too"]), row(1, ["bad", "good"]),
-            row(2, ["garbled", "slow and good"]), row(3, ["good", "bad"], gold=1.0)]  # fmt: skip
+    rows = [
+        row(0, ["a good answer", "a good answer too"]),
+        row(1, ["bad", "good"]),
+        row(2, ["garbled", "slow and good"]),
+        row(3, ["good", "bad"], gold=1.0),
+    ]
     src, out = tmp_path / "collected.jsonl", tmp_path / "judged.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     exe = Path(sys.executable).parent / "ladder"
-    cmd = [str(exe), "judge", str(src), "-o", str(out), "--judge-url", judge_url, "--judge-model", "stub",
-           "--timeout", "1", "--retries", "1", "--also-labelled", "--judge-price", "1:2"]  # fmt: skip
+    cmd = [
+        str(exe),
+        "judge",
+        str(src),
+        "-o",
+        str(out),
+        "--judge-url",
+        judge_url,
+        "--judge-model",
+        "stub",
+        "--timeout",
+        "1",
+        "--retries",
+        "1",
+        "--also-labelled",
+        "--judge-price",
+        "1:2",
+    ]
     JudgeHandler.calls.clear()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -102,7 +139,10 @@ def test_judge_grades_unlabelled_answers_caches_them_and_survives_a_broken_judge
     judged = [json.loads(line) for line in out.read_text().splitlines()]
     assert judged[0]["quality"] == {"small": pytest.approx(8 / 9), "large": pytest.approx(8 / 9)}  # (9 - 1) / 9
     assert judged[1]["quality"]["small"] == pytest.approx(1 / 9) and judged[0]["signals"]["small"]["judge_grade"] == 9
-    assert judged[2]["quality"] == {"small": None, "large": None} and set(judged[2]["judge_errors"]) == {"small", "large"}
+    assert judged[2]["quality"] == {"small": None, "large": None} and set(judged[2]["judge_errors"]) == {
+        "small",
+        "large",
+    }
     assert judged[3]["quality"] == {"small": 1.0, "large": 1.0}  # gold grades stay
     assert judged[0]["judge"]["prompt_version"] == "single-v1"
     # training reads the graded rows and leaves the ungraded one out
@@ -111,4 +151,6 @@ def test_judge_grades_unlabelled_answers_caches_them_and_survives_a_broken_judge
     JudgeHandler.calls.clear()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     again = json.loads(proc.stdout)
-    assert again["cached"] == 6 and again["asked"] == 2 and all("garbled" in c or "slow" in c for c in JudgeHandler.calls)
+    assert (
+        again["cached"] == 6 and again["asked"] == 2 and all("garbled" in c or "slow" in c for c in JudgeHandler.calls)
+    )

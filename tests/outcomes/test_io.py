@@ -21,8 +21,16 @@ def write(path: Path, rows: list[dict]) -> Path:
 
 
 def test_jsonl_round_trip(tmp_path):
-    rows = [{"id": str(i), "query": f"q{i}", "quality": {"small": i % 2, "large": 1.0}, "tokens": {"small": 3, "large": 5},
-             "group": "g"} for i in range(10)]  # fmt: skip
+    rows = [
+        {
+            "id": str(i),
+            "query": f"q{i}",
+            "quality": {"small": i % 2, "large": 1.0},
+            "tokens": {"small": 3, "large": 5},
+            "group": "g",
+        }
+        for i in range(10)
+    ]
     o = read_jsonl(write(tmp_path / "o.jsonl", rows))
     assert o.rungs == ("small", "large") and o.quality[:, 0].tolist() == [0, 1] * 5
     write_jsonl(o, tmp_path / "copy.jsonl")
@@ -36,11 +44,19 @@ def test_jsonl_round_trip(tmp_path):
         ([{"id": "1", "quality": {"a": 1, "b": 0}}], "no 'query' field"),
         ([{"id": "1", "query": "x", "quality": {"a": "yes", "b": 0}}], "is not a number"),
         ([{"id": "1", "query": "x", "quality": {"a": 1.5, "b": 0}}], "lies outside its scale [0, 1]"),
-        ([{"id": "1", "query": "x", "quality": {"a": 11, "b": 1}, "quality_scale": [1, 10]}], "outside its scale [1, 10]"),
+        (
+            [{"id": "1", "query": "x", "quality": {"a": 11, "b": 1}, "quality_scale": [1, 10]}],
+            "outside its scale [1, 10]",
+        ),
         ([{"id": "1", "query": "x", "quality": {"a": 1, "b": 0}, "quality_scale": [5, 5]}], "is empty"),
         ([{"id": "1", "query": "x", "quality": {"a": 1}}], "at least two rungs"),
-        ([{"id": "1", "query": "x", "quality": {"a": 1, "b": 0}}, {"id": "2", "query": "y", "quality": {"b": 1, "c": 0}}],
-         "has rungs"),
+        (
+            [
+                {"id": "1", "query": "x", "quality": {"a": 1, "b": 0}},
+                {"id": "2", "query": "y", "quality": {"b": 1, "c": 0}},
+            ],
+            "has rungs",
+        ),
     ],
 )
 def test_malformed_outcomes_are_named(tmp_path, rows, message):
@@ -110,7 +126,9 @@ def test_unicode_line_separators_inside_strings_round_trip(tmp_path):
 
 
 def test_grades_on_a_stated_scale_are_read_as_quality(tmp_path):
-    rows = [{"id": "1", "query": "x", "quality": {"a": 1, "b": 10}, "quality_scale": [1, 10]},
-            {"id": "2", "query": "y", "quality": {"a": 0.5, "b": 1}}]  # fmt: skip
+    rows = [
+        {"id": "1", "query": "x", "quality": {"a": 1, "b": 10}, "quality_scale": [1, 10]},
+        {"id": "2", "query": "y", "quality": {"a": 0.5, "b": 1}},
+    ]
     o = read_jsonl(write(tmp_path / "graded.jsonl", rows))
     assert o.quality.tolist() == [[0.0, 1.0], [0.5, 1.0]]

@@ -20,8 +20,14 @@ def test_served_decisions_equal_the_replayed_ones():
     outcomes = read_jsonl(ROOT / "data" / "outcomes" / "humaneval.jsonl")
     route = policy.scores(list(outcomes.queries))
     accept = idk_scores(policy, outcomes, route)
-    replay = simulate(route, policy.thresholds, outcomes.quality, np.ones_like(outcomes.quality), accept,
-                      tuple(policy.idk_thresholds[b] for b in range(len(policy.rungs) - 1)))  # fmt: skip
+    replay = simulate(
+        route,
+        policy.thresholds,
+        outcomes.quality,
+        np.ones_like(outcomes.quality),
+        accept,
+        tuple(policy.idk_thresholds[b] for b in range(len(policy.rungs) - 1)),
+    )
     gates = gate_scores(policy, outcomes, route)
     k = policy.prefix_tokens(0)
     disagreements = 0
@@ -31,14 +37,23 @@ def test_served_decisions_equal_the_replayed_ones():
         assert served.start == start, i
         for b in range(start, len(policy.rungs) - 1):
             rung = policy.rungs[b]
-            signals = tuple((n, float(outcomes.signals[f"{rung}/{n}"][i])) for n in ("code_parses", "examples", "examples_passed"))
-            answer = Generation(rung, outcomes.responses[rung][i], (), outcomes.logprobs[rung][i], 0, "stop", 0, 0, (), signals)
+            signals = tuple(
+                (n, float(outcomes.signals[f"{rung}/{n}"][i])) for n in ("code_parses", "examples", "examples_passed")
+            )
+            answer = Generation(
+                rung, outcomes.responses[rung][i], (), outcomes.logprobs[rung][i], 0, "stop", 0, 0, (), signals
+            )
             disagreements += policy.accept(answer, served) != (accept[i, b] >= policy.idk_thresholds[b])
             if k:  # the prefix gate, as a streamed cascade asks it, against its replayed score
                 partial = Generation(rung, "", (), outcomes.logprobs[rung][i][:k], 0, "length", 0, 0)
                 verdict = policy.judge_prefix(partial, served)
                 gate = next(g for g in policy.prefix[b] if g.active)
-                expected = (PrefixVerdict.ACCEPT if gates[k][i, b] >= gate.accept_at else PrefixVerdict.ESCALATE
-                            if gates[k][i, b] < gate.escalate_below else PrefixVerdict.WAIT)  # fmt: skip
+                expected = (
+                    PrefixVerdict.ACCEPT
+                    if gates[k][i, b] >= gate.accept_at
+                    else PrefixVerdict.ESCALATE
+                    if gates[k][i, b] < gate.escalate_below
+                    else PrefixVerdict.WAIT
+                )
                 assert verdict is expected, (i, b)
     assert disagreements == 0

@@ -16,7 +16,9 @@ from ladder.types import Generation, Query
 def toy_outcomes(n: int = 400) -> Outcomes:
     rng = np.random.default_rng(0)
     hard = rng.random(n) < 0.4
-    queries = tuple(("prove the theorem about manifolds " if h else "what is two plus two ") + str(i) for i, h in enumerate(hard))
+    queries = tuple(
+        ("prove the theorem about manifolds " if h else "what is two plus two ") + str(i) for i, h in enumerate(hard)
+    )
     quality = np.stack([(~hard).astype(float), np.ones(n)], axis=1)
     responses = {"weak": tuple("#### 4" if not h else "However, I cannot" for h in hard)}
     return Outcomes(tuple(map(str, range(n))), queries, ("weak", "strong"), quality, responses=responses)
@@ -81,8 +83,13 @@ def test_soft_and_relaxed_labels_train_a_router_on_success_rates(scheme):
     base = toy_outcomes()
     rng = np.random.default_rng(3)
     hard = np.array(["prove" in q for q in base.queries])
-    rates = np.stack([np.where(hard, rng.uniform(0.0, 0.3, len(hard)), rng.uniform(0.7, 1.0, len(hard))),
-                      rng.uniform(0.8, 1.0, len(hard))], axis=1)  # fmt: skip
+    rates = np.stack(
+        [
+            np.where(hard, rng.uniform(0.0, 0.3, len(hard)), rng.uniform(0.7, 1.0, len(hard))),
+            rng.uniform(0.8, 1.0, len(hard)),
+        ],
+        axis=1,
+    )
     outcomes = Outcomes(base.ids, base.queries, base.rungs, rates)
     policy = train_policy(outcomes, TrainSpec(FeaturizerKind.TFIDF, LabelScheme(scheme), idk=False))
     easy = policy.route(Query.of("what is two plus two 9999")).scores[0]
@@ -104,17 +111,33 @@ def test_verifier_signals_are_learned_served_and_required(tmp_path):
     queries = tuple(f"write a function number {i}" for i in range(n))
     quality = np.stack([good.astype(float), np.ones(n)], axis=1)
     responses = {"weak": tuple("```python\ndef f():\n    return 1\n```" for _ in range(n))}
-    signals = {"weak/code_parses": np.ones(n), "weak/examples": np.full(n, 2.0), "weak/examples_passed": good.astype(float)}
-    out = Outcomes(tuple(map(str, range(n))), queries, ("weak", "strong"), quality, responses=responses, signals=signals)
+    signals = {
+        "weak/code_parses": np.ones(n),
+        "weak/examples": np.full(n, 2.0),
+        "weak/examples_passed": good.astype(float),
+    }
+    out = Outcomes(
+        tuple(map(str, range(n))), queries, ("weak", "strong"), quality, responses=responses, signals=signals
+    )
     policy = train_policy(out, TrainSpec(FeaturizerKind.TFIDF))
     assert "examples_passed" in policy.idk[0].signals and policy.verifier_rungs() == ["weak"]
     route = policy.route(Query.of("write a function number 7"))
     verified = lambda passed: (("code_parses", 1.0), ("examples", 2.0), ("examples_passed", passed))  # noqa: E731
-    p_pass, p_fail = policy.idk[0].proba([AnswerView(responses["weak"][0], (), route.scores[0], verified(x))
-                                          for x in (1.0, 0.0)])  # fmt: skip
+    p_pass, p_fail = policy.idk[0].proba(
+        [AnswerView(responses["weak"][0], (), route.scores[0], verified(x)) for x in (1.0, 0.0)]
+    )
     assert p_pass > 0.7 > 0.3 > p_fail
-    gen = lambda passed: Generation("weak", responses["weak"][0], (1,), (-0.1,), 3, "stop", 0, 0,  # noqa: E731
-                                    signals=verified(passed))
+    gen = lambda passed: Generation(
+        "weak",
+        responses["weak"][0],
+        (1,),
+        (-0.1,),
+        3,
+        "stop",
+        0,
+        0,  # noqa: E731
+        signals=verified(passed),
+    )
     assert policy.accept(gen(1.0), route) and not policy.accept(gen(0.0), route)
     path = save_policy(policy, tmp_path / "p.json")
     with pytest.raises(ConfigError, match="verifier: python_examples"):

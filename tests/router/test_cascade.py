@@ -121,4 +121,3 @@ def test_key_changes_with_policy_version_and_content_not_whitespace():
 def test_key_holds_no_prompt_text():
     key = route_key(Query.of("my secret password is hunter2"), "v1")
     assert "hunter2" not in key and key.startswith("ladder:route:v1:v1:")
-

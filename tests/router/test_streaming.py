@@ -128,11 +128,15 @@ def test_a_rung_failing_after_it_streamed_ends_the_stream_with_an_error():
 def test_every_rung_failing_raises_as_the_unstreamed_cascade_does():
     bad = InvalidRequest("too long", "messages")
     with pytest.raises(InvalidRequest):
-        collect(ScriptedPolicy(), ladder_of(-0.1, -0.1, -0.1, small={"fail": bad}, medium={"fail": bad},
-                                            large={"fail": bad}))  # fmt: skip
+        collect(
+            ScriptedPolicy(),
+            ladder_of(-0.1, -0.1, -0.1, small={"fail": bad}, medium={"fail": bad}, large={"fail": bad}),
+        )
     with pytest.raises(NoRungAvailable):
-        collect(ScriptedPolicy(), ladder_of(-0.1, -0.1, small={"fail": RuntimeError("a")},
-                                            medium={"fail": RuntimeError("b")}))  # fmt: skip
+        collect(
+            ScriptedPolicy(),
+            ladder_of(-0.1, -0.1, small={"fail": RuntimeError("a")}, medium={"fail": RuntimeError("b")}),
+        )
 
 
 def test_a_consumer_that_leaves_stops_the_rung():

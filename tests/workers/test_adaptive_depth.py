@@ -22,22 +22,17 @@ from tests.workers.decoding import greedy, take
 
 pytestmark = pytest.mark.model
 
-PROMPTS = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-           "How many clips did Natalia sell altogether?", "Write a haiku about autumn leaves."]  # fmt: skip
-
-
-
-
-
-
+PROMPTS = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether?",
+    "Write a haiku about autumn leaves.",
+]
 
 
 @pytest.fixture(scope="module")
 def lens_heads(lw):
     """Untrained heads = the plain logit lens, gates at 0.5: lossless must not depend on training."""
     return ExitHeads(tuple(range(4, lw.n_layers, 4)), lw.hidden, rank=8)
-
-
 
 
 def prompt_ids(worker, text):
@@ -66,14 +61,20 @@ def test_fill_kv_writes_what_running_the_layer_would(lw):
 
 @torch.inference_mode()
 @pytest.mark.parametrize("draft_layer,max_draft", [(4, 3), (12, 6)])
-def test_self_speculation_is_token_for_token_the_full_depth_greedy_output(reference, lw, lens_heads, draft_layer, max_draft):
+def test_self_speculation_is_token_for_token_the_full_depth_greedy_output(
+    reference, lw, lens_heads, draft_layer, max_draft
+):
     for text in PROMPTS:
         ids = prompt_ids(reference, text)
         ref = [t for t, _, _ in take(full_depth(lw, ids, len(ids) + 50, greedy), 40)]
         stats = SpecStats()
-        spec = take(self_speculative(lw, lens_heads, ids, len(ids) + 50, greedy, draft_layer, max_draft, stats=stats), 40)
+        spec = take(
+            self_speculative(lw, lens_heads, ids, len(ids) + 50, greedy, draft_layer, max_draft, stats=stats), 40
+        )
         assert [t for t, _, _ in spec] == ref
-        assert stats.verifications > 0 and stats.drafted >= stats.accepted > 0  # the logit lens already agrees sometimes
+        assert (
+            stats.verifications > 0 and stats.drafted >= stats.accepted > 0
+        )  # the logit lens already agrees sometimes
         assert {d for _, _, d in spec} <= {draft_layer, lw.n_layers}
         assert 0 < sum(d == draft_layer for _, _, d in spec) <= stats.accepted
 
@@ -142,6 +143,10 @@ def test_worker_speculative_mode_matches_full_depth_and_reports_depths(tier, ref
     sampled = spec.generate_sync(Query.of(PROMPTS[1], max_tokens=8, temperature=0.8, seed=1))
     assert set(sampled.depths) == {30}  # sampled requests run at full depth in speculative mode
     with pytest.raises(WeightsUnavailable, match="no exit head after layer 9"):
-        TransformersWorker("small", model_dir, DeviceConfig(dtype="float32"), base.model_copy(update={"draft_layer": 9})).load()
+        TransformersWorker(
+            "small", model_dir, DeviceConfig(dtype="float32"), base.model_copy(update={"draft_layer": 9})
+        ).load()
     with pytest.raises(WeightsUnavailable, match="trained for weights"):
-        TransformersWorker("small", model_dir, DeviceConfig(dtype="float32"), base.model_copy(update={"weights_id": "x"})).load()
+        TransformersWorker(
+            "small", model_dir, DeviceConfig(dtype="float32"), base.model_copy(update={"weights_id": "x"})
+        ).load()

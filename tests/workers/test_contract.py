@@ -1,5 +1,6 @@
 """The written worker contract (protocols.TierWorker) against every backend."""
 
+
 def test_every_backend_meets_the_written_worker_contract():
     """protocols.TierWorker is what the app, batch jobs and CLI call; every backend has all of it."""
     import inspect

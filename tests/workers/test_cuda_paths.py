@@ -9,14 +9,16 @@ decoding, so it is NOT guaranteed identical there (measured on an H100: 2-3 of 8
 Without a CUDA device these tests fail with that message (they are never silently skipped).
 """
 
-
 import pytest
 
 pytestmark = [pytest.mark.gpu, pytest.mark.model]
 
-PROMPTS = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-           "How many clips did Natalia sell altogether?", "Write a haiku about autumn leaves.",
-           "Repeat exactly: the cat sat on the mat, the cat sat on the mat."]  # fmt: skip
+PROMPTS = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether?",
+    "Write a haiku about autumn leaves.",
+    "Repeat exactly: the cat sat on the mat, the cat sat on the mat.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,9 @@ def _worker(folder, dtype: str, adaptive=None):  # noqa: ANN001, ANN202
     from ladder.workers.transformer import AdaptiveDepth, DeviceConfig, TransformersWorker
 
     if adaptive is not None:
-        adaptive = adaptive.model_copy(update={"heads": bundled_heads("small"), "draft_head": bundled_draft_head("small")})
+        adaptive = adaptive.model_copy(
+            update={"heads": bundled_heads("small"), "draft_head": bundled_draft_head("small")}
+        )
     return TransformersWorker("small", folder, DeviceConfig("cuda", dtype), adaptive or AdaptiveDepth()).load()
 
 
@@ -81,8 +85,11 @@ def test_bfloat16_speculation_is_not_promised_exact(small, record_property):
     folder, wid = small
     full = _worker(folder, "bfloat16")
     spec = _worker(folder, "bfloat16", AdaptiveDepth("speculative", "lookup", weights_id=wid))
-    same = sum(spec.generate_sync(Query.of(p, max_tokens=48)).token_ids == full.generate_sync(Query.of(p, max_tokens=48)).token_ids
-               for p in PROMPTS)  # fmt: skip
+    same = sum(
+        spec.generate_sync(Query.of(p, max_tokens=48)).token_ids
+        == full.generate_sync(Query.of(p, max_tokens=48)).token_ids
+        for p in PROMPTS
+    )
     record_property("bf16_identical", f"{same}/{len(PROMPTS)}")
     print(f"bfloat16 lookup speculation identical to plain bfloat16 decoding on {same}/{len(PROMPTS)} prompts")
     assert 0 <= same <= len(PROMPTS)  # documented, not guaranteed (docs/ADAPTIVE_DEPTH.md)
@@ -95,8 +102,13 @@ def test_bfloat16_head_speculation_agreement_is_recorded(small, record_property)
     folder, wid = small
     full = _worker(folder, "bfloat16")
     spec = _worker(folder, "bfloat16", AdaptiveDepth("speculative", "head", weights_id=wid))
-    outs = [(spec.generate_sync(Query.of(p, max_tokens=48)).token_ids, full.generate_sync(Query.of(p, max_tokens=48)).token_ids)
-            for p in PROMPTS]  # fmt: skip
+    outs = [
+        (
+            spec.generate_sync(Query.of(p, max_tokens=48)).token_ids,
+            full.generate_sync(Query.of(p, max_tokens=48)).token_ids,
+        )
+        for p in PROMPTS
+    ]
     same = sum(a == b for a, b in outs)
     print(f"bfloat16 head speculation identical to plain bfloat16 decoding on {same}/{len(PROMPTS)} prompts")
     assert all(len(a) > 0 for a, _ in outs)  # it answers; exactness is not promised in 16 bits
@@ -132,12 +144,14 @@ def test_vllm_tier_on_cuda_batches_and_answers(small):
     from ladder.workers.vllm_worker import VLLMOptions, VLLMWorker
 
     folder, _ = small
-    worker = VLLMWorker("small", folder, "cuda", VLLMOptions(max_model_len=1024, max_num_seqs=16,
-                                                               gpu_memory_utilization=0.3)).load()  # fmt: skip
+    worker = VLLMWorker(
+        "small", folder, "cuda", VLLMOptions(max_model_len=1024, max_num_seqs=16, gpu_memory_utilization=0.3)
+    ).load()
 
     async def many():  # noqa: ANN202
-        return await asyncio.gather(*(worker.generate(Query.of(f"Count from {i} to {i + 5}.", max_tokens=16))
-                                      for i in range(16)))  # fmt: skip
+        return await asyncio.gather(
+            *(worker.generate(Query.of(f"Count from {i} to {i + 5}.", max_tokens=16)) for i in range(16))
+        )
 
     outs = asyncio.run(many())
     assert all(o.completion_tokens > 0 for o in outs) and len({o.text for o in outs}) > 1

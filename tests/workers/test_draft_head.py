@@ -19,15 +19,12 @@ from tests.workers.decoding import greedy, take
 pytestmark = pytest.mark.model
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
-PROMPTS = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-           "How many clips did Natalia sell altogether?", "Write a haiku about autumn leaves.",
-           "Repeat exactly: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat."]  # fmt: skip
-
-
-
-
-
-
+PROMPTS = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether?",
+    "Write a haiku about autumn leaves.",
+    "Repeat exactly: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +32,6 @@ def random_head(reference):
     """An untrained head: lossless must not depend on what the head predicts."""
     torch.manual_seed(0)
     return DraftHead.for_model(reference.model.config, list(range(0, 4000))).eval()
-
-
 
 
 @torch.inference_mode()
@@ -82,6 +77,7 @@ def test_worker_serves_the_head_drafter_and_matches_full_depth(tier, reference):
         x, y = spec.generate_sync(q), reference.generate_sync(q)
         assert x.token_ids == y.token_ids and x.text == y.text
         assert len(x.depths) == x.completion_tokens and 1 in x.depths  # some token came from the head
+
     async def stream() -> list:
         return [item async for item in spec.stream(Query.of(PROMPTS[0], max_tokens=16))]
 
@@ -105,8 +101,13 @@ def test_draft_head_file_round_trip_and_refusals(tmp_path: Path, random_head):
 
 
 def test_a_16_bit_speculative_tier_must_state_its_approximate_guarantee():
-    base = {"name": "s", "source": {"kind": "local", "path": "/x"}, "price": {"input_per_1m": 1, "output_per_1m": 1},
-            "backend": "transformers", "adaptive": {"mode": "speculative", "drafter": "head"}}  # fmt: skip
+    base = {
+        "name": "s",
+        "source": {"kind": "local", "path": "/x"},
+        "price": {"input_per_1m": 1, "output_per_1m": 1},
+        "backend": "transformers",
+        "adaptive": {"mode": "speculative", "drafter": "head"},
+    }
     with pytest.raises(ValueError, match="greedy_match: approximate"):
         TierConfig(**base, dtype="bfloat16")
     TierConfig(**base, dtype="float32")
@@ -118,10 +119,12 @@ def test_training_writes_a_head_bound_to_the_weights(tier, tmp_path):
     from ladder.offline.draft_head_training import DraftSpec, train
 
     t, model_dir = tier
-    spec = DraftSpec(prompts=4, reference=3, new_tokens=12, draft_vocab=256, epochs=2, batch_sequences=2, gen_batch=4,
-                     holdout=0.25)  # fmt: skip
-    info = train("small", model_dir, weights_id(t), DATA, tmp_path / "head", spec, "test",
-                 corpus_dir=tmp_path / "corpus")  # fmt: skip
+    spec = DraftSpec(
+        prompts=4, reference=3, new_tokens=12, draft_vocab=256, epochs=2, batch_sequences=2, gen_batch=4, holdout=0.25
+    )
+    info = train(
+        "small", model_dir, weights_id(t), DATA, tmp_path / "head", spec, "test", corpus_dir=tmp_path / "corpus"
+    )
     head = DraftHead.load(tmp_path / "head", weights_id(t))
     # 3 own answers + 3 reference solutions in training (1 own answer held out), 2 per batch, 2 epochs
     assert info["reference_sequences"] == 3 and info["steps"] == 6 and len(info["heldout_per_epoch"]) == 2

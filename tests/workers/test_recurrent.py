@@ -181,8 +181,16 @@ def test_sliding_window_hides_far_tokens_and_generation_matches_the_parallel_for
     assert torch.equal(g(prompts), g(far)) and not torch.equal(g(prompts), g(near))
     # The cached, one-token-at-a-time path applies the window too: the first token is 26
     # positions from the generated ones, beyond every path through the cache at r = 1.
-    run = lambda m, p: m.generate(p, 2, 1, make_exit(ExitKind.NEVER), stop_id=None,  # noqa: E731
-                                  generator=torch.Generator().manual_seed(2)).logprobs  # fmt: skip
+    run = lambda m, p: (
+        m.generate(
+            p,
+            2,
+            1,
+            make_exit(ExitKind.NEVER),
+            stop_id=None,  # noqa: E731
+            generator=torch.Generator().manual_seed(2),
+        ).logprobs
+    )
     assert torch.equal(run(model, prompts), run(model, far))
     unwindowed = RecurrentDepthModel(RecurrentConfig(**{**cfg.to_dict(), "window": None}))
     unwindowed.load_state_dict(model.state_dict())
@@ -201,8 +209,23 @@ def test_operator_subsets_and_the_curriculum_train_records_their_recipe(tmp_path
     from ladder.cli import app
 
     out = tmp_path / "plus"
-    args = ["recurrent", "train", "-o", str(out), "--steps", "100", "--batch", "4", "--operators", "+", "--window", "4",
-            "--curriculum", "--lr", "1e-3"]  # fmt: skip
+    args = [
+        "recurrent",
+        "train",
+        "-o",
+        str(out),
+        "--steps",
+        "100",
+        "--batch",
+        "4",
+        "--operators",
+        "+",
+        "--window",
+        "4",
+        "--curriculum",
+        "--lr",
+        "1e-3",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     model, meta = load_checkpoint(out)
@@ -229,8 +252,20 @@ def test_constant_schedule_and_the_time_limit_stop_and_save(tmp_path):
     with pytest.raises(ValueError, match="schedule"):
         learning_rate(replace(flat, schedule="linear"), 0)
     out = tmp_path / "timed"
-    args = ["recurrent", "train", "-o", str(out), "--steps", "100000", "--batch", "4", "--schedule", "constant",
-            "--max-minutes", "0.02"]  # fmt: skip
+    args = [
+        "recurrent",
+        "train",
+        "-o",
+        str(out),
+        "--steps",
+        "100000",
+        "--batch",
+        "4",
+        "--schedule",
+        "constant",
+        "--max-minutes",
+        "0.02",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     _, meta = load_checkpoint(out)
@@ -265,7 +300,9 @@ def test_bundled_model_needs_more_iterations_for_longer_chains(bundled):
     def accuracy(ops: int, r: int, rule=None) -> tuple[float, float]:  # noqa: ANN001
         items = make_items(424_242 + ops, 60, levels=[ops], operators=meta["operators"])
         prompts = torch.tensor([tok.encode_prompt(it.prompt) for it in items])
-        out = model.generate(prompts, 2, r, rule or make_exit(ExitKind.NEVER), generator=torch.Generator().manual_seed(0))
+        out = model.generate(
+            prompts, 2, r, rule or make_exit(ExitKind.NEVER), generator=torch.Generator().manual_seed(0)
+        )
         right = [tok.vocab[int(t)] == it.answer for t, it in zip(out.tokens[:, 0], items)]
         return sum(right) / len(right), float(out.iterations[:, 0].float().mean())
 

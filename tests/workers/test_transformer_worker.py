@@ -90,8 +90,12 @@ def test_a_vanishing_temperature_decodes_greedily_instead_of_overflowing(worker)
         worker.generate_sync(Query.of("hi \ud800 there", max_tokens=3))
     # a seed beyond 64 bits raised "Overflow when unpacking long long" (found by fuzzing)
     huge = worker.generate_sync(Query.of("Name a color.", max_tokens=3, temperature=0.7, seed=2**80 + 5))
-    assert huge.token_ids == worker.generate_sync(Query.of("Name a color.", max_tokens=3, temperature=0.7,
-                                                           seed=(2**80 + 5) % 2**64)).token_ids  # fmt: skip
+    assert (
+        huge.token_ids
+        == worker.generate_sync(
+            Query.of("Name a color.", max_tokens=3, temperature=0.7, seed=(2**80 + 5) % 2**64)
+        ).token_ids
+    )
 
 
 def test_closing_a_stream_stops_the_decode_loop(worker):

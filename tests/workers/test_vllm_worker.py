@@ -50,7 +50,9 @@ def test_concurrent_requests_are_batched_and_all_answered(workers):
     v, _, loop = workers
 
     async def many():
-        return await asyncio.gather(*(v.generate(Query.of(f"Count from {i} to {i + 5}.", max_tokens=16)) for i in range(8)))
+        return await asyncio.gather(
+            *(v.generate(Query.of(f"Count from {i} to {i + 5}.", max_tokens=16)) for i in range(8))
+        )
 
     outs = loop.run_until_complete(many())
     assert len(outs) == 8 and all(o.completion_tokens > 0 and o.text for o in outs)
@@ -62,7 +64,9 @@ def test_stop_sequences_seeds_and_bad_input(workers):
     from ladder.types import Query
 
     v, _, loop = workers
-    stopped = loop.run_until_complete(v.generate(Query.of("List the numbers 1 to 10, one per line.", max_tokens=40, stop=("\n",))))
+    stopped = loop.run_until_complete(
+        v.generate(Query.of("List the numbers 1 to 10, one per line.", max_tokens=40, stop=("\n",)))
+    )
     assert "\n" not in stopped.text and stopped.finish_reason == "stop"
     q = Query.of("Write a word.", max_tokens=8, temperature=1.0, seed=7)
     assert loop.run_until_complete(v.generate(q)).text == loop.run_until_complete(v.generate(q)).text

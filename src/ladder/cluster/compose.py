@@ -107,8 +107,11 @@ def _transformers(tier: TierConfig, model_dir: Path) -> TierWorker:
 
 # One entry per ``TierConfig.backend``: each builds its worker from the tier's own settings.
 BACKENDS: dict[str, Callable[[TierConfig, Path], TierWorker]] = {
-    "vllm": _vllm, "transformers": _transformers, "recurrent": _recurrent, "huginn": _huginn,
-}  # fmt: skip
+    "vllm": _vllm,
+    "transformers": _transformers,
+    "recurrent": _recurrent,
+    "huginn": _huginn,
+}
 
 
 def _engine_worker(tier: TierConfig, model_dir: Path) -> TierWorker:
@@ -126,8 +129,10 @@ def build_policy(policy: PolicyConfig, tier_names: list[str], verified: list[str
 
     loaded = load_policy(policy.path, tier_names)
     if verified is not None and (missing := [r for r in loaded.verifier_rungs() if r not in verified]):
-        raise ConfigError(f"policy {policy.path} reads verifier signals of {', '.join(missing)}: set "
-                          f"'verifier: python_examples' on those tiers")  # fmt: skip
+        raise ConfigError(
+            f"policy {policy.path} reads verifier signals of {', '.join(missing)}: set "
+            f"'verifier: python_examples' on those tiers"
+        )
     return loaded
 
 

@@ -57,12 +57,31 @@ def _describe_checkpoint(config: LadderConfig, tier: TierConfig) -> TierRow:
     weights = folder / "model.safetensors"
     expected = json.loads((folder / "config.json").read_text()).get("sha256", "")
     if not weights.is_file():  # a sharded Huginn folder: shown, not hashed
-        return TierRow(f"{tier.source.kind}:{folder}", "yes", "n/a", "n/a (native)", f"{safetensors_params(folder) / 1e6:.0f}M", "?")
-    sha = "not recorded" if not expected else f"ok {expected[:12]}…" if weights_sha256(weights) == expected else "MISMATCH"
+        return TierRow(
+            f"{tier.source.kind}:{folder}",
+            "yes",
+            "n/a",
+            "n/a (native)",
+            f"{safetensors_params(folder) / 1e6:.0f}M",
+            "?",
+        )
+    sha = (
+        "not recorded"
+        if not expected
+        else f"ok {expected[:12]}…"
+        if weights_sha256(weights) == expected
+        else "MISMATCH"
+    )
     d = tier.depth
     budget = f" r≤{d.max_iterations} {d.exit}" if d else ""
-    return TierRow(f"{tier.source.kind}:{folder.name}{budget}", "yes", sha, "n/a (native)",
-                   f"{safetensors_params(folder) / 1e6:.2f}M", _human(weights.stat().st_size))  # fmt: skip
+    return TierRow(
+        f"{tier.source.kind}:{folder.name}{budget}",
+        "yes",
+        sha,
+        "n/a (native)",
+        f"{safetensors_params(folder) / 1e6:.2f}M",
+        _human(weights.stat().st_size),
+    )
 
 
 def describe_tier(config: LadderConfig, tier: TierConfig, force_verify: bool = False) -> TierRow:

@@ -39,8 +39,9 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, port: int | None = None, maxmemory: str = "64mb", password: str | None = None,
-                 policy: str = "allkeys-lru") -> None:  # fmt: skip
+    def __init__(
+        self, port: int | None = None, maxmemory: str = "64mb", password: str | None = None, policy: str = "allkeys-lru"
+    ) -> None:
         self.port = port or free_port()
         self.maxmemory = maxmemory
         self.password = password
@@ -56,10 +57,22 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         self._dir = tempfile.mkdtemp(prefix="ladder-redis-")
         args = [
-            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", self._dir,
-            "--maxmemory", self.maxmemory, "--maxmemory-policy", self.policy,
-        ]  # fmt: skip
+            find_redis_server(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir,
+            "--maxmemory",
+            self.maxmemory,
+            "--maxmemory-policy",
+            self.policy,
+        ]
         if self.password:
             args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

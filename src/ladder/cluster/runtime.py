@@ -49,13 +49,22 @@ class Runtime:
 
         if ray.is_initialized():
             return
-        env = {"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-                                                      "LADDER_CACHE_DIR") if k in os.environ}}  # fmt: skip
+        env = {
+            "env_vars": {
+                k: os.environ[k]
+                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "LADDER_CACHE_DIR")
+                if k in os.environ
+            }
+        }
         if self.config.ray.address:
             ray.init(address=self.config.ray.address, runtime_env=env, log_to_driver=False)
         else:
-            ray.init(num_cpus=self.config.ray.num_cpus or os.cpu_count(), include_dashboard=False,
-                     runtime_env=env, log_to_driver=False)  # fmt: skip
+            ray.init(
+                num_cpus=self.config.ray.num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                runtime_env=env,
+                log_to_driver=False,
+            )
         self._started_ray = True
 
     def close(self) -> None:

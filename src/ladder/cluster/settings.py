@@ -127,9 +127,11 @@ class TierConfig(_Strict):
     @model_validator(mode="after")
     def _backend_fits_source(self) -> TierConfig:
         if self.backend == "vllm" and self.max_ongoing_requests > self.engine.max_num_seqs:
-            raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) exceeds the engine's "
-                             f"vllm.max_num_seqs ({self.engine.max_num_seqs}): the excess would wait inside the "
-                             "engine, where Serve's bounded queue cannot shed it")  # fmt: skip
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) exceeds the engine's "
+                f"vllm.max_num_seqs ({self.engine.max_num_seqs}): the excess would wait inside the "
+                "engine, where Serve's bounded queue cannot shed it"
+            )
         if self.backend == "recurrent" and not isinstance(self.source, (BundledSourceConfig, LocalSourceConfig)):
             raise ValueError("backend 'recurrent' loads a checkpoint folder: source kind 'bundled' or 'local'")
         if self.backend == "huginn" and not isinstance(self.source, LocalSourceConfig):
@@ -144,9 +146,11 @@ class TierConfig(_Strict):
         if a and a.weights_id:
             raise ValueError("adaptive.weights_id is derived from the tier's source, not configured")
         if a and a.mode is AdaptiveMode.SPECULATIVE and self.dtype != "float32" and a.greedy_match == "exact":
-            raise ValueError(f"adaptive: speculation in {self.dtype} is not token-for-token plain decoding (the "
-                             "verification pass rounds differently): use dtype float32, or state "
-                             "greedy_match: approximate")  # fmt: skip
+            raise ValueError(
+                f"adaptive: speculation in {self.dtype} is not token-for-token plain decoding (the "
+                "verification pass rounds differently): use dtype float32, or state "
+                "greedy_match: approximate"
+            )
         if self.backend != "vllm" and self.vllm:
             raise ValueError("'vllm' (engine settings) belongs to backend 'vllm'")
         return self

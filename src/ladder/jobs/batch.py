@@ -101,15 +101,24 @@ class CascadeActor:
     async def _one(self, row: dict) -> dict:
         rid, t0 = row_id(row), time.perf_counter()
         try:
-            result = await run_cascade(row_query(row, self.default_max_tokens), self.policy, self.workers,
-                                       self.cache, self.cost)  # fmt: skip
+            result = await run_cascade(
+                row_query(row, self.default_max_tokens), self.policy, self.workers, self.cache, self.cost
+            )
         except LadderError as exc:
             return {"id": rid, "error": f"{type(exc).__name__}: {exc}"}
         gen = result.answer
-        return {"id": rid, "text": gen.text, "tier": gen.tier, "rungs": [a.tier for a in result.attempts],
-                "escalations": result.escalations, "prompt_tokens": gen.prompt_tokens,
-                "completion_tokens": gen.completion_tokens, "cost_usd": result.cost_usd,
-                "finish_reason": gen.finish_reason, "latency_s": time.perf_counter() - t0}  # fmt: skip
+        return {
+            "id": rid,
+            "text": gen.text,
+            "tier": gen.tier,
+            "rungs": [a.tier for a in result.attempts],
+            "escalations": result.escalations,
+            "prompt_tokens": gen.prompt_tokens,
+            "completion_tokens": gen.completion_tokens,
+            "cost_usd": result.cost_usd,
+            "finish_reason": gen.finish_reason,
+            "latency_s": time.perf_counter() - t0,
+        }
 
 
 @dataclass
@@ -134,15 +143,32 @@ class ScoreSummary:
         self.mix = (self.mix or Counter()) + Counter({record["tier"]: 1})
 
 
-def score(config: LadderConfig, input_path: Path, out: Path, actors: int = 1, batch_size: int = 8,
-          default_max_tokens: int = 64) -> ScoreSummary:  # fmt: skip
+def score(
+    config: LadderConfig,
+    input_path: Path,
+    out: Path,
+    actors: int = 1,
+    batch_size: int = 8,
+    default_max_tokens: int = 64,
+) -> ScoreSummary:
     """Run the job on the already-initialised Ray; appends to ``out``; returns the summary."""
     rows = read_rows(input_path, "input file")
     finished = done_ids(out)
     todo = [r for r in rows if row_id(r) not in finished]
     summary = ScoreSummary(skipped=len(rows) - len(todo))
     t0 = time.perf_counter()
-    drive(config, [json.dumps(r) for r in todo], "row", CascadeActor, (config.model_dump_json(), default_max_tokens),
-          out, lambda record: summary.add(json.loads(record)), "scoring", "row", actors, batch_size)  # fmt: skip
+    drive(
+        config,
+        [json.dumps(r) for r in todo],
+        "row",
+        CascadeActor,
+        (config.model_dump_json(), default_max_tokens),
+        out,
+        lambda record: summary.add(json.loads(record)),
+        "scoring",
+        "row",
+        actors,
+        batch_size,
+    )
     summary.wall_s = time.perf_counter() - t0
     return summary

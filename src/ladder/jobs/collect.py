@@ -32,9 +32,15 @@ from ladder.verify import VERIFIERS
 
 def _signals(gen, latency_s: float) -> dict[str, float]:  # noqa: ANN001 (Generation)
     lp = np.array(gen.logprobs) if gen.logprobs else np.zeros(1)
-    out = {"first_logprob": float(lp[0]), "mean_logprob": float(lp.mean()), "min_logprob": float(lp.min()),
-           "latency_s": latency_s, "prefill_s": gen.prefill_s, "decode_s": gen.decode_s,
-           "prompt_tokens": float(gen.prompt_tokens)}  # fmt: skip
+    out = {
+        "first_logprob": float(lp[0]),
+        "mean_logprob": float(lp.mean()),
+        "min_logprob": float(lp.min()),
+        "latency_s": latency_s,
+        "prefill_s": gen.prefill_s,
+        "decode_s": gen.decode_s,
+        "prompt_tokens": float(gen.prompt_tokens),
+    }
     if gen.depths:
         out["mean_depth"] = float(np.mean(gen.depths))
         out["max_depth"] = float(np.max(gen.depths))
@@ -65,11 +71,26 @@ class CollectActor:
             messages = tuple(Message(m["role"], m["content"]) for m in item.messages)
             return Query(messages, Sampling(max_tokens=self.max_tokens, stop=self.dataset.stop))
         system = (Message("system", self.dataset.system),) if self.dataset.system else ()
-        return Query((*system, Message("user", item.prompt)), Sampling(max_tokens=self.max_tokens, stop=self.dataset.stop))
+        return Query(
+            (*system, Message("user", item.prompt)), Sampling(max_tokens=self.max_tokens, stop=self.dataset.stop)
+        )
 
     async def rows(self, items: list[LabelledItem]) -> list[dict]:
-        rows = [{"id": it.id, "query": it.prompt, "group": it.group, "gold": it.gold, "dataset": self.dataset.name,
-                 "quality": {}, "tokens": {}, "response": {}, "signals": {}, "logprobs": {}} for it in items]  # fmt: skip
+        rows = [
+            {
+                "id": it.id,
+                "query": it.prompt,
+                "group": it.group,
+                "gold": it.gold,
+                "dataset": self.dataset.name,
+                "quality": {},
+                "tokens": {},
+                "response": {},
+                "signals": {},
+                "logprobs": {},
+            }
+            for it in items
+        ]
         for worker in self.workers:
             t0 = time.perf_counter()
             results = await asyncio.gather(*(_timed(worker, self.query(it)) for it in items))
@@ -87,8 +108,11 @@ class CollectActor:
                 row["quality"][tier] = self.dataset.score(gen.text, it.gold)
                 row["tokens"][tier] = float(gen.completion_tokens)
                 row["response"][tier] = gen.text
-                row["signals"][tier] = {**_signals(gen, latency), "compute_s": wall * latency / busy,
-                                        "concurrent": float(len(items))}  # fmt: skip
+                row["signals"][tier] = {
+                    **_signals(gen, latency),
+                    "compute_s": wall * latency / busy,
+                    "concurrent": float(len(items)),
+                }
                 if self.dataset.verifier and not gen.signals:  # what a rung's online verifier would
                     # have seen; a tier that runs that verifier already reported it (not run twice)
                     row["signals"][tier].update(VERIFIERS[self.dataset.verifier](it.prompt, gen.text))
@@ -125,16 +149,33 @@ class CollectSummary:
             self.errors[rung] = self.errors.get(rung, 0) + 1
 
 
-def collect(config: LadderConfig, dataset: Dataset, data_root: Path, out: Path, actors: int = 1,
-            batch_size: int = 16, max_tokens: int | None = None) -> CollectSummary:  # fmt: skip
+def collect(
+    config: LadderConfig,
+    dataset: Dataset,
+    data_root: Path,
+    out: Path,
+    actors: int = 1,
+    batch_size: int = 16,
+    max_tokens: int | None = None,
+) -> CollectSummary:
     """Run on the already-initialised Ray; appends to ``out``; returns the summary of this run."""
     finished = done_ids(out)
     todo = [it for it in dataset.items if it.id not in finished]
     summary = CollectSummary(skipped=len(dataset.items) - len(todo))
     t0 = time.perf_counter()
     spec = json.dumps({"name": dataset.name, "data": str(data_root), "max_tokens": max_tokens})
-    drive(config, [json.dumps(it.__dict__) for it in todo], "item", CollectActor, (config.model_dump_json(), spec),
-          out, lambda record: summary.add(json.loads(record)), f"collect {dataset.name}", "query", actors,
-          batch_size)  # fmt: skip
+    drive(
+        config,
+        [json.dumps(it.__dict__) for it in todo],
+        "item",
+        CollectActor,
+        (config.model_dump_json(), spec),
+        out,
+        lambda record: summary.add(json.loads(record)),
+        f"collect {dataset.name}",
+        "query",
+        actors,
+        batch_size,
+    )
     summary.wall_s = time.perf_counter() - t0
     return summary

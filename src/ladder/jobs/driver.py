@@ -14,8 +14,19 @@ from ladder.cluster.compose import materialize
 from ladder.cluster.settings import LadderConfig
 
 
-def drive(config: LadderConfig, payloads: list[str], column: str, actor: type, ctor_args: tuple, out: Path,
-          on_record: Callable[[str], None], desc: str, unit: str, actors: int = 1, batch_size: int = 8) -> None:  # fmt: skip
+def drive(
+    config: LadderConfig,
+    payloads: list[str],
+    column: str,
+    actor: type,
+    ctor_args: tuple,
+    out: Path,
+    on_record: Callable[[str], None],
+    desc: str,
+    unit: str,
+    actors: int = 1,
+    batch_size: int = 8,
+) -> None:
     """Run ``actor`` over ``payloads`` (JSON strings in ``column``) on the already-initialised Ray;
     every record the actors return (a JSON string in their ``record`` column) is appended to
     ``out`` and passed to ``on_record``."""
@@ -28,10 +39,15 @@ def drive(config: LadderConfig, payloads: list[str], column: str, actor: type, c
         materialize(config, tier)
     cpus = max(1.0, ray.available_resources().get("CPU", 1.0) / actors)
     ds = ray.data.from_items([{column: p} for p in payloads])
-    ds = ds.map_batches(actor, fn_constructor_args=ctor_args, batch_size=batch_size, concurrency=actors,
-                        num_cpus=cpus,
-                        # an actor holds every tier's engine: on a GPU cluster it needs their GPUs
-                        num_gpus=sum(t.num_gpus for t in config.tiers))  # fmt: skip
+    ds = ds.map_batches(
+        actor,
+        fn_constructor_args=ctor_args,
+        batch_size=batch_size,
+        concurrency=actors,
+        num_cpus=cpus,
+        # an actor holds every tier's engine: on a GPU cluster it needs their GPUs
+        num_gpus=sum(t.num_gpus for t in config.tiers),
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f, tqdm(total=len(payloads), desc=desc, unit=unit) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

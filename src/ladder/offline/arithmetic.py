@@ -50,8 +50,9 @@ def make_item(rng: random.Random, ops: int, operators: str = OPERATORS) -> Arith
     return ArithItem("".join(text) + "=", str(value), ops, "".join(values))
 
 
-def make_items(seed: int, n: int, levels: range | list[int] = range(1, MAX_OPS + 1),
-               operators: str = OPERATORS) -> list[ArithItem]:  # fmt: skip
+def make_items(
+    seed: int, n: int, levels: range | list[int] = range(1, MAX_OPS + 1), operators: str = OPERATORS
+) -> list[ArithItem]:
     """``n`` items, difficulty levels spread evenly (round-robin), reproducible from ``seed``."""
     rng = random.Random(seed)
     levels = list(levels)

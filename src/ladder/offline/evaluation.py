@@ -51,10 +51,22 @@ def compare(quality: np.ndarray, needs: dict[str, np.ndarray]) -> list[RoutingCu
 
 
 def table(curves: list[RoutingCurve], quality: np.ndarray) -> list[dict]:
-    rows = [{"method": "always-weak", "apgr": 0.0, "cpt50": float("nan"), "cpt80": float("nan"),
-             "quality_at_30": float(quality[:, 0].mean())},
-            {"method": "always-strong", "apgr": 1.0, "cpt50": 1.0, "cpt80": 1.0,
-             "quality_at_30": float(quality[:, 1].mean())}]  # fmt: skip
+    rows = [
+        {
+            "method": "always-weak",
+            "apgr": 0.0,
+            "cpt50": float("nan"),
+            "cpt80": float("nan"),
+            "quality_at_30": float(quality[:, 0].mean()),
+        },
+        {
+            "method": "always-strong",
+            "apgr": 1.0,
+            "cpt50": 1.0,
+            "cpt80": 1.0,
+            "quality_at_30": float(quality[:, 1].mean()),
+        },
+    ]
     return rows + [{"method": c.name, **summary(c)} for c in curves]
 
 

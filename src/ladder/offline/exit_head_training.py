@@ -47,8 +47,9 @@ def exit_layers(n_layers: int, every: int) -> tuple[int, ...]:
 
 
 def chat_ids(tokenizer, question: str) -> list[int]:  # noqa: ANN001
-    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -65,8 +66,9 @@ def generate_corpus(model, tokenizer, questions: list[str], spec: HeadSpec) -> l
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=spec.new_tokens,
-                                 do_sample=False, pad_token_id=pad)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=spec.new_tokens, do_sample=False, pad_token_id=pad
+            )
         for p, row in zip(prompts, out[:, width:].tolist()):
             answer = []
             for t in row:
@@ -119,11 +121,16 @@ def teacher_corpus(model, tokenizer, data: Path, corpus: Path, key: dict, spec: 
     return seqs
 
 
-def train(tier: str, model_dir: Path, model_sha256: str, data: Path, out: Path, spec: HeadSpec,
-          command: str) -> dict:
+def train(tier: str, model_dir: Path, model_sha256: str, data: Path, out: Path, spec: HeadSpec, command: str) -> dict:
     t0 = time.perf_counter()
     model, tokenizer = frozen_teacher(model_dir, spec.seed, spec.threads)
-    key = {"tier": tier, "model": model_sha256, "prompts": spec.prompts, "new_tokens": spec.new_tokens, "seed": spec.seed}
+    key = {
+        "tier": tier,
+        "model": model_sha256,
+        "prompts": spec.prompts,
+        "new_tokens": spec.new_tokens,
+        "seed": spec.seed,
+    }
     seqs = teacher_corpus(model, tokenizer, data, out / "corpus.json", key, spec)
     gen_s = time.perf_counter() - t0
 
@@ -147,8 +154,12 @@ def train(tier: str, model_dir: Path, model_sha256: str, data: Path, out: Path, 
                 teacher = F.log_softmax(full[:, vocab], -1)  # made a step 10× slower
             rows = lm_head.weight[vocab]
             loss = sum(
-                F.kl_div(F.log_softmax(heads.adapt(i, norm(tr_x[idx, i])) @ rows.T, -1), teacher,
-                         log_target=True, reduction="batchmean")
+                F.kl_div(
+                    F.log_softmax(heads.adapt(i, norm(tr_x[idx, i])) @ rows.T, -1),
+                    teacher,
+                    log_target=True,
+                    reduction="batchmean",
+                )
                 for i in range(len(layers))
             ) / len(layers)
             opt.zero_grad()
@@ -161,10 +172,19 @@ def train(tier: str, model_dir: Path, model_sha256: str, data: Path, out: Path, 
     fit_gates(heads, tr_x, tr_f, norm, lm_head, spec)
     report = agreement(heads, va_x, va_f, norm, lm_head)
     points = operating_points(heads, va_x, va_f, norm, lm_head, model.config.num_hidden_layers, spec.budget)
-    info = {**points, "tier": tier, "spec": asdict(spec), "command": command, "sequences": len(seqs),
-            "heldout_sequences": n_val,
-            "train_positions": len(tr_x), "heldout_positions": len(va_x), "heldout": report,
-            "generate_s": round(gen_s, 1), "total_s": round(time.perf_counter() - t0, 1)}
+    info = {
+        **points,
+        "tier": tier,
+        "spec": asdict(spec),
+        "command": command,
+        "sequences": len(seqs),
+        "heldout_sequences": n_val,
+        "train_positions": len(tr_x),
+        "heldout_positions": len(va_x),
+        "heldout": report,
+        "generate_s": round(gen_s, 1),
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
     heads.save(out, model_sha256, info)
     return info
 
@@ -174,12 +194,21 @@ def fit_gates(heads: ExitHeads, x: torch.Tensor, f: torch.Tensor, norm, lm_head,
     with torch.no_grad():
         target = torch.cat([lm_head(f[s : s + 2048]).argmax(-1) for s in range(0, len(f), 2048)])
         normed = [norm(x[:, i]) for i in range(len(heads.layers))]
-        labels = [torch.cat([(heads.logits(i, x[s : s + 2048, i], norm, lm_head).argmax(-1) == target[s : s + 2048])
-                             for s in range(0, len(x), 2048)]).float() for i in range(len(heads.layers))]
+        labels = [
+            torch.cat(
+                [
+                    (heads.logits(i, x[s : s + 2048, i], norm, lm_head).argmax(-1) == target[s : s + 2048])
+                    for s in range(0, len(x), 2048)
+                ]
+            ).float()
+            for i in range(len(heads.layers))
+        ]
     opt = torch.optim.Adam(heads.gate.parameters(), lr=1e-2)
     for _ in tqdm(range(300), desc="fit exit gates", unit="step"):
-        loss = sum(F.binary_cross_entropy_with_logits(heads.gate[i](normed[i])[:, 0], labels[i])
-                   for i in range(len(heads.layers)))
+        loss = sum(
+            F.binary_cross_entropy_with_logits(heads.gate[i](normed[i])[:, 0], labels[i])
+            for i in range(len(heads.layers))
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -196,16 +225,26 @@ def agreement(heads: ExitHeads, x: torch.Tensor, f: torch.Tensor, norm, lm_head)
         trained = heads.logits(i, x[:, i], norm, lm_head)
         lens = lm_head(norm(x[:, i])).float()
         kl = F.kl_div(F.log_softmax(trained, -1), teacher, log_target=True, reduction="batchmean")
-        out[str(layer)] = {"agree": round(float((trained.argmax(-1) == target).float().mean()), 4),
-                           "agree_logit_lens": round(float((lens.argmax(-1) == target).float().mean()), 4),
-                           "kl": round(float(kl), 4),
-                           "gate_mean": round(float(heads.confidence(i, norm(x[:, i])).mean()), 4)}
+        out[str(layer)] = {
+            "agree": round(float((trained.argmax(-1) == target).float().mean()), 4),
+            "agree_logit_lens": round(float((lens.argmax(-1) == target).float().mean()), 4),
+            "kl": round(float(kl), 4),
+            "gate_mean": round(float(heads.confidence(i, norm(x[:, i])).mean()), 4),
+        }
     return out
 
 
 @torch.no_grad()
-def operating_points(heads: ExitHeads, x: torch.Tensor, f: torch.Tensor, norm, lm_head, n_layers: int,  # noqa: ANN001
-                     budget: float, max_draft: int = 6) -> dict:  # fmt: skip
+def operating_points(
+    heads: ExitHeads,
+    x: torch.Tensor,
+    f: torch.Tensor,
+    norm,
+    lm_head,
+    n_layers: int,  # noqa: ANN001
+    budget: float,
+    max_draft: int = 6,
+) -> dict:
     """Choose, on held-out teacher-forced positions, (1) the early-exit gate threshold: the lowest
     on a grid whose tokens disagree with the final layer's top token at most ``budget`` of the
     time (the quality budget; lower thresholds exit earlier), and (2) the draft layer for
@@ -230,8 +269,13 @@ def operating_points(heads: ExitHeads, x: torch.Tensor, f: torch.Tensor, norm, l
             wrong |= here & ~agree[i]
             layers[here] = layer
             exited |= here
-        table.append({"threshold": t, "disagree": round(float(wrong.float().mean()), 4),
-                      "mean_layers": round(float(layers.mean()), 2)})
+        table.append(
+            {
+                "threshold": t,
+                "disagree": round(float(wrong.float().mean()), 4),
+                "mean_layers": round(float(layers.mean()), 2),
+            }
+        )
     within = [row for row in table if row["disagree"] <= budget]
     threshold = min(within, key=lambda row: row["threshold"])["threshold"] if within else 1.0
     speedups = {}
@@ -239,8 +283,13 @@ def operating_points(heads: ExitHeads, x: torch.Tensor, f: torch.Tensor, norm, l
         a = float(agree[i].float().mean())
         tokens = (1 - a ** (max_draft + 1)) / (1 - a) if a < 1 else max_draft + 1
         speedups[layer] = round(tokens / ((max_draft * layer + n_layers - layer) / n_layers), 3)
-    return {"early_exit_threshold": threshold, "quality_budget": budget, "threshold_table": table,
-            "draft_layer": max(speedups, key=speedups.get), "draft_speedup_model": speedups}
+    return {
+        "early_exit_threshold": threshold,
+        "quality_budget": budget,
+        "threshold_table": table,
+        "draft_layer": max(speedups, key=speedups.get),
+        "draft_speedup_model": speedups,
+    }
 
 
 def calibrate(model_dir: Path, model_sha256: str, heads_dir: Path, budget: float, max_draft: int = 6) -> dict:
@@ -254,10 +303,13 @@ def calibrate(model_dir: Path, model_sha256: str, heads_dir: Path, budget: float
     seqs = json.loads(corpus.read_text())["seqs"]
     heads = ExitHeads.load(heads_dir, model_sha256)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    n_val = info["heldout_sequences"] if "heldout_sequences" in info else max(1, int(len(seqs) * info["spec"]["holdout"]))
+    n_val = (
+        info["heldout_sequences"] if "heldout_sequences" in info else max(1, int(len(seqs) * info["spec"]["holdout"]))
+    )
     va_x, va_f = teacher_states(model, seqs[:n_val], heads.layers)
-    points = operating_points(heads, va_x, va_f, model.model.norm, model.lm_head, model.config.num_hidden_layers,
-                              budget, max_draft)  # fmt: skip
+    points = operating_points(
+        heads, va_x, va_f, model.model.norm, model.lm_head, model.config.num_hidden_layers, budget, max_draft
+    )
     info.update(points)
     (heads_dir / "heads.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

@@ -93,9 +93,13 @@ async def _ask(client, judge: Judge, question: str, answer: str, summary: JudgeS
     for attempt in range(judge.retries + 1):
         try:
             r = await client.chat.completions.create(
-                model=judge.model, temperature=0, max_tokens=judge.max_tokens,
-                messages=[{"role": "user", "content": PROMPT.format(scale=judge.scale, question=question, answer=answer)}],
-            )  # fmt: skip
+                model=judge.model,
+                temperature=0,
+                max_tokens=judge.max_tokens,
+                messages=[
+                    {"role": "user", "content": PROMPT.format(scale=judge.scale, question=question, answer=answer)}
+                ],
+            )
         except Exception as exc:  # timeouts, 5xx, refused connections: retried, then reported
             reason = f"{type(exc).__name__}: {str(exc)[:200]}"
             await asyncio.sleep(min(4.0, 0.5 * 2**attempt))
@@ -111,8 +115,9 @@ async def _ask(client, judge: Judge, question: str, answer: str, summary: JudgeS
     raise LadderError(reason)
 
 
-def judge_outcomes(path: Path, out: Path, judge: Judge, also_labelled: bool = False,
-                   cache_path: Path | None = None) -> JudgeSummary:  # fmt: skip
+def judge_outcomes(
+    path: Path, out: Path, judge: Judge, also_labelled: bool = False, cache_path: Path | None = None
+) -> JudgeSummary:
     import openai
     from tqdm import tqdm
 

@@ -48,8 +48,13 @@ def answer_tokens(outcomes: Outcomes) -> np.ndarray:
     n = len(outcomes)
     if outcomes.tokens is not None:
         return outcomes.tokens
-    return np.stack([np.array([len(t) / 4 for t in outcomes.responses[rung]]) if rung in outcomes.responses
-                     else np.ones(n) for rung in outcomes.rungs], axis=1)  # fmt: skip
+    return np.stack(
+        [
+            np.array([len(t) / 4 for t in outcomes.responses[rung]]) if rung in outcomes.responses else np.ones(n)
+            for rung in outcomes.rungs
+        ],
+        axis=1,
+    )
 
 
 def rung_costs(outcomes: Outcomes, prices: dict[str, tuple[float, float]], output_cap: int | None = None) -> np.ndarray:

@@ -108,9 +108,16 @@ def train(spec: TrainSpec, out: Path, command: str, progress: bool = True) -> di
     torch.manual_seed(spec.seed)
     torch.set_num_threads(spec.threads)
     rng = random.Random(spec.seed)
-    cfg = RecurrentConfig(vocab=VOCAB, prompt_len=PROMPT_LEN, d_model=spec.d_model, core=spec.core,
-                          mean_r=spec.mean_r, max_train_r=spec.max_train_r, backprop_k=spec.backprop_k,
-                          window=spec.window)  # fmt: skip
+    cfg = RecurrentConfig(
+        vocab=VOCAB,
+        prompt_len=PROMPT_LEN,
+        d_model=spec.d_model,
+        core=spec.core,
+        mean_r=spec.mean_r,
+        max_train_r=spec.max_train_r,
+        backprop_k=spec.backprop_k,
+        window=spec.window,
+    )
     device = torch.device(spec.device)
     model = RecurrentDepthModel(cfg).to(device)
     tok = CharTokenizer(cfg.vocab, cfg.prompt_len)
@@ -146,8 +153,16 @@ def train(spec: TrainSpec, out: Path, command: str, progress: bool = True) -> di
         if step % spec.eval_every == 0 or step == spec.steps - 1 or out_of_time:
             acc1, acc = evaluate(model.eval(), held_out, 1, tok), evaluate(model, held_out, 16, tok)
             model.train()
-            log.append({"step": step, "loss": round(ema, 4), "acc_r1": round(acc1, 4), "acc_r16": round(acc, 4),
-                        "max_ops": level, "minutes": round((time.perf_counter() - started) / 60, 2)})  # fmt: skip
+            log.append(
+                {
+                    "step": step,
+                    "loss": round(ema, 4),
+                    "acc_r1": round(acc1, 4),
+                    "acc_r16": round(acc, 4),
+                    "max_ops": level,
+                    "minutes": round((time.perf_counter() - started) / 60, 2),
+                }
+            )
             bar.set_postfix(loss=f"{ema:.3f}", acc1=f"{acc1:.3f}", acc16=f"{acc:.3f}", max_ops=level)
         if out_of_time:
             break

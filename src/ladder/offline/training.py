@@ -34,12 +34,15 @@ def signal_names(outcomes: Outcomes, rung: str) -> tuple[str, ...]:
 
 
 def _views(outcomes: Outcomes, rung: str, prior: np.ndarray) -> list[AnswerView]:
-    verified = [(name, outcomes.signals[f"{rung}/{name}"]) for name in VERIFIER_INPUTS
-                if f"{rung}/{name}" in outcomes.signals]  # fmt: skip
+    verified = [
+        (name, outcomes.signals[f"{rung}/{name}"]) for name in VERIFIER_INPUTS if f"{rung}/{name}" in outcomes.signals
+    ]
     # A row without the verifier's signals (another data set's) reads 0, as the verifier reports
     # for an answer that holds no code.
-    return [AnswerView(t, lp, float(p), tuple((name, float(np.nan_to_num(v[i]))) for name, v in verified))
-            for i, (t, lp, p) in enumerate(zip(outcomes.response(rung), outcomes.answer_logprobs(rung), prior))]  # fmt: skip
+    return [
+        AnswerView(t, lp, float(p), tuple((name, float(np.nan_to_num(v[i]))) for name, v in verified))
+        for i, (t, lp, p) in enumerate(zip(outcomes.response(rung), outcomes.answer_logprobs(rung), prior))
+    ]
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,10 @@ def _cross_fitted(x, y: np.ndarray, c: float, folds: int) -> np.ndarray:  # noqa
 
 
 def train_policy(
-    outcomes: Outcomes, spec: TrainSpec, featurizer: Featurizer | None = None, features=None  # noqa: ANN001
+    outcomes: Outcomes,
+    spec: TrainSpec,
+    featurizer: Featurizer | None = None,
+    features=None,  # noqa: ANN001
 ) -> HybridRouterPolicy:
     """Routers for every boundary; thresholds start at 0.5 until ``calibrate`` sets them."""
     featurizer = featurizer or make_featurizer(spec.featurizer)
@@ -87,13 +93,32 @@ def train_policy(
             scorer = fit_logistic(signal_matrix(views, names), hard, spec.idk_c, standardize=True)
             idk[b] = IdkModel(names, scorer)
             if rung in outcomes.logprobs and spec.prefix_tokens:
-                prefix[b] = tuple(PrefixGate(k, IdkModel(PREFIX_SIGNALS, fit_logistic(
-                    signal_matrix(prefix_views(views, k), PREFIX_SIGNALS), hard, spec.idk_c, standardize=True)))
-                    for k in spec.prefix_tokens)  # fmt: skip
-    meta = {"label_scheme": spec.scheme.value, "c": spec.c, "data_hash": outcomes.fingerprint,
-            "data_source": outcomes.source, "train_rows": len(outcomes), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
-    return HybridRouterPolicy(outcomes.rungs, featurizer, boundaries, (0.5,) * (r - 1), idk,
-                              {b: 0.5 for b in idk}, prefix, meta=meta)  # fmt: skip
+                prefix[b] = tuple(
+                    PrefixGate(
+                        k,
+                        IdkModel(
+                            PREFIX_SIGNALS,
+                            fit_logistic(
+                                signal_matrix(prefix_views(views, k), PREFIX_SIGNALS),
+                                hard,
+                                spec.idk_c,
+                                standardize=True,
+                            ),
+                        ),
+                    )
+                    for k in spec.prefix_tokens
+                )
+    meta = {
+        "label_scheme": spec.scheme.value,
+        "c": spec.c,
+        "data_hash": outcomes.fingerprint,
+        "data_source": outcomes.source,
+        "train_rows": len(outcomes),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return HybridRouterPolicy(
+        outcomes.rungs, featurizer, boundaries, (0.5,) * (r - 1), idk, {b: 0.5 for b in idk}, prefix, meta=meta
+    )
 
 
 def prefix_views(views: list[AnswerView], k: int) -> list[AnswerView]:

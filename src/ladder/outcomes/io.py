@@ -79,8 +79,13 @@ def load_routellm(root: Path, benchmark: str) -> tuple[Outcomes, np.ndarray]:
     else:
         raise OutcomesError(f"unknown RouteLLM benchmark {benchmark!r} (mmlu or gsm8k)")
     source = f"routellm/{benchmark}"
-    quality = np.stack([_bool_column(frame[ROUTELLM_WEAK], ROUTELLM_WEAK, source),
-                        _bool_column(frame[ROUTELLM_STRONG], ROUTELLM_STRONG, source)], axis=1)  # fmt: skip
+    quality = np.stack(
+        [
+            _bool_column(frame[ROUTELLM_WEAK], ROUTELLM_WEAK, source),
+            _bool_column(frame[ROUTELLM_STRONG], ROUTELLM_STRONG, source),
+        ],
+        axis=1,
+    )
     prompts = tuple(frame["prompt"].astype(str))
     responses = {}
     for rung, model in (("weak", ROUTELLM_WEAK), ("strong", ROUTELLM_STRONG)):
@@ -89,8 +94,9 @@ def load_routellm(root: Path, benchmark: str) -> tuple[Outcomes, np.ndarray]:
     ids = tuple(f"{g}:{p}" for g, p in zip(frame["group"], prompts))
     contaminated = _contaminated(folder)
     mask = np.array([p in contaminated for p in prompts])
-    outcomes = Outcomes(ids, prompts, ("weak", "strong"), quality, responses=responses,
-                        groups=tuple(frame["group"]), source=source)  # fmt: skip
+    outcomes = Outcomes(
+        ids, prompts, ("weak", "strong"), quality, responses=responses, groups=tuple(frame["group"]), source=source
+    )
     return outcomes, mask
 
 
@@ -144,7 +150,11 @@ def read_jsonl(path: Path) -> Outcomes:
         raise OutcomesError(f"{path}: no row is graded yet (quality null): grade them with `ladder judge {path}`")
     if len(labelled) < len(rows):
         logging.getLogger("ladder.outcomes").warning(
-            "%s: %d of %d rows are not graded (quality null) and are left out", path, len(rows) - len(labelled), len(rows))
+            "%s: %d of %d rows are not graded (quality null) and are left out",
+            path,
+            len(rows) - len(labelled),
+            len(rows),
+        )
     rows = labelled
     rungs = tuple(rows[0]["quality"])
     quality = np.full((len(rows), len(rungs)), np.nan)
@@ -160,29 +170,50 @@ def read_jsonl(path: Path) -> Outcomes:
                 else:
                     raise OutcomesError(f"{path}: row {n + 1} quality[{rung!r}] = {value!r} is not a number")
             if not lo <= value <= hi:
-                raise OutcomesError(f"{path}: row {n + 1} quality[{rung!r}] = {value!r} lies outside its scale [{lo:g}, {hi:g}]")
+                raise OutcomesError(
+                    f"{path}: row {n + 1} quality[{rung!r}] = {value!r} lies outside its scale [{lo:g}, {hi:g}]"
+                )
             quality[n, j] = (value - lo) / (hi - lo)
     tokens = None
     if all("tokens" in r for r in rows):
         tokens = np.array([[r["tokens"].get(k, np.nan) for k in rungs] for r in rows], dtype=float)
-    responses = {k: tuple(r.get("response", {}).get(k, "") for r in rows) for k in rungs
-                 if all(k in r.get("response", {}) for r in rows)}  # fmt: skip
+    responses = {
+        k: tuple(r.get("response", {}).get(k, "") for r in rows)
+        for k in rungs
+        if all(k in r.get("response", {}) for r in rows)
+    }
     signals: dict[str, np.ndarray] = {}
     names = {(k, s) for r in rows for k, sig in r.get("signals", {}).items() for s in sig}
     for k, s in sorted(names):
         signals[f"{k}/{s}"] = np.array([r.get("signals", {}).get(k, {}).get(s, np.nan) for r in rows], dtype=float)
     groups = tuple(str(r.get("group", "")) for r in rows)
-    logprobs = {k: tuple(tuple(float(x) for x in r["logprobs"][k]) for r in rows) for k in rungs
-                if all(k in r.get("logprobs", {}) for r in rows)}  # fmt: skip
-    return Outcomes(tuple(str(r["id"]) for r in rows), tuple(str(r["query"]) for r in rows), rungs, quality,
-                    tokens, responses, signals, groups, source=str(path), logprobs=logprobs)  # fmt: skip
+    logprobs = {
+        k: tuple(tuple(float(x) for x in r["logprobs"][k]) for r in rows)
+        for k in rungs
+        if all(k in r.get("logprobs", {}) for r in rows)
+    }
+    return Outcomes(
+        tuple(str(r["id"]) for r in rows),
+        tuple(str(r["query"]) for r in rows),
+        rungs,
+        quality,
+        tokens,
+        responses,
+        signals,
+        groups,
+        source=str(path),
+        logprobs=logprobs,
+    )
 
 
 def write_jsonl(outcomes: Outcomes, path: Path) -> None:
     with Path(path).open("w") as f:
         for i in range(len(outcomes)):
-            row: dict = {"id": outcomes.ids[i], "query": outcomes.queries[i],
-                         "quality": {k: float(outcomes.quality[i, j]) for j, k in enumerate(outcomes.rungs)}}  # fmt: skip
+            row: dict = {
+                "id": outcomes.ids[i],
+                "query": outcomes.queries[i],
+                "quality": {k: float(outcomes.quality[i, j]) for j, k in enumerate(outcomes.rungs)},
+            }
             if outcomes.tokens is not None:
                 row["tokens"] = {k: float(outcomes.tokens[i, j]) for j, k in enumerate(outcomes.rungs)}
             if outcomes.responses:
@@ -194,8 +225,9 @@ def write_jsonl(outcomes: Outcomes, path: Path) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def load_model_ladder(path: Path, models: list[str], rungs: list[str] | None = None,
-                      question: str = "question") -> Outcomes:  # fmt: skip
+def load_model_ladder(
+    path: Path, models: list[str], rungs: list[str] | None = None, question: str = "question"
+) -> Outcomes:
     """A ladder of models from a multi-model outcomes parquet (ZeroEval GSM8K, MMLU-Pro).
 
     Quality = the model's 0/1 column; tokens ≈ the recorded output length (``|out_chars`` or
@@ -219,10 +251,19 @@ def load_model_ladder(path: Path, models: list[str], rungs: list[str] | None = N
             if m + suffix in frame.columns:
                 tokens[:, j] = frame[m + suffix].fillna(0).to_numpy(dtype=float) / 4 + 1
     rung_names = tuple(rungs or models)
-    responses = {r: tuple(frame[m + "|pred"].fillna("").astype(str)) for r, m in zip(rung_names, models)
-                 if m + "|pred" in frame.columns}  # fmt: skip
+    responses = {
+        r: tuple(frame[m + "|pred"].fillna("").astype(str))
+        for r, m in zip(rung_names, models)
+        if m + "|pred" in frame.columns
+    }
     id_col = "question_id" if "question_id" in frame.columns else "id"
-    return Outcomes(tuple(str(i) for i in frame[id_col]), tuple(frame[question].astype(str)),
-                    rung_names, quality, tokens, responses=responses,
-                    groups=tuple(frame["category"].astype(str)) if "category" in frame.columns else None,
-                    source=f"{Path(path).parent.name}:{'>'.join(models)}")  # fmt: skip
+    return Outcomes(
+        tuple(str(i) for i in frame[id_col]),
+        tuple(frame[question].astype(str)),
+        rung_names,
+        quality,
+        tokens,
+        responses=responses,
+        groups=tuple(frame["category"].astype(str)) if "category" in frame.columns else None,
+        source=f"{Path(path).parent.name}:{'>'.join(models)}",
+    )

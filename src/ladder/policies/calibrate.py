@@ -118,12 +118,21 @@ def _point(sim: Simulation, th: tuple[float, ...], ath: tuple[float, ...] | None
     mix = np.bincount(sim.answered_by, minlength=r) / len(sim.answered_by)
     q, c = float(sim.quality.mean()), float(sim.cost.mean() * 1000)
     qs, cs = _spread(sim.quality, n_future), _spread(sim.cost * 1000, n_future)
-    reach_ci = tuple((float(max(0, p - Z_TWO_SIDED * s)), float(min(1, p + Z_TWO_SIDED * s)))
-                     for p, s in ((p, _spread(sim.reached[:, j].astype(float), n_future)) for j, p in enumerate(reach)))  # fmt: skip
-    return OperatingPoint(tuple(float(t) for t in th), None if ath is None else tuple(float(t) for t in ath),
-                          tuple(float(x) for x in reach), tuple(float(x) for x in mix), q, c,
-                          (q - Z_TWO_SIDED * qs, q + Z_TWO_SIDED * qs), reach_ci,
-                          (c - Z_TWO_SIDED * cs, c + Z_TWO_SIDED * cs))  # fmt: skip
+    reach_ci = tuple(
+        (float(max(0, p - Z_TWO_SIDED * s)), float(min(1, p + Z_TWO_SIDED * s)))
+        for p, s in ((p, _spread(sim.reached[:, j].astype(float), n_future)) for j, p in enumerate(reach))
+    )
+    return OperatingPoint(
+        tuple(float(t) for t in th),
+        None if ath is None else tuple(float(t) for t in ath),
+        tuple(float(x) for x in reach),
+        tuple(float(x) for x in mix),
+        q,
+        c,
+        (q - Z_TWO_SIDED * qs, q + Z_TWO_SIDED * qs),
+        reach_ci,
+        (c - Z_TWO_SIDED * cs, c + Z_TWO_SIDED * cs),
+    )
 
 
 def _candidates(scores: np.ndarray, per_dim: int) -> list[float]:

@@ -42,8 +42,9 @@ class TfidfFeaturizer:
     def __init__(self, idf: np.ndarray | None = None) -> None:
         from sklearn.feature_extraction.text import HashingVectorizer
 
-        self._hash = HashingVectorizer(n_features=TFIDF_FEATURES, ngram_range=(1, 2), alternate_sign=False,
-                                       norm=None, lowercase=True)  # fmt: skip
+        self._hash = HashingVectorizer(
+            n_features=TFIDF_FEATURES, ngram_range=(1, 2), alternate_sign=False, norm=None, lowercase=True
+        )
         self.idf = idf
 
     def fit(self, texts: Sequence[str]) -> TfidfFeaturizer:
@@ -99,8 +100,13 @@ class MiniLMFeaturizer:
         return self
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
-        return self._load().encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                   show_progress_bar=len(texts) > 1000, convert_to_numpy=True)  # fmt: skip
+        return self._load().encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=len(texts) > 1000,
+            convert_to_numpy=True,
+        )
 
     def state(self) -> dict[str, np.ndarray]:
         return {}

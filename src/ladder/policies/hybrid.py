@@ -43,10 +43,20 @@ class HybridRouterPolicy:
     @property
     def version(self) -> str:
         h = hashlib.blake2b(digest_size=6)
-        gates = sorted((b, g.tokens, g.accept_at, g.escalate_below) for b, gs in self.prefix.items() for g in gs
-                       if g.active)  # fmt: skip
-        h.update(repr((self.rungs, self.thresholds, sorted(self.idk_thresholds.items()),
-                       self.meta.get("data_hash"), self.meta.get("created"))).encode())  # fmt: skip
+        gates = sorted(
+            (b, g.tokens, g.accept_at, g.escalate_below) for b, gs in self.prefix.items() for g in gs if g.active
+        )
+        h.update(
+            repr(
+                (
+                    self.rungs,
+                    self.thresholds,
+                    sorted(self.idk_thresholds.items()),
+                    self.meta.get("data_hash"),
+                    self.meta.get("created"),
+                )
+            ).encode()
+        )
         if gates:  # (policies without active gates keep the versions they had)
             h.update(repr(gates).encode())
         return f"{self.name}-{h.hexdigest()}"

@@ -21,16 +21,35 @@ from ladder.answers import final_number, marked_finals
 from ladder.policies.linear import LinearScorer
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
-_HEDGES = ("however", "assume", "approximately", "cannot", "can't", "not possible", "unclear", "round",
-           "actually", "wait", "mistake", "re-evaluate", "recalculate", "but since")  # fmt: skip
+_HEDGES = (
+    "however",
+    "assume",
+    "approximately",
+    "cannot",
+    "can't",
+    "not possible",
+    "unclear",
+    "round",
+    "actually",
+    "wait",
+    "mistake",
+    "re-evaluate",
+    "recalculate",
+    "but since",
+)
 
 
 _ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")  # GSM8K-style calculator marks <<3*4=12>>
 _EQUATION = re.compile(
     r"((?:\d[\d,]*\.?\d*|\(|\))(?:\s*(?:[-+*/x×÷]|\(|\))\s*(?:\$?\d[\d,]*\.?\d*|\(|\)))+)\s*=\s*\$?(-?\d[\d,]*\.?\d*)"
 )
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.USub: operator.neg}  # fmt: skip
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.USub: operator.neg,
+}
 
 
 def _evaluate(node: ast.AST) -> float:

@@ -72,5 +72,9 @@ def oracle_curve(quality: np.ndarray) -> RoutingCurve:
 
 
 def summary(curve: RoutingCurve) -> dict[str, float]:
-    return {"apgr": curve.apgr, "cpt50": curve.cpt(0.5), "cpt80": curve.cpt(0.8),
-            "quality_at_30": float(np.interp(0.3, curve.call_rate, curve.quality))}  # fmt: skip
+    return {
+        "apgr": curve.apgr,
+        "cpt50": curve.cpt(0.5),
+        "cpt80": curve.cpt(0.8),
+        "quality_at_30": float(np.interp(0.3, curve.call_rate, curve.quality)),
+    }

@@ -141,9 +141,18 @@ class PrefixChoice:
     full_delay: float
 
     def as_dict(self) -> dict:
-        return {"tokens": self.tokens, "accept_at": list(self.accept_at), "escalate_below": list(self.escalate_below),
-                "live": self.live, "delay_tokens": self.delay, "full_delay_tokens": self.full_delay, "quality": self.point.quality, "cost_per_1k": self.point.cost_per_1k,
-                "full_quality": self.full_point.quality, "full_cost_per_1k": self.full_point.cost_per_1k}  # fmt: skip
+        return {
+            "tokens": self.tokens,
+            "accept_at": list(self.accept_at),
+            "escalate_below": list(self.escalate_below),
+            "live": self.live,
+            "delay_tokens": self.delay,
+            "full_delay_tokens": self.full_delay,
+            "quality": self.point.quality,
+            "cost_per_1k": self.point.cost_per_1k,
+            "full_quality": self.full_point.quality,
+            "full_cost_per_1k": self.full_point.cost_per_1k,
+        }
 
 
 def calibrate_prefix(
@@ -169,8 +178,20 @@ def calibrate_prefix(
 
     def run(k: int, acc: tuple[float, ...], esc: tuple[float, ...]) -> tuple[PrefixSimulation, OperatingPoint]:
         gates = gate_scores.get(k, np.zeros((n, r - 1)))
-        ps = simulate_prefix(route_scores, thresholds, quality, rung_cost, prefix_costs.get(k, rung_cost),
-                             accept_scores, accept_thresholds, gates, acc, esc, tokens, k)  # fmt: skip
+        ps = simulate_prefix(
+            route_scores,
+            thresholds,
+            quality,
+            rung_cost,
+            prefix_costs.get(k, rung_cost),
+            accept_scores,
+            accept_thresholds,
+            gates,
+            acc,
+            esc,
+            tokens,
+            k,
+        )
         return ps, _point(ps.sim, thresholds, accept_thresholds, n_future)
 
     full_sim, full = run(0, *never)
@@ -185,7 +206,9 @@ def calibrate_prefix(
         for combo in itertools.product(*per_rung):
             acc, esc = tuple(c[0] for c in combo), tuple(c[1] for c in combo)
             ps, point = run(k, acc, esc)
-            if point.quality < full.quality - tolerance or point.cost_per_1k > full.cost_per_1k * (1 + max_cost_increase):
+            if point.quality < full.quality - tolerance or point.cost_per_1k > full.cost_per_1k * (
+                1 + max_cost_increase
+            ):
                 continue
             if not _meets(point, ps.sim, target, n_future):
                 continue

@@ -34,8 +34,9 @@ def _scorer_arrays(prefix: str, s: LinearScorer) -> dict[str, np.ndarray]:
 
 def _scorer(prefix: str, t: dict[str, np.ndarray]) -> LinearScorer:
     try:
-        return LinearScorer(t[f"{prefix}.weights"], float(t[f"{prefix}.bias"][0]), t.get(f"{prefix}.mean"),
-                            t.get(f"{prefix}.scale"))  # fmt: skip
+        return LinearScorer(
+            t[f"{prefix}.weights"], float(t[f"{prefix}.bias"][0]), t.get(f"{prefix}.mean"), t.get(f"{prefix}.scale")
+        )
     except KeyError as exc:
         raise PolicyFileError(f"policy tensors lack {exc.args[0]}") from None
 
@@ -62,11 +63,22 @@ def save_policy(policy: HybridRouterPolicy, path: Path) -> Path:
         "rungs": list(policy.rungs),
         "featurizer": policy.featurizer.kind.value,
         "thresholds": list(policy.thresholds),
-        "idk": {str(r): {"signals": list(m.signals), "threshold": policy.idk_thresholds.get(r, 0.0)}
-                for r, m in policy.idk.items()},  # fmt: skip
-        "prefix": {str(r): [{"tokens": g.tokens, "signals": list(g.model.signals), "accept_at": g.accept_at,
-                             "escalate_below": g.escalate_below} for g in gates]
-                   for r, gates in policy.prefix.items()},  # fmt: skip
+        "idk": {
+            str(r): {"signals": list(m.signals), "threshold": policy.idk_thresholds.get(r, 0.0)}
+            for r, m in policy.idk.items()
+        },
+        "prefix": {
+            str(r): [
+                {
+                    "tokens": g.tokens,
+                    "signals": list(g.model.signals),
+                    "accept_at": g.accept_at,
+                    "escalate_below": g.escalate_below,
+                }
+                for g in gates
+            ]
+            for r, gates in policy.prefix.items()
+        },
         "meta": policy.meta,
         "tensors_file": tensors_path.name,
         "tensors_sha256": hashlib.sha256(tensors_path.read_bytes()).hexdigest(),
@@ -100,8 +112,9 @@ def _read(path: Path) -> tuple[bytes, dict, bytes]:
         raise PolicyFileError(f"policy tensors not found: {tensors_path}") from None
 
 
-def load_policy_bytes(raw_doc: bytes, tensors: bytes, tier_names: list[str] | None = None,
-                      label: str = "pushed policy") -> HybridRouterPolicy:  # fmt: skip
+def load_policy_bytes(
+    raw_doc: bytes, tensors: bytes, tier_names: list[str] | None = None, label: str = "pushed policy"
+) -> HybridRouterPolicy:
     """The same checks as ``load_policy`` (format, checksum, rungs, version) on bytes."""
     try:
         return _policy(_document(raw_doc, label), tensors, label, tier_names)
@@ -119,8 +132,10 @@ def _document(raw_doc: bytes, label: str) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise PolicyFileError(f"{label} is not a Ladder policy file")
     if int(doc.get("format_version", 0)) > FORMAT_VERSION:
-        raise PolicyFileError(f"{label} has format version {doc['format_version']}; this Ladder reads up to "
-                              f"{FORMAT_VERSION} (upgrade Ladder)")  # fmt: skip
+        raise PolicyFileError(
+            f"{label} has format version {doc['format_version']}; this Ladder reads up to "
+            f"{FORMAT_VERSION} (upgrade Ladder)"
+        )
     return doc
 
 
@@ -148,7 +163,9 @@ def _policy(doc: dict, raw: bytes, path: str, tier_names: list[str] | None) -> H
             if unknown := [s for s in spec["signals"] if s not in SIGNALS]:
                 raise PolicyFileError(f"policy {path} uses unknown prefix signals {unknown}")
             model = IdkModel(tuple(spec["signals"]), _scorer(f"prefix.{key}.{int(spec['tokens'])}", t))
-            gates.append(PrefixGate(int(spec["tokens"]), model, float(spec["accept_at"]), float(spec["escalate_below"])))
+            gates.append(
+                PrefixGate(int(spec["tokens"]), model, float(spec["accept_at"]), float(spec["escalate_below"]))
+            )
         prefix[int(key)] = tuple(gates)
     policy = HybridRouterPolicy(
         rungs=rungs,

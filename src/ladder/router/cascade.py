@@ -34,8 +34,9 @@ async def decide(query: Query, policy: Policy, cache: RouteCache | None) -> tupl
     return route, False
 
 
-async def routed(query: Query, policy: Policy, cache: RouteCache | None,
-                 route: Route | None) -> tuple[Route, bool, str, float]:  # fmt: skip
+async def routed(
+    query: Query, policy: Policy, cache: RouteCache | None, route: Route | None
+) -> tuple[Route, bool, str, float]:
     """(route, cache hit, source, seconds spent deciding); a given ``route`` is pinned by the client."""
     t0 = time.perf_counter()
     if route is not None:

@@ -101,8 +101,11 @@ async def stream_cascade(
                 held.clear()
         except Exception as exc:  # a failing tier degrades service: try the next rung
             if shown:  # its tokens were sent: nothing else may answer now
-                raise exc if isinstance(exc, WorkerFailed) else WorkerFailed(
-                    f"tier {worker.tier} failed while streaming: {type(exc).__name__}: {exc}") from exc  # fmt: skip
+                raise (
+                    exc
+                    if isinstance(exc, WorkerFailed)
+                    else WorkerFailed(f"tier {worker.tier} failed while streaming: {type(exc).__name__}: {exc}")
+                ) from exc
             if isinstance(exc, InvalidRequest):
                 client_errors.append(exc)
             overloads += isinstance(exc, TierOverloaded)
@@ -117,7 +120,9 @@ async def stream_cascade(
         if final is None:
             if shown:
                 raise WorkerFailed(f"tier {worker.tier}: the stream ended without its answer")
-            attempts.append(Attempt(rung, worker.tier, None, False, "WorkerFailed: the stream ended without its answer"))
+            attempts.append(
+                Attempt(rung, worker.tier, None, False, "WorkerFailed: the stream ended without its answer")
+            )
             continue
         accepted = verdict is PrefixVerdict.ACCEPT or policy.accept(final, route)
         judged_at = decided_at if verdict is PrefixVerdict.ACCEPT else None

@@ -7,7 +7,6 @@ app of ``serving/gateway.py`` (routes, typed errors -> HTTP, the cascade) over t
 router and the HTTP ingress are one deployment on purpose: it saves a network hop on every request.
 """
 
-
 from typing import Any
 
 from ray import serve
@@ -60,6 +59,9 @@ def build_app(args: dict[str, Any]) -> Application:
         )
     redis_url = args.get("redis_url") or config.cache.redis_url
     return LadderIngress.options(
-        name="ladder-router", num_replicas=1, ray_actor_options={"num_cpus": 0.25},
-        max_ongoing_requests=256, max_queued_requests=512,
-    ).bind(config_json, redis_url, handles)  # fmt: skip
+        name="ladder-router",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0.25},
+        max_ongoing_requests=256,
+        max_queued_requests=512,
+    ).bind(config_json, redis_url, handles)

@@ -6,7 +6,7 @@ that maps typed errors to HTTP answers.
 problem is found; ``build_api`` turns it into a FastAPI app whose exception handlers give every
 error its status, OpenAI-style body, headers and metric exactly once. ``serving/app.py`` runs
 that app in a Ray Serve deployment over tier handles; tests run it in-process over an ASGI
-transport with scripted workers (``tests/cluster/test_gateway.py``).
+transport with scripted workers (``tests/serving/test_gateway.py``).
 
 One request's path: ``POST /v1/chat/completions`` → ``Gateway.chat`` (auth, parse, limits) →
 ``router.cascade.run_cascade`` or ``router.streaming.stream_cascade`` (policy → route cache →
@@ -65,8 +65,9 @@ def _bearer_in(request: Request, keys: list[bytes]) -> bool:
 
 
 class Gateway:
-    def __init__(self, config: LadderConfig, workers: Sequence[Worker], streamers: Sequence[StreamWorker],
-                 redis_url: str | None) -> None:  # fmt: skip
+    def __init__(
+        self, config: LadderConfig, workers: Sequence[Worker], streamers: Sequence[StreamWorker], redis_url: str | None
+    ) -> None:
         self.config = config
         self.tier_names = config.tier_names
         self.workers, self.streamers = list(workers), list(streamers)
@@ -79,8 +80,9 @@ class Gateway:
             from ladder.serving.cache import RedisRouteCache
 
             c = config.cache
-            self.cache = RedisRouteCache(redis_url, c.ttl_s, c.read_timeout_ms, c.connect_timeout_ms,
-                                         c.breaker_failures, c.breaker_cooldown_s)  # fmt: skip
+            self.cache = RedisRouteCache(
+                redis_url, c.ttl_s, c.read_timeout_ms, c.connect_timeout_ms, c.breaker_failures, c.breaker_cooldown_s
+            )
         self._keys = [k.encode() for k in config.server.api_keys]
         self._admin_keys = [k.encode() for k in config.server.admin_keys]
         self.shadow = ShadowLog(redis_url, config.shadow) if config.shadow.enabled and redis_url else None
@@ -107,8 +109,9 @@ class Gateway:
             return
         host = request.client.host if request.client else ""
         if host not in ("127.0.0.1", "::1", "localhost"):
-            raise HTTPProblem("policy changes are allowed from this machine only (or set server.admin_keys)",
-                              403, code="forbidden")  # fmt: skip
+            raise HTTPProblem(
+                "policy changes are allowed from this machine only (or set server.admin_keys)", 403, code="forbidden"
+            )
 
     # -- chat ----------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
@@ -122,8 +125,11 @@ class Gateway:
         route = self._forced_route(body.model)
         query = body.to_query()
         if query.sampling.max_tokens > self.config.server.max_completion_tokens:
-            raise InvalidRequest(f"max_tokens: at most {self.config.server.max_completion_tokens} on this "
-                                 f"server, got {query.sampling.max_tokens}", "max_tokens")  # fmt: skip
+            raise InvalidRequest(
+                f"max_tokens: at most {self.config.server.max_completion_tokens} on this "
+                f"server, got {query.sampling.max_tokens}",
+                "max_tokens",
+            )
         if body.stream:
             return await self._stream(body, query, route, started, request_id)
         result = await run_cascade(query, self.policy, self.workers, self.cache, self.cost, route)
@@ -156,8 +162,9 @@ class Gateway:
         m.decision.observe(result.decision_s)
         m.latency.observe(elapsed)
 
-    async def _stream(self, body: oai.ChatRequest, query: Query, route: Route | None, started: float,
-                      request_id: str) -> StreamingResponse:  # fmt: skip
+    async def _stream(
+        self, body: oai.ChatRequest, query: Query, route: Route | None, started: float, request_id: str
+    ) -> StreamingResponse:
         """A routed or pinned stream (``stream_cascade``): the accepted rung's tokens go out as
         generated; the last chunk carries the ``ladder`` object."""
         events = stream_cascade(query, self.policy, self.streamers, self.cache, self.cost, route)
@@ -179,8 +186,13 @@ class Gateway:
                     last = oai.chunk(completion_id, created, tier, {}, result.answer.finish_reason)
                     yield oai.sse({**last, "ladder": oai.ladder_extension(result, self.cache is not None)})
                     if body.stream_options and body.stream_options.include_usage:
-                        yield oai.sse({**oai.chunk(completion_id, created, tier, {}), "choices": [],
-                                       "usage": oai.usage(result.answer)})  # fmt: skip
+                        yield oai.sse(
+                            {
+                                **oai.chunk(completion_id, created, tier, {}),
+                                "choices": [],
+                                "usage": oai.usage(result.answer),
+                            }
+                        )
                 finished = True
                 yield "data: [DONE]\n\n"
             except Exception as exc:  # after the 200 header: an error event, then close
@@ -223,7 +235,9 @@ class Gateway:
         try:
             records = await self.shadow.read(count)
         except Exception as exc:  # Redis away: say so, do not fail the app
-            raise HTTPProblem(f"the shadow log's Redis is unavailable: {type(exc).__name__}", 503, code="redis_down") from None
+            raise HTTPProblem(
+                f"the shadow log's Redis is unavailable: {type(exc).__name__}", 503, code="redis_down"
+            ) from None
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
@@ -258,7 +272,12 @@ def _answer(exc: Exception) -> tuple[int, str | None, str | None, dict[str, str]
     if isinstance(exc, WorkerFailed):
         return 503, None, "tier_failed", {"Retry-After": "1"}
     if isinstance(exc, NoRungAvailable):  # shed load says so, so clients back off instead of retrying hot
-        return 503, None, "overloaded" if exc.overloaded else "no_rung_available", {"Retry-After": "2" if exc.overloaded else "1"}
+        return (
+            503,
+            None,
+            "overloaded" if exc.overloaded else "no_rung_available",
+            {"Retry-After": "2" if exc.overloaded else "1"},
+        )
     if isinstance(exc, PolicyFileError):  # a pushed policy refused: the old one keeps serving
         return 400, None, "policy_refused", None
     return 500, None, "internal_error", None
@@ -269,8 +288,14 @@ def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
     gateway after the app is defined)."""
     api = FastAPI(title="Ladder", version="0.1.0")
 
-    def error(request: Request, message: str, status: int, param: str | None = None, code: str | None = None,
-              headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+    def error(
+        request: Request,
+        message: str,
+        status: int,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> JSONResponse:
         gateway().metrics.requests.labels(status=str(status)).inc()
         if status >= 500:
             log.warning("request %s: %s", oai.request_id(request.headers.get("x-request-id")), message)

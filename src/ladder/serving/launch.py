@@ -22,8 +22,11 @@ def restrict(config: LadderConfig, tiers: list[str] | None, host: str | None, po
             data["policy"]["start_tier"] = None
         if data["policy"]["kind"] == "learned" and list(tiers) != config.tier_names:
             # a learned policy is fitted to the whole ladder; a subset runs the fixed one
-            print(f"tiers {','.join(tiers)}: the learned policy covers {config.tier_names}; using the fixed "
-                  "policy (cheapest rung first)", file=sys.stderr)  # fmt: skip
+            print(
+                f"tiers {','.join(tiers)}: the learned policy covers {config.tier_names}; using the fixed "
+                "policy (cheapest rung first)",
+                file=sys.stderr,
+            )
             data["policy"] = {"kind": "fixed"}
             for t in data["tiers"]:  # nothing reads a verifier's signals any more: do not pay for it
                 t["verifier"] = None
@@ -42,8 +45,11 @@ def deploy(config: LadderConfig, runtime: Runtime) -> str:
 
     serve.start(http_options={"host": config.server.host, "port": config.server.port})
     try:
-        serve.run(build_app({"config_json": config.model_dump_json(), "redis_url": runtime.redis_url}),
-                  name="ladder", route_prefix="/")  # fmt: skip
+        serve.run(
+            build_app({"config_json": config.model_dump_json(), "redis_url": runtime.redis_url}),
+            name="ladder",
+            route_prefix="/",
+        )
     except RuntimeError as exc:  # the replica's traceback is in the deployment's status message
         report = [str(exc)]
         try:
@@ -76,8 +82,11 @@ def serve_forever(config: LadderConfig, host: str | None, port: int | None, tier
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     with Runtime.start(config) as runtime:
         url = deploy(config, runtime)
-        print(f"Ladder is serving {config.tier_names} at {url}/v1 (redis: {runtime.redis_url}); "
-              "Ctrl-C to stop", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"Ladder is serving {config.tier_names} at {url}/v1 (redis: {runtime.redis_url}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             while True:
                 time.sleep(3600)

@@ -55,8 +55,9 @@ class PolicyFiles:
 
 
 class LivePolicy:
-    def __init__(self, configured: Policy, tier_names: list[str], verified: list[str], redis_url: str | None,
-                 poll_s: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self, configured: Policy, tier_names: list[str], verified: list[str], redis_url: str | None, poll_s: float = 1.0
+    ) -> None:
         self.configured = configured
         self.policy: Policy = configured
         self.tier_names, self.verified = tier_names, verified
@@ -79,8 +80,10 @@ class LivePolicy:
 
         policy = load_policy_bytes(files.doc, files.tensors, self.tier_names)
         if missing := [r for r in policy.verifier_rungs() if r not in self.verified]:
-            raise PolicyFileError(f"the policy's IDK step reads verifier signals of {missing}, but those tiers "
-                                  "run no verifier (set verifier: python_examples on them)")  # fmt: skip
+            raise PolicyFileError(
+                f"the policy's IDK step reads verifier signals of {missing}, but those tiers "
+                "run no verifier (set verifier: python_examples on them)"
+            )
         return policy
 
     def _swap(self, policy: Policy) -> None:
@@ -150,7 +153,11 @@ class LivePolicy:
         """Look for a policy pushed through another replica, at most once per ``poll_s``, off
         the request's path."""
         now = time.monotonic()
-        if self.client is None or now - self._checked < self.poll_s or (self._refreshing and not self._refreshing.done()):
+        if (
+            self.client is None
+            or now - self._checked < self.poll_s
+            or (self._refreshing and not self._refreshing.done())
+        ):
             return
         self._checked = now
         self._refreshing = asyncio.get_running_loop().create_task(self.refresh())

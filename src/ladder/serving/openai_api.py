@@ -27,9 +27,15 @@ from ladder.errors import InvalidRequest
 from ladder.types import CascadeResult, Generation, Message, Query, Route, Sampling
 
 DEFAULT_MAX_TOKENS = 256
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-                413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable",
-                504: "timeout"}  # fmt: skip
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+    504: "timeout",
+}
 
 
 class TextPart(BaseModel):
@@ -130,13 +136,16 @@ def _inline_refs(schema: dict) -> dict:
 
 # The endpoint parses the raw body itself (auth first); this tells OpenAPI clients and fuzzers
 # what it accepts.
-CHAT_OPENAPI = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": _inline_refs(ChatRequest.model_json_schema())}}}}  # fmt: skip
+CHAT_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _inline_refs(ChatRequest.model_json_schema())}},
+    }
+}
 
 
 def error_body(message: str, status: int, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
-                      "param": param, "code": code}}  # fmt: skip
+    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"), "param": param, "code": code}}
 
 
 def new_completion_id() -> str:
@@ -152,8 +161,11 @@ def request_id(given: str | None) -> str:
 
 
 def usage(gen: Generation) -> dict:
-    return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-            "total_tokens": gen.prompt_tokens + gen.completion_tokens}  # fmt: skip
+    return {
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": gen.completion_tokens,
+        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+    }
 
 
 def _cache_label(result: CascadeResult, cache_enabled: bool) -> str:
@@ -170,8 +182,12 @@ def cache_label(route_source: str, cache_hit: bool, cache_enabled: bool) -> str:
 
 def stream_headers(tier: str, route: Route, route_source: str, cache_hit: bool, cache_enabled: bool) -> dict[str, str]:
     """What a stream knows when its first token is ready (the rest is in its last chunk's ``ladder``)."""
-    headers = {"x-ladder-tier": tier, "x-ladder-route": route_source, "x-ladder-policy-version": route.policy_version,
-               "x-ladder-cache": cache_label(route_source, cache_hit, cache_enabled)}  # fmt: skip
+    headers = {
+        "x-ladder-tier": tier,
+        "x-ladder-route": route_source,
+        "x-ladder-policy-version": route.policy_version,
+        "x-ladder-cache": cache_label(route_source, cache_hit, cache_enabled),
+    }
     if route.scores:
         headers["x-ladder-score"] = ",".join(f"{s:.4f}" for s in route.scores)
         headers["x-ladder-threshold"] = ",".join(f"{t:.4f}" for t in route.thresholds)
@@ -187,12 +203,20 @@ def ladder_extension(result: CascadeResult, cache_enabled: bool = True) -> dict:
         "start_rung": result.route.start,
         "scores": list(result.route.scores),
         "thresholds": list(result.route.thresholds),
-        "rungs_tried": [{"tier": a.tier, "accepted": a.accepted, "error": a.error, "decided_at": a.decided_at,
-                         "completion_tokens": a.generation.completion_tokens if a.generation else 0,
-                         "mean_logprob": _mean(a.generation.logprobs) if a.generation else None,
-                         "depths": list(a.generation.depths) if a.generation else [],
-                         "signals": dict(a.generation.signals) if a.generation else {},  # the rung's verifier
-                         "cost_usd": a.cost_usd} for a in result.attempts],  # fmt: skip
+        "rungs_tried": [
+            {
+                "tier": a.tier,
+                "accepted": a.accepted,
+                "error": a.error,
+                "decided_at": a.decided_at,
+                "completion_tokens": a.generation.completion_tokens if a.generation else 0,
+                "mean_logprob": _mean(a.generation.logprobs) if a.generation else None,
+                "depths": list(a.generation.depths) if a.generation else [],
+                "signals": dict(a.generation.signals) if a.generation else {},  # the rung's verifier
+                "cost_usd": a.cost_usd,
+            }
+            for a in result.attempts
+        ],
         "escalations": result.escalations,
         # tokens of the answering rung seen when it was accepted (null: the whole answer) and
         # whether they reached the client as they were generated
@@ -217,23 +241,38 @@ def completion_body(result: CascadeResult, completion_id: str, want_logprobs: bo
     gen = result.answer
     logprobs = None
     if want_logprobs:
-        logprobs = {"content": [{"token": str(t), "logprob": lp, "bytes": None, "top_logprobs": []}
-                                for t, lp in zip(gen.token_ids, gen.logprobs)]}  # fmt: skip
+        logprobs = {
+            "content": [
+                {"token": str(t), "logprob": lp, "bytes": None, "top_logprobs": []}
+                for t, lp in zip(gen.token_ids, gen.logprobs)
+            ]
+        }
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": gen.tier,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
-                     "finish_reason": gen.finish_reason, "logprobs": logprobs}],  # fmt: skip
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": gen.text},
+                "finish_reason": gen.finish_reason,
+                "logprobs": logprobs,
+            }
+        ],
         "usage": usage(gen),
         "ladder": ladder_extension(result, cache_enabled),
     }
 
 
 def chunk(completion_id: str, created: int, model: str, delta: dict, finish: str | None = None) -> dict:
-    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
 
 
 def _mean(values: tuple[float, ...]) -> float | None:

@@ -27,19 +27,33 @@ def shadow_record(request_id: str, query: Query, result: CascadeResult, latency_
         "id": request_id,
         "ts": time.time(),
         "policy_version": route.policy_version,
-        "route": {"start": route.start, "scores": list(route.scores), "thresholds": list(route.thresholds),
-                  "source": result.route_source, "cache_hit": result.cache_hit},  # fmt: skip
+        "route": {
+            "start": route.start,
+            "scores": list(route.scores),
+            "thresholds": list(route.thresholds),
+            "source": result.route_source,
+            "cache_hit": result.cache_hit,
+        },
         "answered_by": result.answer.tier,
         "streamed": result.streamed,
         "latency_s": latency_s,
         "cost_usd": result.cost_usd,
         "max_tokens": query.sampling.max_tokens,
-        "attempts": [{"tier": a.tier, "accepted": a.accepted, "decided_at": a.decided_at, "error": a.error,
-                      "completion_tokens": a.generation.completion_tokens if a.generation else 0,
-                      "mean_logprob": (sum(a.generation.logprobs) / len(a.generation.logprobs))
-                      if a.generation and a.generation.logprobs else None,
-                      "signals": dict(a.generation.signals) if a.generation else {}, "cost_usd": a.cost_usd}
-                     for a in result.attempts],  # fmt: skip
+        "attempts": [
+            {
+                "tier": a.tier,
+                "accepted": a.accepted,
+                "decided_at": a.decided_at,
+                "error": a.error,
+                "completion_tokens": a.generation.completion_tokens if a.generation else 0,
+                "mean_logprob": (sum(a.generation.logprobs) / len(a.generation.logprobs))
+                if a.generation and a.generation.logprobs
+                else None,
+                "signals": dict(a.generation.signals) if a.generation else {},
+                "cost_usd": a.cost_usd,
+            }
+            for a in result.attempts
+        ],
     }
     if prompts:
         record["messages"] = [{"role": m.role, "content": m.content} for m in query.messages]
@@ -68,8 +82,12 @@ class ShadowLog:
     async def _write(self, entry: str) -> None:
         async with self._slots:
             try:
-                await asyncio.wait_for(self.client.xadd(self.config.stream, {"record": entry},
-                                                        maxlen=self.config.max_len, approximate=True), 2.0)  # fmt: skip
+                await asyncio.wait_for(
+                    self.client.xadd(
+                        self.config.stream, {"record": entry}, maxlen=self.config.max_len, approximate=True
+                    ),
+                    2.0,
+                )
             except Exception as exc:
                 self.dropped += 1
                 log.warning("shadow log record dropped: %s", exc)

@@ -138,7 +138,9 @@ def self_speculative(
             states = lw.embed_ids([pending] + drafts)
         elif heads is not None:
             first, draft_depth = draft_layer, draft_layer
-            states = torch.cat(_head_drafts(lw, heads, i, pending, pos, draft_layer, max_draft, draft_threshold, drafts), 1)
+            states = torch.cat(
+                _head_drafts(lw, heads, i, pending, pos, draft_layer, max_draft, draft_threshold, drafts), 1
+            )
         else:
             first, draft_depth = 0, L
             states = lw.embed_ids([pending])
@@ -161,8 +163,17 @@ def self_speculative(
         pos += accepted + 1  # positions beyond hold rejected drafts: overwritten next round
 
 
-def _head_drafts(lw: LayerwiseModel, heads: ExitHeads, i: int, pending: int, pos: int, draft_layer: int,
-                 max_draft: int, draft_threshold: float, drafts: list[int]) -> list[torch.Tensor]:  # fmt: skip
+def _head_drafts(
+    lw: LayerwiseModel,
+    heads: ExitHeads,
+    i: int,
+    pending: int,
+    pos: int,
+    draft_layer: int,
+    max_draft: int,
+    draft_threshold: float,
+    drafts: list[int],
+) -> list[torch.Tensor]:
     """Feed pending, then each draft, through the first layers; the head proposes the next token.
     Appends to ``drafts``; returns the hidden states after ``draft_layer`` of every fed position
     (one more than drafts: the last draft is fed too, so verification yields a bonus token)."""
@@ -272,8 +283,18 @@ def head_speculative(
         pos += accepted + 1
 
 
-def _chain(lw: LayerwiseModel, head: DraftHead, rows: torch.Tensor, vocab: torch.Tensor, pred: torch.Tensor,
-           first: int, conf: float, pos: int, max_draft: int, threshold: float) -> list[int]:  # fmt: skip
+def _chain(
+    lw: LayerwiseModel,
+    head: DraftHead,
+    rows: torch.Tensor,
+    vocab: torch.Tensor,
+    pred: torch.Tensor,
+    first: int,
+    conf: float,
+    pos: int,
+    max_draft: int,
+    threshold: float,
+) -> list[int]:
     """The head's draft chain from its first proposal: feed (f̂, draft) back while the product of
     the draft probabilities stays ≥ threshold."""
     drafts, reach = [first], conf

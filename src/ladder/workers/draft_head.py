@@ -47,8 +47,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class DraftHead(nn.Module):
-    def __init__(self, hidden: int, n_heads: int, n_kv: int, head_dim: int, intermediate: int,
-                 vocab: list[int], eps: float = 1e-6, qkv_bias: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        hidden: int,
+        n_heads: int,
+        n_kv: int,
+        head_dim: int,
+        intermediate: int,
+        vocab: list[int],
+        eps: float = 1e-6,
+        qkv_bias: bool = False,
+    ) -> None:
         super().__init__()
         self.hidden, self.n_heads, self.n_kv, self.head_dim = hidden, n_heads, n_kv, head_dim
         self.intermediate, self.eps, self.qkv_bias = intermediate, eps, qkv_bias
@@ -72,9 +81,16 @@ class DraftHead(nn.Module):
     def for_model(cls, config, vocab: list[int], intermediate: int | None = None) -> DraftHead:  # noqa: ANN001
         """A head shaped like one decoder layer of ``config`` (a transformers Llama/Qwen2 config)."""
         hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return cls(config.hidden_size, config.num_attention_heads, config.num_key_value_heads, hd,
-                   intermediate or 2 * config.hidden_size, vocab, float(config.rms_norm_eps),
-                   qkv_bias=config.model_type == "qwen2")  # fmt: skip
+        return cls(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            hd,
+            intermediate or 2 * config.hidden_size,
+            vocab,
+            float(config.rms_norm_eps),
+            qkv_bias=config.model_type == "qwen2",
+        )
 
     # -- the layer ---------------------------------------------------------------------------
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -92,8 +108,9 @@ class DraftHead(nn.Module):
         v = self.v(y).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def finish(self, x: torch.Tensor, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               mask: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    def finish(
+        self, x: torch.Tensor, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """Attention of q over keys/values, then the MLP: the predicted features [B, n, D]."""
         b, _, n, _ = q.shape
         att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
@@ -107,8 +124,9 @@ class DraftHead(nn.Module):
             self.kc = torch.empty((self.n_kv, max_len, self.head_dim), device=device, dtype=dtype)
             self.vc = torch.empty_like(self.kc)
 
-    def step(self, features: torch.Tensor, next_embeds: torch.Tensor, start: int,
-             rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    def step(
+        self, features: torch.Tensor, next_embeds: torch.Tensor, start: int, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         """Pairs (f_p, x_{p+1}) for p = start..start+n-1 ([1, n, D] each) -> predicted f_{p+1} [1, n, D].
         Writes their K/V at those positions; attends to every earlier position's."""
         x = self.fuse(features, next_embeds)
@@ -122,23 +140,43 @@ class DraftHead(nn.Module):
     # -- files -------------------------------------------------------------------------------
     def save(self, folder: Path, model_sha256: str, info: dict) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: (v.detach().to(torch.bfloat16) if v.is_floating_point() else v).contiguous()
-                   for k, v in self.state_dict().items()}  # fmt: skip
-        shape = {"hidden": self.hidden, "n_heads": self.n_heads, "n_kv": self.n_kv, "head_dim": self.head_dim,
-                 "intermediate": self.intermediate, "eps": self.eps, "qkv_bias": self.qkv_bias}  # fmt: skip
+        tensors = {
+            k: (v.detach().to(torch.bfloat16) if v.is_floating_point() else v).contiguous()
+            for k, v in self.state_dict().items()
+        }
+        shape = {
+            "hidden": self.hidden,
+            "n_heads": self.n_heads,
+            "n_kv": self.n_kv,
+            "head_dim": self.head_dim,
+            "intermediate": self.intermediate,
+            "eps": self.eps,
+            "qkv_bias": self.qkv_bias,
+        }
         meta = {"format": FORMAT, "shape": json.dumps(shape), "model_sha256": model_sha256}
         save_file(tensors, folder / "draft.safetensors", metadata=meta)
-        (folder / "draft.json").write_text(json.dumps({**info, "shape": shape, "draft_vocab": len(self.vocab),
-                                                        "model_sha256": model_sha256}, indent=2) + "\n")  # fmt: skip
+        (folder / "draft.json").write_text(
+            json.dumps({**info, "shape": shape, "draft_vocab": len(self.vocab), "model_sha256": model_sha256}, indent=2)
+            + "\n"
+        )
         return folder
 
     @staticmethod
     def load(folder: Path, model_sha256: str | None = None) -> DraftHead:
-        meta, tensors = read_bound(Path(folder) / "draft.safetensors", FORMAT, model_sha256, "draft head",
-                                   "ladder depth train --drafter head")  # fmt: skip
+        meta, tensors = read_bound(
+            Path(folder) / "draft.safetensors", FORMAT, model_sha256, "draft head", "ladder depth train --drafter head"
+        )
         shape = json.loads(meta["shape"])
-        head = DraftHead(shape["hidden"], shape["n_heads"], shape["n_kv"], shape["head_dim"], shape["intermediate"],
-                         tensors["vocab"].tolist(), shape["eps"], shape["qkv_bias"])  # fmt: skip
+        head = DraftHead(
+            shape["hidden"],
+            shape["n_heads"],
+            shape["n_kv"],
+            shape["head_dim"],
+            shape["intermediate"],
+            tensors["vocab"].tolist(),
+            shape["eps"],
+            shape["qkv_bias"],
+        )
         head.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
         info = Path(folder) / "draft.json"
         head.info = json.loads(info.read_text()) if info.is_file() else {}

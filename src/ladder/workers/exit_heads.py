@@ -63,17 +63,25 @@ class ExitHeads(nn.Module):
     def save(self, folder: Path, model_sha256: str, info: dict) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in self.state_dict().items()}
-        meta = {"format": FORMAT, "layers": json.dumps(self.layers), "hidden": str(self.hidden),
-                "rank": str(self.rank), "model_sha256": model_sha256}
+        meta = {
+            "format": FORMAT,
+            "layers": json.dumps(self.layers),
+            "hidden": str(self.hidden),
+            "rank": str(self.rank),
+            "model_sha256": model_sha256,
+        }
         save_file(tensors, folder / "heads.safetensors", metadata=meta)
-        (folder / "heads.json").write_text(json.dumps({**info, "layers": self.layers, "rank": self.rank,
-                                                        "model_sha256": model_sha256}, indent=2) + "\n")
+        (folder / "heads.json").write_text(
+            json.dumps({**info, "layers": self.layers, "rank": self.rank, "model_sha256": model_sha256}, indent=2)
+            + "\n"
+        )
         return folder
 
     @staticmethod
     def load(folder: Path, model_sha256: str | None = None) -> ExitHeads:
-        meta, tensors = read_bound(Path(folder) / "heads.safetensors", FORMAT, model_sha256, "exit heads",
-                                   "ladder depth train")  # fmt: skip
+        meta, tensors = read_bound(
+            Path(folder) / "heads.safetensors", FORMAT, model_sha256, "exit heads", "ladder depth train"
+        )
         heads = ExitHeads(tuple(json.loads(meta["layers"])), int(meta["hidden"]), int(meta["rank"]))
         heads.load_state_dict({k: v.float() for k, v in tensors.items()})
         info = Path(folder) / "heads.json"

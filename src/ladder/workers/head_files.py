@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 from ladder.errors import WeightsUnavailable
 
 
-def read_bound(path: Path, fmt: str, model_sha256: str | None, what: str, retrain: str) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_bound(
+    path: Path, fmt: str, model_sha256: str | None, what: str, retrain: str
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """(metadata, tensors) of ``path`` after checking its format and the weights it was fitted to."""
     if not path.is_file():
         raise WeightsUnavailable(f"no {what} at {path}: train with `{retrain}`")

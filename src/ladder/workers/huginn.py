@@ -33,20 +33,24 @@ def check_folder(folder: Path) -> dict:
     """The checkpoint's config.json if ``folder`` holds a Huginn checkpoint, else a clear error."""
     config = Path(folder) / "config.json"
     if not config.is_file():
-        raise WeightsUnavailable(f"{folder}: no config.json (a Huginn checkpoint folder is needed; it "
-                                 "cannot be downloaded here — copy it onto the machine)")  # fmt: skip
+        raise WeightsUnavailable(
+            f"{folder}: no config.json (a Huginn checkpoint folder is needed; it "
+            "cannot be downloaded here — copy it onto the machine)"
+        )
     meta = json.loads(config.read_text())
     if ARCHITECTURE not in meta.get("architectures", []):
-        raise WeightsUnavailable(f"{folder}: architectures {meta.get('architectures')} — not a Huginn "
-                                 f"({ARCHITECTURE}) checkpoint")  # fmt: skip
+        raise WeightsUnavailable(
+            f"{folder}: architectures {meta.get('architectures')} — not a Huginn ({ARCHITECTURE}) checkpoint"
+        )
     if not any(Path(folder).glob("*.py")):
         raise WeightsUnavailable(f"{folder}: the Huginn modelling code (raven_modeling_minimal.py) is missing")
     return meta
 
 
 class HuginnWorker(WholeAnswer):  # its generate loop has no streamer hook: one piece
-    def __init__(self, tier: str, folder: Path, budget: DepthBudget = DepthBudget(), device: str = "cpu",
-                 dtype: str = "bfloat16") -> None:  # fmt: skip
+    def __init__(
+        self, tier: str, folder: Path, budget: DepthBudget = DepthBudget(), device: str = "cpu", dtype: str = "bfloat16"
+    ) -> None:
         self.tier, self.folder, self.budget, self.device, self.dtype = tier, Path(folder), budget, device, dtype
         self.model = None
         self.tokenizer = None
@@ -58,8 +62,13 @@ class HuginnWorker(WholeAnswer):  # its generate loop has no streamer hook: one 
 
         check_folder(self.folder)
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(self.folder, trust_remote_code=True, local_files_only=True,
-                                                          dtype=getattr(torch, self.dtype)).to(self.device).eval()  # fmt: skip
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(
+                self.folder, trust_remote_code=True, local_files_only=True, dtype=getattr(torch, self.dtype)
+            )
+            .to(self.device)
+            .eval()
+        )
         return self
 
     def generate_sync(self, query: Query) -> Generation:
@@ -75,19 +84,39 @@ class HuginnWorker(WholeAnswer):  # its generate loop has no streamer hook: one 
         ids = tok.encode(text, return_tensors="pt", add_special_tokens=False).to(self.device)
         limit = getattr(self.model.config, "max_position_embeddings", None) or 4096
         ContextOverflow.check(self.tier, ids.shape[1], s.max_tokens, limit)
-        config = GenerationConfig(max_new_tokens=s.max_tokens, do_sample=not s.greedy, use_cache=True,
-                                  temperature=None if s.greedy else s.temperature, top_p=s.top_p, return_dict_in_generate=True,
-                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+        config = GenerationConfig(
+            max_new_tokens=s.max_tokens,
+            do_sample=not s.greedy,
+            use_cache=True,
+            temperature=None if s.greedy else s.temperature,
+            top_p=s.top_p,
+            return_dict_in_generate=True,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
         with self._lock:
             t0 = time.perf_counter()
             if self.budget.exit is ExitKind.NEVER:
                 out = self.model.generate(ids, config, num_steps=steps, tokenizer=tok)
             else:
                 out = self.model.generate_with_adaptive_compute(
-                    ids, config, num_steps=steps, tokenizer=tok, criterion=self.budget.exit.value,
+                    ids,
+                    config,
+                    num_steps=steps,
+                    tokenizer=tok,
+                    criterion=self.budget.exit.value,
                     exit_threshold=s.exit_threshold or self.budget.threshold,
-                    cache_kwargs={"lookup_strategy": "latest-m4"})  # fmt: skip
+                    cache_kwargs={"lookup_strategy": "latest-m4"},
+                )
             elapsed = time.perf_counter() - t0
         new = out.sequences[0, ids.shape[1] :].tolist()
-        return Generation(self.tier, tok.decode(new, skip_special_tokens=True), tuple(new), (), ids.shape[1],
-                          "stop" if new and new[-1] == tok.eos_token_id else "length", 0.0, elapsed)  # fmt: skip
+        return Generation(
+            self.tier,
+            tok.decode(new, skip_special_tokens=True),
+            tuple(new),
+            (),
+            ids.shape[1],
+            "stop" if new and new[-1] == tok.eos_token_id else "length",
+            0.0,
+            elapsed,
+        )

@@ -115,7 +115,9 @@ class AdaptiveDepth(Options):
 
     @property
     def needs_heads(self) -> bool:
-        return self.mode is AdaptiveMode.EARLY_EXIT or (self.mode is AdaptiveMode.SPECULATIVE and self.drafter.uses_heads)
+        return self.mode is AdaptiveMode.EARLY_EXIT or (
+            self.mode is AdaptiveMode.SPECULATIVE and self.drafter.uses_heads
+        )
 
     def resolved(self, tier: str, weights_id: str) -> AdaptiveDepth:
         """The same settings with the heads' folders resolved (null: bundled for ``tier``)."""

@@ -87,8 +87,9 @@ class Block(nn.Module):
         self.proj = nn.Linear(d, d, bias=False)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d, bias=False), nn.GELU(), nn.Linear(4 * d, d, bias=False))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
-                past: KV | None = None) -> tuple[torch.Tensor, KV]:  # fmt: skip
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, past: KV | None = None
+    ) -> tuple[torch.Tensor, KV]:
         B, T, D = x.shape  # x: [B, T, D]; mask: [B, 1, T, S] with S = past + T; pos: [T]
         q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k = rope(q, pos), rope(k, pos)
@@ -142,28 +143,37 @@ class RecurrentDepthModel(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
 
     # -- the three stages ------------------------------------------------------------------
-    def _stack(self, blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
-               past: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:  # fmt: skip
+    def _stack(
+        self,
+        blocks: nn.ModuleList,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        past: list[KV] | None = None,
+    ) -> tuple[torch.Tensor, list[KV]]:
         kvs = []
         for i, block in enumerate(blocks):
             x, kv = block(x, mask, pos, past[i] if past else None)
             kvs.append(kv)
         return x, kvs
 
-    def embed_input(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
-                    past: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:  # fmt: skip
+    def embed_input(
+        self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, past: list[KV] | None = None
+    ) -> tuple[torch.Tensor, list[KV]]:
         """Prelude: ids [B, T] at positions pos [T] → e [B, T, D] (unit RMS) and its keys/values."""
         e, kvs = self._stack(self.prelude, self.embed(ids), mask, pos, past)
         return self.prelude_norm(e), kvs
 
-    def step(self, s: torch.Tensor, e: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
-             past: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:  # fmt: skip
+    def step(
+        self, s: torch.Tensor, e: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, past: list[KV] | None = None
+    ) -> tuple[torch.Tensor, list[KV]]:
         """One core iteration: s, e: [B, T, D] → new s [B, T, D] and the core's keys/values."""
         x, kvs = self._stack(self.core, self.adapter(torch.cat([s, e], -1)), mask, pos, past)
         return self.core_norm(x), kvs
 
-    def decode_state(self, s: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
-                     past: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:  # fmt: skip
+    def decode_state(
+        self, s: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, past: list[KV] | None = None
+    ) -> tuple[torch.Tensor, list[KV]]:
         x, kvs = self._stack(self.coda, s, mask, pos, past)
         return self.head(self.norm(x)), kvs  # logits: [B, T, V]
 
@@ -171,8 +181,9 @@ class RecurrentDepthModel(nn.Module):
         return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
     # -- training: every position in parallel ------------------------------------------------
-    def forward(self, ids: torch.Tensor, r: int, backprop_k: int | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self, ids: torch.Tensor, r: int, backprop_k: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """ids: [B, T] → logits [B, T, V] after r core iterations; gradients flow through the last
         ``backprop_k`` iterations only (truncated backpropagation, as in the paper)."""
         T = ids.shape[1]
@@ -189,9 +200,16 @@ class RecurrentDepthModel(nn.Module):
 
     # -- inference: prefill, then one token at a time with adaptive exit ----------------------
     @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, max_new: int, max_r: int, rule: ExitRule = NeverExit(),
-                 temperature: float = 0.0, stop_id: int | None = 1,
-                 generator: torch.Generator | None = None) -> Decoded:  # fmt: skip
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        max_new: int,
+        max_r: int,
+        rule: ExitRule = NeverExit(),
+        temperature: float = 0.0,
+        stop_id: int | None = 1,
+        generator: torch.Generator | None = None,
+    ) -> Decoded:
         """prompt: [B, P] left-padded ids. Returns the generated ids, their log-probs and the core
         iterations each token used (≤ max_r). Rows stop at ``stop_id`` (later tokens are padding)."""
         B, P = prompt.shape
@@ -205,7 +223,11 @@ class RecurrentDepthModel(nn.Module):
         for t in range(max_new):
             nxt, lp = _sample(logits[0][:, -1], temperature, generator)  # [B]
             nxt = torch.where(finished, torch.zeros_like(nxt), nxt)
-            tokens.append(nxt), logps.append(torch.where(finished, 0.0, lp)), used.append(torch.where(finished, 0, iters))
+            (
+                tokens.append(nxt),
+                logps.append(torch.where(finished, 0.0, lp)),
+                used.append(torch.where(finished, 0, iters)),
+            )
             if stop_id is not None:
                 finished = finished | (nxt == stop_id)
             if bool(finished.all()) or t == max_new - 1:
@@ -218,9 +240,17 @@ class RecurrentDepthModel(nn.Module):
             core_kv, coda_kv = _append(core_kv, kv), _append(coda_kv, logits[1])
         return Decoded(torch.stack(tokens, 1), torch.stack(logps, 1), torch.stack(used, 1))
 
-    def _iterate(self, e: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, core_past: list[KV] | None,
-                 coda_past: list[KV] | None, max_r: int, rule: ExitRule,
-                 generator: torch.Generator | None):  # noqa: ANN202  fmt: skip
+    def _iterate(
+        self,
+        e: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        core_past: list[KV] | None,
+        coda_past: list[KV] | None,
+        max_r: int,
+        rule: ExitRule,
+        generator: torch.Generator | None,
+    ):  # noqa: ANN202
         """Iterate the core over the new positions until ``rule`` says each row's last position
         is done (or max_r). Exited rows keep their state and keys/values; returns
         (state, core keys/values of each row's last iteration, iterations [B], (logits, coda kv))."""
@@ -235,8 +265,11 @@ class RecurrentDepthModel(nn.Module):
             rows = active[:, None, None]
             s = torch.where(rows, s_new, s)
             keep = active[:, None, None, None]
-            kv_keep = kv if kv_keep is None else [(torch.where(keep, k, ko), torch.where(keep, v, vo))
-                                                  for (k, v), (ko, vo) in zip(kv, kv_keep)]  # fmt: skip
+            kv_keep = (
+                kv
+                if kv_keep is None
+                else [(torch.where(keep, k, ko), torch.where(keep, v, vo)) for (k, v), (ko, vo) in zip(kv, kv_keep)]
+            )
             iters = iters + active.long()
             if rule.needs_logits:
                 cur = F.log_softmax(self.decode_state(s, mask, pos, coda_past)[0][:, -1].float(), -1)
@@ -257,8 +290,9 @@ def _append(past: list[KV], new: list[KV]) -> list[KV]:
     return [(torch.cat([pk, nk], 2), torch.cat([pv, nv], 2)) for (pk, pv), (nk, nv) in zip(past, new)]
 
 
-def _sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None
-            ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _sample(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """logits: [B, V] → (ids [B], log p of each [B]); temperature 0 is greedy."""
     if temperature <= 0:
         logp = F.log_softmax(logits.float(), -1)

@@ -40,13 +40,17 @@ class CharTokenizer:
             raise InvalidRequest(f"prompt: characters outside the model's vocabulary: {''.join(bad)!r}", "messages")
         unseen = sorted({c for c in text if c in self.untrained})
         if unseen:
-            raise InvalidRequest(f"prompt: this checkpoint was not trained on {''.join(unseen)!r} "
-                                 "(its config.json lists the operators it knows)", "messages")  # fmt: skip
+            raise InvalidRequest(
+                f"prompt: this checkpoint was not trained on {''.join(unseen)!r} "
+                "(its config.json lists the operators it knows)",
+                "messages",
+            )
         if not text:
             raise InvalidRequest("prompt: empty after removing whitespace", "messages")
         if len(text) > self.prompt_len:
-            raise ContextOverflow(f"prompt: {len(text)} characters, this model's context holds "
-                                  f"{self.prompt_len}", "messages")  # fmt: skip
+            raise ContextOverflow(
+                f"prompt: {len(text)} characters, this model's context holds {self.prompt_len}", "messages"
+            )
         return [0] * (self.prompt_len - len(text)) + [self.ids[c] for c in text]
 
     def decode(self, ids: list[int]) -> str:
@@ -83,8 +87,14 @@ def load_checkpoint(folder: Path) -> tuple[RecurrentDepthModel, dict]:
 
 
 class RecurrentWorker(WholeAnswer):  # an answer is a few characters: one piece
-    def __init__(self, tier: str, checkpoint: Path, budget: DepthBudget = DepthBudget(),
-                 threads: int | None = None, device: str = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self,
+        tier: str,
+        checkpoint: Path,
+        budget: DepthBudget = DepthBudget(),
+        threads: int | None = None,
+        device: str = "cpu",
+    ) -> None:
         self.tier, self.checkpoint, self.budget, self.threads = tier, Path(checkpoint), budget, threads
         self.device = device
         _validate(budget, None)
@@ -107,7 +117,9 @@ class RecurrentWorker(WholeAnswer):  # an answer is a few characters: one piece
         s = query.sampling
         budget = DepthBudget.model_construct(  # checked by _validate: a bad request value is a 400, not a crash
             max_iterations=s.max_iterations if s.max_iterations is not None else self.budget.max_iterations,
-            exit=self.budget.exit, threshold=s.exit_threshold if s.exit_threshold is not None else self.budget.threshold)
+            exit=self.budget.exit,
+            threshold=s.exit_threshold if s.exit_threshold is not None else self.budget.threshold,
+        )
         _validate(budget, self.budget.max_iterations)
         return budget
 
@@ -126,9 +138,14 @@ class RecurrentWorker(WholeAnswer):  # an answer is a few characters: one piece
             if self.threads:
                 torch.set_num_threads(self.threads)
             t0 = time.perf_counter()
-            out = self.model.generate(torch.tensor([ids], device=self.device), min(s.max_tokens, self.model.cfg.max_new_tokens),
-                                      budget.max_iterations, make_exit(budget.exit, budget.threshold),
-                                      0.0 if s.greedy else s.temperature, generator=gen)  # fmt: skip
+            out = self.model.generate(
+                torch.tensor([ids], device=self.device),
+                min(s.max_tokens, self.model.cfg.max_new_tokens),
+                budget.max_iterations,
+                make_exit(budget.exit, budget.threshold),
+                0.0 if s.greedy else s.temperature,
+                generator=gen,
+            )
             elapsed = time.perf_counter() - t0
         tokens = out.tokens[0].tolist()
         logprobs, depths = out.logprobs[0].tolist(), out.iterations[0].tolist()
@@ -151,7 +168,8 @@ def _validate(budget: DepthBudget, ceiling: int | None) -> None:
     if budget.max_iterations < 1:
         raise InvalidRequest(f"depth budget: max_iterations must be ≥ 1, got {budget.max_iterations}", "depth")
     if ceiling is not None and budget.max_iterations > ceiling:
-        raise InvalidRequest(f"depth budget: max_iterations {budget.max_iterations} exceeds this rung's "
-                             f"maximum {ceiling}", "depth")  # fmt: skip
+        raise InvalidRequest(
+            f"depth budget: max_iterations {budget.max_iterations} exceeds this rung's maximum {ceiling}", "depth"
+        )
     if budget.exit is not ExitKind.NEVER and not (budget.threshold is not None and 0 < budget.threshold < math.inf):
         raise InvalidRequest(f"depth budget: exit {budget.exit.value!r} needs a positive threshold", "depth")

@@ -32,7 +32,11 @@ class DeviceConfig:
 
 class TransformersWorker:
     def __init__(
-        self, tier: str, model_dir: Path, device: DeviceConfig = DeviceConfig(), adaptive: AdaptiveDepth = AdaptiveDepth()
+        self,
+        tier: str,
+        model_dir: Path,
+        device: DeviceConfig = DeviceConfig(),
+        adaptive: AdaptiveDepth = AdaptiveDepth(),
     ) -> None:
         self.tier = tier
         self.model_dir = Path(model_dir)
@@ -72,20 +76,29 @@ class TransformersWorker:
                 raise WeightsUnavailable(f"tier {self.tier}: adaptive depth {self.adaptive.mode!r} needs exit heads")
             heads = ExitHeads.load(self.adaptive.heads, self.adaptive.weights_id or None)
             a = self.adaptive
-            self.adaptive = a = a.model_copy(update={
-                "threshold": a.threshold if a.threshold is not None else heads.info.get("early_exit_threshold", 0.9),
-                "draft_layer": a.draft_layer if a.draft_layer is not None else heads.info.get("draft_layer", heads.layers[0]),
-            })  # fmt: skip
+            self.adaptive = a = a.model_copy(
+                update={
+                    "threshold": a.threshold
+                    if a.threshold is not None
+                    else heads.info.get("early_exit_threshold", 0.9),
+                    "draft_layer": a.draft_layer
+                    if a.draft_layer is not None
+                    else heads.info.get("draft_layer", heads.layers[0]),
+                }
+            )
             if a.mode is AdaptiveMode.SPECULATIVE and a.draft_layer not in heads.layers:
                 # an unknown draft layer fails at load, not per request
-                raise WeightsUnavailable(f"tier {self.tier}: no exit head after layer {a.draft_layer}; "
-                                         f"the heads have {list(heads.layers)}")
+                raise WeightsUnavailable(
+                    f"tier {self.tier}: no exit head after layer {a.draft_layer}; the heads have {list(heads.layers)}"
+                )
             self._heads = heads.to(device=self.device_config.device, dtype=getattr(torch, self.device_config.dtype))
         if self.adaptive.mode is AdaptiveMode.SPECULATIVE and self.adaptive.drafter.uses_draft_head:
             from ladder.workers.draft_head import DraftHead
 
             if self.adaptive.draft_head is None:
-                raise WeightsUnavailable(f"tier {self.tier}: drafter {self.adaptive.drafter.value!r} needs a draft head")
+                raise WeightsUnavailable(
+                    f"tier {self.tier}: drafter {self.adaptive.drafter.value!r} needs a draft head"
+                )
             head = DraftHead.load(self.adaptive.draft_head, self.adaptive.weights_id or None)
             self._draft = head.to(device=self.device_config.device, dtype=getattr(torch, self.device_config.dtype))
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
@@ -110,8 +123,11 @@ class TransformersWorker:
         thr = query.sampling.exit_threshold
         if self.adaptive.mode is AdaptiveMode.EARLY_EXIT and thr is not None and not 0 < thr <= 1:
             # checked before any token is streamed; here the threshold is a gate probability, not a KL
-            raise InvalidRequest(f"tier {self.tier} exits early on a gate probability: depth.exit_threshold "
-                                 f"must be in (0, 1], got {thr}", param="depth")  # fmt: skip
+            raise InvalidRequest(
+                f"tier {self.tier} exits early on a gate probability: depth.exit_threshold "
+                f"must be in (0, 1], got {thr}",
+                param="depth",
+            )
         ContextOverflow.check(self.tier, len(ids), query.sampling.max_tokens, self.context_length)
         return ids
 
@@ -142,8 +158,9 @@ class TransformersWorker:
 
         def run() -> Generation:
             with self._lock:
-                return self._decode(prompt_ids, sampling,
-                                    lambda *step: loop.call_soon_threadsafe(steps.put_nowait, step), cancel)  # fmt: skip
+                return self._decode(
+                    prompt_ids, sampling, lambda *step: loop.call_soon_threadsafe(steps.put_nowait, step), cancel
+                )
 
         task = loop.run_in_executor(None, run)
         holdback = max((len(s) for s in sampling.stop), default=1) - 1
@@ -153,8 +170,9 @@ class TransformersWorker:
         finally:
             cancel.set()
 
-    async def _deltas(self, task: asyncio.Future, steps: asyncio.Queue, holdback: int,
-                      prompt_tokens: int) -> AsyncIterator[Delta | Generation]:  # fmt: skip
+    async def _deltas(
+        self, task: asyncio.Future, steps: asyncio.Queue, holdback: int, prompt_tokens: int
+    ) -> AsyncIterator[Delta | Generation]:
         sent = 0
         while not (task.done() and steps.empty()):
             getter = asyncio.ensure_future(steps.get())
@@ -174,7 +192,10 @@ class TransformersWorker:
         yield final
 
     def _decode(
-        self, prompt_ids: list[int], sampling: Sampling, on_text: Callable[[str, int, float], None] | None = None,
+        self,
+        prompt_ids: list[int],
+        sampling: Sampling,
+        on_text: Callable[[str, int, float], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> Generation:
         import torch
@@ -245,11 +266,28 @@ class TransformersWorker:
             threshold = sampling.exit_threshold if sampling.exit_threshold is not None else a.threshold
             return early_exit(self._layerwise, self._heads, prompt_ids, max_len, pick, threshold)
         if a.mode is AdaptiveMode.SPECULATIVE and sampling.greedy and a.drafter.uses_draft_head:
-            return head_speculative(self._layerwise, self._draft, prompt_ids, max_len, pick, a.max_draft,
-                                    a.draft_threshold, lookup=a.drafter.uses_lookup)  # fmt: skip
+            return head_speculative(
+                self._layerwise,
+                self._draft,
+                prompt_ids,
+                max_len,
+                pick,
+                a.max_draft,
+                a.draft_threshold,
+                lookup=a.drafter.uses_lookup,
+            )
         if a.mode is AdaptiveMode.SPECULATIVE and sampling.greedy:  # lossless only means something for greedy
-            return self_speculative(self._layerwise, self._heads, prompt_ids, max_len, pick, a.draft_layer,
-                                    a.max_draft, a.draft_threshold, lookup=a.drafter.uses_lookup)  # fmt: skip
+            return self_speculative(
+                self._layerwise,
+                self._heads,
+                prompt_ids,
+                max_len,
+                pick,
+                a.draft_layer,
+                a.max_draft,
+                a.draft_threshold,
+                lookup=a.drafter.uses_lookup,
+            )
         return self._full_depth(prompt_ids, pick)
 
     def _full_depth(self, prompt_ids: list[int], pick: Pick) -> Iterator[Step]:
@@ -262,8 +300,9 @@ class TransformersWorker:
         while True:
             token, logprob = pick(out.logits[0, -1])
             yield token, logprob, n_layers
-            out = self.model(input_ids=torch.tensor([[token]], device=device),
-                             past_key_values=out.past_key_values, use_cache=True)  # fmt: skip
+            out = self.model(
+                input_ids=torch.tensor([[token]], device=device), past_key_values=out.past_key_values, use_cache=True
+            )
 
 
 def _pick(logits, sampling: Sampling, generator) -> tuple[int, float]:  # noqa: ANN001 (torch)

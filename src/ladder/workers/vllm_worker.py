@@ -43,8 +43,14 @@ _ids = itertools.count()
 
 
 class VLLMWorker:
-    def __init__(self, tier: str, model_dir: Path, device: str = "cpu", options: VLLMOptions = VLLMOptions(),
-                 dtype: str = "bfloat16") -> None:  # fmt: skip
+    def __init__(
+        self,
+        tier: str,
+        model_dir: Path,
+        device: str = "cpu",
+        options: VLLMOptions = VLLMOptions(),
+        dtype: str = "bfloat16",
+    ) -> None:
         self.tier = tier
         self.model_dir = Path(model_dir)
         self.device = device
@@ -85,13 +91,19 @@ class VLLMWorker:
         os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         o = self.options
-        args = AsyncEngineArgs(model=str(self.model_dir), dtype=self.dtype, max_model_len=o.max_model_len,
-                               max_num_seqs=o.max_num_seqs, enforce_eager=o.enforce_eager,
-                               disable_log_stats=True, seed=0,
-                               # log p under the sampling distribution (after temperature, top-p),
-                               # as the transformers worker reports it
-                               logprobs_mode="processed_logprobs",
-                               **({} if self.device == "cpu" else {"gpu_memory_utilization": o.gpu_memory_utilization}))  # fmt: skip
+        args = AsyncEngineArgs(
+            model=str(self.model_dir),
+            dtype=self.dtype,
+            max_model_len=o.max_model_len,
+            max_num_seqs=o.max_num_seqs,
+            enforce_eager=o.enforce_eager,
+            disable_log_stats=True,
+            seed=0,
+            # log p under the sampling distribution (after temperature, top-p),
+            # as the transformers worker reports it
+            logprobs_mode="processed_logprobs",
+            **({} if self.device == "cpu" else {"gpu_memory_utilization": o.gpu_memory_utilization}),
+        )
         try:
             self.engine = AsyncLLMEngine.from_engine_args(args)
         except Exception as exc:  # vLLM raises many kinds here (config, memory, device): name tier and cause
@@ -166,8 +178,9 @@ class VLLMWorker:
         first = None
         final = None
         sent = 0
-        outputs = self.engine.generate({"prompt_token_ids": prompt_ids}, self._params(query),
-                                       request_id=f"{self.tier}-{next(_ids)}")  # fmt: skip
+        outputs = self.engine.generate(
+            {"prompt_token_ids": prompt_ids}, self._params(query), request_id=f"{self.tier}-{next(_ids)}"
+        )
         try:
             seen = 0
             async for out in outputs:
@@ -254,5 +267,10 @@ def reap_when_gone(owner: int):  # noqa: ANN201 (subprocess.Popen)
     import subprocess
     import sys
 
-    return subprocess.Popen([sys.executable, "-c", _REAPER, str(owner)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", _REAPER, str(owner)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )

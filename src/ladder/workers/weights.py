@@ -122,9 +122,7 @@ class WeightStore:
                 raise ChecksumMismatch(f"{chunks[0]} does not start with the GGUF magic")
         actual = sha256_of(chunks)
         if actual != source.sha256:
-            raise ChecksumMismatch(
-                f"SHA-256 of {source.describe()} is {actual}, registry expects {source.sha256}"
-            )
+            raise ChecksumMismatch(f"SHA-256 of {source.describe()} is {actual}, registry expects {source.sha256}")
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(fingerprint))
         return chunks

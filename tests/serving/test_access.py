@@ -22,6 +22,7 @@ SRC = Path(__file__).parents[2] / "src" / "ladder"
 @pytest.mark.redis
 def test_redis_auth_url_is_honoured_and_a_wrong_password_is_a_miss_not_a_crash():
     with EmbeddedRedis(password="s3cret-pw") as server:
+
         async def go():
             good = RedisRouteCache(server.url, ttl_s=60)
             await good.put("k", Route(1, "v1"))
@@ -63,15 +64,39 @@ async def _tls_proxy(cert: Path, key: Path, upstream_port: int) -> tuple[asyncio
 @pytest.mark.redis
 def test_rediss_url_speaks_tls_and_verifies_the_certificate(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     with EmbeddedRedis() as plain:
+
         async def go():
             server, port = await _tls_proxy(cert, key, plain.port)
             try:
-                cache = RedisRouteCache(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}", ttl_s=60,
-                                        read_timeout_ms=2000, connect_timeout_ms=2000)  # fmt: skip
+                cache = RedisRouteCache(
+                    f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}",
+                    ttl_s=60,
+                    read_timeout_ms=2000,
+                    connect_timeout_ms=2000,
+                )
                 await cache.put("tls-key", Route(2, "v9"))
                 await cache.flush()
                 assert await cache.get("tls-key") == Route(2, "v9")
@@ -90,6 +115,7 @@ def test_rediss_url_speaks_tls_and_verifies_the_certificate(tmp_path):
 def test_decision_cache_stores_hashed_keys_and_routes_never_prompt_text():
     secret = "my-bank-password-is-hunter2"
     with EmbeddedRedis() as server:
+
         async def go():
             cache = RedisRouteCache(server.url, ttl_s=60)
             await decide(Query.of(f"Remember this: {secret} please"), FixedPolicy(0), cache)
@@ -110,8 +136,14 @@ def test_nothing_ladder_loads_goes_through_pickle():
     offenders = []
     for path in SRC.rglob("*.py"):
         text = path.read_text()
-        for pattern in (r"\bimport pickle\b", r"\bpickle\.load", r"torch\.load\(", r"\bjoblib\b",
-                        r"allow_pickle\s*=\s*True", r"cloudpickle\.load"):  # fmt: skip
+        for pattern in (
+            r"\bimport pickle\b",
+            r"\bpickle\.load",
+            r"torch\.load\(",
+            r"\bjoblib\b",
+            r"allow_pickle\s*=\s*True",
+            r"cloudpickle\.load",
+        ):
             if re.search(pattern, text):
                 offenders.append(f"{path.relative_to(SRC)}: {pattern}")
     assert offenders == []

@@ -24,10 +24,16 @@ KEY = "sk-test"
 
 
 def config(**policy) -> LadderConfig:
-    tier = {"source": {"kind": "local", "path": "/nowhere"}, "price": {"input_per_1m": 1, "output_per_1m": 2},
-            "backend": "transformers"}  # fmt: skip
-    return LadderConfig(tiers=[{"name": "small", **tier}, {"name": "medium", **tier}],
-                        policy={"kind": "fixed", **policy}, server={"api_keys": [KEY], "max_completion_tokens": 64})  # fmt: skip
+    tier = {
+        "source": {"kind": "local", "path": "/nowhere"},
+        "price": {"input_per_1m": 1, "output_per_1m": 2},
+        "backend": "transformers",
+    }
+    return LadderConfig(
+        tiers=[{"name": "small", **tier}, {"name": "medium", **tier}],
+        policy={"kind": "fixed", **policy},
+        server={"api_keys": [KEY], "max_completion_tokens": 64},
+    )
 
 
 def call(gateway: Gateway, method: str, path: str, key: str | None = KEY, **kw) -> httpx.Response:
@@ -73,11 +79,14 @@ def test_a_stream_sends_the_accepted_rung_and_ends_with_the_ladder_object(tiers)
     assert events[-1]["ladder"]["rungs_tried"][0]["tier"] == "small"
 
 
-@pytest.mark.parametrize("key,path,status,code", [
-    (None, "/v1/chat/completions", 401, "invalid_api_key"),
-    ("wrong", "/v1/models", 401, "invalid_api_key"),
-    (KEY, "/v1/models/nope", 404, "model_not_found"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "key,path,status,code",
+    [
+        (None, "/v1/chat/completions", 401, "invalid_api_key"),
+        ("wrong", "/v1/models", 401, "invalid_api_key"),
+        (KEY, "/v1/models/nope", 404, "model_not_found"),
+    ],
+)
 def test_access_errors_have_openai_bodies(tiers, key, path, status, code):
     method = "POST" if "chat" in path else "GET"
     r = call(gateway(tiers), method, path, key=key, **(chat() if method == "POST" else {}))
@@ -85,11 +94,14 @@ def test_access_errors_have_openai_bodies(tiers, key, path, status, code):
     assert tiers[0].calls == []  # refused before any tier was asked
 
 
-@pytest.mark.parametrize("body,status,param", [
-    ({"model": "ladder", "messages": "hi"}, 400, "messages"),
-    ({"model": "ladder", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 65}, 400, "max_tokens"),
-    ({"model": "huge", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "body,status,param",
+    [
+        ({"model": "ladder", "messages": "hi"}, 400, "messages"),
+        ({"model": "ladder", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 65}, 400, "max_tokens"),
+        ({"model": "huge", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+    ],
+)
 def test_bad_requests_are_4xx_and_reach_no_tier(tiers, body, status, param):
     r = call(gateway(tiers), "POST", "/v1/chat/completions", json=body)
     assert r.status_code == status and r.json()["error"]["param"] == param

@@ -111,8 +111,18 @@ def _files_for_offline():
     return policy_files(path)
 
 
-@pytest.mark.parametrize("body", [b"", b"[]", b"3", b'{"doc": 1, "tensors_b64": "AA=="}', b'{"doc": "x"}',
-                                  b'{"doc": "x", "tensors_b64": "not base64!"}', b"\xff\xfe"])  # fmt: skip
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"[]",
+        b"3",
+        b'{"doc": 1, "tensors_b64": "AA=="}',
+        b'{"doc": "x"}',
+        b'{"doc": "x", "tensors_b64": "not base64!"}',
+        b"\xff\xfe",
+    ],
+)
 def test_a_malformed_push_body_is_a_value_error(body):
     with pytest.raises(ValueError):
         PolicyFiles.decode(body)
