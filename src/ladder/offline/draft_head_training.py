@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -26,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ladder.offline import gsm8k
-from ladder.offline.exit_head_training import HeadSpec, chat_ids, frozen_teacher, teacher_corpus
+from ladder.offline.exit_head_training import HeadSpec, chat_ids, frozen_teacher, teacher_corpus, training_questions
+from ladder.outcomes.io import read_rows
 from ladder.workers.draft_head import DraftHead
 
 
@@ -78,14 +79,7 @@ def reference_corpus(tokenizer, data: Path, exclude: set[str], n: int, seed: int
     """Chat-formatted GSM8K training questions with their reference solutions (calculator
     annotations removed), for questions not in ``exclude``: more text to fit on at the cost of a
     teacher pass only. The targets are still the tier's own features and greedy tokens."""
-    import json as _json
-    import re
-
-    rows = [
-        _json.loads(line)
-        for line in (data / "routellm" / "gsm8k" / "train.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
+    rows = read_rows(data / "routellm" / "gsm8k" / "train.jsonl", "GSM8K training file")
     rows = [r for r in rows if r["question"] not in exclude]
     seqs = []
     for r in random.Random(seed + 1).sample(rows, min(n, len(rows))):
@@ -209,10 +203,7 @@ def train(
     gen_s = time.perf_counter() - t0
 
     n_val = max(1, int(len(seqs) * spec.holdout))
-    own_questions = {
-        p.question
-        for p in random.Random(spec.seed).sample(gsm8k.load(data / "routellm" / "gsm8k" / "train.jsonl"), spec.prompts)
-    }
+    own_questions = set(training_questions(data, spec.prompts, spec.seed))
     extra = reference_corpus(tokenizer, data, own_questions, spec.reference, spec.seed) if spec.reference else []
     teacher = teacher_features(model, seqs + extra)
     all_seqs = seqs + extra
@@ -252,7 +243,7 @@ def train(
             sched.step()
             done += 1
             bar.update()
-            bar.set_postfix(loss=f"{float(loss):.3f}", acc0=f"{tally[0][0] / max(1, tally[0][1]):.2f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc0=f"{tally[0][0] / max(1, tally[0][1]):.2f}")
             if (time.perf_counter() - fit_start) / 60 > spec.max_minutes:
                 stopped_early = True
                 break

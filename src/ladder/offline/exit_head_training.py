@@ -106,6 +106,13 @@ def frozen_teacher(model_dir: Path, seed: int, threads: int):  # noqa: ANN201 (t
     return model, tokenizer
 
 
+def training_questions(data: Path, n: int, seed: int) -> list[str]:
+    """The ``n`` GSM8K training questions a head's corpus answers (sampled with ``seed``). One rule,
+    so that the draft-head trainer's reference solutions leave out exactly these."""
+    problems = gsm8k.load(data / "routellm" / "gsm8k" / "train.jsonl")
+    return [p.question for p in random.Random(seed).sample(problems, n)]
+
+
 def teacher_corpus(model, tokenizer, data: Path, corpus: Path, key: dict, spec: HeadSpec) -> list[list[int]]:  # noqa: ANN001
     """The model's own greedy answers to ``spec.prompts`` GSM8K training questions (sampled with
     ``spec.seed``), kept in ``corpus`` under ``key``: the slow part, so a rerun with the same key
@@ -113,9 +120,7 @@ def teacher_corpus(model, tokenizer, data: Path, corpus: Path, key: dict, spec: 
     cached = json.loads(corpus.read_text()) if corpus.is_file() else {}
     if cached.get("key") == key:
         return cached["seqs"]
-    problems = gsm8k.load(data / "routellm" / "gsm8k" / "train.jsonl")
-    questions = [p.question for p in random.Random(spec.seed).sample(problems, spec.prompts)]
-    seqs = generate_corpus(model, tokenizer, questions, spec)
+    seqs = generate_corpus(model, tokenizer, training_questions(data, spec.prompts, spec.seed), spec)
     corpus.parent.mkdir(parents=True, exist_ok=True)
     corpus.write_text(json.dumps({"key": key, "seqs": seqs}))
     return seqs

@@ -94,7 +94,9 @@ class DraftHead(nn.Module):
 
     # -- the layer ---------------------------------------------------------------------------
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), w, self.eps)
+        # w.to: under the trainer's bf16 autocast x is bf16 while w stays float32, and torch's fused
+        # rms_norm needs one dtype (a no-op at inference, where both are the tier's dtype)
+        return F.rms_norm(x, (x.shape[-1],), w.to(x.dtype), self.eps)
 
     def fuse(self, features: torch.Tensor, next_embeds: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.cat([features, next_embeds], -1))
