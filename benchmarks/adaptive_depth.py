@@ -16,7 +16,7 @@ benchmarks/results/adaptive_depth.json and adaptive_depth_<tier>.png (exit-depth
 
     .venv/bin/python benchmarks/adaptive_depth.py --data ../shared/data [--tiers small,medium]
         [--prompts 100 | --prompts 25,10] [--new-tokens 128] [--thresholds 0.6,0.8,0.9,0.95] [--dtype float32]
-        [--modes spec:lookup,spec:head,spec:lookup+head] [--device cuda] [--out FILE.json]
+        [--modes spec:lookup,spec:head,spec:lookup+head[@T,...]] [--device cuda] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -94,14 +94,15 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
     drafters = {"spec:exit_head": (heads, False), "spec:lookup": (None, True), "spec:lookup+exit_head": (heads, True)}
     head_drafters = {"spec:head": False, "spec:lookup+head": True} if draft is not None else {}
     modes = ["full", *drafters, *head_drafters] + [f"early_exit@{t}" for t in args.thresholds]
-    if args.modes:
-        modes = [m for m in modes if m == "full" or m in args.modes]
+    if args.modes:  # a head drafter may carry its own chain threshold: spec:lookup+head@0.25
+        swept = [m for m in args.modes if "@" in m and m.partition("@")[0] in head_drafters]
+        modes = [m for m in modes if m == "full" or m in args.modes] + swept
     rows = {
         m: {"tokens": 0, "seconds": 0.0, "calls": 0, "depths": [], "identical": 0, "match": [], "correct": 0}
         for m in modes
     }
-    stats = {m: SpecStats() for m in [*drafters, *head_drafters] if m in modes}
-    choices = {m: DraftChoice() for m in head_drafters if m in modes}
+    stats = {m: SpecStats() for m in modes if m.partition("@")[0] in {**drafters, **head_drafters}}
+    choices = {m: DraftChoice() for m in modes if m.partition("@")[0] in head_drafters}
 
     def run_mode(m: str, ids: list[int], max_len: int, st: dict):  # noqa: ANN202
         if m == "full":
@@ -111,7 +112,8 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
             return self_speculative(
                 lw, h, ids, max_len, greedy, draft_layer, args.max_draft, args.draft_threshold, st.get(m), lookup
             )
-        if m in head_drafters:
+        base, _, threshold = m.partition("@")
+        if base in head_drafters:
             return head_speculative(
                 lw,
                 draft,
@@ -119,9 +121,9 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
                 max_len,
                 greedy,
                 args.head_max_draft,
-                args.head_threshold,
+                float(threshold) if threshold else args.head_threshold,
                 st.get(m),
-                head_drafters[m],
+                head_drafters[base],
                 choices.get(m) if st else None,
             )
         return early_exit(lw, heads, ids, max_len, greedy, float(m.split("@")[1]))
@@ -252,14 +254,15 @@ def main() -> None:
     ap.add_argument(
         "--head-threshold",
         type=float,
-        default=0.3,
+        default=0.4,  # configs/adaptive.yaml's draft_threshold
         help="draft head: stop a chain when the product of its draft probabilities falls below this",
     )
     ap.add_argument(
         "--modes",
         type=lambda s: s.split(","),
         default=None,
-        help="comma-separated subset, e.g. spec:lookup,spec:head,spec:lookup+head (full always runs)",
+        help="comma-separated subset, e.g. spec:lookup,spec:head,spec:lookup+head (full always runs); "
+        "a head drafter with @T uses chain threshold T (a sweep: spec:lookup+head@0.1,spec:lookup+head@0.25)",
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")

@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 bench() {  # dtype, seconds
   timeout "$2" python3 benchmarks/adaptive_depth.py --tiers small --prompts "$N" --device cuda --dtype "$1" \
-    --modes spec:lookup,spec:head,spec:lookup+head --head-threshold 0.1 --head-max-draft 8 --out "$OUT/adaptive_depth_cuda_$1.json" 2>&1 | grep -v "it/s\]" | tail -12
+    --modes spec:lookup,spec:head,spec:lookup+head@0.1,spec:lookup+head@0.4 --head-threshold 0.1 --head-max-draft 8 --out "$OUT/adaptive_depth_cuda_$1.json" 2>&1 | grep -v "it/s\]" | tail -12
 }
 timeout 120 python3 -c "from ladder.cluster.compose import materialize; from ladder.cluster.settings import LadderConfig; \
 c = LadderConfig(); print('weights at', materialize(c, c.tier('small')))" || exit 1
