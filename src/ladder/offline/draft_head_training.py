@@ -27,7 +27,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ladder.offline.exit_head_training import HeadSpec, chat_ids, frozen_teacher, teacher_corpus, training_questions
+from ladder.offline.exit_head_training import (
+    HeadSpec,
+    chat_ids,
+    corpus_key,
+    frozen_teacher,
+    teacher_corpus,
+    training_questions,
+)
 from ladder.outcomes.io import read_rows
 from ladder.workers.draft_head import DraftHead
 
@@ -190,14 +197,7 @@ def train(
     t0 = time.perf_counter()
     model, tokenizer = frozen_teacher(model_dir, spec.seed, spec.threads)
     rng = random.Random(spec.seed)
-    key = {
-        "tier": tier,
-        "model": model_sha256,
-        "prompts": spec.prompts,
-        "new_tokens": spec.new_tokens,
-        "seed": spec.seed,
-        "kind": "draft-head",
-    }
+    key = corpus_key(tier, model_sha256, spec.prompts, spec.new_tokens, spec.seed, kind="draft-head")
     gen_spec = HeadSpec(prompts=spec.prompts, new_tokens=spec.new_tokens, gen_batch=spec.gen_batch, seed=spec.seed)
     seqs = teacher_corpus(model, tokenizer, data, (corpus_dir or out) / "corpus.json", key, gen_spec)
     gen_s = time.perf_counter() - t0

@@ -113,6 +113,12 @@ def training_questions(data: Path, n: int, seed: int) -> list[str]:
     return [p.question for p in random.Random(seed).sample(problems, n)]
 
 
+def corpus_key(tier: str, model_sha256: str, prompts: int, new_tokens: int, seed: int, **extra: str) -> dict:
+    """What a cached teacher corpus was made from (both head trainers): a rerun whose key differs
+    generates the corpus again."""
+    return {"tier": tier, "model": model_sha256, "prompts": prompts, "new_tokens": new_tokens, "seed": seed, **extra}
+
+
 def teacher_corpus(model, tokenizer, data: Path, corpus: Path, key: dict, spec: HeadSpec) -> list[list[int]]:  # noqa: ANN001
     """The model's own greedy answers to ``spec.prompts`` GSM8K training questions (sampled with
     ``spec.seed``), kept in ``corpus`` under ``key``: the slow part, so a rerun with the same key
@@ -129,13 +135,7 @@ def teacher_corpus(model, tokenizer, data: Path, corpus: Path, key: dict, spec: 
 def train(tier: str, model_dir: Path, model_sha256: str, data: Path, out: Path, spec: HeadSpec, command: str) -> dict:
     t0 = time.perf_counter()
     model, tokenizer = frozen_teacher(model_dir, spec.seed, spec.threads)
-    key = {
-        "tier": tier,
-        "model": model_sha256,
-        "prompts": spec.prompts,
-        "new_tokens": spec.new_tokens,
-        "seed": spec.seed,
-    }
+    key = corpus_key(tier, model_sha256, spec.prompts, spec.new_tokens, spec.seed)
     seqs = teacher_corpus(model, tokenizer, data, out / "corpus.json", key, spec)
     gen_s = time.perf_counter() - t0
 
