@@ -54,7 +54,11 @@ def test_overload_is_shed_at_once_with_503_retry_after_and_an_openai_body(server
     ok = [o for o in outcomes if o.status == 200]
     shed = [o for o in outcomes if o.status == 503]
     assert len(ok) + len(shed) == 12, outcomes
-    assert len(ok) >= 3 and len(shed) >= 1, outcomes  # 1 running + 2 queued fit; the rest are shed
+    # 1 running + 2 queued fit, the rest are shed. The queue bound (2) always admits two; the third
+    # fits only once the router has handed the first to the replica, and Serve's router counts a
+    # request as queued until then (its limits are best effort: ray-project/ray#42947), so on a
+    # loaded machine 2 of the 12 can be all that is admitted (seen in a CI run sharing its CPUs).
+    assert len(ok) >= 2 and len(shed) >= 1, outcomes
     assert all(o.code == "overloaded" and o.retry_after and o.well_formed for o in shed)
     assert max(o.latency_s for o in shed) < min(o.latency_s for o in ok) + 5  # shed promptly, not after a wait
 
