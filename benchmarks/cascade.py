@@ -39,7 +39,7 @@ import numpy as np
 
 from ladder.cluster.settings import LadderConfig
 from ladder.offline.plots import new_axes, save
-from ladder.offline.training import TrainSpec, idk_scores, train_policy
+from ladder.offline.training import TrainSpec, idk_scores, replay, train_policy
 from ladder.outcomes import Outcomes
 from ladder.outcomes.io import read_jsonl
 from ladder.policies.calibrate import Simulation, simulate, sweep
@@ -345,16 +345,7 @@ def served_policy_check() -> dict:
     policy = load_policy(BUNDLED_POLICY)
     o = read_paths(WORKLOADS["humaneval+gsm8k"])
     test = three_way(o, np.zeros(len(o), bool)).test
-    route = policy.scores(list(test.queries))
-    accept = idk_scores(policy, test, route)
-    sim = simulate(
-        route,
-        policy.thresholds,
-        test.quality,
-        np.ones_like(test.quality),
-        accept,
-        tuple(policy.idk_thresholds.get(b, 0.0) for b in range(len(policy.rungs) - 1)),
-    )
+    sim, _, _ = replay(policy, test)
     point = policy.meta["operating_point"]
     reach = sim.reached.mean(axis=0)
     inside = [bool(lo <= x <= hi) for x, (lo, hi) in zip(reach, point["reach_ci"])]

@@ -3,12 +3,9 @@ one accept rule): the bundled policy on Ladder's own committed outcomes."""
 
 from pathlib import Path
 
-import numpy as np
-
 from ladder.cluster.settings import BUNDLED_POLICY
-from ladder.offline.training import gate_scores, idk_scores
+from ladder.offline.training import gate_scores, replay
 from ladder.outcomes.io import read_jsonl
-from ladder.policies.calibrate import simulate
 from ladder.policies.store import load_policy
 from ladder.types import Generation, PrefixVerdict, Query
 
@@ -18,22 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_served_decisions_equal_the_replayed_ones():
     policy = load_policy(BUNDLED_POLICY)
     outcomes = read_jsonl(ROOT / "data" / "outcomes" / "humaneval.jsonl")
-    route = policy.scores(list(outcomes.queries))
-    accept = idk_scores(policy, outcomes, route)
-    replay = simulate(
-        route,
-        policy.thresholds,
-        outcomes.quality,
-        np.ones_like(outcomes.quality),
-        accept,
-        tuple(policy.idk_thresholds[b] for b in range(len(policy.rungs) - 1)),
-    )
+    assert set(policy.idk_thresholds) == set(range(len(policy.rungs) - 1))  # every non-top rung has an IDK step
+    replayed, route, accept = replay(policy, outcomes)
     gates = gate_scores(policy, outcomes, route)
     k = policy.prefix_tokens(0)
     disagreements = 0
     for i, text in enumerate(outcomes.queries):
         served = policy.route(Query.of(text))
-        start = int(replay.reached[i].argmax())
+        start = int(replayed.reached[i].argmax())
         assert served.start == start, i
         for b in range(start, len(policy.rungs) - 1):
             rung = policy.rungs[b]

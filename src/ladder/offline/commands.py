@@ -148,7 +148,7 @@ def _calibrate_gates(
         costs,
         prefix_costs,
         accept,
-        tuple(policy.idk_thresholds.get(b, 0.0) for b in range(len(policy.rungs) - 1)),
+        policy.accept_thresholds,
         gates,
         answer_tokens(val),
         n_future=n_future,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ladder.outcomes import Outcomes
+from ladder.policies.calibrate import Simulation, simulate
 from ladder.policies.features import Featurizer, FeaturizerKind, make_featurizer
 from ladder.policies.hybrid import HybridRouterPolicy
 from ladder.policies.idk import (
@@ -146,3 +147,13 @@ def idk_scores(policy: HybridRouterPolicy, outcomes: Outcomes, route_scores: np.
     for b, model in policy.idk.items():
         out[:, b] = model.proba(_views(outcomes, outcomes.rungs[b], route_scores[:, b]))
     return out
+
+
+def replay(policy: HybridRouterPolicy, outcomes: Outcomes) -> tuple[Simulation, np.ndarray, np.ndarray | None]:
+    """The policy's decisions on recorded outcomes — start rung by the router, then each rung's
+    recorded answer through its IDK step — at unit cost per rung, as serving would make them.
+    Returns the simulation with the route and IDK scores it was made from."""
+    route = policy.scores(list(outcomes.queries))
+    accept = idk_scores(policy, outcomes, route)
+    ones = np.ones_like(outcomes.quality)
+    return simulate(route, policy.thresholds, outcomes.quality, ones, accept, policy.accept_thresholds), route, accept

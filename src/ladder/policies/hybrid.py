@@ -66,6 +66,12 @@ class HybridRouterPolicy:
         x = self.featurizer.transform(texts)
         return np.stack([s.proba(x) for s in self.boundaries], axis=1)
 
+    @property
+    def accept_thresholds(self) -> tuple[float, ...]:
+        """Per non-top rung, the IDK probability an answer needs to be accepted (0.0: a rung with
+        no threshold accepts): the rule ``accept`` serves and calibration's replay uses."""
+        return tuple(self.idk_thresholds.get(b, 0.0) for b in range(len(self.rungs) - 1))
+
     def start_rungs(self, scores: np.ndarray) -> np.ndarray:
         return start_rungs(scores, self.thresholds)
 
@@ -83,7 +89,7 @@ class HybridRouterPolicy:
             return True
         prior = route.scores[rung] if rung < len(route.scores) else 0.5
         p = float(model.proba([AnswerView(answer.text, answer.logprobs, prior, answer.signals)])[0])
-        return p >= self.idk_thresholds.get(rung, 0.0)
+        return p >= self.accept_thresholds[rung]
 
     def _gate(self, rung: int) -> PrefixGate | None:
         if rung >= len(self.rungs) - 1:
