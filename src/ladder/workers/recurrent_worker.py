@@ -21,8 +21,8 @@ from ladder.errors import ChecksumMismatch, ContextOverflow, InvalidRequest, Wei
 from ladder.types import Generation, Query
 from ladder.workers.exits import ExitKind, make_exit
 from ladder.workers.options import DepthBudget
-from ladder.workers.whole_answer import WholeAnswer
 from ladder.workers.recurrent import RecurrentConfig, RecurrentDepthModel
+from ladder.workers.whole_answer import WholeAnswer
 
 
 class CharTokenizer:
