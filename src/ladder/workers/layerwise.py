@@ -75,12 +75,19 @@ class LayerwiseModel:
     def embed_ids(self, ids: list[int]) -> torch.Tensor:
         return self.embed(torch.tensor([ids], device=self.device))  # [1, n, D]
 
-    def _qkv(self, j: int, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):  # noqa: ANN202
-        attn = self.layers[j].self_attn
-        n = x.shape[1]
-        q = linear(attn.q_proj, x).view(1, n, self.n_heads, self.head_dim).transpose(1, 2)
+    def _kv(self, j: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer j's K (before rotary) and V for its normed input x [1, n, D]. One computation for
+        the layer and for fill_kv, so both write the same bits (F.linear and ``linear``'s W @ xᵀ
+        differ in the last bit)."""
+        attn, n = self.layers[j].self_attn, x.shape[1]
         k = linear(attn.k_proj, x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
         v = linear(attn.v_proj, x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+        return k, v
+
+    def _qkv(self, j: int, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):  # noqa: ANN202
+        n = x.shape[1]
+        q = linear(self.layers[j].self_attn.q_proj, x).view(1, n, self.n_heads, self.head_dim).transpose(1, 2)
+        k, v = self._kv(j, x)
         q, k = apply_rotary_pos_emb(q, k, *rope)
         return q, k, v
 
@@ -118,12 +125,7 @@ class LayerwiseModel:
         rope = self.rope(start, h.shape[1], h)
         n = h.shape[1]
         for j in range(first, last):
-            block = self.layers[j]
-            x = block.input_layernorm(h)
-            # the same kernel as layer() so the K/V written here are bit-for-bit what running the
-            # layer writes (F.linear and W @ xᵀ differ in the last float bit)
-            k = linear(block.self_attn.k_proj, x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
-            v = linear(block.self_attn.v_proj, x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+            k, v = self._kv(j, self.layers[j].input_layernorm(h))
             k, _ = apply_rotary_pos_emb(k, k, *rope)
             self.k[j, :, start : start + n] = k[0]
             self.v[j, :, start : start + n] = v[0]
