@@ -23,8 +23,10 @@ class ScriptedWorker:
         fail: Exception | None = None,
         words: int = 3,
         fail_after: int | None = None,
+        text: str | None = None,
     ) -> None:
         self.tier = tier
+        self.text = text  # the whole answer, one token per word (default: "answer from <tier> w0 …")
         self.logprob = logprob
         self.fail = fail
         self.words = words
@@ -34,13 +36,15 @@ class ScriptedWorker:
         self.closed = 0  # streams closed before their end
 
     def _text(self) -> str:
+        if self.text is not None:
+            return self.text
         return " ".join([f"answer from {self.tier}", *[f"w{i}" for i in range(self.words - 3)]])
 
     async def generate(self, query: Query) -> Generation:
         self.calls.append(query)
         if self.fail is not None:
             raise self.fail
-        return make_generation(self.tier, self._text(), self.logprob, self.words)
+        return make_generation(self.tier, self._text(), self.logprob, len(self._text().split(" ")))
 
     async def stream(self, query: Query):  # noqa: ANN201
         self.calls.append(query)
@@ -56,7 +60,7 @@ class ScriptedWorker:
                 self.produced += 1
                 yield Delta(word if i == 0 else " " + word, (i,), (self.logprob,), 5 if i == 0 else 0)
             finished = True
-            yield make_generation(self.tier, self._text(), self.logprob, self.words)
+            yield make_generation(self.tier, self._text(), self.logprob, len(words))
         finally:
             self.closed += not finished
 

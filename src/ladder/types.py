@@ -119,6 +119,7 @@ class Attempt:
     # Tokens of this rung's answer the policy had seen when it decided; None = the whole answer.
     # A prefix decision that escalated leaves a ``generation`` holding only that prefix.
     decided_at: int | None = None
+    non_answer: str | None = None  # why it was escalated without asking the policy (ladder.nonanswer)
 
 
 @dataclass(frozen=True)

@@ -154,3 +154,50 @@ def test_admin_routes_refuse_a_malformed_push_and_a_remote_caller(tiers):
 
     r = asyncio.run(remote())
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+
+
+def test_a_buffered_request_stops_a_doomed_rung_after_its_prefix():
+    # The fixed policy judges the first 2 tokens: small's are unsure, so its generation is stopped
+    # there although the client did not ask to stream (before, a buffered request ran it to its end).
+    small = ScriptedWorker("small", logprob=-3.0, words=40)
+    medium = ScriptedWorker("medium", logprob=-0.1, words=6)
+    r = call(gateway([small, medium], min_mean_logprob=-1.0, prefix_tokens=2), "POST", "/v1/chat/completions", **chat())
+    assert r.status_code == 200 and r.json()["model"] == "medium"
+    assert small.closed == 1 and small.produced < 10
+    tried = r.json()["ladder"]["rungs_tried"]
+    assert tried[0]["decided_at"] == 2 and tried[0]["completion_tokens"] == 2 and not tried[0]["accepted"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        ("I'm sorry, but I can't assist with that.", "refusal"),
+        ("Can you explain the difference between a list and a tuple in Python?", "question_back"),
+    ],
+)
+def test_a_confident_non_answer_is_escalated(answer, kind, stream):
+    # Quoted from issue 28: medium's refusal and question back were accepted by the IDK step.
+    small = ScriptedWorker("small", logprob=-0.01, text=answer)
+    medium = ScriptedWorker("medium", logprob=-0.1, words=6)
+    body = {"messages": [{"role": "user", "content": "Who wrote 'Pride and Prejudice'?"}], "stream": stream}
+    r = call(gateway([small, medium], min_mean_logprob=-1.0), "POST", "/v1/chat/completions", **chat(**body))
+    assert r.status_code == 200
+    if stream:
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e.get("choices"))
+        ladder = events[-1]["ladder"]
+    else:
+        text, ladder = r.json()["choices"][0]["message"]["content"], r.json()["ladder"]
+    assert text == "answer from medium w0 w1 w2"
+    assert ladder["rungs_tried"][0]["non_answer"] == kind and ladder["escalations"] == 1
+
+
+def test_the_top_rung_answers_even_when_it_declines():
+    # nothing is above the top rung: its refusal is the answer (and a pinned tier is never judged)
+    small = ScriptedWorker("small", logprob=-3.0, words=6)
+    medium = ScriptedWorker("medium", logprob=-0.1, text="I cannot help with that.")
+    r = call(gateway([small, medium], min_mean_logprob=-1.0), "POST", "/v1/chat/completions", **chat())
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "I cannot help with that."
+    r = call(gateway([medium, small]), "POST", "/v1/chat/completions", **chat(model="small"))
+    assert r.json()["choices"][0]["message"]["content"] == "I cannot help with that."

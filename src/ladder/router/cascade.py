@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ladder.errors import InvalidRequest, NoRungAvailable, TierOverloaded
+from ladder.nonanswer import non_answer
 from ladder.protocols import Policy, RouteCache, Worker
 from ladder.router.keys import route_key
 from ladder.types import Attempt, CascadeResult, Generation, Query, Route
@@ -43,6 +44,12 @@ async def routed(
         return route, False, "forced", 0.0
     route, hit = await decide(query, policy, cache)
     return route, hit, "cache" if hit else "router", time.perf_counter() - t0
+
+
+def asked(query: Query) -> str:
+    """What the answer must answer: the last user message (the whole conversation when none)."""
+    users = [m.content for m in query.messages if m.role == "user"]
+    return users[-1] if users else query.text
 
 
 def no_rung_error(attempts: list[Attempt], client_errors: list[InvalidRequest], overloads: int) -> Exception:
@@ -80,8 +87,10 @@ async def run_cascade(
             overloads += isinstance(exc, TierOverloaded)
             attempts.append(Attempt(rung, worker.tier, None, False, f"{type(exc).__name__}: {exc}"))
             continue
-        accepted = rung == last or policy.accept(answer, route)
-        attempts.append(Attempt(rung, worker.tier, answer, accepted, cost_usd=cost(answer)))
+        # a non-answer is never accepted from a rung that may escalate (ladder.nonanswer)
+        kind = None if rung == last else non_answer(asked(query), answer.text)
+        accepted = rung == last or (kind is None and policy.accept(answer, route))
+        attempts.append(Attempt(rung, worker.tier, answer, accepted, cost_usd=cost(answer), non_answer=kind))
         if accepted:
             return CascadeResult(answer, route, tuple(attempts), hit, source, decision_s)
     answered = [a for a in attempts if a.generation is not None]

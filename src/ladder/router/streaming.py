@@ -20,8 +20,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from ladder.errors import InvalidRequest, TierOverloaded, WorkerFailed
+from ladder.nonanswer import non_answer, refuses
 from ladder.protocols import Policy, RouteCache, StreamWorker
-from ladder.router.cascade import CostFn, _free, no_rung_error, routed
+from ladder.router.cascade import CostFn, _free, asked, no_rung_error, routed
 from ladder.types import Attempt, CascadeResult, Delta, Generation, PrefixVerdict, Query, Route
 
 
@@ -52,8 +53,13 @@ async def stream_cascade(
     cache: RouteCache | None = None,
     cost: CostFn = _free,
     route: Route | None = None,
+    buffered: bool = False,
 ) -> AsyncIterator[Event]:
+    """``buffered``: the client reads the whole answer at once (a plain, non-streamed request).
+    Prefix gates still stop a doomed rung after k tokens, but nothing is shown early, so an
+    answer accepted on its prefix is still checked whole for non-answers before it is returned."""
     route, hit, source, decision_s = await routed(query, policy, cache, route)
+    question = asked(query)
     last = len(workers) - 1 if not route.pinned else route.start
     attempts: list[Attempt] = []
     client_errors: list[InvalidRequest] = []
@@ -87,11 +93,15 @@ async def stream_cascade(
                     if not (k and decided_at is None and seen >= k):
                         continue
                     decided_at = k
-                    verdict = policy.judge_prefix(_partial(worker.tier, held, k), route)
+                    partial = _partial(worker.tier, held, k)
+                    # a prefix that already declines is a non-answer whatever its log-probabilities
+                    verdict = PrefixVerdict.ESCALATE if refuses(partial.text) else policy.judge_prefix(partial, route)
                     if verdict is PrefixVerdict.ESCALATE:
                         break  # leaving the loop closes the stream: the rung stops generating
                     if verdict is PrefixVerdict.WAIT:
                         continue
+                if buffered:
+                    continue  # nothing is shown before the whole answer is judged
                 # accepted (now, or from the start): what was held goes out, then each delta as it comes
                 if not shown:
                     shown = True
@@ -115,7 +125,10 @@ async def stream_cascade(
             await stream.aclose()
         if verdict is PrefixVerdict.ESCALATE:
             partial = _partial(worker.tier, held, k)
-            attempts.append(Attempt(rung, worker.tier, partial, False, cost_usd=cost(partial), decided_at=k))
+            kind = "refusal" if refuses(partial.text) else None
+            attempts.append(
+                Attempt(rung, worker.tier, partial, False, cost_usd=cost(partial), decided_at=k, non_answer=kind)
+            )
             continue
         if final is None:
             if shown:
@@ -124,9 +137,14 @@ async def stream_cascade(
                 Attempt(rung, worker.tier, None, False, "WorkerFailed: the stream ended without its answer")
             )
             continue
-        accepted = verdict is PrefixVerdict.ACCEPT or policy.accept(final, route)
+        # Once shown, an answer stands; the top rung's answer stands (nothing is above it); any other
+        # is checked whole for non-answers before the policy's own judgement.
+        kind = None if shown or live else non_answer(question, final.text)
+        accepted = shown or live or (kind is None and (verdict is PrefixVerdict.ACCEPT or policy.accept(final, route)))
         judged_at = decided_at if verdict is PrefixVerdict.ACCEPT else None
-        attempts.append(Attempt(rung, worker.tier, final, accepted, cost_usd=cost(final), decided_at=judged_at))
+        attempts.append(
+            Attempt(rung, worker.tier, final, accepted, cost_usd=cost(final), decided_at=judged_at, non_answer=kind)
+        )
         if accepted:
             if not shown:
                 yield start(worker.tier, None)

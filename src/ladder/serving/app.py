@@ -15,9 +15,10 @@ from ray.serve.handle import DeploymentHandle
 
 from ladder.cluster.settings import LadderConfig, load_config
 from ladder.serving.gateway import Gateway, activate, active, build_api
-from ladder.serving.tiers import TierDeployment, TierHandleStreamer, TierHandleWorker
+from ladder.serving.tiers import TierDeployment, TierHandleStreamer
 
-api = build_api(active)  # the routes reach this replica's Gateway (set in LadderIngress.__init__)
+api = build_api(active)
+BUFFERED_COALESCE_S = 0.5  # the routes reach this replica's Gateway (set in LadderIngress.__init__)
 
 
 @serve.deployment
@@ -27,7 +28,9 @@ class LadderIngress:
 
     def __init__(self, config_json: str, redis_url: str | None, tiers: dict[str, DeploymentHandle]) -> None:
         config = LadderConfig.model_validate_json(config_json)
-        workers = [TierHandleWorker(t.name, tiers[t.name], t.timeout_s) for t in config.tiers]
+        # Buffered requests run the same streamed cascade (so a prefix gate stops a doomed rung
+        # after k tokens there too), with the replica's deltas coalesced into few Ray messages.
+        workers = [TierHandleStreamer(t.name, tiers[t.name], t.timeout_s, BUFFERED_COALESCE_S) for t in config.tiers]
         streamers = [TierHandleStreamer(t.name, tiers[t.name], t.timeout_s) for t in config.tiers]
         activate(Gateway(config, workers, streamers, redis_url))
 

@@ -2,14 +2,14 @@
 that maps typed errors to HTTP answers.
 
 ``Gateway`` holds what a request needs (the live policy, the route cache, the tiers as
-``Worker``/``StreamWorker``s, metrics, keys, the shadow log) and raises typed errors where a
+``StreamWorker``s, metrics, keys, the shadow log) and raises typed errors where a
 problem is found; ``build_api`` turns it into a FastAPI app whose exception handlers give every
 error its status, OpenAI-style body, headers and metric exactly once. ``serving/app.py`` runs
 that app in a Ray Serve deployment over tier handles; tests run it in-process over an ASGI
 transport with scripted workers (``tests/serving/test_gateway.py``).
 
 One request's path: ``POST /v1/chat/completions`` → ``Gateway.chat`` (auth, parse, limits) →
-``router.cascade.run_cascade`` or ``router.streaming.stream_cascade`` (policy → route cache →
+``router.streaming.stream_cascade`` (buffered or streamed) (policy → route cache →
 rung after rung, each a ``Worker``) → ``openai_api`` (response body, headers, SSE chunks).
 """
 
@@ -37,8 +37,7 @@ from ladder.errors import (
     WorkerFailed,
     WorkerTimeout,
 )
-from ladder.protocols import Policy, StreamWorker, Worker
-from ladder.router.cascade import run_cascade
+from ladder.protocols import Policy, StreamWorker
 from ladder.router.streaming import StreamStart, stream_cascade
 from ladder.serving import openai_api as oai
 from ladder.serving.live_policy import LivePolicy, PolicyFiles
@@ -66,8 +65,15 @@ def _bearer_in(request: Request, keys: list[bytes]) -> bool:
 
 class Gateway:
     def __init__(
-        self, config: LadderConfig, workers: Sequence[Worker], streamers: Sequence[StreamWorker], redis_url: str | None
+        self,
+        config: LadderConfig,
+        workers: Sequence[StreamWorker],
+        streamers: Sequence[StreamWorker],
+        redis_url: str | None,
     ) -> None:
+        """``workers`` answer buffered requests, ``streamers`` streamed ones (the same tiers; the
+        Serve app coalesces the former's deltas). Both run ``stream_cascade``: a prefix gate stops
+        a doomed rung after k tokens whether or not the client streams."""
         self.config = config
         self.tier_names = config.tier_names
         self.workers, self.streamers = list(workers), list(streamers)
@@ -132,11 +138,18 @@ class Gateway:
             )
         if body.stream:
             return await self._stream(body, query, route, started, request_id)
-        result = await run_cascade(query, self.policy, self.workers, self.cache, self.cost, route)
+        result = await self._buffered(query, route)
         self._record(result, time.perf_counter() - started, request_id, query)
         headers = oai.ladder_headers(result, self.cache is not None)
         body_json = oai.completion_body(result, oai.new_completion_id(), body.logprobs, self.cache is not None)
         return JSONResponse(body_json, headers=headers)
+
+    async def _buffered(self, query: Query, route: Route | None) -> CascadeResult:
+        events = stream_cascade(query, self.policy, self.workers, self.cache, self.cost, route, buffered=True)
+        async for event in events:
+            if isinstance(event, CascadeResult):
+                return event
+        raise WorkerFailed("the cascade ended without an answer")  # stream_cascade always ends with one
 
     def _forced_route(self, model: str) -> Route | None:
         if model == self.config.server.router_model:

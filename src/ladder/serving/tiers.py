@@ -23,8 +23,23 @@ class TierDeployment:
     async def generate(self, query: Query) -> Generation:
         return await self.worker.generate(query)
 
-    async def stream(self, query: Query):  # noqa: ANN201 (async generator of Delta | Generation)
+    async def stream(self, query: Query, coalesce_s: float = 0.0):  # noqa: ANN201 (async generator of Delta | Generation)
+        """The worker's deltas; with ``coalesce_s`` > 0 the deltas that arrive within that many
+        seconds of the last one sent are merged into one (a buffered request only needs the
+        prefix a gate reads, not a Ray message per token: on 2 cores those messages cost CPU the
+        engines need). The first delta and the final Generation are never held."""
+        held: list[Delta] = []
+        sent_at = 0.0
         async for item in self.worker.stream(query):
+            if isinstance(item, Delta) and coalesce_s > 0:
+                held.append(item)
+                if sent_at and time.monotonic() - sent_at < coalesce_s:
+                    continue
+                item, held = merge(held), []
+            elif held:
+                yield merge(held)
+                held = []
+            sent_at = time.monotonic()
             yield item
 
     def __del__(self) -> None:  # Serve calls it when it stops a replica: stop the engine with it
@@ -42,34 +57,29 @@ class TierDeployment:
             raise RuntimeError(f"tier {self.worker.tier}: engine not running")
 
 
-class TierHandleWorker:
-    """The ``Worker`` protocol over a tier deployment handle, with a timeout."""
-
-    def __init__(self, tier: str, handle: DeploymentHandle, timeout_s: float) -> None:
-        self.tier = tier
-        self.handle = handle
-        self.timeout_s = timeout_s
-
-    async def generate(self, query: Query) -> Generation:
-        try:
-            return await asyncio.wait_for(self.handle.generate.remote(query), self.timeout_s)
-        except asyncio.TimeoutError:
-            raise WorkerTimeout(f"tier {self.tier} timed out after {self.timeout_s}s") from None
-        except Exception as exc:
-            raise unwrap_error(exc, self.tier) from None
+def merge(deltas: list[Delta]) -> Delta:
+    """Consecutive deltas of one stream as one (text, tokens and log-probabilities in order)."""
+    return Delta(
+        "".join(d.text for d in deltas),
+        tuple(t for d in deltas for t in d.token_ids),
+        tuple(lp for d in deltas for lp in d.logprobs),
+        next((d.prompt_tokens for d in deltas if d.prompt_tokens), 0),
+    )
 
 
 class TierHandleStreamer:
     """The ``StreamWorker`` protocol over a tier deployment handle: closing the stream early (a
-    rung that lost, a client that left) cancels the replica's call, which stops its engine."""
+    rung that lost, a client that left) cancels the replica's call, which stops its engine.
+    ``coalesce_s``: see ``TierDeployment.stream`` (buffered requests use it)."""
 
-    def __init__(self, tier: str, handle: DeploymentHandle, timeout_s: float) -> None:
+    def __init__(self, tier: str, handle: DeploymentHandle, timeout_s: float, coalesce_s: float = 0.0) -> None:
         self.tier = tier
         self.handle = handle.options(stream=True)
         self.timeout_s = timeout_s
+        self.coalesce_s = coalesce_s
 
     async def stream(self, query: Query) -> AsyncIterator[Delta | Generation]:
-        call = self.handle.stream.remote(query)
+        call = self.handle.stream.remote(query, self.coalesce_s)
         deadline = time.monotonic() + self.timeout_s
         finished = False
         try:
