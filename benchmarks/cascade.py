@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ladder.cluster.settings import LadderConfig
+from ladder.offline.pipeline import rung_costs
 from ladder.offline.plots import new_axes, save
 from ladder.offline.training import TrainSpec, idk_scores, replay, train_policy
 from ladder.outcomes import Outcomes
@@ -53,13 +54,9 @@ WORKLOADS = {"humaneval": [OUT / "humaneval.jsonl"], "humaneval+gsm8k": [OUT / "
 
 
 def usd(part: Outcomes, config: LadderConfig) -> np.ndarray:
-    """[n, R] USD per call from the configured prices and the recorded token counts."""
-    cols = []
-    for j, rung in enumerate(part.rungs):
-        price = config.tier(rung).price
-        prompt = part.signals[f"{rung}/prompt_tokens"]
-        cols.append((prompt * price.input_per_1m + part.tokens[:, j] * price.output_per_1m) / 1e6)
-    return np.nan_to_num(np.stack(cols, axis=1))
+    """[n, R] USD per call from the configured prices: the one cost model (``rung_costs``)."""
+    prices = {r: (config.tier(r).price.input_per_1m, config.tier(r).price.output_per_1m) for r in part.rungs}
+    return np.nan_to_num(rung_costs(part, prices))
 
 
 def seconds(part: Outcomes, key: str) -> np.ndarray:

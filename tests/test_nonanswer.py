@@ -34,6 +34,7 @@ def test_non_answers_are_named(question, answer, kind):
         ("Who wrote 'Pride and Prejudice'?", "Jane Austen wrote it, in 1813."),
         ("What is 2+2?", "2 + 2 = 4"),
         ("What is 2+2?", "Four."),
+        ("Options: A. 2+2=5 B. 2+2=4\nAnswer with the letter only.", "B"),
         ("Tom has 3 apples and buys 4 more. How many apples does he have?", "3 + 4 = 7. #### 7"),
         (CODE_PROMPT, "    return a + b"),
         (CODE_PROMPT, "```python\ndef add(a, b):\n    return a + b\n```"),

@@ -327,6 +327,27 @@ def calibrate(
 
 
 @app.command()
+def prices(
+    source: SourceArg,
+    usd_per_hour: Annotated[
+        float, typer.Option(min=0.0, help="what an hour of the machine that collected SOURCE costs")
+    ] = 1.0,
+) -> None:
+    """Tier prices measured from collected outcomes (compute per prompt and output token), as
+    --price flags for train/calibrate and as the config's price blocks."""
+    from ladder.offline.pipeline import load_outcomes, measured_prices
+
+    try:
+        outcomes, _ = load_outcomes(source, None)
+        table = measured_prices(outcomes, usd_per_hour)
+    except LadderError as exc:
+        _fail(str(exc))
+    for rung, (p_in, p_out) in table.items():
+        typer.echo(f"{rung}: input_per_1m {p_in}  output_per_1m {p_out}")
+    typer.echo(" ".join(f"--price {r}={i}:{o}" for r, (i, o) in table.items()))
+
+
+@app.command()
 def tune(
     outcomes: SourceArg,
     policy: Path,

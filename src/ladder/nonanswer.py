@@ -16,7 +16,7 @@ The kinds, each a plain test on the text (stdlib only, so it is cheap enough to 
 - ``no_code``: the question asks for code (a function signature or "write a … function") and the
   answer holds none;
 - ``no_number``: the question is arithmetic (digits with an operator, or "how many/much" with
-  digits) and the answer has no number at all.
+  digits) and the answer is prose (three words or more) with no number at all.
 
 Truncation (``finish_reason == "length"``) is deliberately not a kind: the client's ``max_tokens``
 cuts every rung alike, so escalating truncated answers would send every short-budget request to
@@ -65,9 +65,11 @@ def non_answer(question: str, answer: str) -> str | None:
         return "refusal"
     if len(text) <= QUESTION_BACK_MAX_CHARS and text.rstrip(" \"'*)…").endswith("?"):
         return "question_back"
-    if _CODE_ASKED.search(question) and not _CODE_GIVEN.search(text):
-        return "no_code"
-    if _ARITHMETIC.search(question) and not _NUMBER_WORDS.search(text):
+    if _CODE_ASKED.search(question):  # (a code question's examples are arithmetic: no number rule)
+        return None if _CODE_GIVEN.search(text) else "no_code"
+    # (a bare word or letter — "Four.", a multiple-choice "C" — is let through: only prose that
+    # avoids every number is a non-answer to arithmetic)
+    if _ARITHMETIC.search(question) and len(text.split()) >= 3 and not _NUMBER_WORDS.search(text):
         return "no_number"
     return None
 

@@ -74,3 +74,37 @@ def test_stop_sequences_seeds_and_bad_input(workers):
         loop.run_until_complete(v.generate(Query.of("   ")))
     with pytest.raises(InvalidRequest, match="exceeds"):
         loop.run_until_complete(v.generate(Query.of("hi", max_tokens=5000)))
+
+
+def test_the_engine_takes_turns_on_the_machine_lock(workers):
+    # sharing: turns (the default): the engine process vLLM started runs its steps under the
+    # machine's turn lock: it has the lock file open, and while another process holds the lock the
+    # engine makes no step (its request finishes only after the lock is released).
+    import fcntl
+    import os
+    import time
+
+    import psutil
+
+    from ladder.types import Query
+    from ladder.workers.engine_share import turns_lock_path
+
+    v, _, loop = workers
+    path = turns_lock_path()
+    engines = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline()) + p.name()]
+    assert engines and any(any(f.path == path for f in p.open_files()) for p in engines)
+    loop.run_until_complete(v.generate(Query.of("Say hi.", max_tokens=2)))  # warm
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    released = time.monotonic() + 3.0
+
+    async def held_then_released():
+        task = asyncio.ensure_future(v.generate(Query.of("Name a colour.", max_tokens=4)))
+        await asyncio.sleep(max(0.0, released - time.monotonic()))
+        assert not task.done()  # no step while another engine holds its turn
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return await task
+
+    out = loop.run_until_complete(held_then_released())
+    os.close(fd)
+    assert out.completion_tokens == 4 and time.monotonic() >= released

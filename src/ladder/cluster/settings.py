@@ -228,7 +228,7 @@ def _default_tiers() -> list[TierConfig]:
                 filename="SmolLM2-135M-Instruct.Q4_1.gguf",
                 sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             ),
-            price=PriceConfig(input_per_1m=0.02, output_per_1m=0.04),
+            price=PriceConfig(input_per_1m=0.474, output_per_1m=1.2091),
             vllm=engine,
             verifier="python_examples",  # the default policy's IDK step reads it
         ),
@@ -239,7 +239,7 @@ def _default_tiers() -> list[TierConfig]:
                 filename="qwen2.5-coder-0.5b-instruct.gguf",
                 sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             ),
-            price=PriceConfig(input_per_1m=0.08, output_per_1m=0.16),
+            price=PriceConfig(input_per_1m=0.5955, output_per_1m=2.6155),
             vllm=engine,
             verifier="python_examples",  # the default policy's IDK step reads it
         ),
@@ -250,7 +250,7 @@ def _default_tiers() -> list[TierConfig]:
                 filename="qwen2.5-coder-1.5b-instruct.gguf",
                 sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             ),
-            price=PriceConfig(input_per_1m=0.24, output_per_1m=0.48),
+            price=PriceConfig(input_per_1m=0.8543, output_per_1m=7.7701),
             vllm=engine,
         ),
     ]

@@ -58,14 +58,18 @@ def answer_tokens(outcomes: Outcomes) -> np.ndarray:
 
 
 def rung_costs(outcomes: Outcomes, prices: dict[str, tuple[float, float]], output_cap: int | None = None) -> np.ndarray:
-    """[n, R] USD per call: prompt ≈ chars/4 tokens, output = ``answer_tokens``, at most
-    ``output_cap`` of them (the cost of a rung stopped after a prefix decision)."""
-    prompt_tokens = np.array([len(q) / 4 for q in outcomes.queries])
+    """[n, R] USD per call — the one cost model of calibration, benchmarks and serving (where
+    ``x-ladder-cost-usd`` prices the same tokens): the prompt's tokens as the rung recorded them
+    (chars/4 where outcomes carry no count), output = ``answer_tokens``, at most ``output_cap`` of
+    them (the cost of a rung stopped after a prefix decision)."""
+    estimate = np.array([len(q) / 4 for q in outcomes.queries])
     tokens = answer_tokens(outcomes)
     cols = []
     for j, rung in enumerate(outcomes.rungs):
         if rung not in prices:
             raise OutcomesError(f"no price for rung {rung!r}; prices given for {sorted(prices)}")
+        recorded = outcomes.signals.get(f"{rung}/prompt_tokens")
+        prompt_tokens = estimate if recorded is None else np.where(np.isfinite(recorded), recorded, estimate)
         out = tokens[:, j]
         if output_cap is not None:
             out = np.minimum(out, output_cap)
@@ -134,3 +138,24 @@ def parse_target(text: str, rungs: tuple[str, ...]):  # noqa: ANN201 (Target)
         return Target(caps, cost, quality, tuple(rungs))
     except ValueError as exc:
         raise OutcomesError(str(exc)) from None
+
+
+def measured_prices(outcomes: Outcomes, usd_per_hour: float = 1.0) -> dict[str, tuple[float, float]]:
+    """Per rung, (input, output) USD per 1M tokens from the compute each call was measured to take:
+    ``compute_s`` (the engine's batch time shared per request, recorded by ``ladder collect``)
+    fitted per rung by non-negative least squares as a × prompt tokens + b × output tokens, priced
+    at ``usd_per_hour`` of the machine that ran them. Prices that the hardware set, not chosen."""
+    from scipy.optimize import nnls
+
+    out = {}
+    for j, rung in enumerate(outcomes.rungs):
+        compute = outcomes.signals.get(f"{rung}/compute_s")
+        prompt = outcomes.signals.get(f"{rung}/prompt_tokens")
+        if compute is None or prompt is None or outcomes.tokens is None:
+            raise OutcomesError(f"rung {rung!r}: the outcomes carry no compute_s/prompt_tokens (collect them anew)")
+        ok = np.isfinite(compute) & np.isfinite(prompt) & np.isfinite(outcomes.tokens[:, j])
+        x = np.stack([prompt[ok], outcomes.tokens[ok, j]], axis=1)
+        (per_in, per_out), _ = nnls(x, compute[ok])
+        scale = 1e6 * usd_per_hour / 3600  # seconds per token -> USD per 1M tokens
+        out[rung] = (round(float(per_in * scale), 4), round(float(per_out * scale), 4))
+    return out

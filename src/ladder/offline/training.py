@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ladder.nonanswer import non_answer
 from ladder.outcomes import Outcomes
 from ladder.policies.calibrate import Simulation, simulate
 from ladder.policies.features import Featurizer, FeaturizerKind, make_featurizer
@@ -138,14 +139,23 @@ def gate_scores(policy: HybridRouterPolicy, outcomes: Outcomes, route_scores: np
     return out
 
 
+NON_ANSWER = -2.0  # the IDK score of a non-answer: below every accept threshold (-1.0 accepts all)
+
+
 def idk_scores(policy: HybridRouterPolicy, outcomes: Outcomes, route_scores: np.ndarray) -> np.ndarray | None:
-    """[n, R-1] P(accept) of each non-top rung's recorded answer, or None without responses."""
-    if not policy.idk:
-        return None
+    """[n, R-1] P(accept) of each non-top rung's recorded answer, or None when there is nothing to
+    judge (no IDK model and no recorded answers). A non-answer (``ladder.nonanswer``) scores
+    ``NON_ANSWER``, below every threshold: serving escalates it before asking the policy."""
     n, r = len(outcomes), len(outcomes.rungs)
+    judged = [b for b in range(r - 1) if outcomes.rungs[b] in outcomes.responses]
+    if not policy.idk and not judged:
+        return None
     out = np.ones((n, r - 1))  # rungs without an IDK model accept
     for b, model in policy.idk.items():
         out[:, b] = model.proba(_views(outcomes, outcomes.rungs[b], route_scores[:, b]))
+    for b in judged:
+        answers = outcomes.response(outcomes.rungs[b])
+        out[[non_answer(q, a) is not None for q, a in zip(outcomes.queries, answers)], b] = NON_ANSWER
     return out
 
 

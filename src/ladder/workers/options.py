@@ -43,6 +43,13 @@ class DepthBudget(Options):
 
 
 # -- vLLM tiers ---------------------------------------------------------------------------------------
+class CoreSharing(str, Enum):
+    """How a CPU engine shares the machine's cores with the other tiers' engines."""
+
+    TURNS = "turns"  # every engine on its cores, one engine step at a time (workers/engine_share.py)
+    FREE = "free"  # engines run at once and the OS interleaves their threads (vLLM's own behaviour)
+
+
 class VLLMOptions(Options):
     """Engine settings of a ``backend: vllm`` tier (see workers/vllm_worker.py)."""
 
@@ -51,6 +58,11 @@ class VLLMOptions(Options):
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # GPU only
     kv_cache_gib: int = Field(default=2, ge=1)  # CPU only: VLLM_CPU_KVCACHE_SPACE
     enforce_eager: bool = False
+    # CPU only. cores: the core ids this engine's OpenMP threads are bound to (one thread each);
+    # None = every core this process may use. sharing: see CoreSharing (measured in
+    # benchmarks/engine_sharing.py: engines left free on shared cores stall each other).
+    cores: list[int] | None = Field(default=None, min_length=1)
+    sharing: CoreSharing = CoreSharing.TURNS
 
 
 # -- transformer tiers: token-level adaptive depth -------------------------------------------------

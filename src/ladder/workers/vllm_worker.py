@@ -37,7 +37,8 @@ from ladder.errors import (
     WorkerFailed,
 )
 from ladder.types import Delta, Generation, Query
-from ladder.workers.options import VLLMOptions
+from ladder.workers.engine_share import LOCK_ENV, turns_lock_path
+from ladder.workers.options import CoreSharing, VLLMOptions
 
 _ids = itertools.count()
 
@@ -80,9 +81,16 @@ class VLLMWorker:
             # By default vLLM's CPU engine binds its threads to all cores but one, which it reserves
             # for the front end, and drops torch to one thread: on a 2-core machine that halves
             # throughput (measured: medium tier, 16 requests, 80 → 121 tokens/s with both cores).
-            cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in sorted(cores)))
-            os.environ.setdefault("OMP_NUM_THREADS", str(len(cores)))
+            usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+            cores = self.options.cores or sorted(usable)
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
+            os.environ["OMP_NUM_THREADS"] = str(len(cores))
+            # Engines on the same cores take turns per step (ladder.workers.engine_share, a vLLM
+            # plugin that reads this variable in the engine process this load starts).
+            if self.options.sharing is CoreSharing.TURNS:
+                os.environ[LOCK_ENV] = turns_lock_path()
+            else:
+                os.environ.pop(LOCK_ENV, None)
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         # vllm-cpu 0.32's AOT compile cache never loads ("'function' object has no attribute
         # 'finalize_loading'"), so every start compiled twice: 93 s for the small tier here. Without

@@ -1,0 +1,160 @@
+"""Two vLLM engines on one machine's cores: how they share them (issue 28, item 2).
+
+    .venv/bin/python benchmarks/engine_sharing.py [--modes shared,passive,split,turns] [--duration 25]
+
+The medium and large tiers' engines (vLLM's CPU engine, the default config's settings), started in
+one process as a tier replica starts them, under each way of sharing the cores:
+- ``shared``: both bound to every core, 2 OpenMP threads each (what ``make serve`` did);
+- ``passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep, not spin);
+- ``split``: medium on core 0, large on core 1, one thread each;
+- ``turns``: both on every core, taking turns per engine step (``ladder.workers.engine_share``).
+Per mode, closed loops of 64-token greedy requests for ``--duration`` s each: medium alone (16
+clients), large alone (16), and both at once (12 on medium + 4 on large, the routed mix's shape).
+Tokens/s per engine from the tokens each finished request produced. Writes
+benchmarks/results/engine_sharing.json (``modes`` = {mode: {phase: {medium_tps, large_tps}}},
+``work_rate``: each mixed phase's tokens as a share of what the two engines alone would do in the
+time — 1.0 means the engines lost nothing to each other).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.meta import stamp
+
+from ladder.cluster.compose import build_worker, materialize
+from ladder.cluster.settings import LadderConfig
+from ladder.types import Query
+from ladder.workers.options import CoreSharing
+
+RESULTS = Path(__file__).parent / "results"
+PROMPTS = (
+    "Explain how a refrigerator keeps food cold.",
+    "Write a short story about a lighthouse keeper.",
+    "What are the main causes of inflation?",
+    "Describe the water cycle in detail.",
+    "Give me tips for learning a new language.",
+    "Explain the difference between TCP and UDP.",
+    "Why is the sky blue? Explain in detail.",
+    "Summarise the plot of Romeo and Juliet.",
+)
+PHASES = {"medium": (16, 0), "large": (0, 16), "mixed": (12, 4)}
+
+
+def mode_options(mode: str, tier: str, cores: list[int]) -> tuple[dict, dict[str, str]]:
+    """(the tier's vllm options to change, extra environment) of a sharing mode."""
+    if mode == "split":
+        return {"cores": [cores[0] if tier == "medium" else cores[-1]], "sharing": CoreSharing.FREE}, {}
+    if mode == "turns":
+        return {"sharing": CoreSharing.TURNS}, {}
+    return {"sharing": CoreSharing.FREE}, ({"OMP_WAIT_POLICY": "PASSIVE"} if mode == "passive" else {})
+
+
+async def loop(worker, clients: int, duration: float) -> None:  # noqa: ANN001
+    """Closed loop for ``duration`` s; requests still running then are cancelled (vLLM aborts them)."""
+
+    async def client(c: int) -> None:
+        i = c
+        while True:
+            q = Query.of(PROMPTS[i % len(PROMPTS)] + f" (#{i})", max_tokens=64, temperature=0.0)
+            await worker.generate(q)
+            i += clients
+
+    tasks = [asyncio.ensure_future(client(c)) for c in range(clients)]
+    await asyncio.sleep(duration)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def measure(workers: dict, duration: float) -> dict:
+    """Tokens/s per engine: every token it produced in the window (the worker's own counter), so a
+    request still running at the end counts for what it did."""
+    out = {}
+    for phase, (cm, cl) in PHASES.items():
+        before = {t: w.generated_tokens for t, w in workers.items()}
+        jobs = [loop(workers["medium"], cm, duration)] if cm else []
+        jobs += [loop(workers["large"], cl, duration)] if cl else []
+        await asyncio.gather(*jobs)
+        out[phase] = {f"{t}_tps": round((w.generated_tokens - before[t]) / duration, 2) for t, w in workers.items()}
+        await asyncio.sleep(2)  # cancelled requests leave the engines
+        print(f"  {phase:7s} medium {out[phase]['medium_tps']:7.1f} tok/s   large {out[phase]['large_tps']:6.1f} tok/s")
+    return out
+
+
+def run_mode(mode: str, duration: float) -> dict:
+    config = LadderConfig()
+    cores = sorted(os.sched_getaffinity(0))
+    workers = {}
+    for name in ("medium", "large"):
+        tier = config.tier(name)
+        change, env = mode_options(mode, name, cores)
+        tier = tier.model_copy(update={"vllm": tier.vllm.model_copy(update=change)})
+        os.environ.update(env)  # read by the engine process this load starts
+        workers[name] = build_worker(tier, materialize(config, tier)).load()
+
+    async def go() -> dict:
+        warm = Query.of("Say hello.", max_tokens=8, temperature=0.0)
+        await asyncio.gather(*(w.generate(warm) for w in workers.values()))
+        return await measure(workers, duration)
+
+    try:
+        return asyncio.run(go())
+    finally:
+        for w in workers.values():
+            w.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--modes", default="shared,passive,split,turns")
+    ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # run one mode in this process, print its JSON
+    args = ap.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_mode(args.one, args.duration)), flush=True)
+        return
+    modes = {}
+    for mode in args.modes.split(","):
+        print(f"mode {mode}: starting medium + large engines …", flush=True)
+        # one process per mode: engines and their OpenMP settings start fresh
+        p = subprocess.run(
+            [sys.executable, __file__, "--one", mode, "--duration", str(args.duration)],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+        )
+        lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+        if not lines:
+            print(p.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"mode {mode} failed")
+        print("\n".join(ln for ln in p.stdout.splitlines() if not ln.startswith("RESULT ")))
+        modes[mode] = json.loads(lines[0][7:])
+    work_rate = {
+        m: round(
+            r["mixed"]["medium_tps"] / max(r["medium"]["medium_tps"], 1e-9)
+            + r["mixed"]["large_tps"] / max(r["large"]["large_tps"], 1e-9),
+            3,
+        )
+        for m, r in modes.items()
+    }
+    print("\n| mode | medium alone tok/s | large alone tok/s | mixed: medium + large tok/s | work rate |")
+    print("|---|---|---|---|---|")
+    for m, r in modes.items():
+        print(
+            f"| {m} | {r['medium']['medium_tps']} | {r['large']['large_tps']} | "
+            f"{r['mixed']['medium_tps']} + {r['mixed']['large_tps']} | {work_rate[m]} |"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    out = {**stamp(sys.argv), "duration_s": args.duration, "phases": PHASES, "modes": modes, "work_rate": work_rate}
+    (RESULTS / "engine_sharing.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
