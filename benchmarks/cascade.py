@@ -242,15 +242,16 @@ def read_paths(paths: list[Path]) -> Outcomes:
 
 
 def knn_method(
-    rest: Outcomes, test: Outcomes, u_rest: np.ndarray, u_test: np.ndarray, floor: float, inner_folds: int, k: int = 10
+    rest: Outcomes, test: Outcomes, u_rest: np.ndarray, u_test: np.ndarray, floor: float, inner_folds: int
 ) -> Simulation:
     """kNN quality predictions per rung; the cheapest rung predicted at least ``tau`` answers.
-    ``tau`` is chosen on out-of-fold predictions of the training part (the cheapest reaching the
-    floor), as the other methods' thresholds are."""
-    from ladder.offline.evaluation import knn_scores
+    ``k`` (from ``offline.evaluation.KNN_KS``) and ``tau`` are chosen together on out-of-fold
+    predictions of the training part (the cheapest reaching the floor), as the other methods'
+    thresholds are: a tuned kNN, not one fixed k."""
+    from ladder.offline.evaluation import KNN_KS, knn_scores
     from ladder.policies.features import make_featurizer
 
-    def predict(train: Outcomes, other: Outcomes) -> np.ndarray:
+    def predict(train: Outcomes, other: Outcomes, k: int) -> np.ndarray:
         f = make_featurizer(FeaturizerKind.TFIDF)
         f.fit(list(train.queries))
         x, y = f.transform(list(train.queries)), f.transform(list(other.queries))
@@ -258,26 +259,29 @@ def knn_method(
         return np.stack([knn_scores(x, train.quality[:, j], y, kk) for j in range(len(train.rungs))], axis=1)
 
     inner = np.array([_fold(i, inner_folds, "cascade-inner") for i in rest.ids])
-    pred_rest = np.zeros(rest.quality.shape)
-    for j in range(inner_folds):
-        held = inner == j
-        if held.any():
-            pred_rest[held] = predict(rest.take(~held), rest.take(held))
-    start_of = lambda pred, tau: np.where(
-        (pred[:, :-1] >= tau).any(axis=1),
-        np.argmax(pred[:, :-1] >= tau, axis=1),  # noqa: E731
-        pred.shape[1] - 1,
-    )
-    best_tau, best = 2.0, None
-    for tau in np.linspace(0, 1, 41):
-        sim = fixed_start(rest.quality, start_of(pred_rest, tau), u_rest)
-        key = (
-            sim.quality.mean() >= floor - 1e-12,
-            -sim.cost.mean() if sim.quality.mean() >= floor - 1e-12 else sim.quality.mean(),
+    start_of = (
+        lambda pred, tau: np.where(  # noqa: E731
+            (pred[:, :-1] >= tau).any(axis=1),
+            np.argmax(pred[:, :-1] >= tau, axis=1),
+            pred.shape[1] - 1,
         )
-        if best is None or key > best:
-            best_tau, best = tau, key
-    return fixed_start(test.quality, start_of(predict(rest, test), best_tau), u_test)
+    )
+    best_k, best_tau, best = KNN_KS[0], 2.0, None
+    for k in KNN_KS:
+        pred_rest = np.zeros(rest.quality.shape)
+        for j in range(inner_folds):
+            held = inner == j
+            if held.any():
+                pred_rest[held] = predict(rest.take(~held), rest.take(held), k)
+        for tau in np.linspace(0, 1, 41):
+            sim = fixed_start(rest.quality, start_of(pred_rest, tau), u_rest)
+            key = (
+                sim.quality.mean() >= floor - 1e-12,
+                -sim.cost.mean() if sim.quality.mean() >= floor - 1e-12 else sim.quality.mean(),
+            )
+            if best is None or key > best:
+                best_k, best_tau, best = k, tau, key
+    return fixed_start(test.quality, start_of(predict(rest, test, best_k), best_tau), u_test)
 
 
 def fixed_start(quality: np.ndarray, start: np.ndarray, c_usd: np.ndarray) -> Simulation:

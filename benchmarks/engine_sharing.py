@@ -49,11 +49,12 @@ PHASES = {"medium": (16, 0), "large": (0, 16), "mixed": (12, 4)}
 
 def mode_options(mode: str, tier: str, cores: list[int]) -> tuple[dict, dict[str, str]]:
     """(the tier's vllm options to change, extra environment) of a sharing mode."""
-    if mode == "split":
-        return {"cores": [cores[0] if tier == "medium" else cores[-1]], "sharing": CoreSharing.FREE}, {}
+    if mode == "split":  # (positions in the usable cores: the default config's layout)
+        return {"cores": [0] if tier == "medium" else [len(cores) - 1], "sharing": CoreSharing.FREE}, {}
     if mode == "turns":
-        return {"sharing": CoreSharing.TURNS}, {}
-    return {"sharing": CoreSharing.FREE}, ({"OMP_WAIT_POLICY": "PASSIVE"} if mode == "passive" else {})
+        return {"cores": None, "sharing": CoreSharing.TURNS}, {}
+    every = {"cores": None, "sharing": CoreSharing.FREE}
+    return every, ({"OMP_WAIT_POLICY": "PASSIVE"} if mode == "passive" else {})
 
 
 async def loop(worker, clients: int, duration: float) -> None:  # noqa: ANN001

@@ -42,7 +42,7 @@ from engine import one, start_ladder, stop, wait_ready  # noqa: E402
 
 from ladder.cluster.redis_server import free_port  # noqa: E402
 from ladder.cluster.settings import LadderConfig  # noqa: E402
-from ladder.offline.pipeline import answer_tokens, parse_target, rung_costs  # noqa: E402
+from ladder.offline.pipeline import answer_tokens, parse_target, rung_costs, three_way  # noqa: E402
 from ladder.offline.training import TrainSpec, gate_scores, idk_scores, train_policy  # noqa: E402
 from ladder.outcomes.io import read_jsonl  # noqa: E402
 from ladder.outcomes.schema import Outcomes, stable_split  # noqa: E402
@@ -227,7 +227,10 @@ def summary(results: list[dict], system: str, clients: int) -> dict:
 
 def served(clients: list[int], duration: float) -> list[dict]:
     outcomes = load()
-    held = outcomes.take(fold_of(outcomes.ids) == 0)  # questions the served policy did not calibrate on
+    # questions the served policy was neither fitted nor calibrated on: the test part of the one split
+    # (offline.pipeline.three_way) the bundled policy was made with (a cross-validation fold is not:
+    # most of its rows were in the bundled policy's fit or validation parts)
+    held = three_way(outcomes, np.zeros(len(outcomes), bool)).test
     prompts = list(held.queries)
     port, tmp = free_port(), Path(tempfile.mkdtemp(prefix="ladder-stream-"))
     proc = start_ladder(ROOT / "configs" / "default.yaml", port, tmp / "serve.log")

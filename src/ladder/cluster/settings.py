@@ -219,7 +219,10 @@ class ServerConfig(_Strict):
 def _default_tiers() -> list[TierConfig]:
     # On this 2-core CPU each engine reserves 1 GiB of KV cache (three tiers fit beside the rest of
     # the stack) and batches up to 16 sequences; on a GPU see configs/gpu.yaml.
-    engine = VLLMOptions(max_model_len=2048, max_num_seqs=16, kv_cache_gib=1)
+    # Disjoint cores for the two engines that are busy at once under routed load (medium answers
+    # most requests while large takes the escalations; benchmarks/engine_sharing.py): medium on
+    # the first core, large and the light small tier (taking turns) on the second.
+    engine = dict(max_model_len=2048, max_num_seqs=16, kv_cache_gib=1)
     return [
         TierConfig(
             name="small",
@@ -229,7 +232,7 @@ def _default_tiers() -> list[TierConfig]:
                 sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             ),
             price=PriceConfig(input_per_1m=0.474, output_per_1m=1.2091),
-            vllm=engine,
+            vllm=VLLMOptions(**engine, cores=[1]),
             verifier="python_examples",  # the default policy's IDK step reads it
         ),
         TierConfig(
@@ -240,7 +243,7 @@ def _default_tiers() -> list[TierConfig]:
                 sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             ),
             price=PriceConfig(input_per_1m=0.5955, output_per_1m=2.6155),
-            vllm=engine,
+            vllm=VLLMOptions(**engine, cores=[0]),
             verifier="python_examples",  # the default policy's IDK step reads it
         ),
         TierConfig(
@@ -251,7 +254,7 @@ def _default_tiers() -> list[TierConfig]:
                 sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             ),
             price=PriceConfig(input_per_1m=0.8543, output_per_1m=7.7701),
-            vllm=engine,
+            vllm=VLLMOptions(**engine, cores=[1]),
         ),
     ]
 

@@ -6,8 +6,8 @@ interleave their threads: a team's barrier waits for a thread the kernel has giv
 engine, so both crawl (measured by ``benchmarks/engine_sharing.py``; the reason routed serving
 delivered 0.81× of always-large). Splitting the cores instead halves the speed of each engine
 when it runs alone. Taking turns keeps every engine on every core and makes the sum of their
-work the only cost: an engine holds an exclusive file lock (``LADDER_ENGINE_LOCK``, one path per
-machine) for the length of one engine step — a forward pass over its batch — and the other
+work the only cost: an engine holds an exclusive file lock per core it runs on
+(``LADDER_ENGINE_LOCK``) for the length of one engine step — a forward pass over its batch — and the other
 engines wait for it between their own steps. Idle engines block on their input queues and hold
 nothing. (A GPU has the same problem with other numbers: see docs/ARCHITECTURE.md.)
 
@@ -30,34 +30,40 @@ LOCK_ENV = "LADDER_ENGINE_LOCK"
 _installed = False
 
 
-def turns_lock_path() -> str:
-    """One lock per machine and user: every engine this user starts here takes turns with the rest."""
-    return str(Path(tempfile.gettempdir()) / f"ladder-engine-turns-{os.getuid()}.lock")
+def turns_lock_paths(cores: list[int]) -> list[str]:
+    """One lock per core (per machine and user): an engine takes the locks of the cores it runs
+    on, so engines on the same cores take turns and engines on disjoint cores never wait."""
+    folder = Path(tempfile.gettempdir())
+    return [str(folder / f"ladder-engine-turns-{os.getuid()}-cpu{c}.lock") for c in sorted(cores)]
 
 
-def taking_turns(step: Callable[..., Any], path: str) -> Callable[..., Any]:
-    """``step`` run under an exclusive lock on ``path`` (opened once per process)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+def taking_turns(step: Callable[..., Any], paths: list[str]) -> Callable[..., Any]:
+    """``step`` run under exclusive locks on ``paths`` (opened once per process; always taken in
+    sorted order, so engines with overlapping core sets cannot deadlock)."""
+    fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o600) for p in sorted(paths)]
 
     @functools.wraps(step)
     def turn(*args: Any, **kwargs: Any) -> Any:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        for fd in fds:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             return step(*args, **kwargs)
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            for fd in reversed(fds):
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     return turn
 
 
 def install() -> None:
-    """Wrap vLLM's engine step in the machine's turn lock (only where ``LADDER_ENGINE_LOCK`` is set)."""
+    """Wrap vLLM's engine step in its cores' turn locks (only where ``LADDER_ENGINE_LOCK`` is set:
+    the lock files, separated by ``os.pathsep``)."""
     global _installed
-    path = os.environ.get(LOCK_ENV)
-    if not path or _installed:
+    paths = [p for p in os.environ.get(LOCK_ENV, "").split(os.pathsep) if p]
+    if not paths or _installed:
         return
     from vllm.v1.engine.core import EngineCore
 
-    EngineCore.step = taking_turns(EngineCore.step, path)
-    EngineCore.step_with_batch_queue = taking_turns(EngineCore.step_with_batch_queue, path)
+    EngineCore.step = taking_turns(EngineCore.step, paths)
+    EngineCore.step_with_batch_queue = taking_turns(EngineCore.step_with_batch_queue, paths)
     _installed = True

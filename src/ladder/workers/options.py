@@ -58,9 +58,10 @@ class VLLMOptions(Options):
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # GPU only
     kv_cache_gib: int = Field(default=2, ge=1)  # CPU only: VLLM_CPU_KVCACHE_SPACE
     enforce_eager: bool = False
-    # CPU only. cores: the core ids this engine's OpenMP threads are bound to (one thread each);
-    # None = every core this process may use. sharing: see CoreSharing (measured in
-    # benchmarks/engine_sharing.py: engines left free on shared cores stall each other).
+    # CPU only. cores: the cores this engine's OpenMP threads are bound to (one thread each), as
+    # positions in the list of cores the process may use (wrapping: [1] on a 1-core machine is
+    # its core 0); None = every core. sharing: see CoreSharing (benchmarks/engine_sharing.py:
+    # engines left free on the same cores stall each other; on disjoint cores nothing is shared).
     cores: list[int] | None = Field(default=None, min_length=1)
     sharing: CoreSharing = CoreSharing.TURNS
 
