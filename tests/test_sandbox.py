@@ -120,6 +120,21 @@ def test_verifier_signals(answer, parses, passed):
     assert (s.code_parses, s.examples, s.examples_passed) == (parses, 2.0, passed)
 
 
+@pytest.mark.parametrize(
+    "answer, passed",
+    [
+        ("```python\ndef square(x):\n    return x * x\n```", 1.0),
+        ("```python\ndef square(x):\n    return x + x\n```", 0.5),  # right for 2 only
+        ("```python\ndef square(x):\n    raise ValueError\n```", 0.0),
+    ],
+)
+def test_assert_lines_of_a_prompt_are_examples_too(answer, passed):
+    # issue 28: a chat prompt shows its tests as assert lines (MBPP style), not >>> examples
+    prompt = "Write a function square(x).\nYour code should pass these tests:\nassert square(2) == 4\nassert square(3) == 9\n"
+    s = python_examples(prompt, answer)
+    assert (s.code_parses, s.examples, s.examples_passed) == (1.0, 2.0, passed)
+
+
 def test_a_verified_tier_streams_its_answer_and_the_closing_generation_carries_the_signals():
     """Streams go through the verifier too: the streamed cascade's whole-answer judgement reads
     the same signals as the unstreamed one."""

@@ -1,6 +1,6 @@
 """Checking generated Python: extract the code from a chat answer, build the program that runs the
-prompt's own docstring examples (``>>>`` lines a user of the endpoint wrote or saw, never hidden
-tests), and run it in the sandbox (``ladder.sandbox``).
+prompt's own examples (``>>>`` lines and ``assert`` lines a user of the endpoint wrote or saw,
+never hidden tests), and run it in the sandbox (``ladder.sandbox``).
 
 ``python_examples(prompt, answer)`` is the verifier signal of the IDK step (``verifier:
 python_examples`` on a rung): whether the answer's code parses, how many examples the prompt
@@ -75,12 +75,34 @@ def docstring_examples(prompt: str) -> list[tuple[str, str]]:
     return out
 
 
+_ASSERT = re.compile(r"^\s*(assert\s+.+?)\s*$")
+
+
+def assert_examples(prompt: str) -> list[tuple[str, None]]:
+    """(statement, None) of every ``assert`` line the prompt shows (MBPP-style "Your code should
+    pass these tests: assert f(3) == 9"): an example that passes when it runs without error.
+    Lines that do not parse alone (an assert split across lines) are left out."""
+    out = []
+    for line in prompt.splitlines():
+        m = _ASSERT.match(line)
+        if m and parses(m.group(1)):
+            out.append((m.group(1) + "\n", None))
+    return out
+
+
 _RUNNER = """
 import doctest, json, sys
 _examples = json.loads({examples!r})
 _passed = 0
 _checker = doctest.OutputChecker()
 for _src, _want in _examples:
+    if _want is None:  # an assert line: passes when it runs
+        try:
+            exec(compile(_src, "<assert>", "exec"), globals())
+            _passed += 1
+        except BaseException:
+            pass
+        continue
     try:
         _value = eval(compile(_src, "<example>", "eval"), globals())
     except Exception:
@@ -100,7 +122,7 @@ print("LADDER-EXAMPLES " + json.dumps([_passed, len(_examples)]))
 @dataclass(frozen=True)
 class VerifierSignals:
     code_parses: float  # 1.0 / 0.0
-    examples: float  # how many docstring examples the prompt has
+    examples: float  # how many examples the prompt shows (``>>>`` lines and ``assert`` lines)
     examples_passed: float  # share passed (0.0 when there are none or the code does not run)
     seconds: float  # wall time of the check (sandbox start included)
 
@@ -121,7 +143,7 @@ def python_examples(
 ) -> VerifierSignals:
     program = complete_program(prompt, answer, entry_point)
     ok = parses(program)
-    examples = docstring_examples(prompt)
+    examples = docstring_examples(prompt) + assert_examples(prompt)
     if not ok or not examples:
         return VerifierSignals(float(ok), float(len(examples)), 0.0, 0.0)
     result = run_python(program + "\n" + _RUNNER.format(examples=json.dumps(examples)), limits)
