@@ -259,6 +259,7 @@ def serve_and_measure(
                 if ids:
                     by_dataset[d] = round(float(np.mean([grades[i] for i in ids])), 4)
             s["quality_by_dataset"] = by_dataset
+            s["grades"] = {i: grades[i] for i in sorted(grades)}  # per question, for paired analyses later
             systems.append(s)
             answers[name] = grades
             print(json.dumps(s), flush=True)
@@ -313,7 +314,7 @@ def main() -> None:
     print("\n| system | quality [95% CI] | answers/s | tokens/s | p50 / p95 s | CPU-s/answer | mix |")
     print("|---|---|---|---|---|---|---|")
     for s in systems:
-        lo, hi = s["quality_ci95"]
+        lo, hi = s["quality_ci95"]  # (table rows; per-question grades stay in the JSON)
         mix = "/".join(f"{v:.0%}" for v in s.get("mix", {}).values())
         print(
             f"| {s['system']} | {s['quality']:.3f} [{lo:.2f}, {hi:.2f}] | {s['answers_per_s']:.3f} | "
