@@ -95,6 +95,23 @@ def test_an_unsure_prefix_escalates_at_once_and_the_client_sees_only_the_next_ru
     assert not usage  # include_usage was not asked for
 
 
+def test_a_plain_request_stops_the_escalated_rung_after_its_prefix_too(server):
+    # issue 28: a buffered (non-streamed) request runs the same prefix decision; before, the small
+    # tier wrote all its 64 tokens before the whole-answer IDK step escalated
+    url, _ = server
+    msgs = [{"role": "user", "content": "Write a long story about a dragon who learns to cook."}]
+    body = {"model": "ladder", "messages": msgs, "max_tokens": 64, "temperature": 2.0, "seed": 7}
+    small_before = generated("small")
+    r = httpx.post(url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"}, timeout=120)
+    small_spent = generated("small") - small_before
+    assert r.status_code == 200, r.text
+    ext = r.json()["ladder"]
+    small, medium = ext["rungs_tried"]
+    assert (small["accepted"], small["decided_at"], small["completion_tokens"]) == (False, K, K)
+    assert medium["accepted"] and r.json()["model"] == "medium" and not ext["streamed"]
+    assert K <= small_spent < 32, small_spent
+
+
 def test_usage_and_the_ladder_object_close_a_routed_stream(server):
     url, _ = server
     body = {
