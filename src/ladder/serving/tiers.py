@@ -96,7 +96,10 @@ class TierHandleStreamer:
                 yield item
         finally:
             if not finished:
-                call.cancel()
+                try:
+                    call.cancel()
+                except Exception:  # noqa: BLE001 — a call that already failed (e.g. shed by backpressure)
+                    pass  # re-raises its error here; the error that matters was raised above
 
 
 def unwrap_error(exc: Exception, tier: str) -> Exception:
