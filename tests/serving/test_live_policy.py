@@ -62,6 +62,8 @@ def test_a_push_reaches_every_replica_and_rollback_goes_back(files, redis_url):
         forth = await two.rollback()  # twice: forth again
         assert forth["version"] == b["version"]
 
+    asyncio.run(go())
+
 
 def test_rolling_back_the_first_push_returns_to_the_configured_policy(files, redis_url):
     async def go():
@@ -74,8 +76,6 @@ def test_rolling_back_the_first_push_returns_to_the_configured_policy(files, red
 
     back, one = asyncio.run(go())
     assert back["configured"] and one.policy.version == "fixed-s0-tnone"
-
-    asyncio.run(go())
 
 
 def test_bad_pushes_are_refused_and_the_old_policy_keeps_serving(files, redis_url):
