@@ -43,7 +43,14 @@ from harness.meta import stamp
 from tqdm import tqdm
 
 from ladder.cluster.redis_server import free_port
-from ladder.offline.datasets import MC_SYSTEM, load_dataset, score_gsm8k, score_humaneval_with, score_letter
+from ladder.offline.datasets import (
+    MC_SYSTEM,
+    humaneval_problems,
+    load_dataset,
+    score_gsm8k,
+    score_humaneval_with,
+    score_letter,
+)
 from ladder.offline.pipeline import three_way
 from ladder.outcomes.io import read_jsonl, read_rows
 
@@ -87,7 +94,7 @@ def workload(data: Path | None, mmlu_pro: int, limit: int | None) -> list[Item]:
 
 
 def grader():  # noqa: ANN201 (dataset, answer, gold) -> float
-    humaneval = score_humaneval_with(__import__("ladder.offline.datasets", fromlist=["x"]).humaneval_problems())
+    humaneval = score_humaneval_with(humaneval_problems())
     table = {"gsm8k": score_gsm8k, "humaneval": humaneval, "mmlu-pro": score_letter}
     return lambda dataset, answer, gold: float(table[dataset](answer, gold))
 

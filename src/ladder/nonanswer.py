@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import re
 
-KINDS = ("empty", "refusal", "question_back", "no_code", "no_number")
-
 _REFUSAL = re.compile(
     r"^\W*(?:"
     r"(?:i'?m|i am)\s+(?:so\s+|very\s+)?sorry,?\s+(?:but\s+)?(?:i|as an ai)"
@@ -57,11 +55,11 @@ QUESTION_BACK_MAX_CHARS = 300  # a long answer that ends with "Anything else?" s
 
 
 def non_answer(question: str, answer: str) -> str | None:
-    """The kind of non-answer ``answer`` is to ``question`` (see ``KINDS``), or None for an answer."""
+    """The kind of non-answer ``answer`` is to ``question`` (the module's list), or None for an answer."""
     text = answer.strip()
     if not re.search(r"\w", text):
         return "empty"
-    if _REFUSAL.match(text[:200]):
+    if refuses(text):
         return "refusal"
     if len(text) <= QUESTION_BACK_MAX_CHARS and text.rstrip(" \"'*)…").endswith("?"):
         return "question_back"

@@ -95,7 +95,8 @@ async def stream_cascade(
                     decided_at = k
                     partial = _partial(worker.tier, held, k)
                     # a prefix that already declines is a non-answer whatever its log-probabilities
-                    verdict = PrefixVerdict.ESCALATE if refuses(partial.text) else policy.judge_prefix(partial, route)
+                    refused = refuses(partial.text)
+                    verdict = PrefixVerdict.ESCALATE if refused else policy.judge_prefix(partial, route)
                     if verdict is PrefixVerdict.ESCALATE:
                         break  # leaving the loop closes the stream: the rung stops generating
                     if verdict is PrefixVerdict.WAIT:
@@ -124,10 +125,16 @@ async def stream_cascade(
         finally:
             await stream.aclose()
         if verdict is PrefixVerdict.ESCALATE:
-            partial = _partial(worker.tier, held, k)
-            kind = "refusal" if refuses(partial.text) else None
             attempts.append(
-                Attempt(rung, worker.tier, partial, False, cost_usd=cost(partial), decided_at=k, non_answer=kind)
+                Attempt(
+                    rung,
+                    worker.tier,
+                    partial,
+                    False,
+                    cost_usd=cost(partial),
+                    decided_at=k,
+                    non_answer="refusal" if refused else None,
+                )
             )
             continue
         if final is None:

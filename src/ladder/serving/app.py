@@ -17,8 +17,8 @@ from ladder.cluster.settings import LadderConfig, load_config
 from ladder.serving.gateway import Gateway, activate, active, build_api
 from ladder.serving.tiers import TierDeployment, TierHandleStreamer
 
-api = build_api(active)
-BUFFERED_COALESCE_S = 0.5  # the routes reach this replica's Gateway (set in LadderIngress.__init__)
+api = build_api(active)  # the routes reach this replica's Gateway (set in LadderIngress.__init__)
+BUFFERED_COALESCE_S = 0.5  # a buffered request's deltas merged over this many seconds (TierDeployment.stream)
 
 
 @serve.deployment

@@ -1,19 +1,21 @@
-"""Engines that share one machine's cores take turns, one engine step at a time.
+"""Engines on the same cores take turns, one engine step at a time (``vllm.sharing: turns``).
 
 Why: vLLM's CPU engine runs each step's kernels on an OpenMP team bound to its cores. Two such
-engines on the same cores (the medium tier answering while the large one takes an escalation)
-interleave their threads: a team's barrier waits for a thread the kernel has given to the other
-engine, so both crawl (measured by ``benchmarks/engine_sharing.py``; the reason routed serving
-delivered 0.81× of always-large). Splitting the cores instead halves the speed of each engine
-when it runs alone. Taking turns keeps every engine on every core and makes the sum of their
-work the only cost: an engine holds an exclusive file lock per core it runs on
-(``LADDER_ENGINE_LOCK``) for the length of one engine step — a forward pass over its batch — and the other
-engines wait for it between their own steps. Idle engines block on their input queues and hold
-nothing. (A GPU has the same problem with other numbers: see docs/ARCHITECTURE.md.)
+engines on the same cores interleave their threads: a team's barrier waits for a thread the
+kernel has given to the other engine, so both crawl. With turns, an engine holds an exclusive
+file lock per core it runs on (``LADDER_ENGINE_LOCK``) for the length of one engine step — a
+forward pass over its batch — and engines on those cores wait between their own steps; idle
+engines block on their input queues and hold nothing. Measured (``benchmarks/engine_sharing.py``,
+docs/STATUS.md): turns keeps each engine at full speed when it runs alone, but when two are busy
+at once disjoint cores (``vllm.cores``) do more work, because a memory-bound decode step costs
+nearly as much at 4 sequences as at 16 and the other engine waits for all of it. So the default
+config gives the two engines that routed load keeps busy together their own cores, and turns
+only orders engines that do share a core. (A GPU has the same problem with other numbers: see
+docs/ARCHITECTURE.md.)
 
 ``install`` is a vLLM general plugin (entry point ``vllm.general_plugins``): vLLM calls it in
 every process it starts, including the engine-core process whose step it wraps. It does nothing
-unless ``LADDER_ENGINE_LOCK`` is set, which ``VLLMWorker`` does for ``engine_sharing: turns``.
+unless ``LADDER_ENGINE_LOCK`` is set, which ``VLLMWorker`` does for ``sharing: turns``.
 """
 
 from __future__ import annotations
