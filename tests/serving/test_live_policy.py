@@ -78,6 +78,36 @@ def test_rolling_back_the_first_push_returns_to_the_configured_policy(files, red
     assert back["configured"] and one.policy.version == "fixed-s0-tnone"
 
 
+class LateRead(LivePolicy):
+    """A replica whose reads of the live key come back late (a slow network), held until ``arrive``."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(FixedPolicy(0), TIERS, [], url, poll_s=0.0)
+        self.arrive = asyncio.Event()
+
+    async def _get(self, key: str) -> str | None:
+        value = await super()._get(key)
+        if key.endswith(":live"):
+            await self.arrive.wait()
+        return value
+
+
+def test_a_refresh_that_read_redis_before_a_push_does_not_swap_the_pushed_policy_back(files, redis_url):
+    async def go():
+        other, one = replica(redis_url), LateRead(redis_url)
+        first = await other.push(files[0])
+        stale = asyncio.create_task(one.refresh())  # reads "live = first" now, answers late
+        await asyncio.sleep(0.2)
+        pushed = await one.push(files[1])
+        one.arrive.set()
+        await stale
+        return first, pushed, one
+
+    first, pushed, one = asyncio.run(go())
+    assert first["version"] != pushed["version"]
+    assert one.policy.version == pushed["version"]  # (before the fix: swapped back to ``first``)
+
+
 def test_bad_pushes_are_refused_and_the_old_policy_keeps_serving(files, redis_url):
     async def go():
         one = replica(redis_url)

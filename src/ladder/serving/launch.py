@@ -76,6 +76,10 @@ def serve_forever(config: LadderConfig, host: str | None, port: int | None, tier
 
     # A policy that does not fit the tiers is refused here, in one line, before anything starts.
     build_policy(config.policy, config.tier_names, config.verified_tiers)
+    if config.verified_tiers:  # a verifier runs prompt-supplied code: isolated, or not at all
+        from ladder.sandbox import require_isolation
+
+        require_isolation()
     for tier in config.tiers:  # convert weights here, with progress, not inside replicas
         print(f"preparing tier {tier.name} ...", file=sys.stderr, flush=True)
         materialize(config, tier)

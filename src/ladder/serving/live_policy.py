@@ -67,6 +67,9 @@ class LivePolicy:
         self._previous: str | None = None
         self._checked = 0.0
         self._refreshing: asyncio.Task | None = None
+        # bumped by every push and rollback on this replica: a refresh that read Redis before one
+        # of them finished must not apply what it read (it would swap the new policy straight back)
+        self._generation = 0
         self.client = None
         if redis_url:
             import redis.asyncio as aioredis
@@ -103,6 +106,7 @@ class LivePolicy:
         policy = self.validate(files)
         self._files[policy.version] = files
         previous = self.policy.version
+        self._generation += 1
         published = await self._publish(policy.version, files, previous)
         self._swap(policy)
         return {**self.info(), "previous": previous, "published": published}
@@ -115,6 +119,7 @@ class LivePolicy:
         policy = self._by_version(target, files)
         current = self.policy.version
         version = CONFIGURED if policy is self.configured else policy.version
+        self._generation += 1
         published = await self._publish(version, files, current)
         self._swap(policy)
         return {**self.info(), "previous": current, "published": published}
@@ -163,8 +168,9 @@ class LivePolicy:
         self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
 
     async def refresh(self) -> None:
+        generation = self._generation
         live = await self._get(KEY_LIVE)
-        if live is None:
+        if live is None or generation != self._generation:
             return
         current = CONFIGURED if self.policy is self.configured else self.policy.version
         if live == current or live == self.policy.version:
@@ -177,7 +183,8 @@ class LivePolicy:
         except PolicyFileError as exc:
             log.error("live policy %s refused on this replica, keeping %s: %s", live, self.policy.version, exc)
             return
-        self._swap(policy)
+        if generation == self._generation:
+            self._swap(policy)
 
     # -- what `ladder policy show` prints ----------------------------------------------------
     def info(self) -> dict:
