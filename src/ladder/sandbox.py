@@ -162,7 +162,9 @@ def _system_python(root: bool) -> str | None:
     """A system Python for the code: outside the directories it hides, and executable by ``nobody``
     when Ladder runs as root (Ladder's own may sit under a private home directory)."""
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(candidate) and (os.stat(candidate).st_mode & 0o001 if root else os.access(candidate, os.X_OK)):
+        if os.path.exists(candidate) and (
+            os.stat(candidate).st_mode & 0o001 if root else os.access(candidate, os.X_OK)
+        ):
             return candidate
     return None
 

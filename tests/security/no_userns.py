@@ -2,6 +2,7 @@
 to 0), dropped to nobody, asks the sandbox to run code; the sandbox must refuse (test_sandbox_attacks)."""
 
 import ctypes, os, sys
+
 libc = ctypes.CDLL(None, use_errno=True)
 ready_r, ready_w = os.pipe()
 go_r, go_w = os.pipe()
@@ -19,6 +20,9 @@ os.write(ready_w, b"x")
 os.read(go_r, 1)
 with open("/proc/sys/user/max_user_namespaces", "w") as f:
     f.write("0")
-os.setgroups([]); os.setgid(65534); os.setuid(65534)
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
 from ladder.sandbox import run_python
+
 run_python("print(1)")

@@ -44,7 +44,15 @@ def sandboxed(code: str, user: str, cache_dir: Path | None = None, timeout_s: fl
         environment["HOME"] = os.environ.get("HOME", "/root")
     else:
         assert shutil.which("setpriv") and os.access(SYSTEM_PYTHON, os.X_OK), "needs setpriv and a system Python"
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SYSTEM_PYTHON, str(RUNNER), str(timeout_s)]
+        cmd = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            SYSTEM_PYTHON,
+            str(RUNNER),
+            str(timeout_s),
+        ]
         environment["HOME"] = "/nonexistent"
     p = subprocess.run(cmd, input=code, capture_output=True, text=True, env=environment, timeout=60)
     assert p.returncode == 0, p.stderr
@@ -139,12 +147,12 @@ def test_secrets_on_disk_are_hidden_and_nothing_outside_is_written(user, outside
     code = f"""
 import os
 found = []
-for path in [{str(outside / 'admin.key')!r}, os.path.expanduser('~root/.ray/auth_token'), '/root/.cache/ladder']:
+for path in [{str(outside / "admin.key")!r}, os.path.expanduser('~root/.ray/auth_token'), '/root/.cache/ladder']:
     try:
         found.append(open(path).read() if os.path.isfile(path) else os.listdir(path))
     except OSError:
         pass
-for path in [{str(outside / 'written')!r}, {str(ROOT / 'written-by-sandbox')!r}, '/etc/written']:
+for path in [{str(outside / "written")!r}, {str(ROOT / "written-by-sandbox")!r}, '/etc/written']:
     try:
         open(path, 'w').write('x')
     except OSError:
