@@ -40,10 +40,10 @@ def main() -> None:
     results = {}
     with Runtime.start(cfg) as runtime:
         url = deploy(cfg, runtime)
-        port = runtime.embedded_redis.port
+        port, password = runtime.embedded_redis.port, runtime.embedded_redis.password
 
         def restart_redis() -> None:
-            runtime._redis = EmbeddedRedis(port=port).start()
+            runtime._redis = EmbeddedRedis(port=port, password=password).start()
 
         def run(name: str, fault, heal=None, heal_at=None) -> None:  # noqa: ANN001
             outcomes, at = asyncio.run(

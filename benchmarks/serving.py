@@ -36,8 +36,11 @@ from ladder.router.cascade import decide
 from ladder.serving.cache import RedisRouteCache
 from ladder.serving.launch import deploy, restrict
 from ladder.types import Query
+from ladder.serving.signing import Signer
 
 RESULTS = Path(__file__).parent / "results"
+
+SIGNER = Signer(b"the benchmark server secret")  # ladder serve makes one per start
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -101,20 +104,20 @@ def router_overhead(url: str, n: int) -> dict:
 
 
 async def decision_latency(redis_url: str, policies: dict) -> dict:
-    cache = RedisRouteCache(redis_url, ttl_s=600)
+    cache = RedisRouteCache(redis_url, ttl_s=600, signer=SIGNER)
     out = {}
     for name, policy in policies.items():
         miss, hit = [], []
         for i in range(300):
             q = Query.of(f"{name} decision probe number {i}: what is {i} squared?")
             t0 = time.perf_counter()
-            await decide(q, policy, cache)
+            await decide(q, policy, cache, 3)
             miss.append(time.perf_counter() - t0)
         await cache.flush()
         for i in range(300):
             q = Query.of(f"{name} decision probe number {i}: what is {i} squared?")
             t0 = time.perf_counter()
-            _, was_hit = await decide(q, policy, cache)
+            _, was_hit = await decide(q, policy, cache, 3)
             hit.append(time.perf_counter() - t0)
             assert was_hit
         featurize = []  # the policy alone on the same queries: the part a cache miss cannot avoid

@@ -453,30 +453,24 @@ def evaluate(
 policy_app = typer.Typer(no_args_is_help=True, help="The running app's policy: push a new one, show it, roll back.")
 app.add_typer(policy_app, name="policy")
 UrlOpt = Annotated[str, typer.Option("--url", envvar="LADDER_URL", help="the running app (ladder serve)")]
-AdminKeyOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--admin-key",
-        envvar="LADDER_ADMIN_KEY",
-        show_default=False,
-        help="one of server.admin_keys (default: $LADDER_ADMIN_KEY)",
-    ),
-]
 
 
 def _admin_call(
     method: str,
     url: str,
     path: str,
-    admin_key: str | None,
     content: str | None = None,
     params: dict | None = None,
     raw: bool = False,
 ):  # noqa: ANN202 (dict, or the body text when raw)
-    """One call to the running app's /admin endpoints; its error becomes one CLI line (exit 2)."""
+    """One call to the running app's /admin endpoints; its error becomes one CLI line (exit 2).
+    The admin key comes from $LADDER_ADMIN_KEY or the file `ladder serve` keeps, never from argv."""
     import httpx
 
-    headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
+    from ladder.cluster.secrets import admin_key
+
+    key = admin_key()
+    headers = {"authorization": f"Bearer {key}"} if key else {}
     try:
         r = httpx.request(method, url.rstrip("/") + path, content=content, params=params, headers=headers, timeout=120)
     except httpx.HTTPError as exc:
@@ -491,7 +485,7 @@ def _admin_call(
 
 
 @policy_app.command("push")
-def policy_push(policy: Path, url: UrlOpt = "http://127.0.0.1:8000", admin_key: AdminKeyOpt = None) -> None:
+def policy_push(policy: Path, url: UrlOpt = "http://127.0.0.1:8000") -> None:
     """Replace the running app's policy without a restart (validated there first; refused: the old one stays)."""
     import time
 
@@ -501,7 +495,7 @@ def policy_push(policy: Path, url: UrlOpt = "http://127.0.0.1:8000", admin_key: 
     doc, tensors = policy_files(policy)
     version = load_policy_bytes(doc, tensors, label=str(policy)).version  # a broken file is refused before sending
     t0 = time.perf_counter()
-    info = _admin_call("PUT", url, "/admin/policy", admin_key, PolicyFiles(doc, tensors).encode())
+    info = _admin_call("PUT", url, "/admin/policy", PolicyFiles(doc, tensors).encode())
     info["seconds"] = round(time.perf_counter() - t0, 3)
     if info["version"] != version:
         raise LadderError(f"the app reports policy {info['version']} live, not the pushed {version}")
@@ -509,15 +503,15 @@ def policy_push(policy: Path, url: UrlOpt = "http://127.0.0.1:8000", admin_key: 
 
 
 @policy_app.command("show")
-def policy_show(url: UrlOpt = "http://127.0.0.1:8000", admin_key: AdminKeyOpt = None) -> None:
+def policy_show(url: UrlOpt = "http://127.0.0.1:8000") -> None:
     """The live policy: version, calibration target, expected quality and rung mix with intervals."""
-    _print_json(_admin_call("GET", url, "/admin/policy", admin_key))
+    _print_json(_admin_call("GET", url, "/admin/policy"))
 
 
 @policy_app.command("rollback")
-def policy_rollback(url: UrlOpt = "http://127.0.0.1:8000", admin_key: AdminKeyOpt = None) -> None:
+def policy_rollback(url: UrlOpt = "http://127.0.0.1:8000") -> None:
     """Back to the policy before the last push (again: forth)."""
-    _print_json(_admin_call("POST", url, "/admin/policy/rollback", admin_key))
+    _print_json(_admin_call("POST", url, "/admin/policy/rollback"))
 
 
 shadow_app = typer.Typer(no_args_is_help=True, help="The running app's shadow log (shadow.enabled in its config).")
@@ -529,10 +523,9 @@ def shadow_export(
     out: Annotated[Path, typer.Option("--out", "-o", help="JSONL; rows with messages are PROMPTS.jsonl rows")],
     count: Annotated[int, typer.Option(min=1, help="the newest N records")] = 100_000,
     url: UrlOpt = "http://127.0.0.1:8000",
-    admin_key: AdminKeyOpt = None,
 ) -> None:
     """Write the newest shadow-log records (route, rungs tried, signals, cost; prompts if recorded)."""
-    text = _admin_call("GET", url, "/admin/shadow", admin_key, params={"count": count}, raw=True)
+    text = _admin_call("GET", url, "/admin/shadow", params={"count": count}, raw=True)
     out.write_text(text)
     rows = text.count("\n")
     with_prompts = text.count('"messages":')

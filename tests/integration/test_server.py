@@ -119,7 +119,7 @@ def test_redis_outage_degrades_to_misses_and_hits_resume_after_restart(client, s
             assert raw.parse().choices[0].message.content is not None
             assert raw.headers["x-ladder-cache"] == "miss"
     finally:
-        restarted = EmbeddedRedis(port=port).start()
+        restarted = EmbeddedRedis(port=port, password=runtime.embedded_redis.password).start()
         runtime._redis = restarted  # so the fixture's close() stops it
     time.sleep(0.6)
     hit = None

@@ -191,7 +191,12 @@ def test_policy_show_push_refusals_and_a_swap_under_load_without_a_failed_reques
     from ladder.serving.live_policy import PolicyFiles
 
     doc, tensors = policy_files(path)
-    r = httpx.put(url + "/admin/policy", content=PolicyFiles(doc, tensors[:-1] + b"\x00").encode(), timeout=30)
+    from ladder.cluster.secrets import admin_key
+
+    admin = {"authorization": f"Bearer {admin_key()}"}  # the key `ladder serve` keeps in the cache dir
+    r = httpx.put(
+        url + "/admin/policy", content=PolicyFiles(doc, tensors[:-1] + b"\x00").encode(), headers=admin, timeout=30
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "policy_refused" and "checksum" in r.text
     assert httpx.get(url + "/health").json()["policy_version"] == configured
 

@@ -15,8 +15,11 @@ from ladder.policies.fixed import FixedPolicy
 from ladder.router.cascade import decide
 from ladder.serving.cache import RedisRouteCache
 from ladder.types import Query, Route
+from ladder.serving.signing import Signer
 
 SRC = Path(__file__).parents[2] / "src" / "ladder"
+
+SIGNER = Signer(b"a test server secret")  # what the gateway gets from ladder serve
 
 
 @pytest.mark.redis
@@ -24,13 +27,13 @@ def test_redis_auth_url_is_honoured_and_a_wrong_password_is_a_miss_not_a_crash()
     with EmbeddedRedis(password="s3cret-pw") as server:
 
         async def go():
-            good = RedisRouteCache(server.url, ttl_s=60)
+            good = RedisRouteCache(server.url, ttl_s=60, signer=SIGNER)
             await good.put("k", Route(1, "v1"))
             await good.flush()
             assert await good.get("k") == Route(1, "v1")
-            bad = RedisRouteCache(f"redis://:wrong@127.0.0.1:{server.port}/0", ttl_s=60)
+            bad = RedisRouteCache(f"redis://:wrong@127.0.0.1:{server.port}/0", ttl_s=60, signer=SIGNER)
             assert await bad.get("k") is None and bad.stats["errors"] == 1
-            anonymous = RedisRouteCache(f"redis://127.0.0.1:{server.port}/0", ttl_s=60)
+            anonymous = RedisRouteCache(f"redis://127.0.0.1:{server.port}/0", ttl_s=60, signer=SIGNER)
             assert await anonymous.get("k") is None
             await good.close(), await bad.close(), await anonymous.close()
 
@@ -92,8 +95,9 @@ def test_rediss_url_speaks_tls_and_verifies_the_certificate(tmp_path):
             server, port = await _tls_proxy(cert, key, plain.port)
             try:
                 cache = RedisRouteCache(
-                    f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}",
+                    f"rediss://:{plain.password}@127.0.0.1:{port}/0?ssl_ca_certs={cert}",
                     ttl_s=60,
+                    signer=SIGNER,
                     read_timeout_ms=2000,
                     connect_timeout_ms=2000,
                 )
@@ -101,14 +105,16 @@ def test_rediss_url_speaks_tls_and_verifies_the_certificate(tmp_path):
                 await cache.flush()
                 assert await cache.get("tls-key") == Route(2, "v9")
                 # Without the CA the certificate is rejected: a miss, not a crash.
-                untrusted = RedisRouteCache(f"rediss://127.0.0.1:{port}/0", ttl_s=60, connect_timeout_ms=2000)
+                untrusted = RedisRouteCache(
+                    f"rediss://:{plain.password}@127.0.0.1:{port}/0", ttl_s=60, signer=SIGNER, connect_timeout_ms=2000
+                )
                 assert await untrusted.get("tls-key") is None and untrusted.stats["errors"] == 1
                 await cache.close(), await untrusted.close()
             finally:
                 server.close()
 
         asyncio.run(go())
-        assert redis.Redis(port=plain.port).get("tls-key") is not None  # it went through the TLS hop
+        assert redis.Redis.from_url(plain.url).get("tls-key") is not None  # it went through the TLS hop
 
 
 @pytest.mark.redis
@@ -117,13 +123,13 @@ def test_decision_cache_stores_hashed_keys_and_routes_never_prompt_text():
     with EmbeddedRedis() as server:
 
         async def go():
-            cache = RedisRouteCache(server.url, ttl_s=60)
-            await decide(Query.of(f"Remember this: {secret} please"), FixedPolicy(0), cache)
+            cache = RedisRouteCache(server.url, ttl_s=60, signer=SIGNER)
+            await decide(Query.of(f"Remember this: {secret} please"), FixedPolicy(0), cache, 3)
             await cache.flush()
             await cache.close()
 
         asyncio.run(go())
-        client = redis.Redis(port=server.port)
+        client = redis.Redis.from_url(server.url)
         keys = client.keys("*")
         assert len(keys) == 1
         assert re.fullmatch(rb"ladder:route:v\d+:[^:]+:[0-9a-f]{32}", keys[0])
@@ -150,6 +156,13 @@ def test_nothing_ladder_loads_goes_through_pickle():
 
 
 def test_the_server_binds_to_loopback_unless_told_otherwise():
+    from tests.security.sockets import listeners
+
     assert LadderConfig().server.host == "127.0.0.1"
-    assert LadderConfig().cache.redis_url is None  # and the embedded Redis binds to loopback too
-    assert "--bind" in (SRC / "cluster" / "redis_server.py").read_text()
+    assert LadderConfig().cache.redis_url is None  # the embedded Redis, on loopback and with a password
+    with EmbeddedRedis() as server:
+        mine = [s for s in listeners({server.process.pid})]
+        assert mine and all(s.loopback and s.port == server.port for s in mine)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port).get("x")
+        assert server.password not in " ".join(server.process.args)  # not on its command line either

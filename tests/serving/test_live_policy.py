@@ -15,10 +15,12 @@ from ladder.policies.features import FeaturizerKind
 from ladder.policies.fixed import FixedPolicy
 from ladder.policies.store import policy_files, save_policy
 from ladder.serving.live_policy import LivePolicy, PolicyFiles
+from ladder.serving.signing import Signer
 
 pytestmark = pytest.mark.redis
 ROOT = Path(__file__).resolve().parents[2]
 TIERS = ["small", "medium", "large"]
+SIGNER = Signer(b"the app's server secret")  # every replica of one app shares it
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def redis_url():
 
 
 def replica(url: str | None) -> LivePolicy:
-    return LivePolicy(FixedPolicy(0), TIERS, [], url, poll_s=0.0)
+    return LivePolicy(FixedPolicy(0), TIERS, [], url, SIGNER, poll_s=0.0)
 
 
 def test_a_push_reaches_every_replica_and_rollback_goes_back(files, redis_url):
@@ -82,7 +84,7 @@ class LateRead(LivePolicy):
     """A replica whose reads of the live key come back late (a slow network), held until ``arrive``."""
 
     def __init__(self, url: str) -> None:
-        super().__init__(FixedPolicy(0), TIERS, [], url, poll_s=0.0)
+        super().__init__(FixedPolicy(0), TIERS, [], url, SIGNER, poll_s=0.0)
         self.arrive = asyncio.Event()
 
     async def _get(self, key: str) -> str | None:
@@ -114,7 +116,7 @@ def test_bad_pushes_are_refused_and_the_old_policy_keeps_serving(files, redis_ur
         broken = PolicyFiles(files[0].doc, files[0].tensors[:-1] + b"\0")
         with pytest.raises(PolicyFileError, match="checksum"):
             await one.push(broken)
-        two_rungs = LivePolicy(FixedPolicy(0), ["small", "large"], [], redis_url)
+        two_rungs = LivePolicy(FixedPolicy(0), ["small", "large"], [], redis_url, SIGNER)
         with pytest.raises(PolicyFileError, match="fitted for rungs"):
             await two_rungs.push(files[0])
         assert one.policy.version == "fixed-s0-tnone" and two_rungs.policy.version == "fixed-s0-tnone"
@@ -126,7 +128,9 @@ def test_bad_pushes_are_refused_and_the_old_policy_keeps_serving(files, redis_ur
 
 def test_without_redis_a_push_swaps_only_the_replica_it_reached():
     async def go():
-        lone = LivePolicy(FixedPolicy(0), TIERS, [], "redis://127.0.0.1:1/0", poll_s=0.0)  # nothing listens there
+        lone = LivePolicy(
+            FixedPolicy(0), TIERS, [], "redis://127.0.0.1:1/0", SIGNER, poll_s=0.0
+        )  # nothing listens there
         return lone, await lone.push(PolicyFiles(*_files_for_offline()))
 
     lone, info = asyncio.run(go())

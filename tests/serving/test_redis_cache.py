@@ -8,9 +8,12 @@ import pytest
 from ladder.cluster.redis_server import EmbeddedRedis
 from ladder.serving.cache import RedisRouteCache
 from ladder.types import Route
+from ladder.serving.signing import Signer
 
 pytestmark = pytest.mark.redis
 ROUTE = Route(1, "v7", scores=(0.25, 0.75), thresholds=(0.5, 0.5))
+
+SIGNER = Signer(b"a test server secret")  # what the gateway gets from ladder serve
 
 
 @pytest.fixture
@@ -21,7 +24,7 @@ def redis_server():
 
 
 def cache_for(server: EmbeddedRedis, **kw) -> RedisRouteCache:
-    return RedisRouteCache(server.url, ttl_s=100, breaker_cooldown_s=0.5, **kw)
+    return RedisRouteCache(server.url, ttl_s=100, signer=SIGNER, breaker_cooldown_s=0.5, **kw)
 
 
 def test_put_then_get_round_trips_with_a_jittered_ttl(redis_server):
@@ -54,7 +57,7 @@ def test_outage_reads_as_a_fast_miss_and_recovery_resumes_hits(redis_server):
         outage_s = time.perf_counter() - t0
         skipped = cache.stats["skipped"]
         await cache.put("k2", ROUTE)  # must not raise or block
-        restarted = EmbeddedRedis(port=port).start()
+        restarted = EmbeddedRedis(port=port, password=redis_server.password).start()
         await asyncio.sleep(0.6)  # past the breaker's cool-down
         await cache.put("k", ROUTE)
         await cache.flush()

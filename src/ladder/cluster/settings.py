@@ -191,8 +191,11 @@ class CacheConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    address: str | None = None  # None: start a local Ray
+    address: str | None = None  # None: start a local Ray (loopback only)
     num_cpus: int | None = None
+    # An existing cluster must use Ray's token authentication (RAY_AUTH_MODE=token); true accepts
+    # one without, for a network nobody else reaches (docs/SECURITY.md).
+    allow_unauthenticated: bool = False
 
 
 class ShadowLogConfig(_Strict):

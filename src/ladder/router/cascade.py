@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from ladder.errors import InvalidRequest, NoRungAvailable, TierOverloaded
 from ladder.nonanswer import non_answer
@@ -23,12 +24,21 @@ def _free(_: Generation) -> float:
     return 0.0
 
 
-async def decide(query: Query, policy: Policy, cache: RouteCache | None) -> tuple[Route, bool]:
+def adopt(cached: Route, policy: Policy, rungs: int) -> Route | None:
+    """What a decision read back from the cache may do, for the buffered and the streamed cascade
+    alike: another policy's decision is ignored, a pinned one refused (only a client pins, and never
+    through the cache), the start clamped to the rungs there are. None: decide afresh."""
+    if cached.pinned or cached.policy_version != policy.version:
+        return None
+    return replace(cached, start=min(max(cached.start, 0), rungs - 1))
+
+
+async def decide(query: Query, policy: Policy, cache: RouteCache | None, rungs: int) -> tuple[Route, bool]:
     """The routing decision, from the cache when it has one (a cache outage reads as a miss)."""
     key = route_key(query, policy.version)
     cached = await cache.get(key) if cache is not None else None
-    if cached is not None:
-        return cached, True
+    if cached is not None and (route := adopt(cached, policy, rungs)) is not None:
+        return route, True
     route = policy.route(query)
     if cache is not None:
         await cache.put(key, route)
@@ -36,13 +46,13 @@ async def decide(query: Query, policy: Policy, cache: RouteCache | None) -> tupl
 
 
 async def routed(
-    query: Query, policy: Policy, cache: RouteCache | None, route: Route | None
+    query: Query, policy: Policy, cache: RouteCache | None, route: Route | None, rungs: int
 ) -> tuple[Route, bool, str, float]:
     """(route, cache hit, source, seconds spent deciding); a given ``route`` is pinned by the client."""
     t0 = time.perf_counter()
     if route is not None:
         return route, False, "forced", 0.0
-    route, hit = await decide(query, policy, cache)
+    route, hit = await decide(query, policy, cache, rungs)
     return route, hit, "cache" if hit else "router", time.perf_counter() - t0
 
 
@@ -72,7 +82,7 @@ async def run_cascade(
 
     ``route`` pins a decision (a client naming a tier); otherwise the policy/cache decides.
     """
-    route, hit, source, decision_s = await routed(query, policy, cache, route)
+    route, hit, source, decision_s = await routed(query, policy, cache, route, len(workers))
     last = len(workers) - 1 if not route.pinned else route.start
     attempts: list[Attempt] = []
     client_errors: list[InvalidRequest] = []

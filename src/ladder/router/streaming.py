@@ -58,7 +58,7 @@ async def stream_cascade(
     """``buffered``: the client reads the whole answer at once (a plain, non-streamed request).
     Prefix gates still stop a doomed rung after k tokens, but nothing is shown early, so an
     answer accepted on its prefix is still checked whole for non-answers before it is returned."""
-    route, hit, source, decision_s = await routed(query, policy, cache, route)
+    route, hit, source, decision_s = await routed(query, policy, cache, route, len(workers))
     question = asked(query)
     last = len(workers) - 1 if not route.pinned else route.start
     attempts: list[Attempt] = []

@@ -13,6 +13,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from ladder.cluster.secrets import server_secret, with_admin_key
 from ladder.cluster.settings import LadderConfig, load_config
 from ladder.serving.gateway import Gateway, activate, active, build_api
 from ladder.serving.tiers import TierDeployment, TierHandleStreamer
@@ -26,21 +27,27 @@ BUFFERED_COALESCE_S = 0.5  # a buffered request's deltas merged over this many s
 class LadderIngress:
     """The router + OpenAI ingress replica: a ``Gateway`` over handles of the tier deployments."""
 
-    def __init__(self, config_json: str, redis_url: str | None, tiers: dict[str, DeploymentHandle]) -> None:
+    def __init__(
+        self, config_json: str, redis_url: str | None, secret_hex: str, tiers: dict[str, DeploymentHandle]
+    ) -> None:
         config = LadderConfig.model_validate_json(config_json)
         # Buffered requests run the same streamed cascade (so a prefix gate stops a doomed rung
         # after k tokens there too), with the replica's deltas coalesced into few Ray messages.
         workers = [TierHandleStreamer(t.name, tiers[t.name], t.timeout_s, BUFFERED_COALESCE_S) for t in config.tiers]
         streamers = [TierHandleStreamer(t.name, tiers[t.name], t.timeout_s) for t in config.tiers]
-        activate(Gateway(config, workers, streamers, redis_url))
+        activate(Gateway(config, workers, streamers, redis_url, bytes.fromhex(secret_hex)))
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Serve entry point: ``args`` = {"config": path | None, "redis_url": url | None}."""
+    """Serve entry point: ``args`` = {"config": path | None, "redis_url": url | None}.
+
+    Only the ingress gets the whole config (keys included) and the server secret; a tier replica
+    gets its own tier's section and where the weights are, nothing else."""
     if "config_json" in args:  # already validated by the caller (ladder serve)
         config = LadderConfig.model_validate_json(args["config_json"])
     else:
         config = load_config(args.get("config"))
+    config = with_admin_key(config)
     config_json = config.model_dump_json()
     handles = {}
     for tier in config.tiers:
@@ -58,7 +65,7 @@ def build_app(args: dict[str, Any]) -> Application:
                 # (ladder serve names the tier and exits 2) instead of retrying for many.
                 max_constructor_retry_count=2,
             )
-            .bind(config_json, tier.name)
+            .bind(tier.model_dump_json(), str(config.cache_path))
         )
     redis_url = args.get("redis_url") or config.cache.redis_url
     return LadderIngress.options(
@@ -67,4 +74,4 @@ def build_app(args: dict[str, Any]) -> Application:
         ray_actor_options={"num_cpus": 0.25},
         max_ongoing_requests=256,
         max_queued_requests=512,
-    ).bind(config_json, redis_url, handles)
+    ).bind(config_json, redis_url, server_secret().hex(), handles)

@@ -3,7 +3,8 @@
 Redis is never on the critical path: a read that errors or exceeds its budget is a miss, a write
 never blocks a response, and after ``breaker_failures`` consecutive failures Redis is skipped for
 ``breaker_cooldown_s`` and then probed again (so a restarted Redis is picked up without a restart of
-Ladder). Values hold the decision and its scores, never the prompt. TTLs carry ±10% jitter so
+Ladder). Values hold the decision and its scores, never the prompt, signed with the server secret
+(``serving/signing.py``); the router checks what a decision may do (``router.cascade.adopt``). TTLs carry ±10% jitter so
 entries written together do not expire together.
 """
 
@@ -15,6 +16,7 @@ import random
 import time
 from dataclasses import asdict
 
+from ladder.serving.signing import Signer
 from ladder.types import Route
 
 
@@ -38,6 +40,7 @@ class RedisRouteCache:
         self,
         url: str,
         ttl_s: int,
+        signer: Signer,
         read_timeout_ms: float = 30,
         connect_timeout_ms: float = 200,
         breaker_failures: int = 3,
@@ -54,6 +57,7 @@ class RedisRouteCache:
             retry=None,
         )
         self.ttl_s = ttl_s
+        self.signer = signer
         self.read_timeout_s = read_timeout_ms / 1000
         self.breaker_failures = breaker_failures
         self.breaker_cooldown_s = breaker_cooldown_s
@@ -92,8 +96,11 @@ class RedisRouteCache:
         if raw is None:
             self.stats["misses"] += 1
             return None
+        value = self.signer.open(key, raw)
         try:
-            route = decode_route(raw)
+            if value is None:
+                raise ValueError("unsigned")
+            route = decode_route(value)
         except (ValueError, KeyError, TypeError):
             self.stats["misses"] += 1
             return None
@@ -112,7 +119,7 @@ class RedisRouteCache:
         async with self._writes:
             ttl = max(1, int(self.ttl_s * random.uniform(0.9, 1.1)))
             try:
-                await asyncio.wait_for(self.client.set(key, encode_route(route), ex=ttl), 1.0)
+                await asyncio.wait_for(self.client.set(key, self.signer.sign(key, encode_route(route)), ex=ttl), 1.0)
                 self._ok()
             except Exception:
                 self._failed()

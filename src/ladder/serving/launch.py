@@ -8,6 +8,8 @@ import sys
 import time
 
 from ladder.cluster.compose import materialize
+from ladder.cluster.redis_server import redacted
+from ladder.cluster.secrets import admin_key_path
 from ladder.cluster.runtime import Runtime
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import ConfigError, EngineStartFailed, LadderError, WeightsUnavailable
@@ -70,6 +72,11 @@ def startup_error(report: str) -> LadderError:
     return LadderError(f"the app did not start: {lines[-1][:300] if lines else 'no report from Ray Serve'}")
 
 
+def admin_key_source(config: LadderConfig) -> str:
+    """Where `ladder policy` finds the admin key, never the key itself."""
+    return "server.admin_keys" if config.server.admin_keys else str(admin_key_path(config.cache_path))
+
+
 def serve_forever(config: LadderConfig, host: str | None, port: int | None, tiers: list[str] | None) -> None:
     config = restrict(config, tiers, host, port)
     from ladder.cluster.compose import build_policy
@@ -87,7 +94,8 @@ def serve_forever(config: LadderConfig, host: str | None, port: int | None, tier
     with Runtime.start(config) as runtime:
         url = deploy(config, runtime)
         print(
-            f"Ladder is serving {config.tier_names} at {url}/v1 (redis: {runtime.redis_url}); Ctrl-C to stop",
+            f"Ladder is serving {config.tier_names} at {url}/v1 (redis: {redacted(runtime.redis_url)}; admin key: "
+            f"{admin_key_source(config)}); Ctrl-C to stop",
             file=sys.stderr,
             flush=True,
         )

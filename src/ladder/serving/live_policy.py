@@ -7,8 +7,10 @@ with: nothing fails), and publishes it to Redis — the live version under ``lad
 the files under ``ladder:policy:blob:<version>`` — so every other replica, and any replica Serve
 starts later, picks it up on its next request (checked at most once per ``poll_s``). Cache keys
 carry the policy version, so decisions of the old policy are never served for the new one.
-``live`` may also read ``config``: the policy of the app's configuration. A Redis outage keeps
-each replica on the policy it has. Rollback goes one step back (twice: forth again).
+``live`` may also read ``config``: the policy of the app's configuration. Every value is signed
+with the server secret; an unsigned or tampered one is ignored (logged once) and the replica keeps
+what it has, as it does through a Redis outage. The keys carry no TTL, and the embedded Redis
+evicts only keys with one (routes), so the live policy is never evicted. Rollback goes one step back (twice: forth again).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 from ladder.errors import PolicyFileError
 from ladder.protocols import Policy
+from ladder.serving.signing import Signer
 
 log = logging.getLogger("ladder.policy")
 KEY_LIVE = "ladder:policy:live"
@@ -56,12 +59,19 @@ class PolicyFiles:
 
 class LivePolicy:
     def __init__(
-        self, configured: Policy, tier_names: list[str], verified: list[str], redis_url: str | None, poll_s: float = 1.0
+        self,
+        configured: Policy,
+        tier_names: list[str],
+        verified: list[str],
+        redis_url: str | None,
+        signer: Signer,
+        poll_s: float = 1.0,
     ) -> None:
         self.configured = configured
         self.policy: Policy = configured
         self.tier_names, self.verified = tier_names, verified
         self.poll_s = poll_s
+        self.signer = signer  # every value this writes to Redis is signed; unsigned ones are ignored
         self.swapped_at: float | None = None
         self._files: dict[str, PolicyFiles] = {}  # versions this replica has loaded (rollback without Redis)
         self._previous: str | None = None
@@ -133,7 +143,7 @@ class LivePolicy:
         except Exception as exc:  # an outage: every replica keeps what it has
             log.warning("redis unavailable for the live policy: %s", exc)
             return None
-        return raw.decode() if raw is not None else None
+        return self.signer.open(key, raw) if raw is not None else None  # unsigned: as if absent
 
     async def _files_from_redis(self, version: str) -> PolicyFiles | None:
         raw = await self._get(_blob_key(version))
@@ -145,9 +155,12 @@ class LivePolicy:
         try:
             pipe = self.client.pipeline(transaction=True)
             if files is not None:
-                pipe.set(_blob_key(version), files.encode())
-            pipe.set(KEY_PREVIOUS, CONFIGURED if previous == self.configured.version else previous)
-            pipe.set(KEY_LIVE, version)
+                pipe.set(_blob_key(version), self.signer.sign(_blob_key(version), files.encode()))
+            pipe.set(
+                KEY_PREVIOUS,
+                self.signer.sign(KEY_PREVIOUS, CONFIGURED if previous == self.configured.version else previous),
+            )
+            pipe.set(KEY_LIVE, self.signer.sign(KEY_LIVE, version))
             await asyncio.wait_for(pipe.execute(), 2.0)
             return True
         except Exception as exc:

@@ -3,11 +3,12 @@
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from ray.serve.handle import DeploymentHandle
 
-from ladder.cluster.compose import build_worker, materialize
-from ladder.cluster.settings import LadderConfig
+from ladder.cluster.compose import build_worker, materialize_in
+from ladder.cluster.settings import TierConfig
 from ladder.errors import InvalidRequest, TierOverloaded, WorkerFailed, WorkerTimeout
 from ladder.types import Delta, Generation, Query
 
@@ -15,10 +16,9 @@ from ladder.types import Delta, Generation, Query
 class TierDeployment:
     """One tier's model in a replica. Loads from the weight cache (converting once if needed)."""
 
-    def __init__(self, config_json: str, tier_name: str) -> None:
-        config = LadderConfig.model_validate_json(config_json)
-        tier = config.tier(tier_name)
-        self.worker = build_worker(tier, materialize(config, tier)).load()
+    def __init__(self, tier_json: str, cache_dir: str) -> None:
+        tier = TierConfig.model_validate_json(tier_json)  # its own section only: no keys, no Redis
+        self.worker = build_worker(tier, materialize_in(Path(cache_dir), tier)).load()
 
     async def generate(self, query: Query) -> Generation:
         return await self.worker.generate(query)

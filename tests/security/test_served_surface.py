@@ -1,0 +1,168 @@
+"""One `ladder serve` (small tier, its verifier on), attacked from this machine: its ports, its
+admin API behind a real same-host reverse proxy (Caddy), planted Redis entries, and every secret
+looked for in everything it printed and logged. Traffic goes to loopback only."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import yaml
+
+from ladder.cluster.redis_server import free_port
+from ladder.cluster.secrets import admin_key
+from ladder.cluster.settings import LadderConfig
+from ladder.router.keys import route_key
+from ladder.types import Query
+from tests.security.sockets import descendants, listeners
+
+pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.model, pytest.mark.slow, pytest.mark.redis]
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "sk-" + secrets.token_hex(12)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("served")
+    data = LadderConfig().model_dump(mode="json")
+    data["tiers"] = [data["tiers"][0]]
+    data["tiers"][0]["vllm"]["enforce_eager"] = True
+    data["tiers"][0]["verifier"] = "python_examples"  # serve must get an isolated sandbox for it
+    data["policy"] = {"kind": "fixed"}
+    data["ray"]["num_cpus"] = 2
+    data["server"]["api_keys"] = [API_KEY]
+    cfg = tmp / "ladder.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    port = free_port()
+    out, err = tmp / "stdout", tmp / "stderr"
+    with out.open("w") as o, err.open("w") as e:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ladder.cli", "serve", "--config", str(cfg), "--port", str(port)],
+            stdout=o,
+            stderr=e,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )
+    deadline = time.monotonic() + 420
+    while "Ladder is serving" not in err.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+        time.sleep(1)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "out": out, "err": err}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def redis_of(served) -> redis.Redis:
+    """The app's Redis as an attacker who learned its address and password would reach it (read
+    here, as root, from the server's own config file: the password is on no command line)."""
+    for listener in listeners(descendants(served["proc"].pid)):
+        if "redis-server" in listener.command:
+            conf = Path(f"/proc/{listener.pid}/cwd/redis.conf")  # it runs in its own directory
+            password = re.search(r"^requirepass (\S+)$", conf.read_text(), re.M).group(1)
+            assert password not in listener.command
+            return redis.Redis(host="127.0.0.1", port=listener.port, password=password)
+    raise AssertionError("no redis-server among the app's processes")
+
+
+def test_nothing_the_app_started_listens_beyond_loopback(served):
+    mine = listeners(descendants(served["proc"].pid))
+    assert any("redis-server" in s.command for s in mine) and any("raylet" in s.command for s in mine)
+    assert len(mine) > 5
+    assert [s for s in mine if not s.loopback] == []
+
+
+def test_the_admin_api_behind_a_same_host_reverse_proxy_needs_the_key(served, tmp_path):
+    key_file = Path(os.path.expanduser(os.environ.get("LADDER_CACHE_DIR", "~/.cache/ladder"))) / "admin.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    front = free_port()
+    caddy = Path(sys.executable).with_name("caddy")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    proxy = subprocess.Popen(
+        [str(caddy), "reverse-proxy", "--from", f"http://127.0.0.1:{front}", "--to", served["url"]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        via = f"http://127.0.0.1:{front}"
+        for _ in range(100):
+            try:
+                if httpx.get(via + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        # every client of the proxy reaches the app from loopback: that must grant nothing
+        for headers in ({}, {"authorization": f"Bearer {API_KEY}"}, {"authorization": "Bearer guessed"}):
+            r = httpx.get(via + "/admin/policy", headers=headers, timeout=30)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+            r = httpx.post(via + "/admin/policy/rollback", headers=headers, timeout=30)
+            assert r.status_code == 401
+        r = httpx.get(via + "/admin/policy", headers={"authorization": f"Bearer {admin_key()}"}, timeout=30)
+        assert r.status_code == 200 and r.json()["configured"]
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+    # and the CLI finds the key where `ladder serve` left it, with no key on its command line
+    p = subprocess.run(
+        [sys.executable, "-m", "ladder.cli", "policy", "show", "--url", served["url"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "LADDER_ADMIN_KEY"},
+    )
+    assert p.returncode == 0 and json.loads(p.stdout)["configured"], p.stderr
+    p = subprocess.run(
+        [sys.executable, "-m", "ladder.cli", "policy", "show", "--admin-key", "x", "--url", served["url"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2  # there is no such option: keys never go on argv
+
+
+def test_entries_planted_in_redis_without_the_secret_are_ignored(served):
+    url, client = served["url"], redis_of(served)
+    health = httpx.get(url + "/health", timeout=30).json()
+    version = health["policy_version"]
+    # a policy of the attacker's: the live pointer and a blob, unsigned
+    client.set("ladder:policy:live", "planted-1")
+    client.set("ladder:policy:blob:planted-1", json.dumps({"doc_b64": "", "tensors_b64": ""}))
+    # and routes for two prompts: one past the last rung, one pinned to the cheapest
+    prompts = ["What is the capital of Peru?", "Name a prime number."]
+    for prompt, start, pinned in ((prompts[0], 7, False), (prompts[1], 0, True)):
+        route = {"start": start, "policy_version": version, "scores": [], "thresholds": [], "pinned": pinned}
+        client.set(route_key(Query.of(prompt), version), json.dumps(route), ex=600)
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    for prompt in prompts:
+        body = {"model": "ladder", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4, "temperature": 0}
+        r = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
+        assert r.status_code == 200 and r.headers["x-ladder-cache"] == "miss"  # decided afresh
+    time.sleep(1.5)  # past the live policy's poll interval
+    assert httpx.get(url + "/health", timeout=30).json()["policy_version"] == version
+
+
+def test_no_secret_appears_in_anything_the_run_printed_or_logged(served):
+    password = redis_of(served).connection_pool.connection_kwargs["password"]
+    secrets_ = {"admin key": admin_key(), "API key": API_KEY, "Redis password": password}
+    texts = {"stdout": served["out"].read_text(), "stderr": served["err"].read_text()}
+    session = Path("/tmp/ray/session_latest/logs")
+    for path in session.rglob("*") if session.exists() else []:
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            texts[str(path)] = path.read_text(errors="replace")
+    assert len(texts) > 5  # Ray's logs were read too
+    leaks = [(name, where) for name, value in secrets_.items() for where, text in texts.items() if value in text]
+    assert leaks == []

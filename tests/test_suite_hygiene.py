@@ -1,0 +1,44 @@
+"""The test suite checks itself: a test that defines an inner function and never uses it asserts
+nothing of what that function holds (session 11 found one whose seven asserts had never run)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+
+def unused_inner_functions(source: str) -> list[str]:
+    """``test_x: inner`` for each function defined inside a test and never named again in it
+    (called, passed as a target or a callback); a decorated one counts as used."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test")):
+            continue
+        inner = [
+            n
+            for n in ast.walk(node)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n is not node and not n.decorator_list
+        ]
+        named = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        named |= {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+        found += [f"{node.name}: {f.name}" for f in inner if f.name not in named]
+    return found
+
+
+def test_the_check_finds_an_inner_function_never_called():
+    dead = "def test_a():\n    def go():\n        assert False\n"
+    alive = "def test_b():\n    async def go():\n        assert True\n    asyncio.run(go())\n"
+    target = "def test_c():\n    def client():\n        pass\n    Thread(target=client).start()\n"
+    assert unused_inner_functions(dead) == ["test_a: go"]
+    assert unused_inner_functions(alive) == [] and unused_inner_functions(target) == []
+
+
+def test_no_test_defines_an_inner_function_it_never_uses():
+    found = {
+        str(path.relative_to(TESTS)): dead
+        for path in sorted(TESTS.rglob("*.py"))
+        if (dead := unused_inner_functions(path.read_text()))
+    }
+    assert found == {}
