@@ -53,17 +53,24 @@ def served(tmp_path_factory):
             env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
         )
     deadline = time.monotonic() + 420
+    probes = []  # /ready while the app starts: (status, tiers)
     while "Ladder is serving" not in err.read_text():
         assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5)
+            probes.append((r.status_code, r.json().get("tiers")))
+        except (httpx.HTTPError, ValueError):
+            pass
         time.sleep(1)
     try:
-        yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "out": out, "err": err}
+        yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "out": out, "err": err, "probes": probes}
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def redis_of(served) -> redis.Redis:
@@ -76,6 +83,14 @@ def redis_of(served) -> redis.Redis:
             assert password not in listener.command
             return redis.Redis(host="127.0.0.1", port=listener.port, password=password)
     raise AssertionError("no redis-server among the app's processes")
+
+
+def test_ready_said_starting_until_the_tier_answered(served):
+    r = httpx.get(served["url"] + "/ready", timeout=30)
+    assert r.status_code == 200 and r.json()["tiers"] == {"small": "ready"} and r.json()["redis"] == "ok"
+    # while the engine started, /ready never said 200 for a tier that was not up
+    assert all(status == 503 and tiers["small"] != "ready" for status, tiers in served["probes"] if status != 200)
+    assert all(tiers == {"small": "ready"} for status, tiers in served["probes"] if status == 200)
 
 
 def test_nothing_the_app_started_listens_beyond_loopback(served):
@@ -166,3 +181,25 @@ def test_no_secret_appears_in_anything_the_run_printed_or_logged(served):
     assert len(texts) > 5  # Ray's logs were read too
     leaks = [(name, where) for name, value in secrets_.items() for where, text in texts.items() if value in text]
     assert leaks == []
+
+
+def test_sigterm_stops_everything_it_started_and_exits_0(served):
+    """Last in this module: what systemd, Docker and Kubernetes send."""
+    proc = served["proc"]
+    started = descendants(proc.pid) - {proc.pid}
+    assert len(started) > 3  # Redis, Ray's daemons, workers
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, served["err"].read_text()[-2000:]
+    deadline = time.monotonic() + 30
+    while (
+        alive := [p for p in started if Path(f"/proc/{p}").exists() and not _zombie(p)]
+    ) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert alive == [], [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in alive if Path(f"/proc/{p}").exists()]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

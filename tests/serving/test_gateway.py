@@ -39,7 +39,7 @@ def config(**policy) -> LadderConfig:
 
 def call(gateway: Gateway, method: str, path: str, key: str | None = KEY, **kw) -> httpx.Response:
     api = build_api(lambda: gateway)
-    headers = {"authorization": f"Bearer {key}"} if key else {}
+    headers = ({"authorization": f"Bearer {key}"} if key else {}) | kw.pop("headers", {})
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=api, client=("127.0.0.1", 5000))
@@ -208,3 +208,32 @@ def test_the_top_rung_answers_even_when_it_declines():
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "I cannot help with that."
     r = call(gateway([medium, small]), "POST", "/v1/chat/completions", **chat(model="small"))
     assert r.json()["choices"][0]["message"]["content"] == "I cannot help with that."
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failing_tier_s_cause_goes_to_the_log_not_to_the_client(stream, caplog):
+    cause = "engine core died at /root/.cache/ladder/models/x (node 10.1.2.3)"
+    tiers = [ScriptedWorker(n, logprob=-0.1, fail=WorkerFailed(cause)) for n in ("small", "medium")]
+    r = call(gateway(tiers), "POST", "/v1/chat/completions", headers={"x-request-id": "rid-7"}, **chat(stream=stream))
+    body = r.text
+    assert ("tier_failed" in body or "no_rung_available" in body) and "rid-7" in body
+    assert "/root" not in body and "10.1.2.3" not in body
+    assert any(cause in rec.getMessage() and "rid-7" in rec.getMessage() for rec in caplog.records)
+
+
+def test_ready_is_503_while_a_tier_is_starting_and_200_once_all_answer(tiers):
+    class Starting(ScriptedWorker):
+        state = "starting"
+
+        async def ready(self) -> str:
+            return self.state
+
+    medium = Starting("medium", logprob=-0.1, words=6)
+    gw = gateway([tiers[0], medium])
+    r = call(gw, "GET", "/ready", key=None)
+    assert r.status_code == 503 and r.json()["tiers"] == {"small": "ready", "medium": "starting"}
+    assert r.headers["retry-after"] and not r.json()["ready"]
+    assert call(gw, "GET", "/health", key=None).status_code == 200  # alive all the same
+    medium.state = "ready"
+    r = call(gw, "GET", "/ready", key=None)
+    assert r.status_code == 200 and r.json()["ready"] and r.json()["redis"] == "off"

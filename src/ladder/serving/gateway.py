@@ -15,6 +15,7 @@ rung after rung, each a ``Worker``) → ``openai_api`` (response body, headers, 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -113,6 +114,27 @@ class Gateway:
 
     def model_ids(self) -> list[str]:
         return [self.config.server.router_model, *self.tier_names]
+
+    async def readiness(self) -> dict[str, Any]:
+        """Each tier's state (asked in parallel, 2 s each), the policy, Redis. Redis is reported,
+        not required: without it the app serves, uncached (a Redis outage must not take every
+        replica out of a load balancer)."""
+
+        async def state(worker: StreamWorker) -> str:
+            probe = getattr(worker, "ready", None)
+            return await probe() if probe is not None else "ready"
+
+        states = await asyncio.gather(*(state(w) for w in self.workers))
+        tiers = dict(zip(self.tier_names, states))
+        redis = "off"
+        if self.cache is not None:
+            try:
+                await asyncio.wait_for(self.cache.client.ping(), 0.5)
+                redis = "ok"
+            except Exception:  # noqa: BLE001 — any failure to answer is "unreachable"
+                redis = "unreachable"
+        ready = all(v == "ready" for v in states)
+        return {"ready": ready, "tiers": tiers, "policy_version": self.policy.version, "redis": redis}
 
     # -- access ------------------------------------------------------------------------------
     def authorize(self, request: Request) -> None:
@@ -220,7 +242,7 @@ class Gateway:
                 finished = True
                 log.warning("request %s: failed while streaming: %s", request_id, exc)
                 self.metrics.tier_errors.labels(tier=tier).inc()
-                yield oai.sse(oai.error_body(str(exc), 503, code="tier_failed"))
+                yield oai.sse(oai.error_body(public_message("tier_failed", request_id), 503, code="tier_failed"))
             finally:
                 if not finished:  # the client went away: stop the rung's generation (vLLM aborts)
                     await events.aclose()
@@ -280,6 +302,17 @@ def active() -> Gateway:
 
 
 # -- typed errors -> HTTP, in one table -----------------------------------------------------------
+_PUBLIC = {  # what a client reads of a server-side failure; its cause (engine, Ray, paths) is logged
+    "overloaded": "every rung is at capacity: retry after the Retry-After interval",
+    "no_rung_available": "no rung could answer this request",
+    "tier_failed": "the tier failed while answering",
+}
+
+
+def public_message(code: str | None, request_id: str) -> str:
+    return f"{_PUBLIC.get(code or '', 'internal error')} (request {request_id}: the server log has the cause)"
+
+
 def _answer(exc: Exception) -> tuple[int, str | None, str | None, dict[str, str] | None]:
     """(status, param, code, headers) of a typed error; the most specific class decides."""
     if isinstance(exc, HTTPProblem):
@@ -316,15 +349,20 @@ def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        logged: bool = False,
     ) -> JSONResponse:
         gateway().metrics.requests.labels(status=str(status)).inc()
-        if status >= 500:
+        if status >= 500 and not logged:
             log.warning("request %s: %s", oai.request_id(request.headers.get("x-request-id")), message)
         return JSONResponse(oai.error_body(message, status, param, code), status_code=status, headers=headers)
 
     @api.exception_handler(LadderError)
     async def typed_error(request: Request, exc: LadderError) -> JSONResponse:
         status, param, code, headers = _answer(exc)
+        if status >= 500 and not isinstance(exc, HTTPProblem):  # the cause (engine, Ray) goes to the log only
+            rid = oai.request_id(request.headers.get("x-request-id"))
+            log.warning("request %s: %s", rid, exc)
+            return error(request, public_message(code, rid), status, param, code, headers, logged=True)
         return error(request, str(exc), status, param, code, headers)
 
     @api.exception_handler(ValidationError)
@@ -334,9 +372,16 @@ def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
 
     @api.get("/health")
     async def health() -> dict[str, Any]:
+        """Liveness: this process answers (tiers may still be starting: see /ready)."""
         gw = gateway()
         gw.live.maybe_refresh()
         return {"status": "ok", "tiers": gw.tier_names, "policy_version": gw.policy.version}
+
+    @api.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: 200 once every tier answers, else 503 naming the tiers still starting."""
+        body = await gateway().readiness()
+        return JSONResponse(body, status_code=200 if body["ready"] else 503, headers={"Retry-After": "2"})
 
     @api.post("/v1/chat/completions", openapi_extra=oai.CHAT_OPENAPI)
     async def chat(request: Request) -> Response:

@@ -77,6 +77,11 @@ def admin_key_source(config: LadderConfig) -> str:
     return "server.admin_keys" if config.server.admin_keys else str(admin_key_path(config.cache_path))
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (systemd, Docker, Kubernetes) stops like Ctrl-C: Serve, Ray and Redis shut down."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
 def serve_forever(config: LadderConfig, host: str | None, port: int | None, tiers: list[str] | None) -> None:
     config = restrict(config, tiers, host, port)
     from ladder.cluster.compose import build_policy
@@ -90,8 +95,9 @@ def serve_forever(config: LadderConfig, host: str | None, port: int | None, tier
     for tier in config.tiers:  # convert weights here, with progress, not inside replicas
         print(f"preparing tier {tier.name} ...", file=sys.stderr, flush=True)
         materialize(config, tier)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    stop_on_sigterm()
     with Runtime.start(config) as runtime:
+        stop_on_sigterm()  # again: Ray's core worker installs its own (it aborts, leaving Redis and agents)
         url = deploy(config, runtime)
         print(
             f"Ladder is serving {config.tier_names} at {url}/v1 (redis: {redacted(runtime.redis_url)}; admin key: "

@@ -50,6 +50,11 @@ class TierDeployment:
         """What this replica's engine has produced (tests check that a cancelled stream stops it)."""
         return {"generated_tokens": int(getattr(self.worker, "generated_tokens", -1))}
 
+    def ready(self) -> bool:
+        """Answered only once this replica's engine is loaded (a replica still starting does not
+        answer at all: the ingress's readiness probe times out on it)."""
+        return self.worker.model is not None and bool(getattr(self.worker, "healthy", True))
+
     def check_health(self) -> None:
         # A worker that can lose its engine (vLLM's runs in a child process) says so: Serve then
         # replaces this replica instead of routing more requests into a dead engine.
@@ -74,9 +79,21 @@ class TierHandleStreamer:
 
     def __init__(self, tier: str, handle: DeploymentHandle, timeout_s: float, coalesce_s: float = 0.0) -> None:
         self.tier = tier
+        self.plain = handle
         self.handle = handle.options(stream=True)
         self.timeout_s = timeout_s
         self.coalesce_s = coalesce_s
+
+    async def ready(self, timeout_s: float = 2.0) -> str:
+        """ "ready", "starting" (no replica answered within ``timeout_s``) or "failed"."""
+        call = self.plain.ready.remote()
+        try:
+            return "ready" if await asyncio.wait_for(call, timeout_s) else "failed"
+        except TimeoutError:
+            call.cancel()
+            return "starting"
+        except Exception:  # noqa: BLE001 — a dead replica, an engine that failed: not ready, whatever the cause
+            return "failed"
 
     async def stream(self, query: Query) -> AsyncIterator[Delta | Generation]:
         call = self.handle.stream.remote(query, self.coalesce_s)
