@@ -4,6 +4,7 @@ the same app's policy swapped live, and its shadow log read back as prompts to c
 
 import json
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -225,23 +226,30 @@ def test_policy_show_push_refusals_and_a_swap_under_load_without_a_failed_reques
     threads = [threading.Thread(target=client) for _ in range(3)]
     for t in threads:
         t.start()
+
+    def wait_for(enough: Callable[[], bool], what: str) -> None:
+        deadline = time.perf_counter() + 180  # a 2-core box answers these in 3-12 s each
+        while not enough():
+            assert time.perf_counter() < deadline and not failures, f"{what}: {seen} {failures}"
+            time.sleep(0.2)
+
     try:
-        time.sleep(3)
-        pushed_at = time.perf_counter()
+        wait_for(lambda: len(seen) >= 3, "warm-up")
         rc, out, err = ladder_cli("policy", "push", str(path), "--url", url)
+        pushed = time.perf_counter()
         assert rc == 0, err
-        time.sleep(6)
+        wait_for(lambda: sum(started > pushed for started, _, _ in seen) >= 3, "answers after the push")
     finally:
         stop.set()
         for t in threads:
             t.join()
     try:
         assert json.loads(out)["version"] == new.version and json.loads(out)["previous"] == configured
-        assert not failures and len(seen) > 6
+        assert not failures
+        # one replica: a request that starts once the push returned is routed by the new policy,
+        # and none flaps back after the first new answer (one that started earlier may finish on the old)
+        assert all(v == new.version for started, _, v in seen if started > pushed)
         first_new = min(done for _, done, v in seen if v == new.version)
-        assert first_new - pushed_at < 5  # (includes the CLI's own start-up)
-        # one replica, no flapping back: a request that starts after the first new answer came back is
-        # routed by the new policy (one that started earlier may still finish on the old one)
         assert all(v == new.version for started, _, v in seen if started > first_new)
         shown = json.loads(ladder_cli("policy", "show", "--url", url)[1])
         assert shown["version"] == new.version and not shown["configured"] and shown["previous"] == configured
