@@ -100,6 +100,29 @@ def test_nothing_the_app_started_listens_beyond_loopback(served):
     assert [s for s in mine if not s.loopback] == []
 
 
+def test_the_embedded_ray_refuses_a_local_client_without_its_token(served):
+    """Loopback keeps other hosts out; Ray's token (on by default in Ray 2.60) keeps other local
+    users out: a client without it is refused by the GCS, asked the way `ladder serve` probes."""
+    from ladder.cluster.runtime import _STRANGER
+
+    gcs = [s for s in listeners(descendants(served["proc"].pid)) if "gcs_server" in s.command]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")} | {"RAY_AUTH_MODE": "disabled"}
+    env["HOME"] = "/nonexistent"  # a local user without the operator's ~/.ray/auth_token
+    answers = [
+        subprocess.run(
+            [sys.executable, "-c", _STRANGER, f"127.0.0.1:{s.port}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        for s in gcs  # its gRPC port among them
+    ]
+    assert gcs and not any("ANSWERED" in p.stdout for p in answers)
+    assert (Path.home() / ".ray" / "auth_token").stat().st_mode & 0o077 == 0  # and the token is the operator's
+    assert any("uthentication" in p.stderr for p in answers), [p.stderr[-300:] for p in answers]
+
+
 def test_the_admin_api_behind_a_same_host_reverse_proxy_needs_the_key(served, tmp_path):
     key_file = Path(os.path.expanduser(os.environ.get("LADDER_CACHE_DIR", "~/.cache/ladder"))) / "admin.key"
     assert key_file.stat().st_mode & 0o777 == 0o600

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ladder.cluster.redis_server import EmbeddedRedis
 from ladder.cluster.settings import LadderConfig
@@ -46,6 +47,14 @@ def loopback_only_ray() -> None:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def private_ray_token() -> None:
+    """Ray 2.60 makes a token for the embedded cluster (~/.ray/auth_token) readable by everyone who
+    can enter the home directory; it is what keeps other local users out of the loopback ports."""
+    token = Path.home() / ".ray" / "auth_token"
+    if token.is_file() and token.stat().st_uid == os.getuid():
+        token.chmod(0o600)
 
 
 def loopback_only_serve_replica() -> None:
@@ -119,6 +128,7 @@ class Runtime:
                 runtime_env=env,
                 log_to_driver=False,
             )
+            private_ray_token()
         self._started_ray = True
 
     def _require_token_auth(self) -> None:
