@@ -9,6 +9,19 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 
 
+def _defined_in(scope: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """Functions defined in ``scope``'s own body (inside its ifs, loops and withs), not the
+    methods of a class it defines nor the functions nested in those functions."""
+    found, todo = [], list(ast.iter_child_nodes(scope))
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found.append(node)
+        elif not isinstance(node, (ast.ClassDef, ast.Lambda)):
+            todo += ast.iter_child_nodes(node)
+    return found
+
+
 def unused_inner_functions(source: str) -> list[str]:
     """``test_x: inner`` for each function defined inside a test and never named again in it
     (called, passed as a target or a callback); a decorated one counts as used."""
@@ -16,11 +29,7 @@ def unused_inner_functions(source: str) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         if not (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test")):
             continue
-        inner = [
-            n
-            for n in ast.walk(node)
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n is not node and not n.decorator_list
-        ]
+        inner = [f for f in _defined_in(node) if not f.decorator_list]
         named = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
         named |= {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
         found += [f"{node.name}: {f.name}" for f in inner if f.name not in named]
@@ -31,7 +40,8 @@ def test_the_check_finds_an_inner_function_never_called():
     dead = "def test_a():\n    def go():\n        assert False\n"
     alive = "def test_b():\n    async def go():\n        assert True\n    asyncio.run(go())\n"
     target = "def test_c():\n    def client():\n        pass\n    Thread(target=client).start()\n"
-    assert unused_inner_functions(dead) == ["test_a: go"]
+    method = "def test_d():\n    class Fake:\n        async def ready(self):\n            return 1\n    use(Fake())\n"
+    assert unused_inner_functions(dead) == ["test_a: go"] and unused_inner_functions(method) == []
     assert unused_inner_functions(alive) == [] and unused_inner_functions(target) == []
 
 
