@@ -96,12 +96,12 @@ class RedisRouteCache:
         if raw is None:
             self.stats["misses"] += 1
             return None
-        value = self.signer.open(key, raw)
+        value = self.signer.open(key, raw)  # None: unsigned or tampered (logged by the signer)
         try:
-            if value is None:
-                raise ValueError("unsigned")
-            route = decode_route(value)
+            route = decode_route(value) if value is not None else None
         except (ValueError, KeyError, TypeError):
+            route = None
+        if route is None:
             self.stats["misses"] += 1
             return None
         self.stats["hits"] += 1
