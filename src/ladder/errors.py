@@ -69,12 +69,19 @@ class TierOverloaded(WorkerFailed):
     """A tier's queue is full: it shed the request at once rather than let it wait unbounded."""
 
 
-class NoRungAvailable(LadderError):
-    """Every rung the cascade tried failed; ``overloaded`` when every one of them shed load."""
+class TierStarting(WorkerFailed):
+    """A tier with no replica up yet (still loading its engine): the cascade skips it at once, as an
+    unavailable rung rather than an escalation, instead of waiting out the tier's timeout."""
 
-    def __init__(self, message: str, overloaded: bool = False) -> None:
+
+class NoRungAvailable(LadderError):
+    """Every rung the cascade tried failed; ``overloaded`` when every one of them shed load,
+    ``starting`` when every one of them is still starting."""
+
+    def __init__(self, message: str, overloaded: bool = False, starting: bool = False) -> None:
         super().__init__(message)
         self.overloaded = overloaded
+        self.starting = starting
 
 
 class PolicyFileError(LadderError):

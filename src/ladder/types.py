@@ -120,6 +120,7 @@ class Attempt:
     # A prefix decision that escalated leaves a ``generation`` holding only that prefix.
     decided_at: int | None = None
     non_answer: str | None = None  # why it was escalated without asking the policy (ladder.nonanswer)
+    unavailable: bool = False  # skipped: the tier was still starting (not an escalation)
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,8 @@ class CascadeResult:
 
     @property
     def escalations(self) -> int:
-        return len(self.attempts) - 1
+        """Rungs climbed past; a rung skipped because it was still starting is not one."""
+        return sum(not a.unavailable for a in self.attempts) - 1
 
     @property
     def cost_usd(self) -> float:

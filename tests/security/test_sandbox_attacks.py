@@ -108,7 +108,9 @@ def test_ptrace_and_signals_reach_nothing_outside(user):
     code = f"""
 import ctypes, os, signal
 libc = ctypes.CDLL(None, use_errno=True)
-print(libc.ptrace(16, {me}, 0, 0), libc.ptrace(16, 1, 0, 0))  # PTRACE_ATTACH: the test, and its own PID 1
+# PTRACE_ATTACH: the test, and its own PID 1. Flushed: as a non-root user, kill(0) below (its
+# parent pid reads 0) reaches its own launcher, whose death ends the run before exit could flush.
+print(libc.ptrace(16, {me}, 0, 0), libc.ptrace(16, 1, 0, 0), flush=True)
 for pid in ({me}, os.getppid(), -1):
     try:
         os.kill(pid, signal.SIGKILL)

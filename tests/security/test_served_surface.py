@@ -11,6 +11,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def served(tmp_path_factory):
     data["policy"] = {"kind": "fixed"}
     data["ray"]["num_cpus"] = 2
     data["server"]["api_keys"] = [API_KEY]
+    data["server"]["drain_s"] = 120  # longer than the test waits: the second SIGTERM must cut it
     cfg = tmp / "ladder.yaml"
     cfg.write_text(yaml.safe_dump(data))
     port = free_port()
@@ -54,16 +56,33 @@ def served(tmp_path_factory):
         )
     deadline = time.monotonic() + 420
     probes = []  # /ready while the app starts: (status, tiers)
+    early = []  # chat requests sent while /ready said the tier was starting: (seconds, status, headers, body)
     while "Ladder is serving" not in err.read_text():
         assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
         try:
             r = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5)
             probes.append((r.status_code, r.json().get("tiers")))
+            if r.status_code == 503 and len(early) < 3:
+                t0 = time.monotonic()
+                c = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    json={"model": "ladder", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4},
+                    headers={"authorization": f"Bearer {API_KEY}"},
+                    timeout=60,
+                )
+                early.append((time.monotonic() - t0, c.status_code, c.headers, c.json()))
         except (httpx.HTTPError, ValueError):
             pass
         time.sleep(1)
     try:
-        yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "out": out, "err": err, "probes": probes}
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "proc": proc,
+            "out": out,
+            "err": err,
+            "probes": probes,
+            "early": early,
+        }
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -91,6 +110,20 @@ def test_ready_said_starting_until_the_tier_answered(served):
     # while the engine started, /ready never said 200 for a tier that was not up
     assert all(status == 503 and tiers["small"] != "ready" for status, tiers in served["probes"] if status != 200)
     assert all(tiers == {"small": "ready"} for status, tiers in served["probes"] if status == 200)
+    # and `ladder serve` said so per tier while it waited
+    log = served["err"].read_text()
+    assert re.search(r"tier small: starting \(0/1 replicas up, \d+ s\)", log), log[-2000:]
+    assert log.index("tier small: up (1/1 replicas up") < log.index("Ladder is serving")
+
+
+def test_a_request_sent_while_the_tier_starts_gets_503_at_once_not_its_timeout(served):
+    assert served["early"], "no request was sent while the tier was starting"
+    for seconds, status, headers, body in served["early"]:
+        if status == 200:  # the tier came up between the probe and the request
+            assert body["ladder"]["tier"] == "small"
+            continue
+        assert seconds < 5, seconds
+        assert status == 503 and body["error"]["code"] == "tiers_starting" and headers["retry-after"] == "5", body
 
 
 def test_nothing_the_app_started_listens_beyond_loopback(served):
@@ -206,13 +239,58 @@ def test_no_secret_appears_in_anything_the_run_printed_or_logged(served):
     assert leaks == []
 
 
-def test_sigterm_stops_everything_it_started_and_exits_0(served):
-    """Last in this module: what systemd, Docker and Kubernetes send."""
+def test_sigterm_drains_answers_in_flight_a_second_stops_at_once_nothing_left_exit_0(served):
+    """Last in this module: what systemd, Docker and Kubernetes send. Short streams in flight at
+    the first SIGTERM finish whole (the drain); a long one still running at the second is cut,
+    and the process exits 0 at once, leaving none of the processes it started."""
     proc = served["proc"]
     started = descendants(proc.pid) - {proc.pid}
     assert len(started) > 3  # Redis, Ray's daemons, workers
+    streams = {"short-0": 24, "short-1": 24, "long": 1500}
+    results: dict[str, dict] = {name: {"chunks": 0, "done": False, "error": None} for name in streams}
+
+    def consume(name: str, max_tokens: int) -> None:
+        prompt = "Write the numbers from 1 to 5000, separated by commas." if name == "long" else "Say hi"
+        body = {
+            "model": "ladder",
+            "stream": True,
+            "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+        try:
+            with httpx.stream(
+                "POST",
+                served["url"] + "/v1/chat/completions",
+                json=body,
+                headers={"authorization": f"Bearer {API_KEY}"},
+                timeout=120,
+            ) as r:
+                for line in r.iter_lines():
+                    results[name]["chunks"] += line.startswith("data: {")
+                    results[name]["done"] |= line == "data: [DONE]"
+        except httpx.HTTPError as exc:
+            results[name]["error"] = repr(exc)
+
+    threads = {n: threading.Thread(target=consume, args=(n, m), daemon=True) for n, m in streams.items()}
+    for t in threads.values():
+        t.start()
+    deadline = time.monotonic() + 60
+    while not all(r["chunks"] for r in results.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(r["chunks"] for r in results.values()), results  # every stream is in flight
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0, served["err"].read_text()[-2000:]
+    for name in ("short-0", "short-1"):
+        threads[name].join(timeout=60)
+        assert results[name]["done"] and results[name]["error"] is None, results  # drained: answered whole
+    assert threads["long"].is_alive() and proc.poll() is None  # still draining the long one
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=45) == 0, served["err"].read_text()[-2000:]
+    assert time.monotonic() - t0 < 45  # not the remaining drain of server.drain_s = 120 s
+    threads["long"].join(timeout=30)
+    assert not threads["long"].is_alive() and not results["long"]["done"]  # cut, and the client was told
+    log = served["err"].read_text()
+    assert "draining requests in flight" in log and "stopping at once" in log
     deadline = time.monotonic() + 30
     while (
         alive := [p for p in started if Path(f"/proc/{p}").exists() and not _zombie(p)]

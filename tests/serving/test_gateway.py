@@ -13,6 +13,7 @@ from ladder.errors import (
     ContextOverflow,
     LadderError,
     NoRungAvailable,
+    TierStarting,
     UnknownTier,
     WorkerFailed,
     WorkerTimeout,
@@ -237,3 +238,30 @@ def test_ready_is_503_while_a_tier_is_starting_and_200_once_all_answer(tiers):
     medium.state = "ready"
     r = call(gw, "GET", "/ready", key=None)
     assert r.status_code == 200 and r.json()["ready"] and r.json()["redis"] == "off"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_starting_tier_is_skipped_as_unavailable_not_counted_as_an_escalation(tiers, stream):
+    small = ScriptedWorker("small", fail=TierStarting("tier small is starting"))
+    gw = gateway([small, tiers[1]])
+    r = call(gw, "POST", "/v1/chat/completions", **chat(stream=stream))
+    assert r.status_code == 200
+    if stream:
+        last = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")][-1]
+        ladder = last["ladder"]
+    else:
+        ladder = r.json()["ladder"]
+        assert r.headers["x-ladder-escalations"] == "0"
+    assert ladder["tier"] == "medium" and ladder["escalations"] == 0
+    assert [(t["tier"], t["unavailable"]) for t in ladder["rungs_tried"]] == [("small", True), ("medium", False)]
+    metrics = call(gw, "GET", "/metrics").text
+    assert 'ladder_tier_starting_total{tier="small"} 1.0' in metrics
+    assert 'ladder_tier_errors_total{tier="small"}' not in metrics and "ladder_escalations_total 0.0" in metrics
+
+
+@pytest.mark.parametrize("model", ["ladder", "small"])
+def test_every_allowed_tier_starting_is_503_tiers_starting_with_retry_after(model):
+    starting = [ScriptedWorker(n, fail=TierStarting(f"tier {n} is starting")) for n in ("small", "medium")]
+    r = call(gateway(starting), "POST", "/v1/chat/completions", **chat(model=model))
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert r.json()["error"]["code"] == "tiers_starting" and "starting" in r.json()["error"]["message"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ladder.cluster.redis_server import EmbeddedRedis
+from ladder.cluster.signals import StopOnSignals
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import ConfigError
 
@@ -84,6 +85,7 @@ class Runtime:
     _redis: EmbeddedRedis | None = None  # set only when this runtime started Redis itself
     _started_ray: bool = False
     _closed: list[str] = field(default_factory=list)
+    signals: StopOnSignals = field(default_factory=StopOnSignals)
 
     @classmethod
     def start(cls, config: LadderConfig, need_ray: bool = True) -> Runtime:
@@ -100,6 +102,7 @@ class Runtime:
             except BaseException:
                 rt.close()  # the Redis started above
                 raise
+        rt.signals.install()  # after ray.init, which installs an aborting SIGTERM handler of its own
         return rt
 
     def _start_ray(self) -> None:
@@ -162,18 +165,24 @@ class Runtime:
             )
 
     def close(self) -> None:
-        if self._started_ray:
-            import ray
-            from ray import serve
+        """Stop what this runtime started; a signal that arrives meanwhile (see ``signals``)
+        is ignored from here on: stopping Ray and Redis is never left halfway."""
+        self.signals.tearing_down = True
+        try:
+            if self._started_ray:
+                import ray
+                from ray import serve
 
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
-            self._started_ray = False
-        if self._redis is not None:
-            self._redis.stop()
-            self._redis = None
+                try:
+                    serve.shutdown()
+                finally:
+                    self._started_ray = False
+                    ray.shutdown()
+        finally:
+            if self._redis is not None:
+                self._redis.stop()
+                self._redis = None
+            self.signals.restore()
 
     def __enter__(self) -> Runtime:
         return self

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from ladder.errors import InvalidRequest, NoRungAvailable, TierOverloaded
+from ladder.errors import InvalidRequest, NoRungAvailable, TierOverloaded, TierStarting
 from ladder.nonanswer import non_answer
 from ladder.protocols import Policy, RouteCache, Worker
 from ladder.router.keys import route_key
@@ -62,12 +62,21 @@ def asked(query: Query) -> str:
     return users[-1] if users else query.text
 
 
+def failed(rung: int, tier: str, exc: Exception) -> Attempt:
+    """The attempt of a rung that raised (a tier still starting is marked unavailable)."""
+    return Attempt(rung, tier, None, False, f"{type(exc).__name__}: {exc}", unavailable=isinstance(exc, TierStarting))
+
+
 def no_rung_error(attempts: list[Attempt], client_errors: list[InvalidRequest], overloads: int) -> Exception:
     """Why nothing answered: the request's own fault (4xx) when every rung refused it, else a 503."""
     if client_errors and len(client_errors) == len(attempts):
         return client_errors[-1]
     errors = "; ".join(f"{a.tier}: {a.error}" for a in attempts)
-    return NoRungAvailable(f"every rung failed ({errors})", overloaded=overloads == len(attempts))
+    return NoRungAvailable(
+        f"every rung failed ({errors})",
+        overloaded=overloads == len(attempts),
+        starting=bool(attempts) and all(a.unavailable for a in attempts),
+    )
 
 
 async def run_cascade(
@@ -95,7 +104,7 @@ async def run_cascade(
             if isinstance(exc, InvalidRequest):  # e.g. too long for this rung; a larger may fit
                 client_errors.append(exc)
             overloads += isinstance(exc, TierOverloaded)
-            attempts.append(Attempt(rung, worker.tier, None, False, f"{type(exc).__name__}: {exc}"))
+            attempts.append(failed(rung, worker.tier, exc))
             continue
         # a non-answer is never accepted from a rung that may escalate (ladder.nonanswer)
         kind = None if rung == last else non_answer(asked(query), answer.text)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ladder.errors import InvalidRequest, TierOverloaded, WorkerFailed
 from ladder.nonanswer import non_answer, refuses
 from ladder.protocols import Policy, RouteCache, StreamWorker
-from ladder.router.cascade import CostFn, _free, asked, no_rung_error, routed
+from ladder.router.cascade import CostFn, _free, asked, failed, no_rung_error, routed
 from ladder.types import Attempt, CascadeResult, Delta, Generation, PrefixVerdict, Query, Route
 
 
@@ -120,7 +120,7 @@ async def stream_cascade(
             if isinstance(exc, InvalidRequest):
                 client_errors.append(exc)
             overloads += isinstance(exc, TierOverloaded)
-            attempts.append(Attempt(rung, worker.tier, None, False, f"{type(exc).__name__}: {exc}"))
+            attempts.append(failed(rung, worker.tier, exc))
             continue
         finally:
             await stream.aclose()

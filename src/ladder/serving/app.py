@@ -61,6 +61,7 @@ def build_app(args: dict[str, Any]) -> Application:
                 max_ongoing_requests=tier.max_ongoing_requests,
                 max_queued_requests=tier.max_queued_requests,
                 health_check_period_s=10,
+                graceful_shutdown_timeout_s=config.server.drain_s,  # a stop lets answers in flight finish
                 # An engine that cannot start fails the same way twice: report it within a minute
                 # (ladder serve names the tier and exits 2) instead of retrying for many.
                 max_constructor_retry_count=2,
@@ -74,4 +75,5 @@ def build_app(args: dict[str, Any]) -> Application:
         ray_actor_options={"num_cpus": 0.25},
         max_ongoing_requests=256,
         max_queued_requests=512,
+        graceful_shutdown_timeout_s=config.server.drain_s,
     ).bind(config_json, redis_url, server_secret().hex(), handles)

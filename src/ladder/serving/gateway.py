@@ -133,7 +133,7 @@ class Gateway:
                 redis = "ok"
             except Exception:  # noqa: BLE001 — any failure to answer is "unreachable"
                 redis = "unreachable"
-        ready = all(v == "ready" for v in states)
+        ready = all(v in ("ready", "busy") for v in states)
         return {"ready": ready, "tiers": tiers, "policy_version": self.policy.version, "redis": redis}
 
     # -- access ------------------------------------------------------------------------------
@@ -197,7 +197,9 @@ class Gateway:
         m.escalations.inc(result.escalations)
         m.cache.labels(result="hit" if result.cache_hit else result.route_source).inc()
         for a in result.attempts:
-            if a.error:
+            if a.unavailable:
+                m.tier_starting.labels(tier=a.tier).inc()
+            elif a.error:
                 m.tier_errors.labels(tier=a.tier).inc()
         m.tokens.labels(kind="prompt").inc(result.answer.prompt_tokens)
         m.tokens.labels(kind="completion").inc(result.answer.completion_tokens)
@@ -305,6 +307,7 @@ def active() -> Gateway:
 _PUBLIC = {  # what a client reads of a server-side failure; its cause (engine, Ray, paths) is logged
     "overloaded": "every rung is at capacity: retry after the Retry-After interval",
     "no_rung_available": "no rung could answer this request",
+    "tiers_starting": "the tiers this request may use are still starting: retry after the Retry-After interval",
     "tier_failed": "the tier failed while answering",
 }
 
@@ -325,6 +328,8 @@ def _answer(exc: Exception) -> tuple[int, str | None, str | None, dict[str, str]
         return 504, None, "tier_failed", {"Retry-After": "1"}
     if isinstance(exc, WorkerFailed):
         return 503, None, "tier_failed", {"Retry-After": "1"}
+    if isinstance(exc, NoRungAvailable) and exc.starting:  # engines take tens of seconds to start
+        return 503, None, "tiers_starting", {"Retry-After": "5"}
     if isinstance(exc, NoRungAvailable):  # shed load says so, so clients back off instead of retrying hot
         return (
             503,

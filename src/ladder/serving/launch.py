@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import signal
 import sys
 import time
 
@@ -39,19 +38,19 @@ def restrict(config: LadderConfig, tiers: list[str] | None, host: str | None, po
     return LadderConfig.model_validate(data)
 
 
-def deploy(config: LadderConfig, runtime: Runtime) -> str:
-    """Deploy the Serve app on the running Ray; returns the base URL once every replica is up."""
+def deploy(config: LadderConfig, runtime: Runtime, poll_s: float = 2.0) -> str:
+    """Deploy the Serve app on the running Ray; returns the base URL once every replica is up,
+    printing each tier's progress meanwhile (its engine can take minutes to start; the ingress
+    answers /health and /ready from the start, and skips tiers that are not up yet)."""
     from ray import serve
 
     from ladder.serving.app import build_app
 
     serve.start(http_options={"host": config.server.host, "port": config.server.port})
+    app = build_app({"config_json": config.model_dump_json(), "redis_url": runtime.redis_url})
     try:
-        serve.run(
-            build_app({"config_json": config.model_dump_json(), "redis_url": runtime.redis_url}),
-            name="ladder",
-            route_prefix="/",
-        )
+        serve.run_many([serve.RunTarget(app, name=APP, route_prefix="/")], wait_for_applications_running=False)
+        wait_running(config, poll_s)
     except RuntimeError as exc:  # the replica's traceback is in the deployment's status message
         report = [str(exc)]
         try:
@@ -61,6 +60,37 @@ def deploy(config: LadderConfig, runtime: Runtime) -> str:
             pass
         raise startup_error("\n".join(report)) from None
     return f"http://{config.server.host}:{config.server.port}"
+
+
+APP = "ladder"
+
+
+def wait_running(config: LadderConfig, poll_s: float) -> None:
+    """Until Serve says the app is RUNNING: one line per tier whenever its state changes (and
+    every minute while it waits), e.g. ``tier large: starting (0/1 replicas up, 95 s)``."""
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    t0 = time.monotonic()
+    said: dict[str, tuple[str, float]] = {}
+    while True:
+        app = serve.status().applications.get(APP)
+        if app is not None and app.status == ApplicationStatus.DEPLOY_FAILED:
+            raise RuntimeError(f"Deploying application {APP} failed: {app.message}")
+        deployments = app.deployments if app is not None else {}
+        for tier in config.tiers:
+            d = deployments.get(f"tier-{tier.name}")
+            if d is None:
+                continue
+            up = int(d.replica_states.get("RUNNING", 0))
+            state = f"{'up' if up >= tier.num_replicas else 'starting'} ({up}/{tier.num_replicas} replicas up"
+            last, at = said.get(tier.name, ("", 0.0))
+            if state != last or time.monotonic() - at >= 60:
+                print(f"tier {tier.name}: {state}, {time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+                said[tier.name] = (state, time.monotonic())
+        if app is not None and app.status == ApplicationStatus.RUNNING:
+            return
+        time.sleep(poll_s)
 
 
 def startup_error(report: str) -> LadderError:
@@ -77,12 +107,23 @@ def admin_key_source(config: LadderConfig) -> str:
     return "server.admin_keys" if config.server.admin_keys else str(admin_key_path(config.cache_path))
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM (systemd, Docker, Kubernetes) stops like Ctrl-C: Serve, Ray and Redis shut down."""
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+def drain(grace_s: float, poll_s: float = 0.5) -> None:
+    """Stop taking requests and give those in flight up to ``grace_s`` to finish: the app is
+    deleted, and Serve stops each replica once its requests are done (their
+    ``graceful_shutdown_timeout_s`` is ``server.drain_s``) while its proxy keeps delivering them.
+    Meanwhile a new request gets the proxy's 404: a load balancer has stopped sending by then
+    (``/ready`` is gone with the app)."""
+    from ray import serve
+
+    print(f"draining requests in flight (up to {grace_s:.0f} s) ...", file=sys.stderr, flush=True)
+    serve.delete(APP, _blocking=False)
+    deadline = time.monotonic() + grace_s + 5  # + the replicas' own stop
+    while APP in serve.status().applications and time.monotonic() < deadline:
+        time.sleep(poll_s)
 
 
 def serve_forever(config: LadderConfig, host: str | None, port: int | None, tiers: list[str] | None) -> None:
+    """Serve until SIGTERM or SIGINT (``ladder.cluster.signals``): drain, stop everything, exit 0."""
     config = restrict(config, tiers, host, port)
     from ladder.cluster.compose import build_policy
 
@@ -95,18 +136,20 @@ def serve_forever(config: LadderConfig, host: str | None, port: int | None, tier
     for tier in config.tiers:  # convert weights here, with progress, not inside replicas
         print(f"preparing tier {tier.name} ...", file=sys.stderr, flush=True)
         materialize(config, tier)
-    stop_on_sigterm()
-    with Runtime.start(config) as runtime:
-        stop_on_sigterm()  # again: Ray's core worker installs its own (it aborts, leaving Redis and agents)
-        url = deploy(config, runtime)
-        print(
-            f"Ladder is serving {config.tier_names} at {url}/v1 (redis: {redacted(runtime.redis_url)}; admin key: "
-            f"{admin_key_source(config)}); Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
-        )
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopping ...", file=sys.stderr, flush=True)
+    try:
+        with Runtime.start(config) as runtime:
+            url = deploy(config, runtime)
+            print(
+                f"Ladder is serving {config.tier_names} at {url}/v1 (redis: {redacted(runtime.redis_url)}; admin "
+                f"key: {admin_key_source(config)}); Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                drain(config.server.drain_s)
+    except KeyboardInterrupt:  # a signal while starting, or a second one while draining
+        pass
+    print("stopped", file=sys.stderr, flush=True)

@@ -15,6 +15,12 @@ class LadderMetrics:
         self.escalations = Counter("ladder_escalations", "Escalations to a higher rung", registry=self.registry)
         self.cache = Counter("ladder_route_cache", "Route cache lookups", ["result"], registry=self.registry)
         self.tier_errors = Counter("ladder_tier_errors", "Tier failures", ["tier"], registry=self.registry)
+        self.tier_starting = Counter(
+            "ladder_tier_starting",
+            "Rungs skipped because their tier was still starting",
+            ["tier"],
+            registry=self.registry,
+        )
         self.tokens = Counter("ladder_tokens", "Tokens of final answers", ["kind"], registry=self.registry)
         self.cost = Counter("ladder_cost_usd", "Estimated cost over every attempt", registry=self.registry)
         self.decision = Histogram(

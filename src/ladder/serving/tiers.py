@@ -9,7 +9,7 @@ from ray.serve.handle import DeploymentHandle
 
 from ladder.cluster.compose import build_worker, materialize_in
 from ladder.cluster.settings import TierConfig
-from ladder.errors import InvalidRequest, TierOverloaded, WorkerFailed, WorkerTimeout
+from ladder.errors import InvalidRequest, TierOverloaded, TierStarting, WorkerFailed, WorkerTimeout
 from ladder.types import Delta, Generation, Query
 
 
@@ -72,6 +72,9 @@ def merge(deltas: list[Delta]) -> Delta:
     )
 
 
+STARTING_PROBE_S = 1.0  # how long a request waits to learn whether a tier has started
+
+
 class TierHandleStreamer:
     """The ``StreamWorker`` protocol over a tier deployment handle: closing the stream early (a
     rung that lost, a client that left) cancels the replica's call, which stops its engine.
@@ -83,19 +86,40 @@ class TierHandleStreamer:
         self.handle = handle.options(stream=True)
         self.timeout_s = timeout_s
         self.coalesce_s = coalesce_s
+        self._up = False  # a replica of this tier has answered a readiness probe
+        self._probe: asyncio.Future[str] | None = None
 
     async def ready(self, timeout_s: float = 2.0) -> str:
-        """ "ready", "starting" (no replica answered within ``timeout_s``) or "failed"."""
+        """ "ready"; "starting" (no replica answered within ``timeout_s`` and none ever has);
+        "busy" (none answered in time, but one has before: its queue is full, it is not starting);
+        or "failed" (the engine is down)."""
         call = self.plain.ready.remote()
         try:
-            return "ready" if await asyncio.wait_for(call, timeout_s) else "failed"
+            ok = await asyncio.wait_for(call, timeout_s)
         except TimeoutError:
             call.cancel()
-            return "starting"
+            return "busy" if self._up else "starting"
         except Exception:  # noqa: BLE001 — a dead replica, an engine that failed: not ready, whatever the cause
             return "failed"
+        self._up = self._up or bool(ok)
+        return "ready" if ok else "failed"
+
+    async def started(self) -> bool:
+        """Whether a replica of this tier is up. Until one has answered, every request asks (one
+        probe of at most ``STARTING_PROBE_S`` shared by the requests that arrive meanwhile); once
+        one has, never again — a replica lost later is Serve's to replace, and its requests fail
+        or time out as before. (An ingress replica that restarts under a full queue may call a
+        busy tier starting until a probe gets through: it answers 503 + Retry-After meanwhile.)"""
+        if self._up:
+            return True
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self.ready(STARTING_PROBE_S))
+        await asyncio.shield(self._probe)
+        return self._up
 
     async def stream(self, query: Query) -> AsyncIterator[Delta | Generation]:
+        if not await self.started():  # skip at once: a tier still loading its engine is not an answer
+            raise TierStarting(f"tier {self.tier} is starting")
         call = self.handle.stream.remote(query, self.coalesce_s)
         deadline = time.monotonic() + self.timeout_s
         finished = False
