@@ -1,6 +1,7 @@
 """`ladder score` on Ray Data with the small tier: answers, error rows, resume."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,12 +34,15 @@ def test_score_answers_every_row_keeps_bad_rows_and_resumes(tmp_path):
     assert "│ 2    │ 6" in proc.stdout  # 2 rows scored, 6 skipped as done
 
 
-def test_a_job_killed_mid_batch_and_restarted_writes_every_row_once(tmp_path):
-    """Rows run concurrently inside an actor; a SIGKILL between (or during) batch writes loses
-    at most the unfinished batches, which the rerun does — no row twice, none lost, no torn line."""
-    import os
+def test_a_job_stopped_mid_batch_leaves_nothing_running_and_the_rerun_writes_every_row_once(tmp_path):
+    """SIGTERM (what systemd, Docker and Kubernetes send) to `ladder score` mid-job: it stops Ray and
+    every process it started, exits 130 (not done: rerun), and loses at most the unfinished
+    batches, which the rerun does — no row twice, none lost, no torn line (one is planted, as a
+    hard kill in the middle of a write would leave it)."""
     import signal
     import time
+
+    from tests.security.sockets import descendants
 
     rows = [{"id": f"k{i}", "prompt": f"Count from {i} to {i + 3}.", "max_tokens": 6} for i in range(48)]
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
@@ -56,20 +60,25 @@ def test_a_job_killed_mid_batch_and_restarted_writes_every_row_once(tmp_path):
         "--batch-size",
         "8",
     ]
-    job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "stderr"
+    with log.open("w") as err:
+        job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.time() + 400
     while time.time() < deadline and job.poll() is None:
         if out.is_file() and out.read_text().count("\n") >= 8:  # at least one batch written
             break
         time.sleep(0.2)
-    assert job.poll() is None, "the job finished before it could be killed"
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
-    with out.open("a") as f:  # and a torn line, as a kill in the middle of a write leaves
-        f.write(
-            '{"id": "k4',
-        )
+    assert job.poll() is None, "the job finished before it could be stopped"
+    started = descendants(job.pid) - {job.pid}
+    assert len(started) > 3  # Ray's daemons and the actor
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=120) == 130, log.read_text()[-3000:]
+    deadline = time.time() + 30
+    while (alive := [p for p in started if _running(p)]) and time.time() < deadline:
+        time.sleep(0.5)
+    assert alive == [], [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in alive if _running(p)]
+    with out.open("a") as f:
+        f.write('{"id": "k4')
     written_before = out.read_text().count("\n")
     assert 8 <= written_before < len(rows)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -78,3 +87,12 @@ def test_a_job_killed_mid_batch_and_restarted_writes_every_row_once(tmp_path):
     ids = [r["id"] for r in records]
     assert sorted(ids) == sorted(r["id"] for r in rows) and len(ids) == len(set(ids))
     assert all("error" not in r and r["completion_tokens"] > 0 for r in records)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (
+            os.path.exists(f"/proc/{pid}") and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        )
+    except OSError:
+        return False

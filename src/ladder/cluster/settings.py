@@ -285,6 +285,10 @@ def _default_tiers() -> list[TierConfig]:
                 sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             ),
             price=PriceConfig(input_per_1m=0.8543, output_per_1m=7.7701),
+            # bfloat16, not auto (float32 on this CPU): three float32 engines need more than this
+            # machine's 24 GiB (Ray's memory monitor killed them at start, measured); the busy
+            # small and medium tiers get float32's speed, the large one keeps its memory.
+            dtype="bfloat16",
             vllm=VLLMOptions(**engine, cores=[1]),
         ),
     ]
