@@ -462,14 +462,16 @@ def _admin_call(
     content: str | None = None,
     params: dict | None = None,
     raw: bool = False,
+    config: Path | None = None,
 ):  # noqa: ANN202 (dict, or the body text when raw)
     """One call to the running app's /admin endpoints; its error becomes one CLI line (exit 2).
-    The admin key comes from $LADDER_ADMIN_KEY or the file `ladder serve` keeps, never from argv."""
+    The admin key comes from $LADDER_ADMIN_KEY, the app's config (its admin_keys, else the file
+    `ladder serve` keeps in its cache_dir), never from argv."""
     import httpx
 
     from ladder.cluster.secrets import admin_key
 
-    key = admin_key()
+    key = admin_key(_config(config))
     headers = {"authorization": f"Bearer {key}"} if key else {}
     try:
         r = httpx.request(method, url.rstrip("/") + path, content=content, params=params, headers=headers, timeout=120)
@@ -485,7 +487,7 @@ def _admin_call(
 
 
 @policy_app.command("push")
-def policy_push(policy: Path, url: UrlOpt = "http://127.0.0.1:8000") -> None:
+def policy_push(policy: Path, url: UrlOpt = "http://127.0.0.1:8000", config: ConfigOpt = None) -> None:
     """Replace the running app's policy without a restart (validated there first; refused: the old one stays)."""
     import time
 
@@ -495,7 +497,7 @@ def policy_push(policy: Path, url: UrlOpt = "http://127.0.0.1:8000") -> None:
     doc, tensors = policy_files(policy)
     version = load_policy_bytes(doc, tensors, label=str(policy)).version  # a broken file is refused before sending
     t0 = time.perf_counter()
-    info = _admin_call("PUT", url, "/admin/policy", PolicyFiles(doc, tensors).encode())
+    info = _admin_call("PUT", url, "/admin/policy", PolicyFiles(doc, tensors).encode(), config=config)
     info["seconds"] = round(time.perf_counter() - t0, 3)
     if info["version"] != version:
         raise LadderError(f"the app reports policy {info['version']} live, not the pushed {version}")
@@ -503,15 +505,15 @@ def policy_push(policy: Path, url: UrlOpt = "http://127.0.0.1:8000") -> None:
 
 
 @policy_app.command("show")
-def policy_show(url: UrlOpt = "http://127.0.0.1:8000") -> None:
+def policy_show(url: UrlOpt = "http://127.0.0.1:8000", config: ConfigOpt = None) -> None:
     """The live policy: version, calibration target, expected quality and rung mix with intervals."""
-    _print_json(_admin_call("GET", url, "/admin/policy"))
+    _print_json(_admin_call("GET", url, "/admin/policy", config=config))
 
 
 @policy_app.command("rollback")
-def policy_rollback(url: UrlOpt = "http://127.0.0.1:8000") -> None:
+def policy_rollback(url: UrlOpt = "http://127.0.0.1:8000", config: ConfigOpt = None) -> None:
     """Back to the policy before the last push (again: forth)."""
-    _print_json(_admin_call("POST", url, "/admin/policy/rollback"))
+    _print_json(_admin_call("POST", url, "/admin/policy/rollback", config=config))
 
 
 shadow_app = typer.Typer(no_args_is_help=True, help="The running app's shadow log (shadow.enabled in its config).")
@@ -523,9 +525,10 @@ def shadow_export(
     out: Annotated[Path, typer.Option("--out", "-o", help="JSONL; rows with messages are PROMPTS.jsonl rows")],
     count: Annotated[int, typer.Option(min=1, help="the newest N records")] = 100_000,
     url: UrlOpt = "http://127.0.0.1:8000",
+    config: ConfigOpt = None,
 ) -> None:
     """Write the newest shadow-log records (route, rungs tried, signals, cost; prompts if recorded)."""
-    text = _admin_call("GET", url, "/admin/shadow", params={"count": count}, raw=True)
+    text = _admin_call("GET", url, "/admin/shadow", params={"count": count}, raw=True, config=config)
     out.write_text(text)
     rows = text.count("\n")
     with_prompts = text.count('"messages":')

@@ -193,8 +193,9 @@ def test_policy_show_push_refusals_and_a_swap_under_load_without_a_failed_reques
 
     doc, tensors = policy_files(path)
     from ladder.cluster.secrets import admin_key
+    from ladder.cluster.settings import load_config
 
-    admin = {"authorization": f"Bearer {admin_key()}"}  # the key `ladder serve` keeps in the cache dir
+    admin = {"authorization": f"Bearer {admin_key(load_config())}"}  # the key `ladder serve` keeps in the cache dir
     r = httpx.put(
         url + "/admin/policy", content=PolicyFiles(doc, tensors[:-1] + b"\x00").encode(), headers=admin, timeout=30
     )

@@ -22,7 +22,7 @@ import yaml
 
 from ladder.cluster.redis_server import free_port
 from ladder.cluster.secrets import admin_key
-from ladder.cluster.settings import LadderConfig
+from ladder.cluster.settings import LadderConfig, load_config
 from ladder.router.keys import route_key
 from ladder.types import Query
 from tests.security.sockets import descendants, listeners
@@ -182,7 +182,9 @@ def test_the_admin_api_behind_a_same_host_reverse_proxy_needs_the_key(served, tm
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
             r = httpx.post(via + "/admin/policy/rollback", headers=headers, timeout=30)
             assert r.status_code == 401
-        r = httpx.get(via + "/admin/policy", headers={"authorization": f"Bearer {admin_key()}"}, timeout=30)
+        r = httpx.get(
+            via + "/admin/policy", headers={"authorization": f"Bearer {admin_key(load_config())}"}, timeout=30
+        )
         assert r.status_code == 200 and r.json()["configured"]
     finally:
         proxy.terminate()
@@ -228,7 +230,7 @@ def test_entries_planted_in_redis_without_the_secret_are_ignored(served):
 
 def test_no_secret_appears_in_anything_the_run_printed_or_logged(served):
     password = redis_of(served).connection_pool.connection_kwargs["password"]
-    secrets_ = {"admin key": admin_key(), "API key": API_KEY, "Redis password": password}
+    secrets_ = {"admin key": admin_key(load_config()), "API key": API_KEY, "Redis password": password}
     texts = {"stdout": served["out"].read_text(), "stderr": served["err"].read_text()}
     session = Path("/tmp/ray/session_latest/logs")
     for path in session.rglob("*") if session.exists() else []:

@@ -2,8 +2,9 @@
 
 - **Admin key**: the ``/admin`` endpoints always need one. With ``server.admin_keys`` empty,
   ``ladder serve`` makes one at start and keeps it in ``<cache_dir>/admin.key`` (mode 0600: only
-  the user who runs Ladder can read it); ``ladder policy|shadow`` read it from there or from
-  ``$LADDER_ADMIN_KEY``, never from the command line (argv is visible to every local user).
+  the user who runs Ladder can read it); ``ladder policy|shadow`` send ``$LADDER_ADMIN_KEY``,
+  else the config's first admin key, else that file of the config's ``cache_dir`` — never a key
+  from the command line (argv is visible to every local user).
 - **Server secret**: signs what replicas adopt from Redis (routes, the live policy). It is
   ``$LADDER_SECRET`` when set (every app that shares one Redis must share it) and a fresh random
   one per start otherwise.
@@ -21,12 +22,8 @@ from ladder.errors import ConfigError
 ADMIN_KEY_FILE = "admin.key"
 
 
-def cache_dir() -> Path:
-    return Path(os.path.expanduser(os.environ.get("LADDER_CACHE_DIR", "~/.cache/ladder")))
-
-
-def admin_key_path(base: Path | None = None) -> Path:
-    return (base or cache_dir()) / ADMIN_KEY_FILE
+def admin_key_path(cache_dir: Path) -> Path:
+    return cache_dir / ADMIN_KEY_FILE
 
 
 def _read_private(path: Path) -> str | None:
@@ -61,9 +58,13 @@ def with_admin_key(config: LadderConfig) -> LadderConfig:
     return config.model_copy(update={"server": config.server.model_copy(update={"admin_keys": [key]})})
 
 
-def admin_key() -> str | None:
-    """What ``ladder policy|shadow`` send: ``$LADDER_ADMIN_KEY``, else the key file of this user."""
-    return os.environ.get("LADDER_ADMIN_KEY") or _read_private(admin_key_path())
+def admin_key(config: LadderConfig) -> str | None:
+    """What ``ladder policy|shadow`` send to the app that ``config`` describes."""
+    if explicit := os.environ.get("LADDER_ADMIN_KEY"):
+        return explicit
+    if config.server.admin_keys:
+        return config.server.admin_keys[0]
+    return _read_private(admin_key_path(config.cache_path))
 
 
 def server_secret() -> bytes:
