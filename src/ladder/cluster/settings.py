@@ -253,7 +253,7 @@ def _default_tiers() -> list[TierConfig]:
     # Disjoint cores for the two engines that are busy at once under routed load (medium answers
     # most requests while large takes the escalations; benchmarks/engine_sharing.py): medium on
     # the first core, large and the light small tier (taking turns) on the second.
-    engine = dict(max_model_len=2048, max_num_seqs=16, kv_cache_gib=1)
+    engine = dict(max_model_len=2048, max_num_seqs=16, max_num_batched_tokens=256, kv_cache_gib=1)
     return [
         TierConfig(
             name="small",

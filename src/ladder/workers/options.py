@@ -55,6 +55,11 @@ class VLLMOptions(Options):
 
     max_model_len: int = Field(default=4096, ge=64)
     max_num_seqs: int = Field(default=32, ge=1)  # requests batched together at most
+    # Tokens one engine step may take (prompts are prefilled in chunks of it); None = vLLM's own
+    # default (2048). Every engine start runs one forward pass this long to warm up: on a CPU
+    # without native bfloat16 that pass was 107 s of the small tier's start and ~20 min of the
+    # large one's at 2048 (measured, docs/STATUS.md); 256 still batches 16 decoding sequences.
+    max_num_batched_tokens: int | None = Field(default=None, ge=16)
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # GPU only
     kv_cache_gib: int = Field(default=2, ge=1)  # CPU only: VLLM_CPU_KVCACHE_SPACE
     enforce_eager: bool = False

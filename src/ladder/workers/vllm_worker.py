@@ -104,6 +104,7 @@ class VLLMWorker:
             dtype=self.dtype,
             max_model_len=o.max_model_len,
             max_num_seqs=o.max_num_seqs,
+            **({} if o.max_num_batched_tokens is None else {"max_num_batched_tokens": o.max_num_batched_tokens}),
             enforce_eager=o.enforce_eager,
             disable_log_stats=True,
             seed=0,
