@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import httpx
 from harness.meta import stamp
+from harness.processes import descendants, survivors
 
 from ladder.cluster.redis_server import free_port
 
@@ -36,33 +38,6 @@ def available_gib() -> float:
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) / 2**20
     raise RuntimeError("no MemAvailable in /proc/meminfo")
-
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    seen, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        seen.add(p)
-        todo += [c for c in children.get(p, []) if c not in seen]
-    return seen
-
-
-def alive(pids: set[int]) -> list[int]:
-    out = []
-    for p in pids:
-        try:
-            if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                out.append(p)
-        except OSError:
-            pass
-    return out
 
 
 def one_start(kind: str, config: str | None, inductor_dir: str, log_dir: Path) -> dict:
@@ -94,16 +69,14 @@ def one_start(kind: str, config: str | None, inductor_dir: str, log_dir: Path) -
     t1 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=300)
-    deadline = time.monotonic() + 30
-    while alive(tree) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    left = survivors(tree, wait_s=30)
     return {
         "kind": kind,
         "ready_s": round(ready_s, 1),
         "memory_in_use_gib": round(in_use, 2),
         "stop_s": round(time.monotonic() - t1, 1),
         "exit_code": code,
-        "left_running": len(alive(tree)),
+        "left_running": len(left),
         "tiers": tiers,
     }
 
@@ -120,8 +93,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ladder-startup-") as tmp:
         inductor = Path(tmp, "inductor")
         for kind in args.runs.split(","):
-            if kind == "cold" and inductor.exists():
-                subprocess.run(["rm", "-rf", str(inductor)], check=True)
+            if kind == "cold":
+                shutil.rmtree(inductor, ignore_errors=True)
             runs.append(one_start(kind, args.config, str(inductor), Path(tmp)))
             print(json.dumps(runs[-1]), flush=True)
     print(f"\n{'start':<6} {'ready s':>8} {'GiB in use':>11} {'stop s':>7} {'exit':>5} {'left':>5}")

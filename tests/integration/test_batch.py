@@ -1,10 +1,8 @@
 """`ladder score` on Ray Data with the small tier: answers, error rows, resume."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -42,7 +40,7 @@ def test_a_job_stopped_mid_batch_leaves_nothing_running_and_the_rerun_writes_eve
     import signal
     import time
 
-    from tests.security.sockets import descendants
+    from benchmarks.harness.processes import descendants, survivors
 
     rows = [{"id": f"k{i}", "prompt": f"Count from {i} to {i + 3}.", "max_tokens": 6} for i in range(48)]
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
@@ -73,10 +71,7 @@ def test_a_job_stopped_mid_batch_leaves_nothing_running_and_the_rerun_writes_eve
     assert len(started) > 3  # Ray's daemons and the actor
     job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=120) == 130, log.read_text()[-3000:]
-    deadline = time.time() + 30
-    while (alive := [p for p in started if _running(p)]) and time.time() < deadline:
-        time.sleep(0.5)
-    assert alive == [], [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in alive if _running(p)]
+    assert survivors(started, wait_s=30) == {}
     with out.open("a") as f:
         f.write('{"id": "k4')
     written_before = out.read_text().count("\n")
@@ -87,12 +82,3 @@ def test_a_job_stopped_mid_batch_leaves_nothing_running_and_the_rerun_writes_eve
     ids = [r["id"] for r in records]
     assert sorted(ids) == sorted(r["id"] for r in rows) and len(ids) == len(set(ids))
     assert all("error" not in r and r["completion_tokens"] > 0 for r in records)
-
-
-def _running(pid: int) -> bool:
-    try:
-        return (
-            os.path.exists(f"/proc/{pid}") and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        )
-    except OSError:
-        return False

@@ -62,22 +62,3 @@ def listeners(pids: set[int] | None = None) -> list[Listener]:
             if pids is None or pid in pids:
                 found.append(Listener(_address(ip), int(port, 16), pid, command))
     return found
-
-
-def descendants(root: int) -> set[int]:
-    """``root`` and every process below it (Ray's raylet, workers, the Redis server ...)."""
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit():
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(proc.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    seen, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid not in seen:
-            seen.add(pid)
-            todo += children.get(pid, [])
-    return seen

@@ -25,7 +25,8 @@ from ladder.cluster.secrets import admin_key
 from ladder.cluster.settings import LadderConfig, load_config
 from ladder.router.keys import route_key
 from ladder.types import Query
-from tests.security.sockets import descendants, listeners
+from benchmarks.harness.processes import descendants, survivors
+from tests.security.sockets import listeners
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.model, pytest.mark.slow, pytest.mark.redis]
 ROOT = Path(__file__).resolve().parents[2]
@@ -293,16 +294,4 @@ def test_sigterm_drains_answers_in_flight_a_second_stops_at_once_nothing_left_ex
     assert not threads["long"].is_alive() and not results["long"]["done"]  # cut, and the client was told
     log = served["err"].read_text()
     assert "draining requests in flight" in log and "stopping at once" in log
-    deadline = time.monotonic() + 30
-    while (
-        alive := [p for p in started if Path(f"/proc/{p}").exists() and not _zombie(p)]
-    ) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert alive == [], [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in alive if Path(f"/proc/{p}").exists()]
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    assert survivors(started, wait_s=30) == {}
