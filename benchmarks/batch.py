@@ -35,9 +35,10 @@ OFFLINE = (
     r"""
 import json, os, sys, time
 t0 = time.perf_counter()
-folder, prompts_path, seqs, max_len, kv = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+folder, prompts_path, seqs, max_len = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+kv_bytes, dtype = int(float(sys.argv[5]) * 2**30), sys.argv[6]
 cores = sorted(os.sched_getaffinity(0))
-os.environ.update(VLLM_CPU_KVCACHE_SPACE=kv, VLLM_NO_USAGE_STATS="1",
+os.environ.update(VLLM_NO_USAGE_STATS="1",
                   VLLM_CPU_OMP_THREADS_BIND=",".join(map(str, cores)), OMP_NUM_THREADS=str(len(cores)))
 if __name__ == "__main__":
     from transformers import AutoTokenizer
@@ -46,7 +47,7 @@ if __name__ == "__main__":
     prompts = [json.loads(line)["prompt"] for line in open(prompts_path)]
     ids = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
                add_special_tokens=False)["input_ids"] for p in prompts]
-    llm = LLM(model=folder, dtype="bfloat16", max_model_len=max_len, max_num_seqs=seqs, seed=0)
+    llm = LLM(model=folder, dtype=dtype, max_model_len=max_len, max_num_seqs=seqs, seed=0, kv_cache_memory_bytes=kv_bytes)
     outs = llm.generate([{"prompt_token_ids": i} for i in ids], SamplingParams(max_tokens=%d, temperature=0.0))
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     print("RESULT " + json.dumps({"tokens": tokens, "rows": len(outs), "wall_s": time.perf_counter() - t0}))
@@ -122,6 +123,7 @@ def run_offline(prompts: Path, tmp: Path) -> dict:
             str(e.max_num_seqs),
             str(e.max_model_len),
             str(e.kv_cache_gib),
+            small.dtype,
         ],
         capture_output=True,
         text=True,

@@ -165,13 +165,13 @@ def start_ladder(config: Path, port: int, log: Path) -> subprocess.Popen:
 def start_plain_vllm(folder: Path, port: int, log: Path) -> subprocess.Popen:
     from ladder.cluster.settings import LadderConfig
 
-    e = LadderConfig().tier("small").engine
+    tier = LadderConfig().tier("small")
+    e = tier.engine
     cores = sorted(os.sched_getaffinity(0))
     # The same engine settings Ladder's worker gives vLLM (workers/vllm_worker.py), so only the
     # serving layer differs.
     env = {
         **os.environ,
-        "VLLM_CPU_KVCACHE_SPACE": str(e.kv_cache_gib),
         "VLLM_NO_USAGE_STATS": "1",
         "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores)),
         "OMP_NUM_THREADS": str(len(cores)),
@@ -189,7 +189,9 @@ def start_plain_vllm(folder: Path, port: int, log: Path) -> subprocess.Popen:
         "--port",
         str(port),
         "--dtype",
-        "bfloat16",
+        tier.dtype,
+        "--kv-cache-memory-bytes",
+        str(int(e.kv_cache_gib * 2**30)),
         "--max-model-len",
         str(e.max_model_len),
         "--max-num-seqs",

@@ -14,7 +14,8 @@ system, closed loop of ``--clients`` clients over a graded workload the policy n
 Systems: ``ladder`` (routed) and each tier pinned (``model: <tier>``) on the ladder's stack, and
 ``large-alone``: the large tier served by itself with every core (a second stack started after
 the first stops: what a user who always asks the largest model would run instead, so the
-baseline is not slowed by the ladder's core layout). Each over the same questions, greedy. Per system: graded quality with a 95% interval (Wilson), answers/s (questions /
+baseline is not slowed by the ladder's core layout, nor by the bfloat16 the ladder's stack may
+pin large to for memory: alone it runs in the dtype the machine computes natively). Each over the same questions, greedy. Per system: graded quality with a 95% interval (Wilson), answers/s (questions /
 wall time of the closed loop), completion tokens/s, p50/p95 latency, CPU-seconds per answer (the
 machine's busy time from /proc/stat over the run, less this client's own), and for the routed run
 the rung mix, escalations and the share of generated tokens thrown away by escalation. Routed vs
@@ -213,13 +214,22 @@ def stacks(config: Path, systems: list[str]) -> list[tuple[Path, list[tuple[str,
     if "large-alone" in systems:
         import yaml
 
-        from ladder.cluster.settings import load_config
+        from ladder.cluster.settings import load_config, native_dtype
 
         full = load_config(config)
         large = full.tiers[-1]
         alone = full.model_copy(
             update={
-                "tiers": [large.model_copy(update={"vllm": large.vllm.model_copy(update={"cores": None})})],
+                # every core, and the dtype this machine computes natively: the ladder's stack may
+                # pin large to bfloat16 to fit beside the other tiers, large alone does not need to
+                "tiers": [
+                    large.model_copy(
+                        update={
+                            "vllm": large.vllm.model_copy(update={"cores": None}),
+                            "dtype": native_dtype(large.device),
+                        }
+                    )
+                ],
                 "policy": full.policy.model_copy(update={"kind": "fixed", "file": None}),
             }
         )
@@ -241,6 +251,9 @@ def serve_and_measure(
     """Start ``ladder serve`` on ``config``, warm every engine, run each system's closed loop."""
     by_id = {it.id: it for it in items}
     port, tmp = free_port(), Path(tempfile.mkdtemp(prefix="ladder-routed-"))
+    from ladder.cluster.settings import load_config
+
+    dtypes = {t.name: t.dtype for t in load_config(config).tiers}
     proc = start_ladder(config, port, tmp / "serve.log")
     url = f"http://127.0.0.1:{port}"
     try:
@@ -266,6 +279,7 @@ def serve_and_measure(
                 if ids:
                     by_dataset[d] = round(float(np.mean([grades[i] for i in ids])), 4)
             s["quality_by_dataset"] = by_dataset
+            s["dtypes"] = dtypes  # per tier of the stack that served it (bfloat16 is emulated on an AVX2 CPU)
             s["grades"] = {i: grades[i] for i in sorted(grades)}  # per question, for paired analyses later
             systems.append(s)
             answers[name] = grades

@@ -24,8 +24,10 @@ class ScriptedWorker:
         words: int = 3,
         fail_after: int | None = None,
         text: str | None = None,
+        pause_s: float = 0.001,
     ) -> None:
         self.tier = tier
+        self.pause_s = pause_s  # between streamed tokens
         self.text = text  # the whole answer, one token per word (default: "answer from <tier> w0 …")
         self.logprob = logprob
         self.fail = fail
@@ -56,7 +58,7 @@ class ScriptedWorker:
             for i, word in enumerate(words):
                 if self.fail_after is not None and i == self.fail_after:
                     raise RuntimeError(f"{self.tier} died mid-stream")
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(self.pause_s)
                 self.produced += 1
                 yield Delta(word if i == 0 else " " + word, (i,), (self.logprob,), 5 if i == 0 else 0)
             finished = True

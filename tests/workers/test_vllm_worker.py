@@ -19,7 +19,9 @@ def workers():
     small = cfg.tier("small")
     folder = materialize(cfg, small)
     base = {**small.model_dump(), "max_ongoing_requests": None}
-    vtier = TierConfig.model_validate({**base, "vllm": {"max_model_len": 1024, "max_num_seqs": 8, "kv_cache_gib": 1}})
+    vtier = TierConfig.model_validate(
+        {**base, "vllm": {"max_model_len": 1024, "max_num_seqs": 8, "kv_cache_gib": 0.25}}
+    )
     ttier = TierConfig.model_validate({**base, "backend": "transformers", "vllm": None})
     loop = asyncio.new_event_loop()  # the engine binds to the loop of its first request
     v = build_worker(vtier, folder).load()
@@ -42,6 +44,17 @@ def test_greedy_answer_matches_the_transformers_tier(workers):
     assert a.token_ids[:4] == b.token_ids[:4]
     assert all(abs(x - y) < 0.15 for x, y in zip(a.logprobs[:4], b.logprobs[:4]))
     assert all(lp <= 0 for lp in a.logprobs)
+
+
+def test_the_kv_cache_is_the_configured_fraction_of_a_gib(workers):
+    # a quarter GiB (vLLM's own variable takes whole GiB only): blocks x block size x bytes per token
+    v, _, _ = workers
+    cache = v.engine.vllm_config.cache_config
+    model = v.engine.vllm_config.model_config
+    hf, width = model.hf_config, model.dtype.itemsize  # KV cache in the model's dtype
+    per_token = 2 * hf.num_hidden_layers * hf.num_key_value_heads * (hf.hidden_size // hf.num_attention_heads) * width
+    reserved = cache.num_gpu_blocks * cache.block_size * per_token
+    assert 0.8 * 2**28 <= reserved <= 2**28, (cache.num_gpu_blocks, cache.block_size, per_token)
 
 
 def test_concurrent_requests_are_batched_and_all_answered(workers):

@@ -219,10 +219,43 @@ class ShadowLogConfig(_Strict):
     max_len: int = Field(default=100_000, ge=1)  # entries kept (oldest trimmed)
 
 
+class KeyLimits(_Strict):
+    """Per key, enforced across every ingress replica (Redis); None = no limit."""
+
+    requests_per_min: int | None = Field(default=None, ge=1)
+    tokens_per_min: int | None = Field(default=None, ge=1)  # prompt + completion tokens
+    concurrent: int | None = Field(default=None, ge=1)  # requests in flight at once
+
+
+class KeyBudget(_Strict):
+    """USD a key may spend per period (periods start at multiples of ``period_s`` on Redis's clock:
+    a day starts at 00:00 UTC), priced with the tiers' prices like ``x-ladder-cost-usd``."""
+
+    usd: float = Field(gt=0)
+    period_s: int = Field(default=86_400, ge=60)
+
+
+class KeyPlan(_Strict):
+    """One API key's plan. The key itself is never stored: ``sha256`` is its hex digest
+    (``ladder keys new`` makes a key and prints its plan)."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]  # metrics and logs name it
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    # a point on the policy's calibrated frontier: "large<=0.2", "cost<=0.8" (USD per 1K), "quality>=0.4";
+    # None = the policy's own point
+    target: str | None = None
+    budget: KeyBudget | None = None
+    limits: KeyLimits = KeyLimits()
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"  # loopback unless told otherwise
     port: int = Field(default=8000, ge=1, le=65535)
-    api_keys: list[str] = Field(default_factory=list)  # empty: no auth
+    api_keys: list[str] = Field(default_factory=list)  # empty (and no keys below): no auth
+    keys: list[KeyPlan] = Field(default_factory=list)  # keys with a target, budget and limits
+    # where limits and budgets live (Redis) cannot be reached: serve unmetered (open, logged once a
+    # minute) or refuse with 503 (closed)
+    limits_when_redis_down: Literal["open", "closed"] = "open"
     # `ladder policy push | rollback` (the /admin endpoints); empty: `ladder serve` makes one
     admin_keys: list[str] = Field(default_factory=list)
     router_model: str = "ladder"  # the virtual model id that routes
@@ -230,6 +263,15 @@ class ServerConfig(_Strict):
     # On SIGTERM / SIGINT, requests in flight get this long to finish before replicas are stopped
     # (Serve's graceful_shutdown_timeout_s on every deployment); a second signal stops at once.
     drain_s: float = Field(default=30.0, ge=0.0, le=3600.0)
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_keys(cls, keys: list[KeyPlan]) -> list[KeyPlan]:
+        for attr in ("id", "sha256"):
+            seen = [getattr(k, attr) for k in keys]
+            if dup := sorted({v for v in seen if seen.count(v) > 1}):
+                raise ValueError(f"two key plans share the {attr} {dup[0][:16]!r}")
+        return keys
 
 
 @functools.cache
@@ -312,6 +354,18 @@ class LadderConfig(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"tier names must be unique, got {names}")
         return tiers
+
+    @model_validator(mode="after")
+    def _key_targets_parse(self) -> LadderConfig:
+        from ladder.policies.calibrate import parse_target
+
+        for i, plan in enumerate(self.server.keys):
+            if plan.target is not None:
+                try:
+                    parse_target(plan.target, self.tier_names)
+                except ValueError as exc:
+                    raise ValueError(f"server.keys.{i}.target: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _start_tier_exists(self) -> LadderConfig:

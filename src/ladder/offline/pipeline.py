@@ -111,31 +111,12 @@ def three_way(outcomes: Outcomes, exclude_from_test: np.ndarray) -> ThreeWay:
 
 
 def parse_target(text: str, rungs: tuple[str, ...]):  # noqa: ANN201 (Target)
-    """``strong<=0.3``, ``large<=0.2,medium<=0.5``, ``cost<=1.5`` ($/1K queries), ``quality>=0.8``."""
-    from ladder.policies.calibrate import Target
+    """``strong<=0.3``, ``large<=0.2,medium<=0.5``, ``cost<=1.5`` ($/1K queries), ``quality>=0.8``
+    (``policies.calibrate.parse_target``; a bad one is an ``OutcomesError`` here: one CLI line)."""
+    from ladder.policies.calibrate import parse_target as parse
 
-    caps: dict[int, float] = {}
-    cost = quality = None
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            if ">=" in part:
-                name, value = part.split(">=", 1)
-                if name.strip() != "quality":
-                    raise ValueError
-                quality = float(value)
-            else:
-                name, value = part.split("<=", 1)
-                name = name.strip()
-                if name == "cost":
-                    cost = float(value)
-                elif name in rungs:
-                    caps[rungs.index(name)] = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
-                else:
-                    raise OutcomesError(f"target names rung {name!r}; the rungs are {list(rungs)}")
-        except ValueError:
-            raise OutcomesError(f"bad target {part!r}; use RUNG<=FRACTION, cost<=USD_PER_1K or quality>=X") from None
     try:
-        return Target(caps, cost, quality, tuple(rungs))
+        return parse(text, rungs)
     except ValueError as exc:
         raise OutcomesError(str(exc)) from None
 

@@ -49,6 +49,36 @@ class Target:
         return ",".join(parts)
 
 
+def parse_target(text: str, rungs: Sequence[str]) -> Target:
+    """``large<=0.3``, ``large<=0.2,medium<=50%``, ``cost<=1.5`` (USD per 1K queries),
+    ``quality>=0.8``: what ``ladder calibrate -t`` and a key plan's target say. ValueError names
+    the bad part."""
+    rungs = tuple(rungs)
+    caps: dict[int, float] = {}
+    cost = quality = None
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            if ">=" in part:
+                name, value = part.split(">=", 1)
+                if name.strip() != "quality":
+                    raise ValueError
+                quality = float(value)
+            else:
+                name, value = part.split("<=", 1)
+                name = name.strip()
+                if name == "cost":
+                    cost = float(value)
+                elif name in rungs:
+                    caps[rungs.index(name)] = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+                else:
+                    raise KeyError(name)
+        except KeyError as exc:
+            raise ValueError(f"target names rung {exc.args[0]!r}; the rungs are {list(rungs)}") from None
+        except ValueError:
+            raise ValueError(f"bad target {part!r}; use RUNG<=FRACTION, cost<=USD_PER_1K or quality>=X") from None
+    return Target(caps, cost, quality, rungs)
+
+
 @dataclass(frozen=True)
 class Simulation:
     answered_by: np.ndarray  # [n] rung that produced the final answer

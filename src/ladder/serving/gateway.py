@@ -19,6 +19,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,8 +42,10 @@ from ladder.errors import (
 from ladder.protocols import Policy, StreamWorker
 from ladder.router.streaming import StreamStart, stream_cascade
 from ladder.serving import openai_api as oai
+from ladder.serving.key_plans import KeyPlans, Plan
 from ladder.serving.live_policy import LivePolicy, PolicyFiles
 from ladder.serving.metrics import LadderMetrics
+from ladder.serving.quotas import QuotaRefused, Quotas, QuotasUnavailable, Ticket
 from ladder.serving.shadow import ShadowLog
 from ladder.types import CascadeResult, Query, Route
 
@@ -104,6 +107,8 @@ class Gateway:
                 c.breaker_cooldown_s,
             )
         self._keys = [k.encode() for k in config.server.api_keys]
+        self.plans = KeyPlans(config)
+        self.quotas = Quotas(redis_url) if redis_url and any(p.limits.any for p in self.plans.plans) else None
         self._admin_keys = [k.encode() for k in config.server.admin_keys]
         self.shadow = ShadowLog(redis_url, config.shadow) if config.shadow.enabled and redis_url else None
 
@@ -137,9 +142,34 @@ class Gateway:
         return {"ready": ready, "tiers": tiers, "policy_version": self.policy.version, "redis": redis}
 
     # -- access ------------------------------------------------------------------------------
-    def authorize(self, request: Request) -> None:
-        if self._keys and not _bearer_in(request, self._keys):
+    def authorize(self, request: Request) -> Plan | None:
+        """The key's plan (None: a plain ``api_keys`` key, or no auth configured); 401 otherwise."""
+        if not self._keys and not self.plans.plans:
+            return None
+        header = request.headers.get("authorization", "")
+        token = header[7:].encode() if header.lower().startswith("bearer ") else b""
+        plan = self.plans.find(token)
+        if plan is None and not _bearer_in(request, self._keys):
             raise HTTPProblem("invalid or missing API key", 401, code="invalid_api_key")
+        return plan
+
+    async def admit(self, plan: Plan | None, query: Query, request_id: str) -> Ticket | None:
+        """Debit the key's limits and reserve its budget (``serving.quotas``); a refusal is a 429.
+        Redis away: unmetered (fail open, the default) or 503 (closed)."""
+        if plan is None or not plan.limits.any:
+            return None
+        est = self.plans.estimate(query)
+        try:
+            if self.quotas is None:
+                raise QuotasUnavailable("no Redis is configured for the key limits")
+            return await self.quotas.admit(plan.id, plan.limits, est.tokens, est.usd, request_id)
+        except QuotaRefused as exc:
+            self.metrics.key_refused.labels(key=plan.id, reason=exc.reason).inc()
+            raise
+        except QuotasUnavailable:
+            if self.config.server.limits_when_redis_down == "closed":
+                raise
+            return None
 
     def authorize_admin(self, request: Request) -> None:
         """The admin endpoints need an admin key, whoever asks: a client's address proves nothing
@@ -153,7 +183,7 @@ class Gateway:
     async def chat(self, request: Request) -> Response:
         started = time.perf_counter()
         self.live.maybe_refresh()
-        self.authorize(request)  # before parsing: strangers learn nothing about the API
+        plan = self.authorize(request)  # before parsing: strangers learn nothing about the API
         # Serve's proxy puts the client's x-request-id (or a new one) on the request and echoes it on
         # the response; logs and the shadow log use it when it is a sane token, else their own.
         request_id = oai.request_id(request.headers.get("x-request-id"))
@@ -166,16 +196,40 @@ class Gateway:
                 f"server, got {query.sampling.max_tokens}",
                 "max_tokens",
             )
+        ticket = await self.admit(plan, query, request_id)
+        policy, point = self.plans.route_with(self.policy, plan, ticket)
+        if plan is not None and point is not None:
+            self.metrics.key_point.labels(key=plan.id).set(point.cost_per_1k)
         if body.stream:
-            return await self._stream(body, query, route, started, request_id)
-        result = await self._buffered(query, route)
+            return await self._stream(body, query, route, started, request_id, policy, plan, ticket)
+        try:
+            result = await self._buffered(query, route, policy)
+        except BaseException:
+            await self._settle(plan, ticket, None)  # a failed request is not charged
+            raise
+        await self._settle(plan, ticket, result)
         self._record(result, time.perf_counter() - started, request_id, query)
-        headers = oai.ladder_headers(result, self.cache is not None)
+        headers = oai.ladder_headers(result, self.cache is not None) | oai.ratelimit_headers(ticket)
         body_json = oai.completion_body(result, oai.new_completion_id(), body.logprobs, self.cache is not None)
         return JSONResponse(body_json, headers=headers)
 
-    async def _buffered(self, query: Query, route: Route | None) -> CascadeResult:
-        events = stream_cascade(query, self.policy, self.workers, self.cache, self.cost, route, buffered=True)
+    async def _settle(self, plan: Plan | None, ticket: Ticket | None, result: CascadeResult | None) -> None:
+        """Book what an answer cost against its key (every attempt, as ``x-ladder-cost-usd``)."""
+        if plan is None:
+            return
+        tokens = cost = 0
+        if result is not None:
+            a = result.answer
+            tokens, cost = a.prompt_tokens + a.completion_tokens, result.cost_usd
+            self.metrics.key_requests.labels(key=plan.id, tier=a.tier).inc()
+            self.metrics.key_tokens.labels(key=plan.id, kind="prompt").inc(a.prompt_tokens)
+            self.metrics.key_tokens.labels(key=plan.id, kind="completion").inc(a.completion_tokens)
+            self.metrics.key_spend.labels(key=plan.id).inc(cost)
+        if ticket is not None and self.quotas is not None:
+            await self.quotas.settle(ticket, tokens, cost)
+
+    async def _buffered(self, query: Query, route: Route | None, policy: Policy) -> CascadeResult:
+        events = stream_cascade(query, policy, self.workers, self.cache, self.cost, route, buffered=True)
         async for event in events:
             if isinstance(event, CascadeResult):
                 return event
@@ -208,18 +262,30 @@ class Gateway:
         m.latency.observe(elapsed)
 
     async def _stream(
-        self, body: oai.ChatRequest, query: Query, route: Route | None, started: float, request_id: str
+        self,
+        body: oai.ChatRequest,
+        query: Query,
+        route: Route | None,
+        started: float,
+        request_id: str,
+        policy: Policy,
+        plan: Plan | None,
+        ticket: Ticket | None,
     ) -> StreamingResponse:
         """A routed or pinned stream (``stream_cascade``): the accepted rung's tokens go out as
         generated; the last chunk carries the ``ladder`` object."""
-        events = stream_cascade(query, self.policy, self.streamers, self.cache, self.cost, route)
+        events = stream_cascade(query, policy, self.streamers, self.cache, self.cost, route)
         # The first event (which rung answers) comes before the 200 header, so a request that no
         # rung can serve, or bad input, still gets its 4xx/503 (raised here, mapped by the handlers).
-        start: StreamStart = await events.__anext__()  # type: ignore[assignment]
+        try:
+            start: StreamStart = await events.__anext__()  # type: ignore[assignment]
+        except BaseException:
+            await self._settle(plan, ticket, None)
+            raise
         completion_id, created, tier = oai.new_completion_id(), int(time.time()), start.tier
 
         async def sse():  # noqa: ANN202
-            finished = False
+            finished, settled = False, False
             try:
                 yield oai.sse(oai.chunk(completion_id, created, tier, {"role": "assistant", "content": ""}))
                 async for event in events:
@@ -227,6 +293,8 @@ class Gateway:
                         yield oai.sse(oai.chunk(completion_id, created, tier, {"content": event}))
                         continue
                     result: CascadeResult = event  # the last event
+                    settled = True
+                    await self._settle(plan, ticket, result)
                     self._record(result, time.perf_counter() - started, request_id, query)
                     last = oai.chunk(completion_id, created, tier, {}, result.answer.finish_reason)
                     yield oai.sse({**last, "ladder": oai.ladder_extension(result, self.cache is not None)})
@@ -241,15 +309,21 @@ class Gateway:
                 finished = True
                 yield "data: [DONE]\n\n"
             except Exception as exc:  # after the 200 header: an error event, then close
-                finished = True
+                finished = settled = True
+                await self._settle(plan, ticket, None)  # a failed request is not charged
                 log.warning("request %s: failed while streaming: %s", request_id, exc)
                 self.metrics.tier_errors.labels(tier=tier).inc()
                 yield oai.sse(oai.error_body(public_message("tier_failed", request_id), 503, code="tier_failed"))
             finally:
                 if not finished:  # the client went away: stop the rung's generation (vLLM aborts)
                     await events.aclose()
+                if not settled and ticket is not None and self.quotas is not None:
+                    # no result to price: an abandoned stream books its reservation (the worst
+                    # case), so a budget is never overspent by clients that hang up
+                    await self.quotas.settle(ticket, ticket.est_tokens, ticket.est_usd)
 
         headers = oai.stream_headers(tier, start.route, start.route_source, start.cache_hit, self.cache is not None)
+        headers |= oai.ratelimit_headers(ticket)
         return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
     # -- admin -------------------------------------------------------------------------------
@@ -337,6 +411,13 @@ def _answer(exc: Exception) -> tuple[int, str | None, str | None, dict[str, str]
             "overloaded" if exc.overloaded else "no_rung_available",
             {"Retry-After": "2" if exc.overloaded else "1"},
         )
+    if isinstance(exc, QuotaRefused):
+        if exc.reason == "tokens_exceed_limit":  # can never pass: no point retrying
+            return 400, "max_tokens", "rate_limit_exceeded", None
+        code = "insufficient_quota" if exc.reason == "budget" else "rate_limit_exceeded"
+        return 429, None, code, {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    if isinstance(exc, QuotasUnavailable):  # limits configured to fail closed
+        return 503, None, "limits_unavailable", {"Retry-After": "5"}
     if isinstance(exc, PolicyFileError):  # a pushed policy refused: the old one keeps serving
         return 400, None, "policy_refused", None
     return 500, None, "internal_error", None

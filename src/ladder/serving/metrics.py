@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class LadderMetrics:
@@ -30,3 +30,23 @@ class LadderMetrics:
             registry=self.registry,
         )
         self.latency = Histogram("ladder_request_seconds", "End-to-end request latency", registry=self.registry)
+        # per key plan (the plan's id, never the key)
+        self.key_requests = Counter(
+            "ladder_key_requests",
+            "Answered requests per key and answering tier",
+            ["key", "tier"],
+            registry=self.registry,
+        )
+        self.key_tokens = Counter("ladder_key_tokens", "Tokens per key", ["key", "kind"], registry=self.registry)
+        self.key_spend = Counter(
+            "ladder_key_spend_usd", "Spend per key (every attempt)", ["key"], registry=self.registry
+        )
+        self.key_refused = Counter(
+            "ladder_key_refused", "Requests refused by a key's limits", ["key", "reason"], registry=self.registry
+        )
+        self.key_point = Gauge(
+            "ladder_key_point_cost_per_1k",
+            "Calibrated USD per 1K queries of the operating point a key's last request used",
+            ["key"],
+            registry=self.registry,
+        )

@@ -11,7 +11,7 @@ import json
 import re
 import time
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -25,6 +25,9 @@ from pydantic import (
 
 from ladder.errors import InvalidRequest
 from ladder.types import CascadeResult, Generation, Message, Query, Route, Sampling
+
+if TYPE_CHECKING:
+    from ladder.serving.quotas import Ticket
 
 DEFAULT_MAX_TOKENS = 256
 _ERROR_TYPES = {
@@ -229,6 +232,26 @@ def ladder_extension(result: CascadeResult, cache_enabled: bool = True) -> dict:
         "cost_usd": result.cost_usd,
         "decision_ms": result.decision_s * 1000,
     }
+
+
+def ratelimit_headers(ticket: Ticket | None) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*`` headers for a key with limits (after this request's debit), and
+    what is left of its budget this period (settled spend and reservations in flight)."""
+    if ticket is None:
+        return {}
+    lim, h = ticket.limits, {}
+    if lim.requests_per_min:
+        h["x-ratelimit-limit-requests"] = str(lim.requests_per_min)
+        h["x-ratelimit-remaining-requests"] = str(max(0, ticket.requests_left))
+        h["x-ratelimit-reset-requests"] = f"{ticket.requests_reset_ms / 1000:g}s"
+    if lim.tokens_per_min:
+        h["x-ratelimit-limit-tokens"] = str(lim.tokens_per_min)
+        h["x-ratelimit-remaining-tokens"] = str(max(0, ticket.tokens_left))
+        h["x-ratelimit-reset-tokens"] = f"{ticket.tokens_reset_ms / 1000:g}s"
+    if lim.budget_usd:
+        left = lim.budget_usd - ticket.spent_usd - ticket.reserved_usd
+        h["x-ladder-budget-remaining-usd"] = f"{max(0.0, left):.6f}"
+    return h
 
 
 def ladder_headers(result: CascadeResult, cache_enabled: bool = True) -> dict[str, str]:

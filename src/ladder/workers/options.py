@@ -61,7 +61,9 @@ class VLLMOptions(Options):
     # large one's at 2048 (measured, docs/STATUS.md); 256 still batches 16 decoding sequences.
     max_num_batched_tokens: int | None = Field(default=None, ge=16)
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # GPU only
-    kv_cache_gib: int = Field(default=2, ge=1)  # CPU only: VLLM_CPU_KVCACHE_SPACE
+    # CPU only: KV cache reserved up front (vLLM's kv_cache_memory_bytes; its VLLM_CPU_KVCACHE_SPACE
+    # takes whole GiB only). A 1.5B model in float32 holds ~9k tokens in 0.5 GiB: 16 answers of ~580.
+    kv_cache_gib: float = Field(default=2, gt=0)
     enforce_eager: bool = False
     # CPU only. cores: the cores this engine's OpenMP threads are bound to (one thread each), as
     # positions in the list of cores the process may use (wrapping: [1] on a 1-core machine is

@@ -75,9 +75,9 @@ class VLLMWorker:
         from transformers import AutoTokenizer
 
         if self.device == "cpu":
-            # vLLM's CPU backend reserves its KV cache up front; keep it small beside other tiers.
-            # Its engine process reads this at start, so each tier sets its own before starting.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.options.kv_cache_gib)
+            # vLLM's CPU backend reserves its KV cache up front; keep it small beside other tiers
+            # (kv_cache_memory_bytes below). Its legacy variable would override that, in whole GiB.
+            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
             # By default vLLM's CPU engine binds its threads to all cores but one, which it reserves
             # for the front end, and drops torch to one thread: on a 2-core machine that halves
             # throughput (measured: medium tier, 16 requests, 80 → 121 tokens/s with both cores).
@@ -111,7 +111,11 @@ class VLLMWorker:
             # log p under the sampling distribution (after temperature, top-p),
             # as the transformers worker reports it
             logprobs_mode="processed_logprobs",
-            **({} if self.device == "cpu" else {"gpu_memory_utilization": o.gpu_memory_utilization}),
+            **(
+                {"kv_cache_memory_bytes": int(o.kv_cache_gib * 2**30)}
+                if self.device == "cpu"
+                else {"gpu_memory_utilization": o.gpu_memory_utilization}
+            ),
         )
         try:
             self.engine = AsyncLLMEngine.from_engine_args(args)

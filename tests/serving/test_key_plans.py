@@ -1,0 +1,256 @@
+"""Key plans (issue 32) on the real HTTP app in-process, against a real redis-server: per-key
+frontier points, rate limits and budgets shared by two gateways (two ingress replicas), 429s
+with OpenAI's bodies and headers, and Redis outages failing open or closed as configured."""
+
+import asyncio
+import hashlib
+import json
+
+import httpx
+import pytest
+
+from ladder.cluster.redis_server import EmbeddedRedis, free_port
+from ladder.cluster.settings import LadderConfig
+from ladder.policies.calibrate import parse_target
+from ladder.policies.operating_points import FrontierPoint, frontier, paced, point_for
+from ladder.serving.gateway import Gateway, build_api
+from tests.fakes import ScriptedWorker
+
+pytestmark = pytest.mark.redis
+PLAIN = "sk-plain"  # an api_keys key: no plan
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def config(plans: list[dict], tiers=("small", "medium"), policy=None, **server) -> LadderConfig:
+    tier = {
+        "source": {"kind": "local", "path": "/nowhere"},
+        # dear enough that a budget is spent in tens of requests
+        "price": {"input_per_1m": 1000, "output_per_1m": 2000},
+        "backend": "transformers",
+        "verifier": "python_examples",
+    }
+    return LadderConfig(
+        tiers=[{"name": n, **tier} for n in tiers],
+        policy=policy or {"kind": "fixed", "min_mean_logprob": -1.0},
+        server={"api_keys": [PLAIN], "keys": plans, "max_completion_tokens": 64, **server},
+    )
+
+
+def plan(key: str, **kw) -> dict:
+    return {"id": key.replace("sk-", ""), "sha256": digest(key), **kw}
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = EmbeddedRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url
+
+
+def workers(pause_s: float = 0.001) -> list[ScriptedWorker]:
+    # small is unsure (escalated by the fixed policy's logprob rule), medium answers
+    return [
+        ScriptedWorker("small", logprob=-3.0, words=6, pause_s=pause_s),
+        ScriptedWorker("medium", logprob=-0.1, words=6, pause_s=pause_s),
+    ]
+
+
+async def post(gws: list[Gateway], key: str, n: int, concurrency: int, **body) -> list[httpx.Response]:
+    """``n`` chat requests, ``concurrency`` at a time, spread over the gateways in turn."""
+    clients = [
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_api(lambda g=g: g), client=("127.0.0.1", 5000)),
+            base_url="http://ladder",
+        )
+        for g in gws
+    ]
+    sem = asyncio.Semaphore(concurrency)
+    payload = {"model": "ladder", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16, **body}
+
+    async def one(i: int) -> httpx.Response:
+        async with sem:
+            return await clients[i % len(clients)].post(
+                "/v1/chat/completions", json=payload, headers={"authorization": f"Bearer {key}"}
+            )
+
+    try:
+        return await asyncio.gather(*(one(i) for i in range(n)))
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+def test_plans_are_checked_at_start():
+    for bad, field in [
+        ([plan("sk-a"), plan("sk-a")], "id"),
+        ([{"id": "a", "sha256": "not-hex"}], "sha256"),
+        ([plan("sk-a", target="huge<=0.2")], "server.keys.0.target"),
+        ([plan("sk-a", budget={"usd": 0})], "usd"),
+        ([plan("sk-a", limits={"requests_per_min": 0})], "requests_per_min"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            config(bad)
+
+
+def test_keys_are_matched_by_digest_and_strangers_get_401(redis_url):
+    gw = Gateway(config([plan("sk-team")]), workers(), workers(), redis_url)
+    ok, plain, stranger = (asyncio.run(post([gw], k, 1, 1))[0] for k in ("sk-team", PLAIN, "sk-other"))
+    assert ok.status_code == 200 and plain.status_code == 200
+    assert stranger.status_code == 401 and stranger.json()["error"]["code"] == "invalid_api_key"
+    assert "sk-team" not in json.dumps(gw.config.model_dump())  # only its digest is held
+
+
+def test_requests_per_minute_hold_across_two_replicas(redis_url):
+    cfg = config([plan("sk-rpm", limits={"requests_per_min": 6})])
+    gws = [Gateway(cfg, workers(), workers(), redis_url) for _ in range(2)]
+    rs = asyncio.run(post(gws, "sk-rpm", 10, 4))
+    ok = [r for r in rs if r.status_code == 200]
+    refused = [r for r in rs if r.status_code == 429]
+    assert len(ok) == 6 and len(refused) == 4  # within a second the bucket refills by 0.1
+    body = refused[0].json()["error"]
+    assert body["code"] == "rate_limit_exceeded" and "6 requests per minute" in body["message"]
+    assert 1 <= int(refused[0].headers["retry-after"]) <= 10
+    remaining = sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in ok)
+    assert remaining == [0, 1, 2, 3, 4, 5] and ok[0].headers["x-ratelimit-limit-requests"] == "6"
+    assert sum(count(g, "ladder_key_refused_total", 'reason="requests"') for g in gws) == 4
+
+
+def metrics(gw: Gateway) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(gw.metrics.registry).decode()
+
+
+def count(gw: Gateway, name: str, label: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in metrics(gw).splitlines() if line.startswith(name) and label in line
+    )
+
+
+def test_concurrency_is_shared_by_the_replicas_and_slots_come_back(redis_url):
+    cfg = config([plan("sk-conc", limits={"concurrent": 2})])
+    gws = [Gateway(cfg, workers(0.05), workers(0.05), redis_url) for _ in range(2)]
+    rs = asyncio.run(post(gws, "sk-conc", 6, 6))
+    codes = sorted(r.status_code for r in rs)
+    assert codes == [200, 200, 429, 429, 429, 429], codes
+    assert all(r.json()["error"]["code"] == "rate_limit_exceeded" for r in rs if r.status_code == 429)
+    # every slot was returned when its request ended: the next two are served
+    assert [r.status_code for r in asyncio.run(post(gws, "sk-conc", 2, 2))] == [200, 200]
+
+
+def test_tokens_per_minute_count_estimates_then_refund_what_was_not_used(redis_url):
+    cfg = config([plan("sk-tpm", limits={"tokens_per_min": 100})])
+    gw = Gateway(cfg, workers(), workers(), redis_url)
+    long = [{"role": "user", "content": "x" * 200}]  # ~54 tokens estimated + 64: can never fit in 100
+    too_big = asyncio.run(post([gw], "sk-tpm", 1, 1, max_tokens=64, messages=long))[0]
+    assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "max_tokens"
+    assert "lower max_tokens" in too_big.json()["error"]["message"]
+    first = asyncio.run(post([gw], "sk-tpm", 1, 1, max_tokens=60))[0]
+    assert first.status_code == 200
+    # it took 64 tokens (prompt estimate + max_tokens) and used 5 + 6: the rest came back, so a
+    # second one fits although 100 - 64 would not hold it
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 36
+    second = asyncio.run(post([gw], "sk-tpm", 1, 1, max_tokens=60))[0]
+    assert second.status_code == 200, second.text
+
+
+def test_a_budget_is_never_overspent_by_concurrent_clients_on_two_replicas(redis_url):
+    budget = 0.5
+    cfg = config([plan("sk-budget", budget={"usd": budget, "period_s": 86_400})])
+    gws = [Gateway(cfg, workers(0.005), workers(0.005), redis_url) for _ in range(2)]
+    rs = asyncio.run(post(gws, "sk-budget", 60, 8))
+    # then one at a time until refused: what is left when no reservation is in flight
+    for _ in range(20):
+        rs += asyncio.run(post(gws, "sk-budget", 1, 1))
+        if rs[-1].status_code == 429:
+            break
+    ok = [r for r in rs if r.status_code == 200]
+    refused = [r for r in rs if r.status_code == 429]
+    assert ok and refused and len(ok) + len(refused) == len(rs)
+    usage = asyncio.run(gws[0].quotas.usage("budget", 86_400))
+    charged = sum(float(r.headers["x-ladder-cost-usd"]) for r in ok)
+    worst = gws[0].plans.estimate(_query()).usd
+    assert usage["reserved_usd"] == pytest.approx(0, abs=1e-9)  # every reservation settled
+    assert usage["spent_usd"] == pytest.approx(charged, rel=1e-6)  # metered = what the answers cost
+    assert budget - worst < usage["spent_usd"] <= budget  # refused only when a worst case no longer fits
+    err = refused[-1].json()["error"]
+    assert err["code"] == "insufficient_quota" and refused[-1].status_code == 429
+    assert 0 < int(refused[-1].headers["retry-after"]) <= 86_400  # until the period resets
+    assert count(gws[0], "ladder_key_spend_usd_total", 'key="budget"') + count(
+        gws[1], "ladder_key_spend_usd_total", 'key="budget"'
+    ) == pytest.approx(charged, rel=1e-6)
+
+
+def _query():
+    from ladder.types import Query
+
+    return Query.of("hi", max_tokens=16)
+
+
+@pytest.mark.parametrize("mode,status", [("open", 200), ("closed", 503)])
+def test_redis_down_fails_open_or_closed_as_configured(mode, status):
+    cfg = config([plan("sk-down", limits={"requests_per_min": 1})], limits_when_redis_down=mode)
+    gw = Gateway(cfg, workers(), workers(), f"redis://127.0.0.1:{free_port()}/0")
+    rs = asyncio.run(post([gw], "sk-down", 2, 1))
+    assert [r.status_code for r in rs] == [status, status]
+    if status == 503:
+        assert rs[0].json()["error"]["code"] == "limits_unavailable" and rs[0].headers["retry-after"] == "5"
+
+
+# -- frontier points: a key routes at its own point of the bundled policy ---------------------------
+LEARNED = ("small", "medium", "large")
+
+
+def learned_gateway(plans: list[dict], redis_url: str) -> Gateway:
+    cfg = config(plans, tiers=LEARNED, policy={"kind": "learned"})
+    tiers = [ScriptedWorker(n, logprob=-0.1, words=6) for n in LEARNED]
+    return Gateway(cfg, tiers, tiers, redis_url)
+
+
+def thresholds_of(r: httpx.Response) -> tuple[float, ...]:
+    assert r.status_code == 200, r.text
+    return tuple(round(float(t), 4) for t in r.headers["x-ladder-threshold"].split(","))
+
+
+def test_each_key_routes_at_the_frontier_point_its_target_names(redis_url):
+    gw = learned_gateway([plan("sk-thrifty", target="large<=0.1"), plan("sk-default")], redis_url)
+    points = frontier(gw.policy)
+    want = point_for(parse_target("large<=0.1", LEARNED), points)
+    own = tuple(round(t, 4) for t in gw.policy.thresholds)
+    assert want is not None and want.reach[2] <= 0.1 and tuple(round(t, 4) for t in want.thresholds) != own
+    thrifty = asyncio.run(post([gw], "sk-thrifty", 1, 1))[0]
+    default = asyncio.run(post([gw], "sk-default", 1, 1))[0]
+    assert thresholds_of(thrifty) == tuple(round(t, 4) for t in want.thresholds)
+    assert thresholds_of(default) == own
+    # the point is part of the policy version, so the two never share route-cache entries
+    assert thrifty.headers["x-ladder-policy-version"] != default.headers["x-ladder-policy-version"]
+
+
+def test_a_key_spending_ahead_of_pace_moves_to_a_cheaper_point(redis_url):
+    import redis
+
+    budget, period = 10.0, 86_400
+    gw = learned_gateway([plan("sk-paced", budget={"usd": budget, "period_s": period})], redis_url)
+    r = redis.Redis.from_url(redis_url)
+    now = r.time()[0]
+    index, elapsed = now // period, now % period
+    left_period = 1 - elapsed / period
+    # half of what pace allows is left: spend at half the rate from here on
+    r.hset(f"ladder:quota:paced:budget:{index}", "spent", repr(budget * (1 - 0.5 * left_period)))
+    resp = asyncio.run(post([gw], "sk-paced", 1, 1))[0]
+    own = FrontierPoint.of(gw.policy.meta["operating_point"])
+    want = paced(frontier(gw.policy), own, 0.5)
+    assert want.cost_per_1k <= own.cost_per_1k * 0.5 + 1e-9
+    assert thresholds_of(resp) == tuple(round(t, 4) for t in want.thresholds)
+    assert float(resp.headers["x-ladder-budget-remaining-usd"]) < budget * 0.5
