@@ -140,3 +140,20 @@ def test_collect_refuses_unknown_datasets_and_missing_data(tmp_path):
         ladder("collect", "gsm8k", "--data", str(tmp_path), "-o", str(tmp_path / "o.jsonl")), "not found"
     )
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_keys_new_prints_a_plan_that_holds_only_the_keys_digest():
+    import hashlib
+
+    import yaml
+
+    from ladder.cluster.settings import LadderConfig
+
+    proc = ladder("keys", "new", "team-a", "--target", "large<=0.2", "--budget-usd", "5", "--rpm", "60")
+    assert proc.returncode == 0, proc.stderr
+    key = re.search(r"key \(shown once\): (sk-ladder-\S+)", proc.stderr).group(1)
+    (plan,) = yaml.safe_load(proc.stdout)
+    assert plan["sha256"] == hashlib.sha256(key.encode()).hexdigest() and key not in proc.stdout
+    assert plan["budget"] == {"usd": 5.0, "period_s": 86400} and plan["limits"] == {"requests_per_min": 60}
+    assert LadderConfig(server={"keys": [plan]}).server.keys[0].target == "large<=0.2"
+    assert_clean_error(ladder("keys", "new", "team-b", "--target", "huge<=0.2"), "target names rung 'huge'")

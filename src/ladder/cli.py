@@ -535,6 +535,69 @@ def shadow_export(
     print(f"{rows} records -> {out} ({with_prompts} with prompts: `ladder collect {out}` re-asks every rung)")
 
 
+keys_app = typer.Typer(no_args_is_help=True, help="API keys with plans (server.keys): make one, read their usage.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="the plan's name in metrics, logs and usage")],
+    target: Annotated[Optional[str], typer.Option(help="frontier point: large<=0.2, cost<=0.8, quality>=0.4")] = None,
+    budget_usd: Annotated[Optional[float], typer.Option(help="USD per period")] = None,
+    period_s: Annotated[int, typer.Option(help="budget period in seconds (86400: a UTC day)")] = 86_400,
+    rpm: Annotated[Optional[int], typer.Option(help="requests per minute")] = None,
+    tpm: Annotated[Optional[int], typer.Option(help="tokens per minute (prompt + max_tokens, refunded)")] = None,
+    concurrent: Annotated[Optional[int], typer.Option(help="requests in flight at once")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Make a new API key and its plan: the key goes to stderr (shown once, never stored), the
+    plan (with the key's SHA-256) to stdout as YAML for the config's server.keys."""
+    import hashlib
+    import secrets
+
+    import yaml
+
+    from ladder.cluster.settings import LadderConfig
+
+    key = "sk-ladder-" + secrets.token_urlsafe(32)
+    plan = {"id": key_id, "sha256": hashlib.sha256(key.encode()).hexdigest()}
+    if target:
+        plan["target"] = target
+    if budget_usd is not None:
+        plan["budget"] = {"usd": budget_usd, "period_s": period_s}
+    limits = {"requests_per_min": rpm, "tokens_per_min": tpm, "concurrent": concurrent}
+    if any(v is not None for v in limits.values()):
+        plan["limits"] = {k: v for k, v in limits.items() if v is not None}
+    cfg = _config(config)
+    try:  # checked against the config's tiers and the other plans, as `ladder serve` will
+        LadderConfig.model_validate(
+            {
+                **cfg.model_dump(),
+                "server": {**cfg.server.model_dump(), "keys": [*cfg.server.model_dump()["keys"], plan]},
+            }
+        )
+    except ValueError as exc:
+        _fail(str(exc).splitlines()[-2].strip() if "validation error" in str(exc) else str(exc))
+    typer.echo(f"key (shown once): {key}", err=True)
+    typer.echo(yaml.safe_dump([plan], sort_keys=False).rstrip())
+
+
+@keys_app.command("usage")
+def keys_usage(url: UrlOpt = "http://127.0.0.1:8000", config: ConfigOpt = None) -> None:
+    """Each plan's spend this period, what is reserved in flight, and its limits (the running app)."""
+    rows = _admin_call("GET", url, "/admin/keys", config=config)["keys"]
+    usd = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    typer.echo(
+        f"{'key':<20}{'target':<16}{'spent USD':>11}{'reserved':>10}{'budget USD':>11}{'rpm':>6}{'tpm':>8}{'conc':>6}"
+    )
+    for r in rows:
+        typer.echo(
+            f"{r['id']:<20}{r['target'] or '(policy)':<16}{usd(r['spent_usd']):>11}{usd(r['reserved_usd']):>10}"
+            f"{usd(r['budget_usd']):>11}{r['requests_per_min'] or '-':>6}{r['tokens_per_min'] or '-':>8}"
+            f"{r['concurrent'] or '-':>6}"
+        )
+
+
 recurrent_app = typer.Typer(no_args_is_help=True, help="The recurrent-depth worker: train it, ask it.")
 app.add_typer(recurrent_app, name="recurrent")
 

@@ -254,3 +254,22 @@ def test_a_key_spending_ahead_of_pace_moves_to_a_cheaper_point(redis_url):
     assert want.cost_per_1k <= own.cost_per_1k * 0.5 + 1e-9
     assert thresholds_of(resp) == tuple(round(t, 4) for t in want.thresholds)
     assert float(resp.headers["x-ladder-budget-remaining-usd"]) < budget * 0.5
+
+
+def test_admins_read_each_keys_spend_and_clients_cannot(redis_url):
+    cfg = config([plan("sk-a", budget={"usd": 5.0}), plan("sk-b", target="medium<=0.5")], admin_keys=["adm"])
+    gw = Gateway(cfg, workers(), workers(), redis_url)
+    rs = asyncio.run(post([gw], "sk-a", 3, 1))
+    charged = sum(float(r.headers["x-ladder-cost-usd"]) for r in rs)
+
+    async def get(key: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=build_api(lambda: gw), client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://ladder") as c:
+            return await c.get("/admin/keys", headers={"authorization": f"Bearer {key}"})
+
+    assert asyncio.run(get("sk-a")).status_code == 401  # a client key is not an admin key
+    body = asyncio.run(get("adm")).json()["keys"]
+    a, b = body
+    assert a["id"] == "a" and a["spent_usd"] == pytest.approx(charged) and a["reserved_usd"] == pytest.approx(0)
+    assert b == {**b, "id": "b", "target": "medium<=0.5", "spent_usd": None, "budget_usd": None}
+    assert "sha256" not in json.dumps(body)

@@ -342,6 +342,34 @@ class Gateway:
         except PolicyFileError as exc:
             raise HTTPProblem(str(exc), 409, code="policy_refused") from None
 
+    async def keys_usage(self, request: Request) -> dict:
+        """Each plan's limits and this period's spend (``ladder keys usage``); never the key."""
+        self.authorize_admin(request)
+        rows = []
+        for plan, conf in zip(self.plans.plans, self.config.server.keys):
+            lim = plan.limits
+            row = {
+                "id": plan.id,
+                "target": conf.target,
+                "budget_usd": lim.budget_usd or None,
+                "period_s": lim.period_s if lim.budget_usd else None,
+                "requests_per_min": lim.requests_per_min or None,
+                "tokens_per_min": lim.tokens_per_min or None,
+                "concurrent": lim.concurrent or None,
+                "spent_usd": None,
+                "reserved_usd": None,
+            }
+            if lim.budget_usd and self.quotas is not None:
+                try:
+                    usage = await self.quotas.usage(plan.id, lim.period_s)
+                except Exception as exc:  # noqa: BLE001 — Redis away: say so, do not fail the app
+                    raise HTTPProblem(
+                        f"the key limits' Redis is unavailable: {type(exc).__name__}", 503, code="redis_down"
+                    ) from None
+                row.update(spent_usd=usage["spent_usd"], reserved_usd=usage["reserved_usd"])
+            rows.append(row)
+        return {"keys": rows}
+
     async def shadow_export(self, request: Request) -> str:
         """The newest ``count`` shadow-log records as JSONL (``ladder shadow export``)."""
         self.authorize_admin(request)
@@ -508,6 +536,10 @@ def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
     @api.post("/admin/policy/rollback")
     async def policy_rollback(request: Request) -> JSONResponse:
         return JSONResponse(await gateway().policy_rollback(request))
+
+    @api.get("/admin/keys")
+    async def keys_usage(request: Request) -> JSONResponse:
+        return JSONResponse(await gateway().keys_usage(request))
 
     @api.get("/admin/shadow")
     async def shadow_export(request: Request) -> PlainTextResponse:
