@@ -14,8 +14,8 @@ system, closed loop of ``--clients`` clients over a graded workload the policy n
 Systems: ``ladder`` (routed) and each tier pinned (``model: <tier>``) on the ladder's stack, and
 ``large-alone``: the large tier served by itself with every core (a second stack started after
 the first stops: what a user who always asks the largest model would run instead, so the
-baseline is not slowed by the ladder's core layout, nor by the bfloat16 the ladder's stack may
-pin large to for memory: alone it runs in the dtype the machine computes natively). Each over the same questions, greedy. Per system: graded quality with a 95% interval (Wilson), answers/s (questions /
+baseline is not slowed by the ladder's core layout, nor by what the ladder's stack gives up for
+memory — bfloat16, eager mode: alone it runs compiled, in the dtype the machine computes natively). Each over the same questions, greedy. Per system: graded quality with a 95% interval (Wilson), answers/s (questions /
 wall time of the closed loop), completion tokens/s, p50/p95 latency, CPU-seconds per answer (the
 machine's busy time from /proc/stat over the run, less this client's own), and for the routed run
 the rung mix, escalations and the share of generated tokens thrown away by escalation. Routed vs
@@ -220,12 +220,12 @@ def stacks(config: Path, systems: list[str]) -> list[tuple[Path, list[tuple[str,
         large = full.tiers[-1]
         alone = full.model_copy(
             update={
-                # every core, and the dtype this machine computes natively: the ladder's stack may
-                # pin large to bfloat16 to fit beside the other tiers, large alone does not need to
+                # every core, the dtype this machine computes natively and a compiled graph: what
+                # the ladder's stack may give up to fit beside the other tiers, large alone need not
                 "tiers": [
                     large.model_copy(
                         update={
-                            "vllm": large.vllm.model_copy(update={"cores": None}),
+                            "vllm": large.vllm.model_copy(update={"cores": None, "enforce_eager": False}),
                             "dtype": native_dtype(large.device),
                         }
                     )

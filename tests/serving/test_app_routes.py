@@ -15,4 +15,5 @@ def test_the_app_declares_its_routes():
         ("/admin/policy", "PUT"),
         ("/admin/policy/rollback", "POST"),
         ("/admin/shadow", "GET"),
+        ("/admin/keys", "GET"),
     } <= routes

@@ -89,6 +89,7 @@ async def post(gws: list[Gateway], key: str, n: int, concurrency: int, **body) -
     finally:
         for c in clients:
             await c.aclose()
+        await asyncio.sleep(0.05)  # a server's loop outlives its requests: let settlements land
 
 
 def test_plans_are_checked_at_start():
@@ -273,3 +274,18 @@ def test_admins_read_each_keys_spend_and_clients_cannot(redis_url):
     assert a["id"] == "a" and a["spent_usd"] == pytest.approx(charged) and a["reserved_usd"] == pytest.approx(0)
     assert b == {**b, "id": "b", "target": "medium<=0.5", "spent_usd": None, "budget_usd": None}
     assert "sha256" not in json.dumps(body)
+
+
+def test_a_failed_request_is_not_charged_and_gives_its_slot_back(redis_url):
+    import redis
+
+    from ladder.errors import WorkerFailed
+
+    cfg = config([plan("sk-fail", budget={"usd": 5.0}, limits={"concurrent": 1})])
+    broken = [ScriptedWorker(n, fail=WorkerFailed(f"tier {n}: boom")) for n in ("small", "medium")]
+    gw = Gateway(cfg, broken, broken, redis_url)
+    assert [r.status_code for r in asyncio.run(post([gw], "sk-fail", 2, 1))] == [503, 503]
+    assert [r.status_code for r in asyncio.run(post([gw], "sk-fail", 2, 1, stream=True))] == [503, 503]
+    usage = asyncio.run(gw.quotas.usage("fail", 86_400))
+    assert usage["spent_usd"] == 0 and usage["reserved_usd"] == pytest.approx(0, abs=1e-9)
+    assert redis.Redis.from_url(redis_url).zcard("ladder:quota:fail:inflight") == 0

@@ -290,12 +290,12 @@ def native_dtype(device: str) -> str:
 
 
 def _default_tiers() -> list[TierConfig]:
-    # On this 2-core CPU each engine reserves 1 GiB of KV cache (three tiers fit beside the rest of
-    # the stack) and batches up to 16 sequences; on a GPU see configs/gpu.yaml.
+    # On this 2-core CPU each engine reserves 0.5 GiB of KV cache (16 answers of ~580 tokens for
+    # the large tier in float32) and batches up to 16 sequences; on a GPU see configs/gpu.yaml.
     # Disjoint cores for the two engines that are busy at once under routed load (medium answers
     # most requests while large takes the escalations; benchmarks/engine_sharing.py): medium on
     # the first core, large and the light small tier (taking turns) on the second.
-    engine = dict(max_model_len=2048, max_num_seqs=16, max_num_batched_tokens=256, kv_cache_gib=1)
+    engine = dict(max_model_len=2048, max_num_seqs=16, max_num_batched_tokens=256, kv_cache_gib=0.5)
     return [
         TierConfig(
             name="small",
@@ -327,11 +327,10 @@ def _default_tiers() -> list[TierConfig]:
                 sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             ),
             price=PriceConfig(input_per_1m=0.8543, output_per_1m=7.7701),
-            # bfloat16, not auto (float32 on this CPU): three float32 engines need more than this
-            # machine's 24 GiB (Ray's memory monitor killed them at start, measured); the busy
-            # small and medium tiers get float32's speed, the large one keeps its memory.
-            dtype="bfloat16",
-            vllm=VLLMOptions(**engine, cores=[1]),
+            # Eager (no compiled graph): the three float32 engines then fit this 24 GiB machine
+            # (1.7 GiB left once up; compiled, 1.4 GiB at start, at Ray's OOM line). In bfloat16,
+            # which this CPU emulates, escalated requests timed out under routed load (measured).
+            vllm=VLLMOptions(**engine, cores=[1], enforce_eager=True),
         ),
     ]
 

@@ -108,6 +108,7 @@ class Gateway:
             )
         self._keys = [k.encode() for k in config.server.api_keys]
         self.plans = KeyPlans(config)
+        self._settling: set[asyncio.Task] = set()  # settlements of failed requests, in flight
         self.quotas = Quotas(redis_url) if redis_url and any(p.limits.any for p in self.plans.plans) else None
         self._admin_keys = [k.encode() for k in config.server.admin_keys]
         self.shadow = ShadowLog(redis_url, config.shadow) if config.shadow.enabled and redis_url else None
@@ -205,7 +206,7 @@ class Gateway:
         try:
             result = await self._buffered(query, route, policy)
         except BaseException:
-            await self._settle(plan, ticket, None)  # a failed request is not charged
+            self._settle_soon(plan, ticket)  # a failed request is not charged
             raise
         await self._settle(plan, ticket, result)
         self._record(result, time.perf_counter() - started, request_id, query)
@@ -227,6 +228,14 @@ class Gateway:
             self.metrics.key_spend.labels(key=plan.id).inc(cost)
         if ticket is not None and self.quotas is not None:
             await self.quotas.settle(ticket, tokens, cost)
+
+    def _settle_soon(self, plan: Plan | None, ticket: Ticket | None) -> None:
+        """Release a failed request's reservation and slot in a task of its own: the request's
+        task may be cancelled (the client went away), and an await there would be cut short."""
+        if ticket is not None:
+            task = asyncio.ensure_future(self._settle(plan, ticket, None))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
 
     async def _buffered(self, query: Query, route: Route | None, policy: Policy) -> CascadeResult:
         events = stream_cascade(query, policy, self.workers, self.cache, self.cost, route, buffered=True)
@@ -280,7 +289,7 @@ class Gateway:
         try:
             start: StreamStart = await events.__anext__()  # type: ignore[assignment]
         except BaseException:
-            await self._settle(plan, ticket, None)
+            self._settle_soon(plan, ticket)
             raise
         completion_id, created, tier = oai.new_completion_id(), int(time.time()), start.tier
 
