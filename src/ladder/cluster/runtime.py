@@ -123,6 +123,8 @@ class Runtime:
             ray.init(address=self.config.ray.address, runtime_env=env, log_to_driver=False)
         else:
             loopback_only_ray()
+            # read by the raylet this ray.init starts (see RayConfig.memory_usage_threshold)
+            os.environ["RAY_memory_usage_threshold"] = str(self.config.ray.memory_usage_threshold)
             env["worker_process_setup_hook"] = "ladder.cluster.runtime.loopback_only_serve_replica"
             ray.init(
                 num_cpus=self.config.ray.num_cpus or os.cpu_count(),

@@ -206,6 +206,12 @@ class RayConfig(_Strict):
     # An existing cluster must use Ray's token authentication (RAY_AUTH_MODE=token); true accepts
     # one without, for a network nobody else reaches (docs/SECURITY.md).
     allow_unauthenticated: bool = False
+    # A Ray this process starts (not an existing cluster's): the share of the machine's memory in
+    # use at which Ray's memory monitor kills workers (Ray's default 0.95). Ladder's stack takes
+    # its memory at start (weights, KV cache reserved up front) and little more under load; the
+    # default three float32 tiers leave ~1.3-1.7 GiB of 23.5 free, which Ray's 0.95 already
+    # counts as out of memory (measured: it killed every tier at start).
+    memory_usage_threshold: float = Field(default=0.98, gt=0.5, le=1.0)
 
 
 class ShadowLogConfig(_Strict):
@@ -296,6 +302,7 @@ def _default_tiers() -> list[TierConfig]:
     # most requests while large takes the escalations; benchmarks/engine_sharing.py): medium on
     # the first core, large and the light small tier (taking turns) on the second.
     engine = dict(max_model_len=2048, max_num_seqs=16, max_num_batched_tokens=256, kv_cache_gib=0.5)
+    light = {**engine, "kv_cache_gib": 0.25}  # small, medium: 0.25 GiB holds 16 answers of ~360 / ~680 tokens
     return [
         TierConfig(
             name="small",
@@ -305,7 +312,7 @@ def _default_tiers() -> list[TierConfig]:
                 sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             ),
             price=PriceConfig(input_per_1m=0.474, output_per_1m=1.2091),
-            vllm=VLLMOptions(**engine, cores=[1]),
+            vllm=VLLMOptions(**light, cores=[1]),
             verifier="python_examples",  # the default policy's IDK step reads it
         ),
         TierConfig(
@@ -316,7 +323,7 @@ def _default_tiers() -> list[TierConfig]:
                 sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             ),
             price=PriceConfig(input_per_1m=0.5955, output_per_1m=2.6155),
-            vllm=VLLMOptions(**engine, cores=[0]),
+            vllm=VLLMOptions(**light, cores=[0]),
             verifier="python_examples",  # the default policy's IDK step reads it
         ),
         TierConfig(
