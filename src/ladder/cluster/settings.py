@@ -112,6 +112,8 @@ class TierConfig(_Strict):
     # A short queue: beyond ~8 waiting requests a client is better told "503, retry in 2 s" at once
     # than kept waiting tens of seconds (measured: benchmarks/load.py, docs/RELIABILITY.md).
     max_queued_requests: int = Field(default=8, ge=-1)
+    # an attempt that receives nothing from the tier for this long fails (a stall, not a total:
+    # long answers on a loaded CPU tier take minutes and are not failures)
     timeout_s: float = Field(default=120, gt=0)
 
     @model_validator(mode="before")
