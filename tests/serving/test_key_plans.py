@@ -66,7 +66,9 @@ def workers(pause_s: float = 0.001) -> list[ScriptedWorker]:
     ]
 
 
-async def post(gws: list[Gateway], key: str, n: int, concurrency: int, **body) -> list[httpx.Response]:
+async def post(
+    gws: list[Gateway], key: str, n: int, concurrency: int, headers: dict | None = None, **body
+) -> list[httpx.Response]:
     """``n`` chat requests, ``concurrency`` at a time, spread over the gateways in turn."""
     clients = [
         httpx.AsyncClient(
@@ -81,7 +83,7 @@ async def post(gws: list[Gateway], key: str, n: int, concurrency: int, **body) -
     async def one(i: int) -> httpx.Response:
         async with sem:
             return await clients[i % len(clients)].post(
-                "/v1/chat/completions", json=payload, headers={"authorization": f"Bearer {key}"}
+                "/v1/chat/completions", json=payload, headers={"authorization": f"Bearer {key}", **(headers or {})}
             )
 
     try:
@@ -142,7 +144,8 @@ def count(gw: Gateway, name: str, label: str) -> float:
 def test_concurrency_is_shared_by_the_replicas_and_slots_come_back(redis_url):
     cfg = config([plan("sk-conc", limits={"concurrent": 2})])
     gws = [Gateway(cfg, workers(0.05), workers(0.05), redis_url) for _ in range(2)]
-    rs = asyncio.run(post(gws, "sk-conc", 6, 6))
+    # one x-request-id on every request (a client may send any): still six requests in flight
+    rs = asyncio.run(post(gws, "sk-conc", 6, 6, headers={"x-request-id": "same"}))
     codes = sorted(r.status_code for r in rs)
     assert codes == [200, 200, 429, 429, 429, 429], codes
     assert all(r.json()["error"]["code"] == "rate_limit_exceeded" for r in rs if r.status_code == 429)

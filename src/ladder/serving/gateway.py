@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -154,7 +155,7 @@ class Gateway:
             raise HTTPProblem("invalid or missing API key", 401, code="invalid_api_key")
         return plan
 
-    async def admit(self, plan: Plan | None, query: Query, request_id: str) -> Ticket | None:
+    async def admit(self, plan: Plan | None, query: Query) -> Ticket | None:
         """Debit the key's limits and reserve its budget (``serving.quotas``); a refusal is a 429.
         Redis away: unmetered (fail open, the default) or 503 (closed)."""
         if plan is None or not plan.limits.any:
@@ -163,7 +164,9 @@ class Gateway:
         try:
             if self.quotas is None:
                 raise QuotasUnavailable("no Redis is configured for the key limits")
-            return await self.quotas.admit(plan.id, plan.limits, est.tokens, est.usd, request_id)
+            # the in-flight entry's name is ours, not the client's x-request-id: a client reusing
+            # one id for every request would otherwise count as one request in flight
+            return await self.quotas.admit(plan.id, plan.limits, est.tokens, est.usd, uuid.uuid4().hex)
         except QuotaRefused as exc:
             self.metrics.key_refused.labels(key=plan.id, reason=exc.reason).inc()
             raise
@@ -197,7 +200,7 @@ class Gateway:
                 f"server, got {query.sampling.max_tokens}",
                 "max_tokens",
             )
-        ticket = await self.admit(plan, query, request_id)
+        ticket = await self.admit(plan, query)
         policy, point = self.plans.route_with(self.policy, plan, ticket)
         if plan is not None and point is not None:
             self.metrics.key_point.labels(key=plan.id).set(point.cost_per_1k)
