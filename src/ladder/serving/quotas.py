@@ -4,7 +4,8 @@ One Lua script admits a request (all checks, then all debits, atomically, on Red
 replicas' clocks do not matter) and one settles it when it ends:
 - requests/min and tokens/min are token buckets (capacity = the per-minute limit, refilled
   continuously); a request takes 1 request and its *estimated* tokens (prompt estimate +
-  max_tokens, as OpenAI counts), and gets back what it did not use when it settles;
+  max_tokens, as OpenAI counts); settling gives back what it did not use (or takes what the
+  prompt estimate missed);
 - concurrency is a counter of requests in flight (each entry expires after ``INFLIGHT_TTL_S``, so
   a replica that dies mid-request does not hold a slot forever);
 - a budget is spent + reserved USD per period (periods start at multiples of ``period_s``).
@@ -12,7 +13,8 @@ replicas' clocks do not matter) and one settles it when it ends:
   admitted only if the reservation fits what is left; settling replaces it with the actual cost.
   So spend never exceeds the budget, however many requests run at once; the price is that the
   last worst case of a budget is refused (a small share at sane budgets).
-Refusals carry the seconds until a retry can succeed. Redis unreachable: ``Quotas`` says so and
+Refusals carry the seconds until a retry can succeed. The scripts name their keys from the key
+id instead of declaring them, so they need one Redis (not a Redis Cluster), as the rest of Ladder. Redis unreachable: ``Quotas`` says so and
 the gateway serves unmetered or refuses, as ``server.limits_when_redis_down`` says.
 """
 
@@ -112,7 +114,7 @@ _SETTLE = """
 local id = ARGV[1]
 local tpm, budget, index = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local est_tokens, used, est_usd, cost = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-if tpm > 0 and used < est_tokens then
+if tpm > 0 then  -- back what was not used, or take what the estimate missed
   local tk = 'ladder:quota:' .. id .. ':tpm'
   local level = tonumber(redis.call('HGET', tk, 'level'))
   if level then redis.call('HSET', tk, 'level', tostring(math.min(tpm, level + est_tokens - used))) end
