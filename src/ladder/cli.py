@@ -582,6 +582,39 @@ def keys_new(
     typer.echo(yaml.safe_dump([plan], sort_keys=False).rstrip())
 
 
+@keys_app.command("add")
+def keys_add(
+    plans: Annotated[Path, typer.Argument(help="YAML list of plans (what `ladder keys new` prints)")],
+    url: UrlOpt = "http://127.0.0.1:8000",
+    config: ConfigOpt = None,
+) -> None:
+    """Add (or replace) plans on the running app without a restart; every replica adopts them."""
+    import json
+
+    import yaml
+
+    try:
+        rows = yaml.safe_load(plans.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise LadderError(f"{plans}: {exc}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "id" in r for r in rows):
+        raise LadderError(f"{plans}: expected a YAML list of plans, each with an id")
+    for row in rows:
+        _admin_call("PUT", url, f"/admin/keys/{row['id']}", json.dumps(row), config=config)
+        typer.echo(f"added {row['id']}")
+
+
+@keys_app.command("remove")
+def keys_remove(
+    key_id: Annotated[str, typer.Argument(metavar="ID")],
+    url: UrlOpt = "http://127.0.0.1:8000",
+    config: ConfigOpt = None,
+) -> None:
+    """Remove a plan added with `ladder keys add` (plans in the config stay until the config changes)."""
+    _admin_call("DELETE", url, f"/admin/keys/{key_id}", config=config)
+    typer.echo(f"removed {key_id}")
+
+
 @keys_app.command("usage")
 def keys_usage(url: UrlOpt = "http://127.0.0.1:8000", config: ConfigOpt = None) -> None:
     """Each plan's spend this period, what is reserved in flight, and its limits (the running app)."""

@@ -292,3 +292,103 @@ def test_a_failed_request_is_not_charged_and_gives_its_slot_back(redis_url):
     usage = asyncio.run(gw.quotas.usage("fail", 86_400))
     assert usage["spent_usd"] == 0 and usage["reserved_usd"] == pytest.approx(0, abs=1e-9)
     assert redis.Redis.from_url(redis_url).zcard("ladder:quota:fail:inflight") == 0
+
+
+# -- plans added at run time ------------------------------------------------------------------------
+SECRET = b"a test server secret of 32 bytes"
+
+
+def admin(gw: Gateway, method: str, path: str, key: str = "adm", **kw) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=build_api(lambda: gw), client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://ladder") as c:
+            return await c.request(method, path, headers={"authorization": f"Bearer {key}"}, **kw)
+
+    return asyncio.run(go())
+
+
+def test_admins_add_and_remove_plans_that_every_replica_adopts(redis_url):
+    cfg = config([plan("sk-config")], admin_keys=["adm"])
+    a, b = (Gateway(cfg, workers(), workers(), redis_url, secret=SECRET) for _ in range(2))
+    new = plan("sk-added", target="medium<=0.5", limits={"requests_per_min": 2})
+    assert admin(a, "PUT", "/admin/keys/added", key="sk-config", json=new).status_code == 401
+    r = admin(a, "PUT", "/admin/keys/added", json=new)
+    assert r.status_code == 200 and r.json()["id"] == "added"
+    asyncio.run(b.plans.refresh())  # what b does by itself at most once a second
+    codes = [r.status_code for r in asyncio.run(post([b, a], "sk-added", 3, 1))]
+    assert codes == [200, 200, 429]  # its limits hold on both replicas
+    listed = {row["id"]: row for row in admin(b, "GET", "/admin/keys").json()["keys"]}
+    assert listed["added"]["source"] == "admin" and listed["config"]["source"] == "config"
+    assert admin(a, "DELETE", "/admin/keys/added").json() == {"id": "added", "removed": True}
+    asyncio.run(b.plans.refresh())
+    assert asyncio.run(post([b], "sk-added", 1, 1))[0].status_code == 401
+
+
+@pytest.mark.parametrize(
+    "path,body,status,param",
+    [
+        ("/admin/keys/x", plan("sk-x", id="x", target="huge<=0.1"), 400, "target"),
+        ("/admin/keys/x", {"id": "x", "sha256": "nope"}, 400, "sha256"),
+        ("/admin/keys/y", plan("sk-x", id="x"), 400, "id"),
+        ("/admin/keys/config", plan("sk-other", id="config"), 409, "id"),
+        ("/admin/keys/x", plan("sk-config", id="x"), 409, "sha256"),
+    ],
+)
+def test_a_bad_added_plan_is_refused_with_its_field_named(redis_url, path, body, status, param):
+    gw = Gateway(config([plan("sk-config")], admin_keys=["adm"]), workers(), workers(), redis_url, secret=SECRET)
+    r = admin(gw, "PUT", path, json=body)
+    assert r.status_code == status and r.json()["error"]["param"] == param, r.text
+    assert r.json()["error"]["code"] == "key_plan_refused"
+
+
+def test_a_plan_planted_in_redis_without_the_servers_signature_is_ignored(redis_url):
+    import redis
+
+    gw = Gateway(config([], admin_keys=["adm"]), workers(), workers(), redis_url, secret=SECRET)
+    forged = json.dumps(plan("sk-forged"))
+    redis.Redis.from_url(redis_url).hset("ladder:keys:plans", "forged", "0" * 64 + ":" + forged)
+    asyncio.run(gw.plans.refresh())
+    assert asyncio.run(post([gw], "sk-forged", 1, 1))[0].status_code == 401
+
+
+def test_the_cli_adds_lists_and_removes_plans_on_a_running_app(redis_url, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import uvicorn
+    import yaml
+
+    port = free_port()
+    gw = Gateway(config([], admin_keys=["adm"]), workers(), workers(), redis_url, secret=SECRET)
+    server = uvicorn.Server(uvicorn.Config(build_api(lambda: gw), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    env = {**os.environ, "LADDER_ADMIN_KEY": "adm"}
+    url = f"http://127.0.0.1:{port}"
+
+    def ladder(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "ladder.cli", "keys", *args, "--url", url],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    try:
+        while not server.started:
+            threading.Event().wait(0.05)
+        plans = tmp_path / "plans.yaml"
+        plans.write_text(yaml.safe_dump([plan("sk-cli", budget={"usd": 3.0})]))
+        added = ladder("add", str(plans))
+        assert added.returncode == 0 and added.stdout.strip() == "added cli", added.stderr
+        usage = ladder("usage")
+        assert usage.returncode == 0 and "cli" in usage.stdout and "3.0000" in usage.stdout
+        assert ladder("remove", "cli").returncode == 0 and gw.plans.added == {}
+        gone = ladder("remove", "cli")
+        assert gone.returncode == 2 and "no plan cli was added" in gone.stderr and "Traceback" not in gone.stderr
+    finally:
+        server.should_exit = True
+        thread.join(10)

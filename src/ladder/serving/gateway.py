@@ -43,7 +43,7 @@ from ladder.errors import (
 from ladder.protocols import Policy, StreamWorker
 from ladder.router.streaming import StreamStart, stream_cascade
 from ladder.serving import openai_api as oai
-from ladder.serving.key_plans import KeyPlans, Plan
+from ladder.serving.key_plans import KeyPlanRefused, KeyPlans, Plan
 from ladder.serving.live_policy import LivePolicy, PolicyFiles
 from ladder.serving.metrics import LadderMetrics
 from ladder.serving.quotas import QuotaRefused, Quotas, QuotasUnavailable, Ticket
@@ -108,9 +108,9 @@ class Gateway:
                 c.breaker_cooldown_s,
             )
         self._keys = [k.encode() for k in config.server.api_keys]
-        self.plans = KeyPlans(config)
+        self.plans = KeyPlans(config, redis_url, signer)
         self._settling: set[asyncio.Task] = set()  # settlements of failed requests, in flight
-        self.quotas = Quotas(redis_url) if redis_url and any(p.limits.any for p in self.plans.plans) else None
+        self.quotas = Quotas(redis_url) if redis_url else None
         self._admin_keys = [k.encode() for k in config.server.admin_keys]
         self.shadow = ShadowLog(redis_url, config.shadow) if config.shadow.enabled and redis_url else None
 
@@ -187,6 +187,7 @@ class Gateway:
     async def chat(self, request: Request) -> Response:
         started = time.perf_counter()
         self.live.maybe_refresh()
+        self.plans.maybe_refresh()
         plan = self.authorize(request)  # before parsing: strangers learn nothing about the API
         # Serve's proxy puts the client's x-request-id (or a new one) on the request and echoes it on
         # the response; logs and the shadow log use it when it is a sane token, else their own.
@@ -357,12 +358,15 @@ class Gateway:
     async def keys_usage(self, request: Request) -> dict:
         """Each plan's limits and this period's spend (``ladder keys usage``); never the key."""
         self.authorize_admin(request)
+        if self.plans.redis is not None:
+            await self.plans.refresh()
         rows = []
-        for plan, conf in zip(self.plans.plans, self.config.server.keys):
+        for plan in self.plans.plans:
             lim = plan.limits
             row = {
                 "id": plan.id,
-                "target": conf.target,
+                "source": plan.source,
+                "target": plan.target_text,
                 "budget_usd": lim.budget_usd or None,
                 "period_s": lim.period_s if lim.budget_usd else None,
                 "requests_per_min": lim.requests_per_min or None,
@@ -381,6 +385,15 @@ class Gateway:
                 row.update(spent_usd=usage["spent_usd"], reserved_usd=usage["reserved_usd"])
             rows.append(row)
         return {"keys": rows}
+
+    async def keys_put(self, request: Request, plan_id: str) -> dict:
+        """Add or replace a plan at run time (every replica adopts it within a second, via Redis)."""
+        self.authorize_admin(request)
+        return await self.plans.put(plan_id, await request.body())
+
+    async def keys_remove(self, request: Request, plan_id: str) -> dict:
+        self.authorize_admin(request)
+        return await self.plans.remove(plan_id)
 
     async def shadow_export(self, request: Request) -> str:
         """The newest ``count`` shadow-log records as JSONL (``ladder shadow export``)."""
@@ -456,6 +469,8 @@ def _answer(exc: Exception) -> tuple[int, str | None, str | None, dict[str, str]
             return 400, "max_tokens", "rate_limit_exceeded", None
         code = "insufficient_quota" if exc.reason == "budget" else "rate_limit_exceeded"
         return 429, None, code, {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    if isinstance(exc, KeyPlanRefused):
+        return exc.status, exc.param, "key_plan_refused", None
     if isinstance(exc, QuotasUnavailable):  # limits configured to fail closed
         return 503, None, "limits_unavailable", {"Retry-After": "5"}
     if isinstance(exc, PolicyFileError):  # a pushed policy refused: the old one keeps serving
@@ -552,6 +567,14 @@ def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
     @api.get("/admin/keys")
     async def keys_usage(request: Request) -> JSONResponse:
         return JSONResponse(await gateway().keys_usage(request))
+
+    @api.put("/admin/keys/{plan_id}")
+    async def keys_put(plan_id: str, request: Request) -> JSONResponse:
+        return JSONResponse(await gateway().keys_put(request, plan_id))
+
+    @api.delete("/admin/keys/{plan_id}")
+    async def keys_remove(plan_id: str, request: Request) -> JSONResponse:
+        return JSONResponse(await gateway().keys_remove(request, plan_id))
 
     @api.get("/admin/shadow")
     async def shadow_export(request: Request) -> PlainTextResponse:

@@ -20,12 +20,12 @@ the gateway serves unmetered or refuses, as ``server.limits_when_redis_down`` sa
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
 
 from ladder.errors import LadderError
+from ladder.serving.redis_client import LoopRedis
 
 log = logging.getLogger("ladder.quotas")
 
@@ -207,28 +207,19 @@ class Quotas:
     """The two scripts over one async Redis client; every call bounded by ``timeout_s``."""
 
     def __init__(self, redis_url: str, timeout_s: float = 0.2) -> None:
-        self.url, self.timeout_s = redis_url, timeout_s
-        self._loop = None
+        self.redis = LoopRedis(redis_url, timeout_s)
+        self._scripts: dict[int, tuple] = {}  # per client: (admit, settle)
         self._last_warning = 0.0
-
-    def _bind(self) -> None:
-        """One client per event loop (an asyncio connection cannot outlive its loop; a Serve
-        replica has one, in-process tests run one per ``asyncio.run``)."""
-        import redis.asyncio as aioredis
-
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._loop = loop
-            self._client = aioredis.from_url(
-                self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
-            )
-            self._admit = self._client.register_script(_ADMIT)
-            self._settle = self._client.register_script(_SETTLE)
 
     @property
     def client(self):  # noqa: ANN201 (redis.asyncio.Redis)
-        self._bind()
-        return self._client
+        return self.redis.get()
+
+    def _script(self, which: int):  # noqa: ANN202
+        client = self.client
+        if id(client) not in self._scripts:
+            self._scripts = {id(client): (client.register_script(_ADMIT), client.register_script(_SETTLE))}
+        return self._scripts[id(client)][which]
 
     def _warn(self, what: str, exc: Exception) -> None:
         if time.monotonic() - self._last_warning >= 60:  # once a minute, not once a request
@@ -248,8 +239,7 @@ class Quotas:
             token,
         ]
         try:
-            self._bind()
-            r = await self._admit(args=args)
+            r = await self._script(0)(args=args)
         except Exception as exc:  # noqa: BLE001 — connection, timeout, script errors alike
             self._warn("admitting a request", exc)
             raise QuotasUnavailable(str(exc)) from exc
@@ -288,8 +278,7 @@ class Quotas:
             ticket.token,
         ]
         try:
-            self._bind()
-            await self._settle(args=args)
+            await self._script(1)(args=args)
         except Exception as exc:  # noqa: BLE001
             self._warn("settling a request", exc)
 
