@@ -86,7 +86,7 @@ class KeyPlans:
         self.added: dict[str, KeyPlan] = {}
         self._prices = [t.price for t in config.tiers]
         self._views: dict[tuple[str, FrontierPoint], Policy] = {}
-        self.redis = LoopRedis(redis_url, 0.5) if redis_url and signer else None
+        self.redis = LoopRedis(redis_url, 2.0) if redis_url and signer else None  # off the request path
         self.signer, self.poll_s = signer, poll_s
         self._checked = 0.0
         self._refreshing: asyncio.Task | None = None

@@ -206,7 +206,10 @@ class QuotasUnavailable(LadderError):
 class Quotas:
     """The two scripts over one async Redis client; every call bounded by ``timeout_s``."""
 
-    def __init__(self, redis_url: str, timeout_s: float = 0.2) -> None:
+    # Generous: limits matter most under load, when a loaded Redis (or this loaded machine) is
+    # slow; a short timeout would fail open exactly then (seen in CI at 0.2 s). A Redis that is
+    # down refuses connections at once, so failing open or closed stays immediate.
+    def __init__(self, redis_url: str, timeout_s: float = 2.0) -> None:
         self.redis = LoopRedis(redis_url, timeout_s)
         self._scripts: dict[int, tuple] = {}  # per client: (admit, settle)
         self._last_warning = 0.0
