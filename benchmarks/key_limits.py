@@ -62,6 +62,7 @@ def config(plans: list[dict]) -> LadderConfig:
         ],
         policy={"kind": "fixed", "min_mean_logprob": -1.0},
         server={"api_keys": [PLAIN], "keys": plans, "max_completion_tokens": 64},
+        cache={"enabled": False},  # routing decisions are not what is measured
     )
 
 
@@ -69,9 +70,12 @@ def plan(key: str, **kw) -> dict:
     return {"id": key.removeprefix("sk-"), "sha256": hashlib.sha256(key.encode()).hexdigest(), **kw}
 
 
+SECRET = b"key-limits benchmark secret 32 b"  # replicas of one app share the server secret
+
+
 def gateways(cfg: LadderConfig, url: str, n: int) -> list[Gateway]:
     tiers = [InstantTier("small", -3.0), InstantTier("medium", -0.1)]  # small escalated, medium answers
-    return [Gateway(cfg, tiers, tiers, url) for _ in range(n)]
+    return [Gateway(cfg, tiers, tiers, url, secret=SECRET) for _ in range(n)]
 
 
 def clients(gws: list[Gateway]) -> list[httpx.AsyncClient]:
@@ -109,8 +113,10 @@ async def closed_loop(gws: list[Gateway], key: str, n_clients: int, seconds: flo
         while time.perf_counter() < stop and not done.is_set():
             r = await c.post("/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {key}"})
             out.append(r)
-            if seconds is None and r.status_code == 429:
+            if seconds is None and r.status_code == 429 and n_clients == 1:
                 done.set()
+            elif seconds is None and r.status_code == 429:
+                return  # this client stops; the budget is gone only when one alone is refused
             elif r.status_code == 429:
                 await asyncio.sleep(0.005)  # a refused client retries soon, as one honouring nothing would
 
@@ -166,8 +172,11 @@ def main() -> None:
             "ratio": round(admitted / allowed, 4),
         }
 
-        # 3. a budget across two replicas, 8 clients, until refused
-        rs = asyncio.run(closed_loop(gateways(cfg, url, 2), "sk-budget", 8, None))
+        # 3. a budget across two replicas: 8 clients until each is refused (reservations of the
+        # others in flight may refuse one early), then one client until it is refused too
+        budget_gws = gateways(cfg, url, 2)
+        rs = asyncio.run(closed_loop(budget_gws, "sk-budget", 8, None))
+        rs += asyncio.run(closed_loop(budget_gws, "sk-budget", 1, None))
         ok = [r for r in rs if r.status_code == 200]
         costs = [float(r.headers["x-ladder-cost-usd"]) for r in ok]
         usage = asyncio.run(gws[0].quotas.usage("budget", 86_400))
