@@ -15,11 +15,9 @@ most once a second, off the request path. The config's plans cannot be changed o
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
-import time
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -31,7 +29,7 @@ from ladder.policies.hybrid import HybridRouterPolicy
 from ladder.policies.operating_points import FrontierPoint, at_point, frontier, paced, point_for
 from ladder.protocols import Policy
 from ladder.serving.quotas import Limits, Ticket
-from ladder.serving.redis_client import LoopRedis
+from ladder.serving.redis_client import LoopRedis, PollEvery
 from ladder.serving.signing import Signer
 from ladder.types import Query
 
@@ -87,9 +85,8 @@ class KeyPlans:
         self._prices = [t.price for t in config.tiers]
         self._views: dict[tuple[str, FrontierPoint], Policy] = {}
         self.redis = LoopRedis(redis_url, 2.0) if redis_url and signer else None  # off the request path
-        self.signer, self.poll_s = signer, poll_s
-        self._checked = 0.0
-        self._refreshing: asyncio.Task | None = None
+        self.signer = signer
+        self._poll = PollEvery(poll_s)
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -148,15 +145,8 @@ class KeyPlans:
 
     def maybe_refresh(self) -> None:
         """Adopt plans added or removed through another replica, at most once per ``poll_s``."""
-        now = time.monotonic()
-        if (
-            self.redis is None
-            or now - self._checked < self.poll_s
-            or (self._refreshing and not self._refreshing.done())
-        ):
-            return
-        self._checked = now
-        self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
+        if self.redis is not None:
+            self._poll.maybe(self.refresh)
 
     async def refresh(self) -> None:
         try:

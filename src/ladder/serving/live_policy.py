@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from ladder.errors import PolicyFileError
 from ladder.protocols import Policy
+from ladder.serving.redis_client import PollEvery
 from ladder.serving.signing import Signer
 
 log = logging.getLogger("ladder.policy")
@@ -70,13 +71,11 @@ class LivePolicy:
         self.configured = configured
         self.policy: Policy = configured
         self.tier_names, self.verified = tier_names, verified
-        self.poll_s = poll_s
+        self._poll = PollEvery(poll_s)
         self.signer = signer  # every value this writes to Redis is signed; unsigned ones are ignored
         self.swapped_at: float | None = None
         self._files: dict[str, PolicyFiles] = {}  # versions this replica has loaded (rollback without Redis)
         self._previous: str | None = None
-        self._checked = 0.0
-        self._refreshing: asyncio.Task | None = None
         # bumped by every push and rollback on this replica: a refresh that read Redis before one
         # of them finished must not apply what it read (it would swap the new policy straight back)
         self._generation = 0
@@ -170,15 +169,8 @@ class LivePolicy:
     def maybe_refresh(self) -> None:
         """Look for a policy pushed through another replica, at most once per ``poll_s``, off
         the request's path."""
-        now = time.monotonic()
-        if (
-            self.client is None
-            or now - self._checked < self.poll_s
-            or (self._refreshing and not self._refreshing.done())
-        ):
-            return
-        self._checked = now
-        self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
+        if self.client is not None:
+            self._poll.maybe(self.refresh)
 
     async def refresh(self) -> None:
         generation = self._generation
