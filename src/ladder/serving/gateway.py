@@ -61,9 +61,13 @@ class HTTPProblem(LadderError):
         self.status, self.param, self.code = status, param, code
 
 
-def _bearer_in(request: Request, keys: list[bytes]) -> bool:
+def _bearer(request: Request) -> bytes:
     header = request.headers.get("authorization", "")
-    token = header[7:].encode() if header.lower().startswith("bearer ") else b""
+    return header[7:].encode() if header.lower().startswith("bearer ") else b""
+
+
+def _bearer_in(request: Request, keys: list[bytes]) -> bool:
+    token = _bearer(request)
     # Compare against every key, in constant time per key, so timing leaks nothing.
     return any([hmac.compare_digest(token, k) for k in keys])
 
@@ -148,9 +152,7 @@ class Gateway:
         """The key's plan (None: a plain ``api_keys`` key, or no auth configured); 401 otherwise."""
         if not self._keys and not self.plans.plans:
             return None
-        header = request.headers.get("authorization", "")
-        token = header[7:].encode() if header.lower().startswith("bearer ") else b""
-        plan = self.plans.find(token)
+        plan = self.plans.find(_bearer(request))
         if plan is None and not _bearer_in(request, self._keys):
             raise HTTPProblem("invalid or missing API key", 401, code="invalid_api_key")
         return plan
@@ -230,7 +232,7 @@ class Gateway:
             self.metrics.key_tokens.labels(key=plan.id, kind="prompt").inc(a.prompt_tokens)
             self.metrics.key_tokens.labels(key=plan.id, kind="completion").inc(a.completion_tokens)
             self.metrics.key_spend.labels(key=plan.id).inc(cost)
-        if ticket is not None and self.quotas is not None:
+        if ticket is not None:  # only Quotas issues tickets
             await self.quotas.settle(ticket, tokens, cost)
 
     def _settle_soon(self, plan: Plan | None, ticket: Ticket | None) -> None:
@@ -330,7 +332,7 @@ class Gateway:
             finally:
                 if not finished:  # the client went away: stop the rung's generation (vLLM aborts)
                     await events.aclose()
-                if not settled and ticket is not None and self.quotas is not None:
+                if not settled and ticket is not None:
                     # no result to price: an abandoned stream books its reservation (the worst
                     # case), so a budget is never overspent by clients that hang up
                     await self.quotas.settle(ticket, ticket.est_tokens, ticket.est_usd)

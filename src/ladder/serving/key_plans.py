@@ -84,6 +84,7 @@ class KeyPlans:
         self.added: dict[str, KeyPlan] = {}
         self._prices = [t.price for t in config.tiers]
         self._views: dict[tuple[str, FrontierPoint], Policy] = {}
+        self._frontiers: dict[str, list[FrontierPoint]] = {}  # per policy version
         self.redis = LoopRedis(redis_url, 2.0) if redis_url and signer else None  # off the request path
         self.signer = signer
         self._poll = PollEvery(poll_s)
@@ -106,11 +107,10 @@ class KeyPlans:
             raise KeyPlanRefused(f"{field}: {err['msg']}", 400, field) from None
         if plan.id != plan_id:
             raise KeyPlanRefused(f"the plan's id {plan.id!r} is not the {plan_id!r} of the path", 400, "id")
-        if plan.target is not None:
-            try:
-                parse_target(plan.target, self.rungs)
-            except ValueError as exc:
-                raise KeyPlanRefused(f"target: {exc}", 400, "target") from None
+        try:
+            Plan.of(plan, self.rungs)  # the one check of a plan against the tiers (its target)
+        except ValueError as exc:
+            raise KeyPlanRefused(f"target: {exc}", 400, "target") from None
         if plan.id in self.configured:
             raise KeyPlanRefused(f"key {plan.id} is defined in the config: change it there", 409, "id")
         if any(p.sha256 == plan.sha256 and p.id != plan.id for p in [*self.configured.values(), *self.added.values()]):
@@ -164,8 +164,7 @@ class KeyPlans:
                 continue  # unsigned or forged: ignored (logged once by the signer)
             try:
                 plan = KeyPlan.model_validate_json(text)
-                if plan.target is not None:
-                    parse_target(plan.target, self.rungs)
+                Plan.of(plan, self.rungs)
             except (ValidationError, ValueError) as exc:
                 log.warning("key plan %s in Redis refused on this replica: %s", plan_id, exc)
                 continue
@@ -199,7 +198,11 @@ class KeyPlans:
         pace = ticket.pace if ticket is not None else 1.0
         if plan.target is None and pace >= 1:
             return policy, None
-        points = frontier(policy)
+        if policy.version not in self._frontiers:
+            if len(self._frontiers) > 16:  # old policy versions'
+                self._frontiers.clear()
+            self._frontiers[policy.version] = frontier(policy)
+        points = self._frontiers[policy.version]
         own = policy.meta.get("operating_point")
         base = point_for(plan.target, points) if plan.target is not None else None
         if base is None and own is not None:
