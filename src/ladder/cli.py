@@ -319,11 +319,22 @@ def calibrate(
             help="calibrate on every row of SOURCE (a file the policy was not fitted on), not its validation part",
         ),
     ] = False,
+    cross_fit: Annotated[
+        int,
+        typer.Option(
+            "--cross-fit",
+            min=0,
+            help="K: choose thresholds on out-of-fold scores of the fit+validation parts (the recipe refitted "
+            "K times), then refit on all of them; 0 = on the validation part only",
+        ),
+    ] = 0,
 ) -> None:
     """Choose thresholds on the validation part to meet a target; saves a new policy version."""
     from ladder.offline.commands import calibrate_policy
 
-    _print_json(calibrate_policy(policy, source, data, target, price, out or policy, all_rows=all_rows))
+    _print_json(
+        calibrate_policy(policy, source, data, target, price, out or policy, all_rows=all_rows, cross_fit=cross_fit)
+    )
 
 
 @app.command()
@@ -358,6 +369,15 @@ def tune(
     data: DataOpt = None,
     price: Annotated[Optional[list[str]], typer.Option(help="RUNG=IN:OUT USD per 1M tokens")] = None,
     all_rows: Annotated[bool, typer.Option("--all-rows", help="tune on every row of OUTCOMES")] = False,
+    cross_fit: Annotated[
+        int,
+        typer.Option(
+            "--cross-fit",
+            min=0,
+            help="K: choose thresholds on out-of-fold scores of the fit+validation parts (the recipe refitted "
+            "K times), then refit on all of them; 0 = on the validation part only",
+        ),
+    ] = 0,
 ) -> None:
     """Calibrate POLICY to a target on OUTCOMES and write the report to look at: the frontier, the
     chosen point and its interval, the rung mix, a per-category table (PNG + Markdown)."""
@@ -365,7 +385,15 @@ def tune(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     info = calibrate_policy(
-        policy, outcomes, data, target, price, out_dir / "policy.json", all_rows=all_rows, report_dir=out_dir
+        policy,
+        outcomes,
+        data,
+        target,
+        price,
+        out_dir / "policy.json",
+        all_rows=all_rows,
+        report_dir=out_dir,
+        cross_fit=cross_fit,
     )
     typer.echo(Path(info["report"]).read_text())
     typer.echo(f"policy: {info['policy']} ({info['version']}); plot: {info['plot']}")

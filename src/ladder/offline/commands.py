@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ladder.errors import OutcomesError
 from ladder.offline.evaluation import compare, plot, table, tuned_knn
@@ -17,6 +19,7 @@ from ladder.offline.pipeline import (
     parse_prices,
     parse_target,
     rung_costs,
+    split,
     three_way,
 )
 from ladder.offline.training import TrainSpec, gate_scores, idk_scores, train_policy
@@ -56,6 +59,39 @@ def train(source: str, data: Path | None, spec: TrainSpec, out: Path, all_rows: 
     }
 
 
+def _fold_of(ids: tuple[str, ...], folds: int) -> np.ndarray:
+    """[n] each row's fold, by a stable hash of its id (independent of the split hashes)."""
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(f"ladder-fold:{i}".encode(), digest_size=4).digest(), "big") % folds
+            for i in ids
+        ]
+    )
+
+
+def _out_of_fold(rows, spec: TrainSpec, folds: int):  # noqa: ANN001, ANN202 (Outcomes -> route, accept, gates)
+    """Route, IDK and prefix-gate scores of every row from a policy fitted (same recipe) on the
+    other folds only: scores as noisy as the served policy's on queries it never saw."""
+    fold = _fold_of(rows.ids, folds)
+    if len(set(fold.tolist())) < folds:
+        raise OutcomesError(f"--cross-fit {folds}: {len(rows)} rows leave a fold empty; use fewer folds")
+    route = np.zeros((len(rows), len(rows.rungs) - 1))
+    accept: np.ndarray | None = None
+    gates: dict[int, np.ndarray] = {}
+    for k in tqdm(range(folds), desc="cross-fit", unit="fold", leave=False):
+        held = fold == k
+        part = rows.take(held)
+        fitted = train_policy(rows.take(~held), spec)
+        r, a = _scores(fitted, part)
+        route[held] = r
+        if a is not None:
+            accept = np.ones_like(route) if accept is None else accept
+            accept[held] = a
+        for tokens, g in gate_scores(fitted, part, r).items():
+            gates.setdefault(tokens, np.full_like(route, np.nan))[held] = g
+    return route, accept, gates
+
+
 def calibrate_policy(
     policy_path: Path,
     source: str,
@@ -66,7 +102,12 @@ def calibrate_policy(
     n_future: int | None = None,
     all_rows: bool = False,
     report_dir: Path | None = None,
+    cross_fit: int = 0,
 ) -> dict:
+    """Thresholds for a target, chosen on the validation part (or on every row of another file,
+    ``all_rows``). ``cross_fit`` K: on the fit and validation parts together, from out-of-fold
+    scores of the policy's recipe refitted K times; the saved policy is that recipe fitted on all of
+    those rows (the test part stays out of both)."""
     policy = load_policy(policy_path)
     outcomes, contaminated = load_outcomes(source, data)
     if tuple(outcomes.rungs) != policy.rungs:
@@ -77,9 +118,26 @@ def calibrate_policy(
             f"the policy was fitted on rows of {source} that this calibration would use: calibrate "
             "on another file with --all-rows, or on this one's validation part without it"
         )
-    val = outcomes if all_rows else three_way(outcomes, contaminated).validation
     target = parse_target(target_text, policy.rungs)
-    route, accept = _scores(policy, val)
+    gates = None
+    if cross_fit:
+        if all_rows or policy.meta.get("source") != source:
+            raise OutcomesError(
+                "--cross-fit refits the policy's recipe on the fit and validation parts of the file it "
+                f"was trained on ({policy.meta.get('source')}), without --all-rows"
+            )
+        if "spec" not in policy.meta:
+            raise OutcomesError("the policy records no training recipe (meta.spec): train it again to cross-fit")
+        if cross_fit < 2:
+            raise OutcomesError(f"--cross-fit needs at least 2 folds, got {cross_fit}")
+        spec = TrainSpec.from_dict(policy.meta["spec"])
+        val = split(outcomes, contaminated).train  # fit + validation: everything but the test part
+        route, accept, gates = _out_of_fold(val, spec, cross_fit)
+        policy = train_policy(val, spec)
+        policy.meta |= {"source": source, "all_rows": False, "cross_fit": cross_fit}
+    else:
+        val = outcomes if all_rows else three_way(outcomes, contaminated).validation
+        route, accept = _scores(policy, val)
     costs = rung_costs(val, parse_prices(prices, policy.rungs))
     point, frontier = calibrate(target, route, val.quality, costs, accept, n_future)
     calibrated = replace(
@@ -97,7 +155,15 @@ def calibrate_policy(
     prefix_info = {}
     if policy.prefix and accept is not None and point.accept_thresholds is not None:
         calibrated, prefix_info = _calibrate_gates(
-            calibrated, val, target, route, accept, costs, parse_prices(prices, policy.rungs), n_future
+            calibrated,
+            val,
+            target,
+            route,
+            accept,
+            costs,
+            parse_prices(prices, policy.rungs),
+            n_future,
+            gate_scores(calibrated, val, route) if gates is None else gates,
         )
     save_policy(calibrated, out)
     report = {}
@@ -136,9 +202,10 @@ def _calibrate_gates(
     costs: np.ndarray,
     prices: dict,
     n_future: int | None,
+    gates: dict[int, np.ndarray],
 ) -> tuple[HybridRouterPolicy, dict]:
-    """Prefix gates for the chosen operating point: k and thresholds (``calibrate_prefix``)."""
-    gates = gate_scores(policy, val, route)
+    """Prefix gates for the chosen operating point: k and thresholds (``calibrate_prefix``) from
+    each candidate gate's scores ``gates`` (k -> [n, R-1])."""
     prefix_costs = {k: rung_costs(val, prices, output_cap=k) for k in gates}
     choice = calibrate_prefix(
         target,

@@ -57,6 +57,30 @@ class TrainSpec:
     folds: int = 5  # cross-fitting of the router prior the IDK model sees
     prefix_tokens: tuple[int, ...] = CANDIDATE_TOKENS  # candidate k of the prefix gates (calibration picks)
 
+    def as_dict(self) -> dict:
+        """The recipe as a policy file records it (``meta.spec``), so it can be refitted elsewhere."""
+        return {
+            "featurizer": self.featurizer.value,
+            "scheme": self.scheme.value,
+            "c": self.c,
+            "idk": self.idk,
+            "idk_c": self.idk_c,
+            "folds": self.folds,
+            "prefix_tokens": list(self.prefix_tokens),
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> TrainSpec:
+        return cls(
+            FeaturizerKind(doc["featurizer"]),
+            LabelScheme(doc["scheme"]),
+            float(doc["c"]),
+            bool(doc["idk"]),
+            float(doc["idk_c"]),
+            int(doc["folds"]),
+            tuple(int(k) for k in doc["prefix_tokens"]),
+        )
+
 
 def _cross_fitted(x, y: np.ndarray, c: float, folds: int) -> np.ndarray:  # noqa: ANN001
     """Out-of-fold router scores, so the IDK model learns from priors as noisy as at serving time."""
@@ -111,11 +135,10 @@ def train_policy(
                     for k in spec.prefix_tokens
                 )
     meta = {
-        "label_scheme": spec.scheme.value,
-        "c": spec.c,
         "data_hash": outcomes.fingerprint,
         "data_source": outcomes.source,
         "train_rows": len(outcomes),
+        "spec": spec.as_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     return HybridRouterPolicy(
