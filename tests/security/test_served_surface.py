@@ -244,7 +244,8 @@ def test_no_secret_appears_in_anything_the_run_printed_or_logged(served):
 
 def test_sigterm_drains_answers_in_flight_a_second_stops_at_once_nothing_left_exit_0(served):
     """Last in this module: what systemd, Docker and Kubernetes send. Short streams in flight at
-    the first SIGTERM finish whole (the drain); a long one still running at the second is cut,
+    the first SIGTERM finish whole (the drain) while new requests get 503 ``draining``; a long one
+    still running at the second is cut,
     and the process exits 0 at once, leaving none of the processes it started."""
     proc = served["proc"]
     started = descendants(proc.pid) - {proc.pid}
@@ -286,6 +287,18 @@ def test_sigterm_drains_answers_in_flight_a_second_stops_at_once_nothing_left_ex
         threads[name].join(timeout=60)
         assert results[name]["done"] and results[name]["error"] is None, results  # drained: answered whole
     assert threads["long"].is_alive() and proc.poll() is None  # still draining the long one
+    # meanwhile the app is still there and says it is draining: a new request is a 503 with
+    # Retry-After (not the proxy's 404), and /ready takes the replica out of a balancer
+    late = httpx.post(
+        served["url"] + "/v1/chat/completions",
+        json={"model": "ladder", "max_tokens": 4, "messages": [{"role": "user", "content": "Say hi"}]},
+        headers={"authorization": f"Bearer {API_KEY}"},
+        timeout=30,
+    )
+    assert late.status_code == 503 and late.headers["retry-after"] == "2", late.text
+    assert late.json()["error"]["code"] == "draining"
+    ready = httpx.get(served["url"] + "/ready", timeout=30)
+    assert ready.status_code == 503 and ready.json()["draining"] is True
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=45) == 0, served["err"].read_text()[-2000:]

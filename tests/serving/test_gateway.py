@@ -265,3 +265,51 @@ def test_every_allowed_tier_starting_is_503_tiers_starting_with_retry_after(mode
     r = call(gateway(starting), "POST", "/v1/chat/completions", **chat(model=model))
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
     assert r.json()["error"]["code"] == "tiers_starting" and "starting" in r.json()["error"]["message"]
+
+
+def test_draining_refuses_new_requests_with_503_while_streams_in_flight_finish():
+    """``ladder serve``'s SIGTERM path: POST /admin/drain (admin key only), then new chat requests
+    get 503 ``draining`` + Retry-After and /ready 503, while a stream already running ends whole
+    and ``in_flight`` counts it until its last chunk. (Real sockets: ASGITransport buffers a
+    whole response, so a stream would be over before the drain.)"""
+    import threading
+
+    import uvicorn
+
+    from ladder.cluster.redis_server import free_port
+
+    tiers = [ScriptedWorker("small", words=60, pause_s=0.02), ScriptedWorker("medium")]
+    gw = gateway(tiers)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(build_api(lambda: gw), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    auth, admin = {"authorization": f"Bearer {KEY}"}, {"authorization": f"Bearer {ADMIN}"}
+
+    async def go() -> tuple:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            assert (await client.post("/admin/drain", headers=auth)).status_code == 401
+            body = chat(model="small", stream=True, max_tokens=64)["json"]
+            async with client.stream("POST", "/v1/chat/completions", json=body, headers=auth) as stream:
+                chunks = stream.aiter_lines()
+                first = await chunks.__anext__()  # the stream is under way
+                drain = await client.post("/admin/drain", headers=admin)
+                late = await client.post("/v1/chat/completions", headers=auth, **chat())
+                ready = await client.get("/ready")
+                text = first + "".join([line async for line in chunks])
+            await asyncio.sleep(0.2)
+            state = await client.get("/admin/drain", headers=admin)
+            return drain, late, ready, state, text
+
+    try:
+        while not server.started:
+            threading.Event().wait(0.05)
+        drain, late, ready, state, text = asyncio.run(go())
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert drain.json() == {"draining": True, "in_flight": 1}
+    assert late.status_code == 503 and late.headers["retry-after"] == "2" and late.json()["error"]["code"] == "draining"
+    assert ready.status_code == 503 and ready.json()["draining"] is True
+    assert text.rstrip().endswith("data: [DONE]") and "w56" in text  # the stream in flight ended whole
+    assert state.json() == {"draining": True, "in_flight": 0} and len(tiers[0].calls) == 1

@@ -54,11 +54,19 @@ log = logging.getLogger("ladder.app")
 
 
 class HTTPProblem(LadderError):
-    """A refusal that exists only at the HTTP edge (auth, admin access, a malformed admin body)."""
+    """A refusal that exists only at the HTTP edge (auth, admin access, a malformed admin body,
+    a replica that is draining)."""
 
-    def __init__(self, message: str, status: int, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
-        self.status, self.param, self.code = status, param, code
+        self.status, self.param, self.code, self.headers = status, param, code, headers
 
 
 def _bearer(request: Request) -> bytes:
@@ -117,6 +125,10 @@ class Gateway:
         self.quotas = Quotas(redis_url) if redis_url else None
         self._admin_keys = [k.encode() for k in config.server.admin_keys]
         self.shadow = ShadowLog(redis_url, config.shadow) if config.shadow.enabled and redis_url else None
+        # Draining (``ladder serve`` on SIGTERM, through POST /admin/drain): new chat requests get
+        # 503 + Retry-After while those in flight finish; /ready says so, so a balancer stops first.
+        self.draining = False
+        self.in_flight = 0
 
     @property
     def policy(self) -> Policy:
@@ -187,6 +199,40 @@ class Gateway:
 
     # -- chat ----------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
+        """A chat request, counted in ``in_flight`` until its answer is sent (a stream: until its
+        last chunk, or until it is abandoned)."""
+        if self.draining:
+            raise HTTPProblem(
+                "the server is shutting down: retry, another replica will answer",
+                503,
+                code="draining",
+                headers={"Retry-After": "2"},
+            )
+        self.in_flight += 1
+        try:
+            response = await self._chat(request)
+        except BaseException:
+            self.in_flight -= 1
+            raise
+        if not isinstance(response, StreamingResponse):
+            self.in_flight -= 1
+            return response
+        body = response.body_iterator
+
+        async def counted():  # noqa: ANN202
+            try:
+                async for chunk in body:
+                    yield chunk
+            finally:
+                self.in_flight -= 1
+
+        response.body_iterator = counted()
+        return response
+
+    def drain_state(self) -> dict[str, Any]:
+        return {"draining": self.draining, "in_flight": self.in_flight}
+
+    async def _chat(self, request: Request) -> Response:
         started = time.perf_counter()
         self.live.maybe_refresh()
         self.plans.maybe_refresh()
@@ -448,7 +494,7 @@ def public_message(code: str | None, request_id: str) -> str:
 def _answer(exc: Exception) -> tuple[int, str | None, str | None, dict[str, str] | None]:
     """(status, param, code, headers) of a typed error; the most specific class decides."""
     if isinstance(exc, HTTPProblem):
-        return exc.status, exc.param, exc.code, None
+        return exc.status, exc.param, exc.code, exc.headers
     if isinstance(exc, UnknownTier):
         return 404, "model", "model_not_found", None
     if isinstance(exc, InvalidRequest):
@@ -523,7 +569,10 @@ def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
     @api.get("/ready")
     async def ready() -> JSONResponse:
         """Readiness: 200 once every tier answers, else 503 naming the tiers still starting."""
-        body = await gateway().readiness()
+        gw = gateway()
+        body = await gw.readiness()
+        if gw.draining:  # shutting down: out of the balancer before the app goes
+            body = {**body, "ready": False, "draining": True}
         return JSONResponse(body, status_code=200 if body["ready"] else 503, headers={"Retry-After": "2"})
 
     @api.post("/v1/chat/completions", openapi_extra=oai.CHAT_OPENAPI)
@@ -577,6 +626,23 @@ def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
     @api.delete("/admin/keys/{plan_id}")
     async def keys_remove(plan_id: str, request: Request) -> JSONResponse:
         return JSONResponse(await gateway().keys_remove(request, plan_id))
+
+    @api.post("/admin/drain")
+    async def drain_start(request: Request) -> JSONResponse:
+        """Stop taking chat requests (503 ``draining``); answers in flight go on. For ``ladder
+        serve``'s shutdown: there is no way back but a restart."""
+        gw = gateway()
+        gw.authorize_admin(request)
+        if not gw.draining:
+            log.info("draining: %d request(s) in flight", gw.in_flight)
+        gw.draining = True
+        return JSONResponse(gw.drain_state())
+
+    @api.get("/admin/drain")
+    async def drain_state(request: Request) -> JSONResponse:
+        gw = gateway()
+        gw.authorize_admin(request)
+        return JSONResponse(gw.drain_state())
 
     @api.get("/admin/shadow")
     async def shadow_export(request: Request) -> PlainTextResponse:

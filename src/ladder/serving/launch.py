@@ -8,7 +8,7 @@ import time
 
 from ladder.cluster.compose import materialize
 from ladder.cluster.redis_server import redacted
-from ladder.cluster.secrets import admin_key_path
+from ladder.cluster.secrets import admin_key_path, with_admin_key
 from ladder.cluster.runtime import Runtime
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import ConfigError, EngineStartFailed, LadderError, WeightsUnavailable
@@ -107,17 +107,29 @@ def admin_key_source(config: LadderConfig) -> str:
     return "server.admin_keys" if config.server.admin_keys else str(admin_key_path(config.cache_path))
 
 
-def drain(grace_s: float, poll_s: float = 0.5) -> None:
-    """Stop taking requests and give those in flight up to ``grace_s`` to finish: the app is
-    deleted, and Serve stops each replica once its requests are done (their
-    ``graceful_shutdown_timeout_s`` is ``server.drain_s``) while its proxy keeps delivering them.
-    Meanwhile a new request gets the proxy's 404: a load balancer has stopped sending by then
-    (``/ready`` is gone with the app)."""
+def drain(url: str, admin_key: str, grace_s: float, poll_s: float = 0.5) -> None:
+    """Stop taking requests and give those in flight up to ``grace_s`` to finish. First the
+    ingress is told (POST /admin/drain): a new chat request gets 503 ``draining`` + Retry-After
+    and ``/ready`` 503, while answers in flight go on; once none is left (or the grace is spent)
+    the app is deleted — Serve still lets each replica finish what it holds (their
+    ``graceful_shutdown_timeout_s`` is ``server.drain_s``), and only then would a new request get
+    the proxy's 404. An ingress that cannot be told (it failed) is deleted at once."""
+    import httpx
     from ray import serve
 
     print(f"draining requests in flight (up to {grace_s:.0f} s) ...", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + grace_s
+    headers = {"authorization": f"Bearer {admin_key}"}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=5) as client:
+            state = client.post("/admin/drain").raise_for_status().json()
+            while state["in_flight"] > 0 and time.monotonic() < deadline:
+                time.sleep(poll_s)
+                state = client.get("/admin/drain").raise_for_status().json()
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        print(f"draining: the ingress did not answer ({exc}); stopping the app", file=sys.stderr, flush=True)
     serve.delete(APP, _blocking=False)
-    deadline = time.monotonic() + grace_s + 5  # + the replicas' own stop
+    deadline = max(deadline, time.monotonic()) + 5  # + the replicas' own stop
     while APP in serve.status().applications and time.monotonic() < deadline:
         time.sleep(poll_s)
 
@@ -149,7 +161,7 @@ def serve_forever(config: LadderConfig, host: str | None, port: int | None, tier
                 while True:
                     time.sleep(3600)
             except KeyboardInterrupt:
-                drain(config.server.drain_s)
+                drain(url, with_admin_key(config).server.admin_keys[0], config.server.drain_s)
     except KeyboardInterrupt:  # a signal while starting, or a second one while draining
         pass
     print("stopped", file=sys.stderr, flush=True)
