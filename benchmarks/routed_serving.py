@@ -281,6 +281,12 @@ def serve_and_measure(
             s["quality_by_dataset"] = by_dataset
             s["dtypes"] = dtypes  # per tier of the stack that served it (bfloat16 is emulated on an AVX2 CPU)
             s["grades"] = {i: grades[i] for i in sorted(grades)}  # per question, for paired analyses later
+            if name == "ladder":  # per question, the rungs it reached (the last answered): mixes by dataset
+                s["rungs_by_question"] = {
+                    r["id"]: [a["tier"] for a in r["ladder"]["rungs_tried"]]
+                    for r in sorted(rows, key=lambda r: r["id"])
+                    if r["status"] == 200
+                }
             systems.append(s)
             answers[name] = grades
             print(json.dumps(s), flush=True)

@@ -1,6 +1,7 @@
 """The served app end to end: real Ray Serve, real Redis, the small tier's real weights, and the
 official ``openai`` client against the real endpoint."""
 
+import hashlib
 import time
 
 import httpx
@@ -12,11 +13,17 @@ from tests.integration.served import small_tier_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.model, pytest.mark.slow]
 KEY = "sk-ladder-test"
+PLAN_KEY = "sk-ladder-plan"  # a key with a plan (server.keys): 2 requests a minute
 
 
 @pytest.fixture(scope="module")
 def server():
-    with small_tier_app(KEY, cache={"breaker_cooldown_s": 0.5}) as served:
+    plan = {
+        "id": "plan-test",
+        "sha256": hashlib.sha256(PLAN_KEY.encode()).hexdigest(),
+        "limits": {"requests_per_min": 2},
+    }
+    with small_tier_app(KEY, cache={"breaker_cooldown_s": 0.5}, server={"keys": [plan]}) as served:
         yield served
 
 
@@ -213,3 +220,22 @@ def test_a_client_that_disconnects_stops_the_engine_within_a_second(server, clie
     after_3s = tier.stats.remote().result()["generated_tokens"]
     assert after_1s - before >= 4  # it was generating
     assert after_3s == after_1s, (before, after_1s, after_3s)  # and stopped once the client left
+
+
+def test_a_key_plan_is_enforced_by_the_served_app_through_redis(server):
+    """Per-key limits on the real stack (Serve ingress, the embedded Redis's Lua script): the plan's
+    third request within a minute is a 429 the openai client raises as RateLimitError, with
+    OpenAI's headers; a plain key is not limited by it."""
+    limited = openai.OpenAI(base_url=server[0] + "/v1", api_key=PLAN_KEY, max_retries=0, timeout=120)
+    first = ask(limited, "Say one word.")
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    ask(limited, "Say one word.")
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask(limited, "Say one word.")
+    assert refused.value.code == "rate_limit_exceeded"
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+    plain = openai.OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    assert ask(plain, "Say one word.").parse().choices[0].message.content is not None
+    metrics = httpx.get(server[0] + "/metrics").text
+    assert 'ladder_key_refused_total{key="plan-test",reason="requests"} 1.0' in metrics
