@@ -269,6 +269,15 @@ def judge(
 
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="shared data folder (for routellm:* sources)")]
 SourceArg = Annotated[str, typer.Argument(help="outcomes: routellm:mmlu, routellm:gsm8k, or a Ladder JSONL file")]
+CrossFitOpt = Annotated[
+    int,
+    typer.Option(
+        "--cross-fit",
+        min=0,
+        help="K: choose thresholds on out-of-fold scores of the fit+validation parts (the recipe refitted "
+        "K times), then refit on all of them; 0 = on the validation part only",
+    ),
+]
 
 
 def _print_json(obj: dict) -> None:
@@ -319,15 +328,7 @@ def calibrate(
             help="calibrate on every row of SOURCE (a file the policy was not fitted on), not its validation part",
         ),
     ] = False,
-    cross_fit: Annotated[
-        int,
-        typer.Option(
-            "--cross-fit",
-            min=0,
-            help="K: choose thresholds on out-of-fold scores of the fit+validation parts (the recipe refitted "
-            "K times), then refit on all of them; 0 = on the validation part only",
-        ),
-    ] = 0,
+    cross_fit: CrossFitOpt = 0,
 ) -> None:
     """Choose thresholds on the validation part to meet a target; saves a new policy version."""
     from ladder.offline.commands import calibrate_policy
@@ -369,15 +370,7 @@ def tune(
     data: DataOpt = None,
     price: Annotated[Optional[list[str]], typer.Option(help="RUNG=IN:OUT USD per 1M tokens")] = None,
     all_rows: Annotated[bool, typer.Option("--all-rows", help="tune on every row of OUTCOMES")] = False,
-    cross_fit: Annotated[
-        int,
-        typer.Option(
-            "--cross-fit",
-            min=0,
-            help="K: choose thresholds on out-of-fold scores of the fit+validation parts (the recipe refitted "
-            "K times), then refit on all of them; 0 = on the validation part only",
-        ),
-    ] = 0,
+    cross_fit: CrossFitOpt = 0,
 ) -> None:
     """Calibrate POLICY to a target on OUTCOMES and write the report to look at: the frontier, the
     chosen point and its interval, the rung mix, a per-category table (PNG + Markdown)."""
