@@ -13,7 +13,8 @@ and three key plans (``server.keys``, SHA-256 digests only):
    with a 95% interval for this many requests (calibration's spread, ``sqrt(1/n + 1/m)``);
 2. **a budget**: ``budgeted`` (the policy's point, budget B = ``--budget-requests`` × that point's
    calibrated cost per request, period one hour) sends the same rows from ``--clients`` clients at
-   once until the app answers 429 ``insufficient_quota``: spent (Redis, ``GET /admin/keys``) vs B
+   once until the app answers 429 ``insufficient_quota`` (a 429 ``rate_limit_exceeded`` — the rest
+   is held by requests in flight — is retried after a second): spent (Redis, ``GET /admin/keys``) vs B
    (target: ≤ B + the most one request cost), and per request the frontier point it was routed at
    (read from the thresholds in its ``ladder`` object): pacing moves it to cheaper points before
    the budget is gone.
@@ -124,6 +125,8 @@ async def until_refused(url: str, key: str, items: list[Item], clients: int) -> 
                 bar.update()
                 if row["status"] == 429 and row.get("code") == "insufficient_quota":
                     refused.set()
+                elif row["status"] == 429:  # what is left is held by requests in flight: retry
+                    await asyncio.sleep(1)
 
         await asyncio.gather(*(user() for _ in range(clients)))
     bar.close()
@@ -204,7 +207,8 @@ def main() -> None:
         "period_s": 3600,
         "clients": args.clients,
         "answered": len(served),
-        "refused": sum(r["status"] == 429 for r in budget_rows),
+        "refused": sum(r.get("code") == "insufficient_quota" for r in budget_rows),
+        "told_to_retry": sum(r.get("code") == "rate_limit_exceeded" for r in budget_rows),
         "other_errors": sum(r["status"] not in (200, 429) for r in budget_rows),
         "spent_usd_redis": spent.get("spent_usd"),
         "spent_usd_answers": round(sum(r["cost_usd"] for r in served), 8),

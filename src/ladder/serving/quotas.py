@@ -78,8 +78,13 @@ if budget > 0 then
   bk = 'ladder:quota:' .. id .. ':budget:' .. index
   local v = redis.call('HMGET', bk, 'spent', 'reserved')
   spent, reserved = tonumber(v[1]) or 0, tonumber(v[2]) or 0
-  if spent + reserved + est_usd > budget then
+  if spent + est_usd > budget then
     return {0, 'budget', period * 1000 - elapsed, 0, 0, 0, 0, tostring(spent), tostring(reserved), index, elapsed}
+  end
+  if spent + reserved + est_usd > budget then
+    -- what is left is held by requests in flight (each reserved its worst case): not exhausted;
+    -- retry once they settle
+    return {0, 'budget_in_flight', 1000, 0, 0, 0, 0, tostring(spent), tostring(reserved), index, elapsed}
   end
 end
 -- every check passed: debit everything
@@ -177,7 +182,8 @@ class Ticket:
 
 class QuotaRefused(LadderError):
     """A request over one of its key's limits: 429 with Retry-After (reason: requests, tokens,
-    tokens_exceed_limit, concurrent, budget)."""
+    tokens_exceed_limit, concurrent, budget: exhausted for the period, budget_in_flight: what is
+    left is reserved by requests in flight, so a retry in a second may pass)."""
 
     def __init__(self, key_id: str, reason: str, retry_after_s: float, limits: Limits, need_tokens: int = 0) -> None:
         self.key_id, self.reason, self.retry_after_s, self.limits = key_id, reason, retry_after_s, limits
@@ -194,6 +200,9 @@ class QuotaRefused(LadderError):
                 "budget": (
                     f"key {key_id}: its budget of USD {limits.budget_usd:g} per {limits.period_s} s cannot pay "
                     f"this request's worst case; the period resets in {retry_after_s:.0f} s"
+                ),
+                "budget_in_flight": (
+                    f"key {key_id}: what is left of its budget is reserved by its requests in flight{wait}"
                 ),
             }.get(reason, f"key {key_id}: {reason}")
         )
