@@ -64,6 +64,17 @@ def frontier_points() -> tuple[list[FrontierPoint], FrontierPoint, int]:
     return points, FrontierPoint.of(meta["operating_point"]), int(meta["calibrated_on_rows"])
 
 
+def mixed_sample(items: list[Item], limit: int | None) -> list[Item]:
+    """``limit`` items keeping each dataset's share (the calibrated reach describes the mix; the
+    first N rows would be nearly all HumanEval): per dataset in id-hash order, then interleaved."""
+    by: dict[str, list[Item]] = {}
+    for it in sorted(items, key=lambda it: hashlib.blake2b(it.id.encode(), digest_size=8).digest()):
+        by.setdefault(it.dataset, []).append(it)
+    n = len(items) if limit is None else min(limit, len(items))
+    share = {d: round(n * len(v) / len(items)) for d, v in by.items()}
+    return [it for d, v in by.items() for it in v[: share[d]]]
+
+
 def interval(p: float, n: int, m: int) -> tuple[float, float]:
     """95% interval of a share measured on m requests around p calibrated on n rows."""
     half = 1.96 * math.sqrt(max(p * (1 - p), 0.0) * (1 / n + 1 / m))
@@ -165,10 +176,7 @@ def main() -> None:
     cheap = point_for(parse_target(args.cheap_target, RUNGS), points)
     if cheap is None:
         sys.exit(f"error: no point of the bundled policy's frontier meets {args.cheap_target}")
-    # held-out code + math rows; a --limit sample by id hash, so it keeps the datasets' mix that the
-    # calibrated reach describes (the first N rows are nearly all HumanEval)
-    items = sorted(workload(None, 0, None), key=lambda it: hashlib.blake2b(it.id.encode(), digest_size=8).digest())
-    items = items[: args.limit]
+    items = mixed_sample(workload(None, 0, None), args.limit)  # held-out code + math rows
     usd_per_request = own.cost_per_1k / 1000  # the calibration's cost model: USD per 1K queries
     budget = round(args.budget_requests * usd_per_request, 8)
     keys = {name: f"sk-bench-{name}-{secrets.token_hex(8)}" for name in ("cheap", "default", "budgeted")}
