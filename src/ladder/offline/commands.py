@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from ladder.offline.pipeline import (
     three_way,
 )
 from ladder.offline.training import TrainSpec, gate_scores, idk_scores, train_policy
+from ladder.outcomes.schema import stable_hash
 from ladder.policies.calibrate import calibrate
 from ladder.policies.features import FeaturizerKind, MiniLMFeaturizer, make_featurizer
 from ladder.policies.hybrid import HybridRouterPolicy
@@ -60,13 +60,8 @@ def train(source: str, data: Path | None, spec: TrainSpec, out: Path, all_rows: 
 
 
 def _fold_of(ids: tuple[str, ...], folds: int) -> np.ndarray:
-    """[n] each row's fold, by a stable hash of its id (independent of the split hashes)."""
-    return np.array(
-        [
-            int.from_bytes(hashlib.blake2b(f"ladder-fold:{i}".encode(), digest_size=4).digest(), "big") % folds
-            for i in ids
-        ]
-    )
+    """[n] each row's fold, by a stable hash of its id (salted apart from the split hashes)."""
+    return stable_hash(ids, "ladder-fold") % folds
 
 
 def _out_of_fold(rows, spec: TrainSpec, folds: int):  # noqa: ANN001, ANN202 (Outcomes -> route, accept, gates)

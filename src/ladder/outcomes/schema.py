@@ -89,9 +89,14 @@ class Outcomes:
         return self.responses[rung]
 
 
+def stable_hash(ids: tuple[str, ...] | list[str], salt: str) -> np.ndarray:
+    """[n] a 32-bit hash of each salted id: the same on every run and machine (splits, folds)."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(f"{salt}:{i}".encode(), digest_size=4).digest(), "big") for i in ids],
+        dtype=np.int64,
+    )
+
+
 def stable_split(ids: tuple[str, ...] | list[str], test_fraction: float = 0.2, salt: str = "ladder") -> np.ndarray:
     """True for test rows, decided by a hash of each id: stable across runs and machines."""
-    cut = int(test_fraction * 2**32)
-    return np.array(
-        [int.from_bytes(hashlib.blake2b(f"{salt}:{i}".encode(), digest_size=4).digest(), "big") < cut for i in ids]
-    )
+    return stable_hash(ids, salt) < int(test_fraction * 2**32)
