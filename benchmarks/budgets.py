@@ -37,14 +37,16 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import yaml
 from engine import start_ladder, stop, wait_ready
-from harness.meta import DEFAULT_POLICY, stamp
+from harness.meta import DEFAULT_POLICY, write_results
 from routed_serving import MAX_TOKENS, Item, workload
 from tqdm import tqdm
 
 from ladder.cluster.redis_server import free_port
 from ladder.cluster.settings import load_config
+from ladder.outcomes.schema import stable_hash
 from ladder.policies.calibrate import parse_target
 from ladder.policies.operating_points import FrontierPoint, point_for
 
@@ -68,8 +70,9 @@ def mixed_sample(items: list[Item], limit: int | None) -> list[Item]:
     """``limit`` items keeping each dataset's share (the calibrated reach describes the mix; the
     first N rows would be nearly all HumanEval): per dataset in id-hash order, then interleaved."""
     by: dict[str, list[Item]] = {}
-    for it in sorted(items, key=lambda it: hashlib.blake2b(it.id.encode(), digest_size=8).digest()):
-        by.setdefault(it.dataset, []).append(it)
+    order = stable_hash([it.id for it in items], "ladder-sample")
+    for i in np.argsort(order, kind="stable"):
+        by.setdefault(items[i].dataset, []).append(items[i])
     n = len(items) if limit is None else min(limit, len(items))
     share = {d: round(n * len(v) / len(items)) for d, v in by.items()}
     return [it for d, v in by.items() for it in v[: share[d]]]
@@ -213,6 +216,7 @@ def main() -> None:
     paced = [by_thresholds.get(tuple(round(t, 6) for t in r["thresholds"])) for r in served]
     spent = next((k for k in usage.get("keys", []) if k.get("id") == "budgeted"), {})
     most = max((r["cost_usd"] for r in served), default=0.0)
+    charged = round(sum(r["cost_usd"] for r in served), 8)
     budget_summary = {
         "budget_usd": budget,
         "period_s": 3600,
@@ -222,9 +226,9 @@ def main() -> None:
         "told_to_retry": sum(r.get("code") == "rate_limit_exceeded" for r in budget_rows),
         "other_errors": sum(r["status"] not in (200, 429) for r in budget_rows),
         "spent_usd_redis": spent.get("spent_usd"),
-        "spent_usd_answers": round(sum(r["cost_usd"] for r in served), 8),
+        "spent_usd_answers": charged,
         "most_one_request_usd": most,
-        "within_budget_plus_one": bool(sum(r["cost_usd"] for r in served) <= budget + most),
+        "within_budget_plus_one": bool(charged <= budget + most),
         # per answered request in order: the frontier point's cost per 1K it was routed at
         "points_cost_per_1k": [round(p.cost_per_1k, 4) if p else None for p in paced],
     }
@@ -236,15 +240,14 @@ def main() -> None:
         mix = "/".join(f"{x:.0%}" for x in s["answered_mix"])
         print(f"| {name} | {target} | {s['requests']} | {cells} | {mix} | {s['usd_per_request']:.6f} |")
     print(json.dumps({k: v for k, v in budget_summary.items() if k != "points_cost_per_1k"}))
-    out = {
-        **stamp(sys.argv),
-        "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
-        "workload": {"rows": len(items), "held_out_from": "three_way(...).test", "max_tokens": MAX_TOKENS},
-        "keys": mixes,
-        "budget": budget_summary,
-    }
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    write_results(
+        args.out,
+        sys.argv,
+        args.config,
+        workload={"rows": len(items), "held_out_from": "three_way(...).test", "max_tokens": MAX_TOKENS},
+        keys=mixes,
+        budget=budget_summary,
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import httpx
 import numpy as np
 import psutil
 from engine import start_ladder, stop, wait_ready
-from harness.meta import stamp
+from harness.meta import write_results
 from tqdm import tqdm
 
 from ladder.cluster.redis_server import free_port
@@ -349,16 +349,15 @@ def main() -> None:
         )
     if compare:
         print(json.dumps(compare))
-    out = {
-        **stamp(sys.argv),
-        "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
-        "clients": args.clients,
-        "workload": {"questions": len(items), "by_dataset": counts, "held_out_from": "three_way(...).test"},
-        "systems": systems,
-        "routed_vs_large": compare,
-    }
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    write_results(
+        args.out,
+        sys.argv,
+        args.config,
+        clients=args.clients,
+        workload={"questions": len(items), "by_dataset": counts, "held_out_from": "three_way(...).test"},
+        systems=systems,
+        routed_vs_large=compare,
+    )
 
 
 if __name__ == "__main__":

@@ -25,3 +25,11 @@ def stamp(argv: list[str], policy_version: str | None = None) -> dict:
     if policy_version is None:
         policy_version = json.loads(DEFAULT_POLICY.read_text())["version"]
     return {"commit": commit(), "policy_version": policy_version, "command": " ".join(["python", *argv])}
+
+
+def write_results(path: Path, argv: list[str], config: Path, **fields: object) -> None:
+    """A results JSON for a run of ``config``: ``stamp(argv)``, the config (relative to the
+    repository when inside it), then ``fields``."""
+    label = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({**stamp(argv), "config": str(label), **fields}, indent=1) + "\n")
