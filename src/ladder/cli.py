@@ -191,6 +191,9 @@ def collect(
     out: Annotated[Path, typer.Option("--out", "-o")],
     data: Annotated[Optional[Path], typer.Option("--data", help="the shared data folder (not for humaneval)")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="first N items by a stable id hash")] = None,
+    skip: Annotated[
+        int, typer.Option(min=0, help="leave out the first N by that hash first (e.g. a benchmark's questions)")
+    ] = 0,
     config: ConfigOpt = None,
     tiers: Annotated[Optional[str], typer.Option(help="comma-separated subset of tiers (rungs)")] = None,
     actors: Annotated[int, typer.Option(min=1, help="actors in the Ray Data pool")] = 1,
@@ -213,7 +216,7 @@ def collect(
     data = data or Path("../shared/data")
     if dataset.endswith(".jsonl") or Path(dataset).is_file():
         dataset = str(Path(dataset).resolve())  # Ray's workers run elsewhere
-    ds = load_dataset(dataset, data, limit)
+    ds = load_dataset(dataset, data, limit, skip)
     for line, why in ds.rejected:
         print(f"{dataset}:{line}: skipped: {why}", file=sys.stderr)
     if not ds.items:

@@ -68,6 +68,11 @@ def test_subsets_are_stable_prefixes_of_one_hash_order():
     small, large = subset(list(items), 10), subset(list(items), 50)
     assert [i.id for i in small] == [i.id for i in large[:10]]
     assert [i.id for i in subset(list(reversed(items)), 10)] == [i.id for i in small]  # order-free
+    # --skip N leaves out exactly a benchmark's first N and continues the same order
+    assert [i.id for i in subset(list(items), 40, skip=10)] == [i.id for i in large[10:50]]
+    held = {i.id for i in load_dataset("mmlu-pro", DATA, 48).items}
+    rest = load_dataset("mmlu-pro", DATA, 20, skip=48).items
+    assert len(rest) == 20 and not held & {i.id for i in rest}
 
 
 @needs_data

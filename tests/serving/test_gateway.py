@@ -272,22 +272,14 @@ def test_draining_refuses_new_requests_with_503_while_streams_in_flight_finish()
     get 503 ``draining`` + Retry-After and /ready 503, while a stream already running ends whole
     and ``in_flight`` counts it until its last chunk. (Real sockets: ASGITransport buffers a
     whole response, so a stream would be over before the drain.)"""
-    import threading
-
-    import uvicorn
-
-    from ladder.cluster.redis_server import free_port
+    from tests.serving.live_server import running
 
     tiers = [ScriptedWorker("small", words=60, pause_s=0.02), ScriptedWorker("medium")]
     gw = gateway(tiers)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_api(lambda: gw), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     auth, admin = {"authorization": f"Bearer {KEY}"}, {"authorization": f"Bearer {ADMIN}"}
 
-    async def go() -> tuple:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    async def go(url: str) -> tuple:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             assert (await client.post("/admin/drain", headers=auth)).status_code == 401
             body = chat(model="small", stream=True, max_tokens=64)["json"]
             async with client.stream("POST", "/v1/chat/completions", json=body, headers=auth) as stream:
@@ -301,13 +293,8 @@ def test_draining_refuses_new_requests_with_503_while_streams_in_flight_finish()
             state = await client.get("/admin/drain", headers=admin)
             return drain, late, ready, state, text
 
-    try:
-        while not server.started:
-            threading.Event().wait(0.05)
-        drain, late, ready, state, text = asyncio.run(go())
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with running(gw) as url:
+        drain, late, ready, state, text = asyncio.run(go(url))
     assert drain.json() == {"draining": True, "in_flight": 1}
     assert late.status_code == 503 and late.headers["retry-after"] == "2" and late.json()["error"]["code"] == "draining"
     assert ready.status_code == 503 and ready.json()["draining"] is True

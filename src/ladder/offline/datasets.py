@@ -216,7 +216,7 @@ def score_own(answer: str, gold: str) -> float | None:
     return None  # unlabelled: ``ladder judge`` grades it
 
 
-def load_prompts(path: Path, limit: int | None = None) -> Dataset:
+def load_prompts(path: Path, limit: int | None = None, skip: int = 0) -> Dataset:
     """One's own prompts (see the module docstring); a row that cannot be used is rejected with
     its line number and reason, and the rest go on."""
     items, rejected, seen = [], [], set()
@@ -262,32 +262,33 @@ def load_prompts(path: Path, limit: int | None = None) -> Dataset:
         items.append(
             LabelledItem(rid, prompt, json.dumps(label) if label else "", str(row.get("group", "prompts")), messages)
         )
-    return Dataset(str(path), tuple(subset(items, limit)), 256, (), None, score_own, None, tuple(rejected))
+    return Dataset(str(path), tuple(subset(items, limit, skip)), 256, (), None, score_own, None, tuple(rejected))
 
 
 DATASETS = ("gsm8k", "gsm8k-train", "mmlu-pro", "humaneval", "PROMPTS.jsonl")
 
 
-def subset(items: list[LabelledItem], limit: int | None) -> list[LabelledItem]:
-    """The ``limit`` items with the smallest id hash (all when None), in that hash order."""
+def subset(items: list[LabelledItem], limit: int | None, skip: int = 0) -> list[LabelledItem]:
+    """The ``limit`` items with the smallest id hash after the first ``skip`` (all when None), in
+    that hash order. ``skip`` keeps a benchmark's items (the first N by the same order) out."""
     key = lambda it: hashlib.blake2b(it.id.encode(), digest_size=8).digest()  # noqa: E731
-    ranked = sorted(items, key=key)
+    ranked = sorted(items, key=key)[skip:]
     return ranked if limit is None else ranked[:limit]
 
 
-def load_dataset(name: str, data_root: Path, limit: int | None = None) -> Dataset:
+def load_dataset(name: str, data_root: Path, limit: int | None = None, skip: int = 0) -> Dataset:
     if name.endswith(".jsonl") or Path(name).is_file():
-        return load_prompts(Path(name), limit)
+        return load_prompts(Path(name), limit, skip)
     root = Path(data_root)
     if name in ("gsm8k", "gsm8k-train"):
         items = _gsm8k(root, "train" if name.endswith("train") else "test")
-        return Dataset(name, tuple(subset(items, limit)), 320, (), None, score_gsm8k)
+        return Dataset(name, tuple(subset(items, limit, skip)), 320, (), None, score_gsm8k)
     if name == "mmlu-pro":
         # The letter comes first; three tokens cover "C", "(C)" and "C. …", and a line break ends it.
-        return Dataset(name, tuple(subset(_mmlu_pro(root), limit)), 3, ("\n",), MC_SYSTEM, score_letter)
+        return Dataset(name, tuple(subset(_mmlu_pro(root), limit, skip)), 3, ("\n",), MC_SYSTEM, score_letter)
     if name == "humaneval":
         items, problems = _humaneval()
         return Dataset(
-            name, tuple(subset(items, limit)), 384, (), None, score_humaneval_with(problems), "python_examples"
+            name, tuple(subset(items, limit, skip)), 384, (), None, score_humaneval_with(problems), "python_examples"
         )
     raise LadderError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -105,6 +105,17 @@ def _p10_lp(a: AnswerView) -> float:
     return float(np.percentile(a.logprobs, 10)) if a.logprobs else 0.0
 
 
+# An answer that is an option letter ("C", "(C)", "C. text"): a multiple-choice reply, whose
+# first token's log-probability is the confidence in the choice. A separate signal (not only
+# first_logprob) because a linear IDK model mixes domains: the first token of code or of a
+# worked solution says little, of a letter nearly everything.
+_CHOICE = re.compile(r"^\s*\(?[A-J]\)?(?:[.:)](?:\s|$)|$)")
+
+
+def _choice(a: AnswerView) -> float:
+    return float(bool(_CHOICE.match(a.text)))
+
+
 def _integer_answer(a: AnswerView) -> float:
     x = final_number(a.text)
     return float(x is not None and abs(x - round(x)) < 1e-9)
@@ -114,6 +125,8 @@ SIGNALS: dict[str, Callable[[AnswerView], float]] = {
     # The first token carries a multiple-choice answer's letter: its log-probability is the
     # model's confidence in the choice itself.
     "first_logprob": lambda a: float(a.logprobs[0]) if a.logprobs else 0.0,
+    "choice_answer": _choice,
+    "choice_logprob": lambda a: float(a.logprobs[0]) * _choice(a) if a.logprobs else 0.0,
     "mean_logprob": _mean_lp,
     "min_logprob": _min_lp,
     "p10_logprob": _p10_lp,

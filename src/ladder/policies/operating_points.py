@@ -10,7 +10,7 @@ only), so a key's rung mix is expected within the calibration's intervals, not e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ladder.policies.calibrate import Target
 from ladder.policies.hybrid import HybridRouterPolicy
@@ -23,16 +23,26 @@ class FrontierPoint:
     reach: tuple[float, ...]
     quality: float
     cost_per_1k: float
+    # what the tuning page shows beside the point (absent from older tables)
+    answer_mix: tuple[float, ...] = ()
+    quality_ci: tuple[float, float] | None = None
+    cost_ci: tuple[float, float] | None = None
+    row: dict | None = field(default=None, compare=False, hash=False)  # the table's row as calibration wrote it
 
     @classmethod
     def of(cls, row: dict) -> FrontierPoint:
         ath = row.get("accept_thresholds")
+        pair = lambda k: tuple(float(x) for x in row[k]) if row.get(k) else None  # noqa: E731
         return cls(
             tuple(float(t) for t in row["thresholds"]),
             None if ath is None else tuple(float(t) for t in ath),
             tuple(float(r) for r in row["reach"]),
             float(row["quality"]),
             float(row["cost_per_1k"]),
+            tuple(float(m) for m in row.get("answer_mix", ())),
+            pair("quality_ci"),
+            pair("cost_ci"),
+            row,
         )
 
 

@@ -43,6 +43,8 @@ from ladder.errors import (
 from ladder.protocols import Policy, StreamWorker
 from ladder.router.streaming import StreamStart, stream_cascade
 from ladder.serving import openai_api as oai
+from ladder.serving.dashboard import Board
+from ladder.serving.dashboard_routes import add_dashboard_routes
 from ladder.serving.key_plans import KeyPlanRefused, KeyPlans, Plan
 from ladder.serving.live_policy import LivePolicy, PolicyFiles
 from ladder.serving.metrics import LadderMetrics
@@ -105,6 +107,7 @@ class Gateway:
         self.live = LivePolicy(policy, self.tier_names, config.verified_tiers, redis_url, signer)
         self.cost = cost_function(config)
         self.metrics = LadderMetrics()
+        self.board = Board()  # the dashboard's history and recent escalations
         self.cache = None
         if redis_url and config.cache.enabled:
             from ladder.serving.cache import RedisRouteCache
@@ -129,6 +132,10 @@ class Gateway:
         # 503 + Retry-After while those in flight finish; /ready says so, so a balancer stops first.
         self.draining = False
         self.in_flight = 0
+
+    @property
+    def admin_keys(self) -> list[bytes]:
+        return self._admin_keys
 
     @property
     def policy(self) -> Policy:
@@ -319,8 +326,13 @@ class Gateway:
         m.tokens.labels(kind="prompt").inc(result.answer.prompt_tokens)
         m.tokens.labels(kind="completion").inc(result.answer.completion_tokens)
         m.cost.inc(result.cost_usd)
+        largest = self.config.tiers[-1].price
+        m.cost_largest.inc(largest.cost(result.answer.prompt_tokens, result.answer.completion_tokens))
         m.decision.observe(result.decision_s)
         m.latency.observe(elapsed)
+        m.tier_latency.labels(tier=result.answer.tier).observe(elapsed)
+        self.board.record(result, request_id, query, self.shadow is not None and self.config.shadow.prompts)
+        self.board.tick(m.registry, self.tier_names)
 
     async def _stream(
         self,
@@ -558,6 +570,8 @@ def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
     async def bad_body(request: Request, exc: ValidationError) -> JSONResponse:
         message, param = oai.validation_message(exc)
         return error(request, message, 400, param)
+
+    add_dashboard_routes(api, gateway)
 
     @api.get("/health")
     async def health() -> dict[str, Any]:

@@ -23,6 +23,14 @@ class LadderMetrics:
         )
         self.tokens = Counter("ladder_tokens", "Tokens of final answers", ["kind"], registry=self.registry)
         self.cost = Counter("ladder_cost_usd", "Estimated cost over every attempt", registry=self.registry)
+        # What the same answers would have cost from the largest tier alone: its prices times the
+        # answer's prompt and completion tokens (the large tier's own answer length is unknown;
+        # the dashboard's "saved" is against this estimate, and says so).
+        self.cost_largest = Counter(
+            "ladder_cost_largest_usd",
+            "The answers' tokens priced at the largest tier (the always-largest estimate)",
+            registry=self.registry,
+        )
         self.decision = Histogram(
             "ladder_decision_seconds",
             "Routing decision latency (cache + policy)",
@@ -30,6 +38,13 @@ class LadderMetrics:
             registry=self.registry,
         )
         self.latency = Histogram("ladder_request_seconds", "End-to-end request latency", registry=self.registry)
+        self.tier_latency = Histogram(
+            "ladder_answer_seconds",
+            "End-to-end latency of answered requests, by the tier that answered",
+            ["tier"],
+            buckets=(0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0),
+            registry=self.registry,
+        )
         # per key plan (the plan's id, never the key)
         self.key_requests = Counter(
             "ladder_key_requests",

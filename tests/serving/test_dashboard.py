@@ -1,0 +1,219 @@
+"""The dashboard and the tuning page: the real HTTP app (in-process, scripted tiers), its figures
+held to /metrics, its sign-in, and — in a real headless Chromium (Debian's, through selenium) — a
+point picked on the tuning page and pushed, seen in the next answer's policy version."""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ladder.cluster.settings import LadderConfig
+from ladder.serving.dashboard import COOKIE, Board, dashboard_page, figures, quantile, session_token
+from ladder.serving.gateway import Gateway
+from tests.fakes import ScriptedWorker
+from tests.serving.test_gateway import ADMIN, KEY, call, chat, gateway
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+FIGURE = re.compile(r'data-figure="([^"]+)" data-value="([^"]*)"')
+
+
+def shown(page: str) -> dict[str, float | None]:
+    return {name: float(v) if v else None for name, v in FIGURE.findall(page)}
+
+
+def metric_values(text: str) -> dict[tuple[str, tuple], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def expected_from_metrics(text: str, tiers: list[str]) -> dict[str, float]:
+    """The dashboard's figures recomputed here from the /metrics text alone."""
+    m = metric_values(text)
+    status = {dict(k[1])["status"]: v for k, v in m.items() if k[0] == "ladder_requests_total"}
+    answered = {dict(k[1])["tier"]: v for k, v in m.items() if k[0] == "ladder_answered_total"}
+    cost, largest = m[("ladder_cost_usd_total", ())], m[("ladder_cost_largest_usd_total", ())]
+    ok = status["200"]
+    out = {
+        "requests": sum(status.values()),
+        "answered": ok,
+        "refused": sum(v for s, v in status.items() if s.startswith("4")),
+        "escalations": m[("ladder_escalations_total", ())],
+        "cost_per_1k": 1000 * cost / ok,
+        "largest_per_1k": 1000 * largest / ok,
+        "saved": 1 - cost / largest,
+    }
+    for t in tiers:
+        out[f"answered:{t}"] = answered.get(t, 0.0)
+    return out
+
+
+def test_the_dashboard_shows_exactly_what_metrics_says():
+    tiers = [ScriptedWorker("small", logprob=-3.0, words=6), ScriptedWorker("medium", logprob=-0.1, words=9)]
+    gw = gateway(tiers, min_mean_logprob=-1.0)
+    for _ in range(3):
+        assert call(gw, "POST", "/v1/chat/completions", **chat()).status_code == 200  # small → medium
+    for _ in range(2):
+        assert call(gw, "POST", "/v1/chat/completions", **chat(model="small")).status_code == 200
+    assert call(gw, "POST", "/v1/chat/completions", key=None, **chat()).status_code == 401
+    page = call(gw, "GET", "/dashboard", key=ADMIN)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    got = shown(page.text)
+    want = expected_from_metrics(call(gw, "GET", "/metrics").text, ["small", "medium"])
+    # both tiers at one price here: three answers paid for two attempts, so "saved" is negative
+    assert want["requests"] == 6 and want["escalations"] == 3 and want["saved"] < 0
+    for name, value in want.items():
+        assert got[name] == value, name
+    assert "small (IDK step) → medium (accepted)" in page.text  # the recent escalations
+    assert got["p50:medium"] is not None and got["p95:medium"] >= got["p50:medium"]
+
+
+def test_quantiles_follow_prometheus_histogram_quantile():
+    buckets = {0.5: 2.0, 1.0: 6.0, 2.0: 10.0, float("inf"): 10.0}
+    assert quantile(buckets, 0.5) == 0.5 + 0.5 * (3 / 4)  # rank 5 inside (0.5, 1.0]
+    assert quantile(buckets, 0.95) == 1.0 + 1.0 * (3.5 / 4)
+    assert quantile({1.0: 0.0, float("inf"): 0.0}, 0.5) is None
+
+
+def test_signing_in_takes_the_admin_key_and_a_foreign_origin_is_refused():
+    gw = gateway([ScriptedWorker("small"), ScriptedWorker("medium")])
+    no = call(gw, "GET", "/dashboard", key=None)
+    assert no.status_code == 401 and "name='key'" in no.text  # the sign-in form, no figures
+    assert "data-figure" not in no.text and call(gw, "GET", "/dashboard", key=KEY).status_code == 401
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert call(gw, "POST", "/dashboard/login", key=None, content=b"key=nope", headers=form).status_code == 401
+    ok = call(gw, "POST", "/dashboard/login", key=None, content=f"key={ADMIN}".encode(), headers=form)
+    assert ok.status_code == 303 and ok.headers["location"] == "/dashboard"
+    cookie = ok.headers["set-cookie"]
+    assert session_token(ADMIN.encode()) in cookie and ADMIN not in cookie
+    assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+    jar = {"cookie": f"{COOKIE}={session_token(ADMIN.encode())}"}
+    assert call(gw, "GET", "/dashboard", key=None, headers=jar).status_code == 200
+    foreign = jar | form | {"origin": "http://evil.example"}
+    r = call(gw, "POST", "/dashboard/tune", key=None, content=b"action=rollback", headers=foreign)
+    assert r.status_code == 403
+
+
+def test_a_long_history_renders_fast_and_bounded():
+    """An hour of snapshots (the cap) and 50 escalations: the page stays small."""
+    import time
+
+    tiers = ["small", "medium", "large"]
+    board = Board()
+    fig = {"requests": 0.0, "answered": 0.0, "escalations": 0.0, "errors": 0.0}
+    for i in range(5000):  # more than the cap: the oldest go
+        fig = {**fig, "requests": 3.0 * i, "answered": 3.0 * i, "escalations": 1.0 * i}
+        fig |= {f"answered:{t}": float(i) for t in tiers}
+        board.history.append((1000.0 + 5 * i, fig))
+    assert len(board.history) == board.keep
+    t0 = time.perf_counter()
+    page = dashboard_page(board, figures({}, tiers), tiers, {"version": "v"})
+    assert time.perf_counter() - t0 < 1.0 and len(page) < 200_000
+
+
+# -- a real browser -------------------------------------------------------------------------
+def learned_gateway() -> Gateway:
+    """Three scripted tiers under the bundled learned policy (it has a calibrated frontier)."""
+    tier = {"source": {"kind": "local", "path": "/nowhere"}, "price": {"input_per_1m": 1, "output_per_1m": 2}}
+    cfg = LadderConfig(
+        tiers=[
+            {"name": n, "backend": "transformers", "verifier": "python_examples", **tier, "price": p}
+            for n, p in (
+                ("small", {"input_per_1m": 0.5, "output_per_1m": 1.2}),
+                ("medium", {"input_per_1m": 0.6, "output_per_1m": 2.6}),
+                ("large", {"input_per_1m": 0.9, "output_per_1m": 7.8}),
+            )
+        ],
+        policy={"kind": "learned"},
+        server={"api_keys": [KEY], "admin_keys": [ADMIN], "max_completion_tokens": 64},
+    )
+    workers = [ScriptedWorker(n, logprob=lp, words=8) for n, lp in (("small", -2.5), ("medium", -0.6), ("large", -0.1))]
+    return Gateway(cfg, workers, workers, redis_url=None)
+
+
+def chrome():  # noqa: ANN201 (selenium WebDriver)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1300,1100",
+    ):
+        opts.add_argument(arg)
+    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+def submit(browser, button) -> None:  # noqa: ANN001
+    """Click a form's button and wait for the page it leads to (not the one still showing)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element(By.TAG_NAME, "html")
+    button.click()
+    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(page))
+
+
+def screenshot_path(name: str, tmp_path: Path) -> Path:
+    """Under benchmarks/results/ when LADDER_SCREENSHOTS=1 (the README links them), else tmp."""
+    return (RESULTS if os.environ.get("LADDER_SCREENSHOTS") == "1" else tmp_path) / name
+
+
+needs_browser = pytest.mark.skipif(
+    shutil.which("chromedriver") is None, reason="chromedriver not installed (scripts/setup.sh installs Debian's)"
+)
+
+
+@needs_browser
+def test_in_a_browser_the_figures_match_metrics_and_a_pushed_point_serves_the_next_answer(tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from tests.serving.live_server import running
+
+    gw = learned_gateway()
+    gw.board.every_s = 0.0  # a snapshot per request: the charts have history in a short test
+    prompts = ["def add(a, b):\n    return a + b\n# write tests", "What is 17 * 23?", "Name a prime above 90."]
+    with running(gw) as url, chrome() as browser:
+        auth = {"authorization": f"Bearer {KEY}"}
+        for i in range(30):
+            body = {"model": "ladder", "messages": [{"role": "user", "content": prompts[i % 3]}], "max_tokens": 16}
+            assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=auth, timeout=30).status_code == 200
+        browser.get(f"{url}/dashboard")
+        browser.find_element(By.NAME, "key").send_keys(ADMIN)
+        submit(browser, browser.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+        cells = browser.find_elements(By.CSS_SELECTOR, "td[data-figure]")
+        got = {c.get_attribute("data-figure"): c.get_attribute("data-value") for c in cells}
+        want = expected_from_metrics(httpx.get(f"{url}/metrics").text, gw.tier_names)
+        for name, value in want.items():
+            assert float(got[name]) == value, name
+        browser.save_screenshot(str(screenshot_path("dashboard.png", tmp_path)))
+
+        browser.get(f"{url}/dashboard/tune")
+        before = browser.find_element(By.ID, "policy-version").text
+        assert before == gw.policy.version
+        radios = browser.find_elements(By.CSS_SELECTOR, "input[name=point]")
+        assert len(radios) > 3 and len(browser.find_elements(By.ID, "current")) == 1  # the serving point
+        figures_of = lambda css: [td.text for td in browser.find_elements(By.CSS_SELECTOR, css)][2:]  # noqa: E731
+        chosen = figures_of("tr:has(#point-1) td")
+        radios[1].click()  # a cheap point: certainly not the policy's own
+        submit(browser, browser.find_element(By.ID, "push"))
+        after = browser.find_element(By.ID, "policy-version").text
+        assert after != before and "pushed " + after in browser.find_element(By.ID, "message").text
+        assert figures_of("#current td") == chosen  # the serving row is now point 1's
+        body = {"model": "ladder", "messages": [{"role": "user", "content": "Another question?"}], "max_tokens": 16}
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=auth, timeout=30)
+        assert r.headers["x-ladder-policy-version"] == after
+        browser.save_screenshot(str(screenshot_path("tune.png", tmp_path)))
+        submit(browser, browser.find_element(By.ID, "rollback"))
+        assert browser.find_element(By.ID, "policy-version").text == before
