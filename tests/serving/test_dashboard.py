@@ -217,3 +217,22 @@ def test_in_a_browser_the_figures_match_metrics_and_a_pushed_point_serves_the_ne
         browser.save_screenshot(str(screenshot_path("tune.png", tmp_path)))
         submit(browser, browser.find_element(By.ID, "rollback"))
         assert browser.find_element(By.ID, "policy-version").text == before
+
+
+def test_the_grafana_board_queries_only_what_the_app_exports():
+    """deploy/grafana-ladder.json (no Grafana here: checked against the dashboard schema's basics
+    and against the metric names a real /metrics answer carries)."""
+    import json
+
+    board = json.loads((RESULTS.parents[1] / "deploy" / "grafana-ladder.json").read_text())
+    panels = board["panels"]
+    assert board["uid"] and isinstance(board["schemaVersion"], int) and len({p["id"] for p in panels}) == len(panels)
+    assert all({"x", "y", "w", "h"} <= set(p["gridPos"]) and p["targets"] for p in panels)
+    tiers = [ScriptedWorker("small", logprob=-3.0), ScriptedWorker("medium")]
+    gw = gateway(tiers, min_mean_logprob=-1.0)
+    call(gw, "POST", "/v1/chat/completions", **chat())
+    exported = {name for name, _ in metric_values(call(gw, "GET", "/metrics").text)} | {
+        f.name + "_total" for f in text_string_to_metric_families(call(gw, "GET", "/metrics").text)
+    }
+    queried = {m for p in panels for t in p["targets"] for m in re.findall(r"\bladder_[a-z_]+", t["expr"])}
+    assert len(queried) >= 8 and queried <= exported, queried - exported
