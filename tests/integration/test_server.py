@@ -2,6 +2,7 @@
 official ``openai`` client against the real endpoint."""
 
 import hashlib
+import shutil
 import time
 
 import httpx
@@ -14,6 +15,7 @@ from tests.integration.served import small_tier_app
 pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.model, pytest.mark.slow]
 KEY = "sk-ladder-test"
 PLAN_KEY = "sk-ladder-plan"  # a key with a plan (server.keys): 2 requests a minute
+ADMIN_KEY = "sk-ladder-admin"
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,9 @@ def server():
         "sha256": hashlib.sha256(PLAN_KEY.encode()).hexdigest(),
         "limits": {"requests_per_min": 2},
     }
-    with small_tier_app(KEY, cache={"breaker_cooldown_s": 0.5}, server={"keys": [plan]}) as served:
+    with small_tier_app(
+        KEY, cache={"breaker_cooldown_s": 0.5}, server={"keys": [plan], "admin_keys": [ADMIN_KEY]}
+    ) as served:
         yield served
 
 
@@ -239,3 +243,26 @@ def test_a_key_plan_is_enforced_by_the_served_app_through_redis(server):
     assert ask(plain, "Say one word.").parse().choices[0].message.content is not None
     metrics = httpx.get(server[0] + "/metrics").text
     assert 'ladder_key_refused_total{key="plan-test",reason="requests"} 1.0' in metrics
+
+
+@pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromedriver not installed (scripts/setup.sh)")
+def test_the_dashboard_in_a_browser_matches_the_served_metrics(server, client, tmp_path):
+    """The served app's /dashboard in headless Chromium: sign in with the admin key, and every
+    figure on the page equals the one recomputed from the same app's /metrics."""
+    from selenium.webdriver.common.by import By
+
+    from tests.serving.test_dashboard import chrome, expected_from_metrics, submit
+
+    for _ in range(3):
+        ask(client, "Say one word.")
+    with chrome() as browser:
+        browser.get(server[0] + "/dashboard")
+        browser.find_element(By.NAME, "key").send_keys(ADMIN_KEY)
+        submit(browser, browser.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+        cells = browser.find_elements(By.CSS_SELECTOR, "td[data-figure]")
+        got = {c.get_attribute("data-figure"): c.get_attribute("data-value") for c in cells}
+        want = expected_from_metrics(httpx.get(server[0] + "/metrics").text, ["small"])
+        browser.save_screenshot(str(tmp_path / "served-dashboard.png"))
+    assert want["answered"] >= 3
+    for name, value in want.items():
+        assert float(got[name]) == value, name
