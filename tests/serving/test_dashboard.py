@@ -100,10 +100,9 @@ def test_signing_in_takes_the_admin_key_and_a_foreign_origin_is_refused():
     assert r.status_code == 403
 
 
-def test_a_long_history_renders_fast_and_bounded():
-    """An hour of snapshots (the cap) and 50 escalations: the page stays small."""
-    import time
-
+def test_the_history_is_bounded_by_time_not_traffic():
+    """Snapshots past the cap (an hour at 5 s) push the oldest out: the page stays the same size
+    however much traffic came (render time: benchmarks/dashboard.py)."""
     tiers = ["small", "medium", "large"]
     board = Board()
     fig = {"requests": 0.0, "answered": 0.0, "escalations": 0.0, "errors": 0.0}
@@ -112,9 +111,8 @@ def test_a_long_history_renders_fast_and_bounded():
         fig |= {f"answered:{t}": float(i) for t in tiers}
         board.history.append((1000.0 + 5 * i, fig))
     assert len(board.history) == board.keep
-    t0 = time.perf_counter()
     page = dashboard_page(board, figures({}, tiers), tiers, {"version": "v"})
-    assert time.perf_counter() - t0 < 1.0 and len(page) < 200_000
+    assert board.history[0][0] == 1000.0 + 5 * (5000 - board.keep) and len(page) < 200_000
 
 
 # -- a real browser -------------------------------------------------------------------------

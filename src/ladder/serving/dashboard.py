@@ -146,8 +146,11 @@ class Board:
 
     every_s: float = 5.0
     keep: int = 720  # an hour at 5 s
-    history: deque = field(default_factory=lambda: deque(maxlen=720))
+    history: deque = field(init=False)
     escalations: deque = field(default_factory=lambda: deque(maxlen=50))
+
+    def __post_init__(self) -> None:
+        self.history = deque(maxlen=self.keep)
 
     def record(self, result: CascadeResult, request_id: str, query: Query, prompts: bool) -> None:
         if result.escalations:
