@@ -7,6 +7,7 @@ stderr and exit code 2, never a traceback. Heavy imports happen inside the comma
 from __future__ import annotations
 
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -640,9 +641,28 @@ def keys_remove(
 
 
 @keys_app.command("usage")
-def keys_usage(url: UrlOpt = "http://127.0.0.1:8000", config: ConfigOpt = None) -> None:
-    """Each plan's spend this period, what is reserved in flight, and its limits (the running app)."""
-    rows = _admin_call("GET", url, "/admin/keys", config=config)["keys"]
+def keys_usage(
+    url: UrlOpt = "http://127.0.0.1:8000",
+    config: ConfigOpt = None,
+    since: Annotated[
+        Optional[str], typer.Option(help="also the usage over the last 30m | 24h | 7d (whole hours, ≤ 40d)")
+    ] = None,
+    key: Annotated[Optional[str], typer.Option("--key", help="only this key id")] = None,
+) -> None:
+    """Each plan's spend this period, what is reserved in flight, and its limits (the running app);
+    with --since, each key's requests, tokens, spend and tier mix over that window."""
+    seconds = None
+    if since is not None:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", since.strip())
+        if not m or float(m.group(1)) <= 0:
+            _fail(f"--since: a duration like 30m, 24h or 7d, got {since!r}")
+        seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}[m.group(2)]
+        if seconds > 40 * 86_400:
+            _fail("--since: at most 40d (the usage history is kept 40 days)")
+    path = "/admin/keys" + (f"?since={seconds:g}" if seconds else "")
+    rows = [r for r in _admin_call("GET", url, path, config=config)["keys"] if key is None or r["id"] == key]
+    if key is not None and not rows:
+        _fail(f"no key plan {key!r}")
     usd = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     typer.echo(
         f"{'key':<20}{'target':<16}{'spent USD':>11}{'reserved':>10}{'budget USD':>11}{'rpm':>6}{'tpm':>8}{'conc':>6}"
@@ -653,6 +673,16 @@ def keys_usage(url: UrlOpt = "http://127.0.0.1:8000", config: ConfigOpt = None) 
             f"{usd(r['budget_usd']):>11}{r['requests_per_min'] or '-':>6}{r['tokens_per_min'] or '-':>8}"
             f"{r['concurrent'] or '-':>6}"
         )
+    if seconds:
+        typer.echo(f"\nlast {since}:")
+        typer.echo(f"{'key':<20}{'requests':>9}{'prompt tok':>11}{'compl. tok':>11}{'spend USD':>11}  tier mix; point")
+        for r in rows:
+            h = r["history"]
+            mix = ", ".join(f"{t} {n}" for t, n in sorted(h["tiers"].items())) or "-"
+            typer.echo(
+                f"{r['id']:<20}{h['requests']:>9}{h['prompt_tokens']:>11}{h['completion_tokens']:>11}"
+                f"{h['spend_usd']:>11.4f}  {mix}; {h['point'] or '-'}"
+            )
 
 
 recurrent_app = typer.Typer(no_args_is_help=True, help="The recurrent-depth worker: train it, ask it.")

@@ -114,3 +114,37 @@ def test_collect_on_ones_own_prompts_grades_what_it_can_and_skips_bad_rows(tmp_p
     assert rows["ref"]["quality"]["small"] in (0.0, 1.0) and rows["code"]["quality"]["small"] in (0.0, 1.0)
     assert rows["chat"]["quality"]["small"] is None and rows["chat"]["response"]["small"]  # left for the judge
     assert rows["chat"]["signals"]["small"]["prompt_tokens"] > 10  # the system message went in too
+
+
+@needs_gsm8k
+def test_collect_stopped_by_sigterm_leaves_nothing_running_and_the_rerun_completes_it(tmp_path):
+    """Issue 30's stop test for ``ladder collect`` (``ladder score`` has its own): SIGTERM after the
+    first batch is written: exit 130, no process it started survives, and the rerun collects the
+    rest — every item exactly once."""
+    import signal
+    import time
+
+    from benchmarks.harness.processes import descendants, survivors
+
+    out = tmp_path / "gsm8k.jsonl"
+    cmd = [sys.executable, "-m", "ladder.cli", "collect", "gsm8k", "--data", str(DATA), "-o", str(out)]
+    cmd += ["--tiers", "small", "--limit", "24", "--batch-size", "4", "--max-tokens", "8"]
+    log = tmp_path / "stderr"
+    with log.open("w") as err:
+        job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.time() + 400
+    while time.time() < deadline and job.poll() is None:
+        if out.is_file() and out.read_text().count("\n") >= 4:
+            break
+        time.sleep(0.2)
+    assert job.poll() is None, "the job finished before it could be stopped"
+    started = descendants(job.pid) - {job.pid}
+    assert len(started) > 3  # Ray's daemons, the actor, the engine
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=120) == 130, log.read_text()[-3000:]
+    assert survivors(started, wait_s=30) == {}
+    assert 4 <= out.read_text().count("\n") < 24
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == sorted(it.id for it in load_dataset("gsm8k", DATA, 24).items) and len(set(ids)) == 24

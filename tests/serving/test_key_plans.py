@@ -294,6 +294,14 @@ def test_admins_read_each_keys_spend_and_clients_cannot(redis_url):
     assert a["id"] == "a" and a["spent_usd"] == pytest.approx(charged) and a["reserved_usd"] == pytest.approx(0)
     assert b == {**b, "id": "b", "target": "medium<=0.5", "spent_usd": None, "budget_usd": None}
     assert "sha256" not in json.dumps(body)
+    # the usage history (``ladder keys usage --since``): hourly buckets on Redis's clock
+    asyncio.run(post([gw], "sk-b", 2, 1))
+    hist = {r["id"]: r["history"] for r in admin(gw, "GET", "/admin/keys?since=3600").json()["keys"]}
+    assert hist["a"]["requests"] == 3 and hist["a"]["spend_usd"] == pytest.approx(charged)
+    assert hist["a"]["tiers"] == {"medium": 3} and hist["a"]["point"] == "policy"
+    assert hist["b"]["requests"] == 2 and hist["b"]["point"].startswith("medium<=0.5 (")
+    assert hist["a"]["completion_tokens"] > 0 and hist["a"]["prompt_tokens"] > 0
+    assert admin(gw, "GET", "/admin/keys?since=-5").status_code == 400
 
 
 def test_a_failed_request_is_not_charged_and_gives_its_slot_back(redis_url):
@@ -372,40 +380,42 @@ def test_the_cli_adds_lists_and_removes_plans_on_a_running_app(redis_url, tmp_pa
     import os
     import subprocess
     import sys
-    import threading
 
-    import uvicorn
     import yaml
 
-    port = free_port()
+    from tests.serving.live_server import running
+
     gw = Gateway(config([], admin_keys=["adm"]), workers(), workers(), redis_url, secret=SECRET)
-    server = uvicorn.Server(uvicorn.Config(build_api(lambda: gw), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     env = {**os.environ, "LADDER_ADMIN_KEY": "adm"}
-    url = f"http://127.0.0.1:{port}"
 
-    def ladder(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "ladder.cli", "keys", *args, "--url", url],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
+    with running(gw) as url:
 
-    try:
-        while not server.started:
-            threading.Event().wait(0.05)
+        def ladder(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "ladder.cli", "keys", *args, "--url", url],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
+
         plans = tmp_path / "plans.yaml"
         plans.write_text(yaml.safe_dump([plan("sk-cli", budget={"usd": 3.0})]))
         added = ladder("add", str(plans))
         assert added.returncode == 0 and added.stdout.strip() == "added cli", added.stderr
         usage = ladder("usage")
         assert usage.returncode == 0 and "cli" in usage.stdout and "3.0000" in usage.stdout
+        for _ in range(2):
+            body = {"model": "ladder", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+            assert httpx.post(
+                f"{url}/v1/chat/completions", json=body, headers={"authorization": "Bearer sk-cli"}
+            ).is_success
+        history = ladder("usage", "--since", "2h", "--key", "cli")
+        assert history.returncode == 0, history.stderr
+        row = history.stdout.strip().splitlines()[-1].split()
+        assert row[:2] == ["cli", "2"] and "medium 2;" in history.stdout  # two answers, both from medium
+        bad = ladder("usage", "--since", "yesterday")
+        assert bad.returncode == 2 and "--since" in bad.stderr and "Traceback" not in bad.stderr
         assert ladder("remove", "cli").returncode == 0 and gw.plans.added == {}
         gone = ladder("remove", "cli")
         assert gone.returncode == 2 and "no plan cli was added" in gone.stderr and "Traceback" not in gone.stderr
-    finally:
-        server.should_exit = True
-        thread.join(10)

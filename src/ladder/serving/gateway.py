@@ -285,6 +285,9 @@ class Gateway:
             self.metrics.key_tokens.labels(key=plan.id, kind="prompt").inc(a.prompt_tokens)
             self.metrics.key_tokens.labels(key=plan.id, kind="completion").inc(a.completion_tokens)
             self.metrics.key_spend.labels(key=plan.id).inc(cost)
+            if self.quotas is not None:
+                point = f"{plan.target_text} ({result.route.policy_version})" if plan.target_text else "policy"
+                await self.quotas.book(plan.id, a.prompt_tokens, a.completion_tokens, cost, a.tier, point)
         if ticket is not None:  # only Quotas issues tickets
             await self.quotas.settle(ticket, tokens, cost)
 
@@ -416,8 +419,16 @@ class Gateway:
             raise HTTPProblem(str(exc), 409, code="policy_refused") from None
 
     async def keys_usage(self, request: Request) -> dict:
-        """Each plan's limits and this period's spend (``ladder keys usage``); never the key."""
+        """Each plan's limits and this period's spend (``ladder keys usage``); never the key. With
+        ``?since=SECONDS``: each plan's usage history over that window as well."""
         self.authorize_admin(request)
+        since = request.query_params.get("since")
+        try:
+            since_s = None if since is None else float(since)
+            if since_s is not None and not 0 < since_s <= 40 * 86_400:
+                raise ValueError
+        except ValueError:
+            raise HTTPProblem("since: seconds, more than 0 and at most 40 days", 400, "since") from None
         if self.plans.redis is not None:
             await self.plans.refresh()
         rows = []
@@ -443,6 +454,15 @@ class Gateway:
                         f"the key limits' Redis is unavailable: {type(exc).__name__}", 503, code="redis_down"
                     ) from None
                 row.update(spent_usd=usage["spent_usd"], reserved_usd=usage["reserved_usd"])
+            if since_s is not None:
+                if self.quotas is None:
+                    raise HTTPProblem("usage history needs Redis (none is configured)", 503, code="redis_down")
+                try:
+                    row["history"] = await self.quotas.usage_since(plan.id, since_s)
+                except Exception as exc:  # noqa: BLE001
+                    raise HTTPProblem(
+                        f"the key limits' Redis is unavailable: {type(exc).__name__}", 503, code="redis_down"
+                    ) from None
             rows.append(row)
         return {"keys": rows}
 

@@ -133,6 +133,23 @@ end
 return 1
 """
 
+# Usage history, per key and hour of Redis's clock (``ladder keys usage --since``): answered
+# requests, tokens, spend and answers per tier; kept 40 days.
+# ARGV: id, prompt_tokens, completion_tokens, cost_usd, tier, point
+_BOOK = """
+local t = redis.call('TIME')
+local k = 'ladder:usage:' .. ARGV[1] .. ':' .. math.floor(tonumber(t[1]) / 3600)
+redis.call('HINCRBY', k, 'requests', 1)
+redis.call('HINCRBY', k, 'prompt_tokens', ARGV[2])
+redis.call('HINCRBY', k, 'completion_tokens', ARGV[3])
+redis.call('HINCRBYFLOAT', k, 'spend_usd', ARGV[4])
+redis.call('HINCRBY', k, 'tier:' .. ARGV[5], 1)
+redis.call('HSET', k, 'point', ARGV[6])
+redis.call('EXPIRE', k, 40 * 86400)
+return 1
+"""
+USAGE_KEEP_S = 40 * 86_400
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -230,7 +247,7 @@ class Quotas:
     def _script(self, which: int):  # noqa: ANN202
         client = self.client
         if id(client) not in self._scripts:
-            self._scripts = {id(client): (client.register_script(_ADMIT), client.register_script(_SETTLE))}
+            self._scripts = {id(client): tuple(client.register_script(lua) for lua in (_ADMIT, _SETTLE, _BOOK))}
         return self._scripts[id(client)][which]
 
     def _warn(self, what: str, exc: Exception) -> None:
@@ -293,6 +310,37 @@ class Quotas:
             await self._script(1)(args=args)
         except Exception as exc:  # noqa: BLE001
             self._warn("settling a request", exc)
+
+    async def book(
+        self, key_id: str, prompt_tokens: int, completion_tokens: int, cost: float, tier: str, point: str
+    ) -> None:
+        """Add an answer to its key's hourly usage (best effort, like ``settle``)."""
+        try:
+            await self._script(2)(args=[key_id, prompt_tokens, completion_tokens, repr(float(cost)), tier, point])
+        except Exception as exc:  # noqa: BLE001
+            self._warn("booking usage", exc)
+
+    async def usage_since(self, key_id: str, since_s: float) -> dict:
+        """A key's answered requests, tokens, spend and answers per tier over the last ``since_s``
+        seconds (whole hours of Redis's clock: the hour ``since_s`` ago falls in is counted whole),
+        and the operating point of its latest answer."""
+        now_h = int((await self.client.time())[0] // 3600)
+        first = now_h - int(min(since_s, USAGE_KEEP_S) // 3600)
+        pipe = self.client.pipeline(transaction=False)
+        for hour in range(first, now_h + 1):
+            pipe.hgetall(f"ladder:usage:{key_id}:{hour}")
+        out: dict = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "spend_usd": 0.0, "tiers": {}}
+        out["point"] = None
+        for h in await pipe.execute():
+            fields = {k.decode(): v.decode() for k, v in h.items()}
+            for name in ("requests", "prompt_tokens", "completion_tokens"):
+                out[name] += int(fields.get(name, 0))
+            out["spend_usd"] += float(fields.get("spend_usd", 0))
+            for f, v in fields.items():
+                if f.startswith("tier:"):
+                    out["tiers"][f[5:]] = out["tiers"].get(f[5:], 0) + int(v)
+            out["point"] = fields.get("point", out["point"])
+        return out
 
     async def usage(self, key_id: str, period_s: int) -> dict:
         """This period's spent and reserved USD for a key (``ladder usage``, tests)."""
