@@ -153,7 +153,7 @@ def serve_forever(config: LadderConfig, host: str | None, port: int | None, tier
             url = deploy(config, runtime)
             print(
                 f"Ladder is serving {config.tier_names} at {url}/v1 (redis: {redacted(runtime.redis_url)}; admin "
-                f"key: {admin_key_source(config)}); Ctrl-C to stop",
+                f"key: {admin_key_source(config)}; dashboard: {url}/dashboard); Ctrl-C to stop",
                 file=sys.stderr,
                 flush=True,
             )
