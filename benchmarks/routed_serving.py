@@ -9,8 +9,10 @@ system, closed loop of ``--clients`` clients over a graded workload the policy n
   ``offline.pipeline.three_way``, the one split every fit and calibration uses: the bundled policy
   was fitted and calibrated on the other parts), asked exactly as they were collected (same
   prompt, same token budget), graded by HumanEval's tests in the sandbox / GSM8K's gold number;
-- ``--mmlu-pro N`` multiple-choice questions (a domain the policy was not fitted on; letter
-  graded; the N with the smallest id hash), when ``--data`` holds MMLU-Pro.
+- ``--mmlu-pro N`` multiple-choice questions (letter graded; the N with the smallest id hash),
+  when ``--data`` holds MMLU-Pro. Since session 16 the bundled policy is fitted on MMLU-Pro too,
+  on questions after the first 48 by that hash (``data/outcomes/mmlu-pro.jsonl``, collected with
+  ``--skip 48``): these 48 stay unseen.
 Systems: ``ladder`` (routed) and each tier pinned (``model: <tier>``) on the ladder's stack, and
 ``large-alone``: the large tier served by itself with every core (a second stack started after
 the first stops: what a user who always asks the largest model would run instead, so the
