@@ -180,7 +180,7 @@ def summarise(system: str, rows: list[dict], wall: float, cpu_s: float, grades: 
         "wall_s": round(wall, 1),
         "cpu_s_per_answer": round(cpu_s / max(len(ok), 1), 3),
     }
-    if system == "ladder":
+    if system.startswith("ladder"):
         mix: dict[str, int] = {}
         generated = thrown = escalations = 0
         kinds: dict[str, int] = {}
@@ -208,6 +208,40 @@ def paired_diff(a: np.ndarray, b: np.ndarray, seed: int = 0, n: int = 5000) -> t
     d = a - b
     boots = d[rng.integers(0, len(d), (n, len(d)))].mean(axis=1)
     return float(d.mean()), (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
+
+
+def versus(name: str, base: str | None, rs: dict, answers: dict, ids: list[str]) -> dict:
+    """A routed system against always-large: ratios, paired quality difference, the target."""
+    if base is None:
+        return {}
+    lad = np.array([answers[name][i] for i in ids])
+    big = np.array([answers[base][i] for i in ids])
+    diff, ci = paired_diff(lad, big)
+    me, ref = rs[name], rs[base]
+    return {
+        "always_large_is": base,
+        "policy_version": me.get("policy_version"),
+        "answers_per_s_ratio_vs_large": round(me["answers_per_s"] / ref["answers_per_s"], 3),
+        "tokens_per_s_ratio_vs_large": round(me["completion_tokens_per_s"] / ref["completion_tokens_per_s"], 3),
+        "cpu_s_per_answer_ratio_vs_large": round(me["cpu_s_per_answer"] / ref["cpu_s_per_answer"], 3),
+        "quality_diff_vs_large": round(diff, 4),
+        "quality_diff_ci95": [round(ci[0], 4), round(ci[1], 4)],
+        "target": "answers/s >= 1.3x large, quality >= large - 0.02",
+        "met": bool(me["answers_per_s"] >= 1.3 * ref["answers_per_s"] and me["quality"] >= ref["quality"] - 0.02),
+    }
+
+
+def push_policy(url: str, config: Path, path: Path) -> str:
+    """Swap the running app's policy for the file at ``path`` (PUT /admin/policy); its version."""
+    from ladder.cluster.secrets import admin_key
+    from ladder.cluster.settings import load_config
+    from ladder.serving.live_policy import PolicyFiles
+
+    files = PolicyFiles(path.read_bytes(), path.with_suffix(".safetensors").read_bytes())
+    key = admin_key(load_config(config))
+    r = httpx.put(url + "/admin/policy", content=files.encode(), headers={"authorization": f"Bearer {key}"}, timeout=60)
+    r.raise_for_status()
+    return r.json()["version"]
 
 
 def stacks(config: Path, systems: list[str]) -> list[tuple[Path, list[tuple[str, str]]]]:
@@ -249,8 +283,11 @@ def serve_and_measure(
     grade,
     systems: list,
     answers: dict,  # noqa: ANN001
+    variants: list[Path] = (),
 ) -> None:
-    """Start ``ladder serve`` on ``config``, warm every engine, run each system's closed loop."""
+    """Start ``ladder serve`` on ``config``, warm every engine, run each system's closed loop; then,
+    when the stack serves the ladder, each policy of ``variants`` pushed in turn and run as
+    ``ladder@<version>``."""
     by_id = {it.id: it for it in items}
     port, tmp = free_port(), Path(tempfile.mkdtemp(prefix="ladder-routed-"))
     from ladder.cluster.settings import load_config
@@ -269,7 +306,14 @@ def serve_and_measure(
         for model, _ in models:  # every engine's graphs compiled before anything is timed
             asyncio.run(closed_loop(url, model, warm, 4))
         me = psutil.Process()
-        for model, name in models:
+        runs = [(model, name, None) for model, name in models]
+        if any(m == "ladder" for m, _ in models):
+            runs += [("ladder", None, v) for v in variants]
+        for model, name, variant in runs:
+            version = httpx.get(url + "/health").json()["policy_version"]
+            if variant is not None:
+                version = push_policy(url, config, variant)
+                name = f"ladder@{version}"
             busy0, mine0 = busy_seconds(), sum(me.cpu_times()[:2])
             rows, wall = asyncio.run(closed_loop(url, model, items, clients))
             cpu = (busy_seconds() - busy0) - (sum(me.cpu_times()[:2]) - mine0)
@@ -281,9 +325,10 @@ def serve_and_measure(
                 if ids:
                     by_dataset[d] = round(float(np.mean([grades[i] for i in ids])), 4)
             s["quality_by_dataset"] = by_dataset
+            s["policy_version"] = version if model == "ladder" else None
             s["dtypes"] = dtypes  # per tier of the stack that served it (bfloat16 is emulated on an AVX2 CPU)
             s["grades"] = {i: grades[i] for i in sorted(grades)}  # per question, for paired analyses later
-            if name == "ladder":  # per question, the rungs it reached (the last answered): mixes by dataset
+            if model == "ladder":  # per question, the rungs it reached (the last answered): mixes by dataset
                 s["rungs_by_question"] = {
                     r["id"]: [a["tier"] for a in r["ladder"]["rungs_tried"]]
                     for r in sorted(rows, key=lambda r: r["id"])
@@ -304,6 +349,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="the first N held-out rows only")
     ap.add_argument("--mmlu-pro", type=int, default=48, help="MMLU-Pro questions added (0: none)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument(
+        "--policies",
+        default="",
+        help="comma-separated policy files, each also served as system 'ladder@<version>' on the same "
+        "stack after the bundled one (pushed through the admin API: the product's hot swap)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "routed_serving.json")
     args = ap.parse_args()
     items = workload(args.data, args.mmlu_pro, args.limit)
@@ -312,34 +363,18 @@ def main() -> None:
     grade = grader()
 
     systems, answers = [], {}
+    variants = [Path(p) for p in args.policies.split(",") if p]
     for config, models in stacks(args.config, args.systems.split(",")):
-        serve_and_measure(config, models, items, args.clients, grade, systems, answers)
+        serve_and_measure(config, models, items, args.clients, grade, systems, answers, variants)
 
     ids = [it.id for it in items]
-    compare = {}
     rs = {s["system"]: s for s in systems}
     # always-large: the faster of large pinned on the ladder's stack and large alone on every core
     base = max((m for m in ("large", "large-alone") if m in rs), key=lambda m: rs[m]["answers_per_s"], default=None)
-    if "ladder" in answers and base is not None:
-        lad = np.array([answers["ladder"][i] for i in ids])
-        big = np.array([answers[base][i] for i in ids])
-        diff, ci = paired_diff(lad, big)
-        ref = rs[base]
-        compare = {
-            "always_large_is": base,
-            "answers_per_s_ratio_vs_large": round(rs["ladder"]["answers_per_s"] / ref["answers_per_s"], 3),
-            "tokens_per_s_ratio_vs_large": round(
-                rs["ladder"]["completion_tokens_per_s"] / ref["completion_tokens_per_s"], 3
-            ),
-            "cpu_s_per_answer_ratio_vs_large": round(rs["ladder"]["cpu_s_per_answer"] / ref["cpu_s_per_answer"], 3),
-            "quality_diff_vs_large": round(diff, 4),
-            "quality_diff_ci95": [round(ci[0], 4), round(ci[1], 4)],
-            "target": "answers/s >= 1.3x large, quality >= large - 0.02",
-            "met": bool(
-                rs["ladder"]["answers_per_s"] >= 1.3 * ref["answers_per_s"]
-                and rs["ladder"]["quality"] >= ref["quality"] - 0.02
-            ),
-        }
+    compares = {name: versus(name, base, rs, answers, ids) for name in answers if name.startswith("ladder")}
+    compare = compares.pop("ladder", None) or {}
+    if compares:
+        compare = {**compare, "variants": compares}
     print("\n| system | quality [95% CI] | answers/s | tokens/s | p50 / p95 s | CPU-s/answer | mix |")
     print("|---|---|---|---|---|---|---|")
     for s in systems:
