@@ -301,9 +301,9 @@ def dashboard_page(board: Board, fig: dict[str, float | None], tiers: list[str],
     point = ""
     if info.get("quality") is not None:
         ci = info.get("quality_ci") or (None, None)
-        mix = ", ".join(f"{html.escape(t)} {m:.0%}" for t, m in (info.get("answer_mix") or {}).items())
+        shares = ", ".join(f"{html.escape(t)} {m:.0%}" for t, m in (info.get("answer_mix") or {}).items())
         band = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else ""
-        point = f" Calibrated point: quality {info['quality']:.3f}{band}; answers {mix}."
+        point = f" Calibrated point: quality {info['quality']:.3f}{band}; answers {shares}."
     policy = (
         f"<p>Policy <code id='policy-version'>{html.escape(str(info.get('version')))}</code>, target "
         f"<code>{html.escape(str(info.get('target')))}</code>"
