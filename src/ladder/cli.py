@@ -651,14 +651,16 @@ def keys_usage(
 ) -> None:
     """Each plan's spend this period, what is reserved in flight, and its limits (the running app);
     with --since, each key's requests, tokens, spend and tier mix over that window."""
+    from ladder.serving.quotas import USAGE_KEEP_S
+
     seconds = None
     if since is not None:
         m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", since.strip())
         if not m or float(m.group(1)) <= 0:
             _fail(f"--since: a duration like 30m, 24h or 7d, got {since!r}")
         seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}[m.group(2)]
-        if seconds > 40 * 86_400:
-            _fail("--since: at most 40d (the usage history is kept 40 days)")
+        if seconds > USAGE_KEEP_S:
+            _fail(f"--since: at most {USAGE_KEEP_S // 86_400}d (how long the usage history is kept)")
     path = "/admin/keys" + (f"?since={seconds:g}" if seconds else "")
     rows = [r for r in _admin_call("GET", url, path, config=config)["keys"] if key is None or r["id"] == key]
     if key is not None and not rows:

@@ -165,10 +165,19 @@ class Board:
                 )
             )
 
-    def tick(self, registry: Any, tiers: list[str], now: float | None = None) -> None:  # noqa: ANN401
+    def due(self, now: float) -> bool:
+        return not self.history or now - self.history[-1][0] >= self.every_s
+
+    def offer(self, fig: dict, now: float | None = None) -> None:
+        """Keep ``fig`` (figures already computed) as a snapshot when one is due."""
         now = time.time() if now is None else now
-        if not self.history or now - self.history[-1][0] >= self.every_s:
-            self.history.append((now, figures(samples(registry), tiers)))
+        if self.due(now):
+            self.history.append((now, fig))
+
+    def tick(self, registry: Any, tiers: list[str]) -> None:  # noqa: ANN401
+        """A snapshot from the registry when one is due (figures computed only then)."""
+        if self.due(time.time()):
+            self.offer(figures(samples(registry), tiers))
 
 
 # -- rendering --------------------------------------------------------------------------------

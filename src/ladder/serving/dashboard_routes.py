@@ -31,13 +31,9 @@ if TYPE_CHECKING:
 
 
 def signed_in(gw: Gateway, request: Request) -> bool:
-    keys = gw.admin_keys
-    if not keys:
-        return False
-    auth = request.headers.get("authorization", "")
-    token = auth[7:].strip().encode() if auth.lower().startswith("bearer ") else b""
+    """An admin key as the Bearer token (the admin API's check), or the session cookie of one."""
     cookie = request.cookies.get(COOKIE, "").encode()
-    return any([hmac.compare_digest(token, k) | hmac.compare_digest(cookie, session_token(k).encode()) for k in keys])
+    return gw.is_admin(request) or any([hmac.compare_digest(cookie, session_token(k).encode()) for k in gw.admin_keys])
 
 
 def _same_origin(request: Request) -> bool:
@@ -74,10 +70,14 @@ def policy_files(policy: Any) -> PolicyFiles:  # noqa: ANN401
         return PolicyFiles(doc.read_bytes(), doc.with_suffix(".safetensors").read_bytes())
 
 
+def _admin_off() -> Response:
+    return HTMLResponse(login_page("The admin API is off: no admin key is configured."), 403)
+
+
 def add_dashboard_routes(api: FastAPI, gateway: Callable[[], Gateway]) -> None:
     def denied(gw: Gateway, request: Request) -> Response | None:
         if not gw.admin_keys:
-            return HTMLResponse(login_page("The admin API is off: no admin key is configured."), 403)
+            return _admin_off()
         if not signed_in(gw, request):
             return HTMLResponse(login_page(), 401)
         return None
@@ -87,15 +87,15 @@ def add_dashboard_routes(api: FastAPI, gateway: Callable[[], Gateway]) -> None:
         gw = gateway()
         if (no := denied(gw, request)) is not None:
             return no
-        gw.board.tick(gw.metrics.registry, gw.tier_names)
         fig = figures(samples(gw.metrics.registry), gw.tier_names)
+        gw.board.offer(fig)
         return HTMLResponse(dashboard_page(gw.board, fig, gw.tier_names, gw.live.info()))
 
     @api.post("/dashboard/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         gw = gateway()
         if not gw.admin_keys:
-            return HTMLResponse(login_page("The admin API is off: no admin key is configured."), 403)
+            return _admin_off()
         key = (await _form(request)).get("key", "").encode()
         match = [k for k in gw.admin_keys if hmac.compare_digest(key, k)]
         if not match or not _same_origin(request):

@@ -48,7 +48,7 @@ from ladder.serving.dashboard_routes import add_dashboard_routes
 from ladder.serving.key_plans import KeyPlanRefused, KeyPlans, Plan
 from ladder.serving.live_policy import LivePolicy, PolicyFiles
 from ladder.serving.metrics import LadderMetrics
-from ladder.serving.quotas import QuotaRefused, Quotas, QuotasUnavailable, Ticket
+from ladder.serving.quotas import USAGE_KEEP_S, QuotaRefused, Quotas, QuotasUnavailable, Ticket
 from ladder.serving.shadow import ShadowLog
 from ladder.types import CascadeResult, Query, Route
 
@@ -201,8 +201,12 @@ class Gateway:
         behind a same-host proxy (``ladder serve`` makes a key when none is configured)."""
         if not self._admin_keys:
             raise HTTPProblem("the admin API is off: no admin key is configured", 403, code="forbidden")
-        if not _bearer_in(request, self._admin_keys):
+        if not self.is_admin(request):
             raise HTTPProblem("invalid or missing admin key", 401, code="invalid_api_key")
+
+    def is_admin(self, request: Request) -> bool:
+        """The request carries an admin key as its Bearer token (the admin API's one check)."""
+        return _bearer_in(request, self._admin_keys)
 
     # -- chat ----------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
@@ -425,7 +429,7 @@ class Gateway:
         since = request.query_params.get("since")
         try:
             since_s = None if since is None else float(since)
-            if since_s is not None and not 0 < since_s <= 40 * 86_400:
+            if since_s is not None and not 0 < since_s <= USAGE_KEEP_S:
                 raise ValueError
         except ValueError:
             raise HTTPProblem("since: seconds, more than 0 and at most 40 days", 400, "since") from None
@@ -446,23 +450,18 @@ class Gateway:
                 "spent_usd": None,
                 "reserved_usd": None,
             }
-            if lim.budget_usd and self.quotas is not None:
-                try:
+            if since_s is not None and self.quotas is None:
+                raise HTTPProblem("usage history needs Redis (none is configured)", 503, code="redis_down")
+            try:
+                if lim.budget_usd and self.quotas is not None:
                     usage = await self.quotas.usage(plan.id, lim.period_s)
-                except Exception as exc:  # noqa: BLE001 — Redis away: say so, do not fail the app
-                    raise HTTPProblem(
-                        f"the key limits' Redis is unavailable: {type(exc).__name__}", 503, code="redis_down"
-                    ) from None
-                row.update(spent_usd=usage["spent_usd"], reserved_usd=usage["reserved_usd"])
-            if since_s is not None:
-                if self.quotas is None:
-                    raise HTTPProblem("usage history needs Redis (none is configured)", 503, code="redis_down")
-                try:
+                    row.update(spent_usd=usage["spent_usd"], reserved_usd=usage["reserved_usd"])
+                if since_s is not None:
                     row["history"] = await self.quotas.usage_since(plan.id, since_s)
-                except Exception as exc:  # noqa: BLE001
-                    raise HTTPProblem(
-                        f"the key limits' Redis is unavailable: {type(exc).__name__}", 503, code="redis_down"
-                    ) from None
+            except Exception as exc:  # noqa: BLE001 — Redis away: say so, do not fail the app
+                raise HTTPProblem(
+                    f"the key limits' Redis is unavailable: {type(exc).__name__}", 503, code="redis_down"
+                ) from None
             rows.append(row)
         return {"keys": rows}
 

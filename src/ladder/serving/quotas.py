@@ -133,6 +133,8 @@ end
 return 1
 """
 
+USAGE_KEEP_S = 40 * 86_400  # how long the usage history keeps an hour
+
 # Usage history, per key and hour of Redis's clock (``ladder keys usage --since``): answered
 # requests, tokens, spend and answers per tier; kept 40 days.
 # ARGV: id, prompt_tokens, completion_tokens, cost_usd, tier, point
@@ -145,10 +147,9 @@ redis.call('HINCRBY', k, 'completion_tokens', ARGV[3])
 redis.call('HINCRBYFLOAT', k, 'spend_usd', ARGV[4])
 redis.call('HINCRBY', k, 'tier:' .. ARGV[5], 1)
 redis.call('HSET', k, 'point', ARGV[6])
-redis.call('EXPIRE', k, 40 * 86400)
+redis.call('EXPIRE', k, %(keep)d)
 return 1
-"""
-USAGE_KEEP_S = 40 * 86_400
+""" % {"keep": USAGE_KEEP_S}
 
 
 @dataclass(frozen=True)
