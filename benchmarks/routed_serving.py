@@ -235,9 +235,10 @@ def push_policy(url: str, config: Path, path: Path) -> str:
     """Swap the running app's policy for the file at ``path`` (PUT /admin/policy); its version."""
     from ladder.cluster.secrets import admin_key
     from ladder.cluster.settings import load_config
+    from ladder.policies.store import policy_files
     from ladder.serving.live_policy import PolicyFiles
 
-    files = PolicyFiles(path.read_bytes(), path.with_suffix(".safetensors").read_bytes())
+    files = PolicyFiles(*policy_files(path))
     key = admin_key(load_config(config))
     r = httpx.put(url + "/admin/policy", content=files.encode(), headers={"authorization": f"Bearer {key}"}, timeout=60)
     r.raise_for_status()

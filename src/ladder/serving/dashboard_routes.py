@@ -63,11 +63,10 @@ def point_policy(policy: Any, index: int) -> Any:  # noqa: ANN401 (HybridRouterP
 
 
 def policy_files(policy: Any) -> PolicyFiles:  # noqa: ANN401
-    from ladder.policies.store import save_policy
+    from ladder.policies.store import policy_files, save_policy
 
     with tempfile.TemporaryDirectory(prefix="ladder-push-") as tmp:
-        doc = save_policy(policy, Path(tmp) / "policy.json")
-        return PolicyFiles(doc.read_bytes(), doc.with_suffix(".safetensors").read_bytes())
+        return PolicyFiles(*policy_files(save_policy(policy, Path(tmp) / "policy.json")))
 
 
 def _admin_off() -> Response:
