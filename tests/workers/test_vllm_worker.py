@@ -122,3 +122,62 @@ def test_the_engine_takes_turns_on_the_machine_lock(workers):
     out = loop.run_until_complete(held_then_released())
     os.close(fd)
     assert out.completion_tokens == 4 and time.monotonic() >= released
+
+
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="lending needs two cores")
+def test_a_lending_engine_borrows_an_idle_core_and_not_a_busy_one():
+    # sharing: lend, owning the first core: the worker process vLLM started runs a step on both
+    # cores while nobody works on the second, and on its own core only (without waiting) while
+    # the second core's lock is held by another engine's step.
+    import fcntl
+    import os
+    import time
+
+    import psutil
+
+    from ladder.cluster.compose import build_worker, materialize
+    from ladder.cluster.settings import LadderConfig, TierConfig
+    from ladder.types import Query
+    from ladder.workers.engine_share import turns_lock_paths
+
+    cfg = LadderConfig()
+    small = cfg.tier("small")
+    usable = sorted(os.sched_getaffinity(0))
+    tier = TierConfig.model_validate(
+        {
+            **small.model_dump(),
+            "max_ongoing_requests": None,
+            "vllm": {"max_model_len": 512, "max_num_seqs": 4, "kv_cache_gib": 0.25, "cores": [0], "sharing": "lend"},
+        }
+    )
+    loop = asyncio.new_event_loop()
+    w = build_worker(tier, materialize(cfg, tier)).load()
+    try:
+        own, other = turns_lock_paths([usable[0]])[0], turns_lock_paths([usable[1]])[0]
+        workers = [
+            p for p in psutil.Process().children(recursive=True) if {f.path for f in p.open_files()} >= {own, other}
+        ]
+        # the plugin loads in vLLM's engine-core process and in its worker (the forward pass) alike
+        assert workers, "no engine process holds the cores' lock files"
+        pid = next((p.pid for p in workers if "Worker" in p.name()), workers[0].pid)
+
+        def affinity() -> set[int]:
+            return set().union(*(os.sched_getaffinity(int(t)) for t in os.listdir(f"/proc/{pid}/task")))
+
+        time.sleep(0.5)  # the second core has been idle longer than IDLE_S
+        loop.run_until_complete(w.generate(Query.of("Say hi.", max_tokens=4)))
+        assert affinity() == set(usable)  # every other core idle: all borrowed
+        fd = os.open(other, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another engine's step on the second core
+        try:
+            t0 = time.monotonic()
+            out = loop.run_until_complete(w.generate(Query.of("Name a colour.", max_tokens=4)))
+            assert out.completion_tokens == 4 and time.monotonic() - t0 < 60  # it did not wait for that core
+            assert affinity() == set(usable) - {usable[1]}  # not the busy one
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+    finally:
+        w.close()
+        loop.run_until_complete(asyncio.sleep(0.1))
+        loop.close()

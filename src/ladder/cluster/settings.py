@@ -300,9 +300,11 @@ def native_dtype(device: str) -> str:
 def _default_tiers() -> list[TierConfig]:
     # On this 2-core CPU each engine reserves 0.5 GiB of KV cache (16 answers of ~580 tokens for
     # the large tier in float32) and batches up to 16 sequences; on a GPU see configs/gpu.yaml.
-    # Disjoint cores for the two engines that are busy at once under routed load (medium answers
-    # most requests while large takes the escalations; benchmarks/engine_sharing.py): medium on
-    # the first core, large and the light small tier (taking turns) on the second.
+    # Every engine on every core, one engine step at a time (vllm.sharing: turns): whichever tier
+    # is busy gets the whole machine, and two busy tiers alternate full-batch steps. Measured side
+    # by side (benchmarks/engine_sharing.py, session 17): the most work done of split cores, turns
+    # and lending whenever the large tier carries much of the load — which the served benchmark
+    # showed it must for quality (docs/STATUS.md); split cores left large one core of two.
     engine = dict(max_model_len=2048, max_num_seqs=16, max_num_batched_tokens=256, kv_cache_gib=0.5)
     light = {**engine, "kv_cache_gib": 0.25}  # small, medium: 0.25 GiB holds 16 answers of ~360 / ~680 tokens
     return [
@@ -314,7 +316,7 @@ def _default_tiers() -> list[TierConfig]:
                 sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             ),
             price=PriceConfig(input_per_1m=0.474, output_per_1m=1.2091),
-            vllm=VLLMOptions(**light, cores=[1]),
+            vllm=VLLMOptions(**light),
             verifier="python_examples",  # the default policy's IDK step reads it
         ),
         TierConfig(
@@ -325,7 +327,7 @@ def _default_tiers() -> list[TierConfig]:
                 sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             ),
             price=PriceConfig(input_per_1m=0.5955, output_per_1m=2.6155),
-            vllm=VLLMOptions(**light, cores=[0]),
+            vllm=VLLMOptions(**light),
             verifier="python_examples",  # the default policy's IDK step reads it
         ),
         TierConfig(
@@ -339,7 +341,7 @@ def _default_tiers() -> list[TierConfig]:
             # Eager (no compiled graph): the three float32 engines then fit this 24 GiB machine
             # (1.7 GiB left once up; compiled, 1.4 GiB at start, at Ray's OOM line). In bfloat16,
             # which this CPU emulates, escalated requests timed out under routed load (measured).
-            vllm=VLLMOptions(**engine, cores=[1], enforce_eager=True),
+            vllm=VLLMOptions(**engine, enforce_eager=True),
         ),
     ]
 

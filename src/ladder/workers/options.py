@@ -48,6 +48,7 @@ class CoreSharing(str, Enum):
 
     TURNS = "turns"  # every engine on its cores, one engine step at a time (workers/engine_share.py)
     FREE = "free"  # engines run at once and the OS interleaves their threads (vLLM's own behaviour)
+    LEND = "lend"  # each engine owns its cores and borrows the others' while their engines are idle
 
 
 class VLLMOptions(Options):

@@ -37,7 +37,7 @@ from ladder.errors import (
     WorkerFailed,
 )
 from ladder.types import Delta, Generation, Query
-from ladder.workers.engine_share import LOCK_ENV, turns_lock_paths
+from ladder.workers.engine_share import LEND_ENV, LOCK_ENV, lend_spec, turns_lock_paths
 from ladder.workers.options import CoreSharing, VLLMOptions
 
 _ids = itertools.count()
@@ -83,14 +83,19 @@ class VLLMWorker:
             # throughput (measured: medium tier, 16 requests, 80 → 121 tokens/s with both cores).
             usable = sorted(os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1))
             cores = engine_cores(self.options.cores, usable)
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
-            os.environ["OMP_NUM_THREADS"] = str(len(cores))
-            # Engines on the same cores take turns per step (ladder.workers.engine_share, a vLLM
-            # plugin that reads this variable in the engine process this load starts).
-            if self.options.sharing is CoreSharing.TURNS:
+            lend = self.options.sharing is CoreSharing.LEND
+            # A lending engine's threads may run on every core; its steps use its own cores and
+            # borrow idle ones (ladder.workers.engine_share, a vLLM plugin that reads these
+            # variables in the processes this load starts).
+            bound = usable if lend else cores
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in bound)
+            os.environ["OMP_NUM_THREADS"] = str(len(bound))
+            os.environ.pop(LOCK_ENV, None)
+            os.environ.pop(LEND_ENV, None)
+            if self.options.sharing is CoreSharing.TURNS:  # engines on the same cores take turns per step
                 os.environ[LOCK_ENV] = os.pathsep.join(turns_lock_paths(cores))
-            else:
-                os.environ.pop(LOCK_ENV, None)
+            elif lend:
+                os.environ[LEND_ENV] = lend_spec(cores, usable)
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         # vllm-cpu 0.32's AOT compile cache never loads ("'function' object has no attribute
         # 'finalize_loading'"), so every start compiled twice: 93 s for the small tier here. Without
