@@ -74,6 +74,57 @@ def test_the_dashboard_shows_exactly_what_metrics_says():
     assert got["p50:medium"] is not None and got["p95:medium"] >= got["p50:medium"]
 
 
+@pytest.fixture(scope="module")
+def redis_url():
+    from ladder.cluster.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis().start()
+    yield server.url
+    server.stop()
+
+
+def _answering_tiers() -> list[ScriptedWorker]:
+    return [ScriptedWorker("small", logprob=-3.0, words=6), ScriptedWorker("medium", logprob=-0.1, words=9)]
+
+
+def test_the_dashboard_sums_every_ingress_replica_through_redis(redis_url):
+    # two ingress replicas of one app (one Redis): each dashboard shows the sum of both /metrics
+    a, b = (
+        Gateway(
+            gateway(_answering_tiers(), min_mean_logprob=-1.0).config, _answering_tiers(), _answering_tiers(), redis_url
+        )
+        for _ in range(2)
+    )
+    for _ in range(3):
+        assert call(a, "POST", "/v1/chat/completions", **chat()).status_code == 200  # small → medium
+    for _ in range(2):
+        assert call(b, "POST", "/v1/chat/completions", **chat(model="small")).status_code == 200
+    call(b, "GET", "/dashboard", key=ADMIN)  # b's latest snapshot (it also publishes after requests)
+    page = call(a, "GET", "/dashboard", key=ADMIN).text
+    got = shown(page)
+    want_a = expected_from_metrics(call(a, "GET", "/metrics").text, ["small", "medium"])
+    want_b = expected_from_metrics(call(b, "GET", "/metrics").text, ["small", "medium"])
+    for name in ("requests", "answered", "escalations", "answered:small", "answered:medium"):
+        assert got[name] == want_a[name] + want_b[name], name
+    assert got["requests"] == 5 and got["answered:small"] == 2
+    assert "id='replicas' data-value='2'" in page and "Partial" not in page
+
+
+def test_with_redis_down_the_dashboard_shows_this_replica_and_says_it_is_partial():
+    from ladder.cluster.redis_server import free_port
+
+    down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    gw = Gateway(
+        gateway(_answering_tiers(), min_mean_logprob=-1.0).config, _answering_tiers(), _answering_tiers(), down
+    )
+    assert call(gw, "POST", "/v1/chat/completions", **chat()).status_code == 200
+    page = call(gw, "GET", "/dashboard", key=ADMIN)
+    assert page.status_code == 200 and "id='partial'" in page.text and "Redis unreachable" in page.text
+    got = shown(page.text)
+    want = expected_from_metrics(call(gw, "GET", "/metrics").text, ["small", "medium"])
+    assert got["requests"] == want["requests"] == 1 and got["escalations"] == want["escalations"]
+
+
 def test_quantiles_follow_prometheus_histogram_quantile():
     buckets = {0.5: 2.0, 1.0: 6.0, 2.0: 10.0, float("inf"): 10.0}
     assert quantile(buckets, 0.5) == 0.5 + 0.5 * (3 / 4)  # rank 5 inside (0.5, 1.0]

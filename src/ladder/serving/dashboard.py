@@ -5,9 +5,9 @@ One source: every figure is computed by ``figures()`` from the samples of the in
 Prometheus registry, the same samples ``/metrics`` writes; the page carries each figure's exact
 value in a ``data-value`` attribute, so a test can hold the page to ``/metrics``. The history is
 snapshots of those figures (every ``every_s`` seconds while requests come or someone looks), kept
-in the replica's memory: its size is bounded by time, not by traffic. The app runs one ingress
-replica (``docs/ARCHITECTURE.md``); with more, each would show its own counters (Prometheus and
-the Grafana board under ``deploy/`` aggregate across them).
+in the replica's memory: its size is bounded by time, not by traffic. With several ingress
+replicas the figures are summed over them through Redis (``replica_samples``); the history charts
+stay this replica's.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ladder.serving.replica_samples import Scope
 from ladder.types import CascadeResult, Query
 
 COOKIE = "ladder_admin"
@@ -201,7 +202,7 @@ def _cell(name: str, v: float | None, kind: str = "n") -> str:
 _STYLE = """body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1d2430}h1{font-size:1.3rem}
 table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #d0d5dd;padding:.25rem .6rem;text-align:right}
 th{background:#f2f4f7}td.l,th.l{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:1.5rem}
-nav a{margin-right:1rem}.muted{color:#667085;font-size:.85rem}svg{background:#fcfcfd;border:1px solid #e4e7ec}"""
+nav a{margin-right:1rem}.muted{color:#667085;font-size:.85rem}.warn{color:#b42318}svg{background:#fcfcfd;border:1px solid #e4e7ec}"""
 _COLORS = ("#2e90fa", "#12b76a", "#f79009", "#9e77ed", "#f04438", "#667085")
 
 
@@ -266,7 +267,21 @@ def _rates(history: Iterable[tuple[float, dict]], key: str, per: str | None = No
     return out
 
 
-def dashboard_page(board: Board, fig: dict[str, float | None], tiers: list[str], info: dict) -> str:
+def _scope_note(scope: Scope | None) -> str:
+    if scope is None or (scope.replicas == 1 and scope.partial is None):
+        return "<p class='muted'>Figures of this ingress replica (the app runs one).</p>"
+    if scope.partial:
+        return f"<p id='partial' class='warn'><b>Partial:</b> {html.escape(scope.partial)}.</p>"
+    return (
+        f"<p class='muted' id='replicas' data-value='{scope.replicas}'>Figures summed over {scope.replicas} "
+        f"ingress replicas (their latest snapshots, the oldest {scope.oldest_s:.0f} s old); the charts "
+        "show this replica's history.</p>"
+    )
+
+
+def dashboard_page(
+    board: Board, fig: dict[str, float | None], tiers: list[str], info: dict, scope: Scope | None = None
+) -> str:
     hist = list(board.history)
     rate = {"requests/s": _rates(hist, "requests"), "errors/s": _rates(hist, "errors")}
     mix = {t: _rates(hist, f"answered:{t}", per="answered") for t in tiers}
@@ -320,7 +335,7 @@ def dashboard_page(board: Board, fig: dict[str, float | None], tiers: list[str],
     )
     return _page(
         "Ladder — dashboard",
-        f"<h1>Ladder dashboard</h1>{policy}<div class=grid><div>{head}</div><div>{per_tier}"
+        f"<h1>Ladder dashboard</h1>{policy}{_scope_note(scope)}<div class=grid><div>{head}</div><div>{per_tier}"
         "<p class='muted'>Latency quantiles from the ladder_answer_seconds buckets (as Prometheus's "
         "histogram_quantile). “Always-largest” prices each answer's own tokens at the largest tier.</p>"
         f"</div></div><div class=grid>{_chart('Request rate', rate, '/s')}"

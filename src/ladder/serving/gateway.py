@@ -43,11 +43,13 @@ from ladder.errors import (
 from ladder.protocols import Policy, StreamWorker
 from ladder.router.streaming import StreamStart, stream_cascade
 from ladder.serving import openai_api as oai
-from ladder.serving.dashboard import Board
+from ladder.serving.dashboard import Board, samples
 from ladder.serving.dashboard_routes import add_dashboard_routes
 from ladder.serving.key_plans import KeyPlanRefused, KeyPlans, Plan
 from ladder.serving.live_policy import LivePolicy, PolicyFiles
 from ladder.serving.metrics import LadderMetrics
+from ladder.serving.redis_client import PollEvery
+from ladder.serving.replica_samples import PUBLISH_S, ReplicaSamples
 from ladder.serving.quotas import USAGE_KEEP_S, QuotaRefused, Quotas, QuotasUnavailable, Ticket
 from ladder.serving.shadow import ShadowLog
 from ladder.types import CascadeResult, Query, Route
@@ -108,6 +110,9 @@ class Gateway:
         self.cost = cost_function(config)
         self.metrics = LadderMetrics()
         self.board = Board()  # the dashboard's history and recent escalations
+        # the dashboard's figures summed over ingress replicas (each publishes its samples to Redis)
+        self.replicas = ReplicaSamples(redis_url)
+        self._publish = PollEvery(PUBLISH_S)
         self.cache = None
         if redis_url and config.cache.enabled:
             from ladder.serving.cache import RedisRouteCache
@@ -340,6 +345,9 @@ class Gateway:
         m.tier_latency.labels(tier=result.answer.tier).observe(elapsed)
         self.board.record(result, request_id, query, self.shadow is not None and self.config.shadow.prompts)
         self.board.tick(m.registry, self.tier_names)
+        if self.replicas.redis is not None:
+            registry = m.registry
+            self._publish.maybe(lambda: self.replicas.publish(samples(registry)))
 
     async def _stream(
         self,
