@@ -285,3 +285,37 @@ def test_the_grafana_board_queries_only_what_the_app_exports():
     }
     queried = {m for p in panels for t in p["targets"] for m in re.findall(r"\bladder_[a-z_]+", t["expr"])}
     assert len(queried) >= 8 and queried <= exported, queried - exported
+
+
+def _lost(wrote, read, path: str = "") -> list[str]:
+    """Paths of ``wrote`` that ``read`` dropped or changed (keys ``read`` adds are its defaults)."""
+    if isinstance(wrote, dict):
+        if not isinstance(read, dict):
+            return [path]
+        return [
+            q for k, v in wrote.items() for q in (_lost(v, read[k], f"{path}/{k}") if k in read else [f"{path}/{k}"])
+        ]
+    if isinstance(wrote, list):
+        if not isinstance(read, list) or len(read) != len(wrote):
+            return [path]
+        return [q for i, (a, b) in enumerate(zip(wrote, read)) for q in _lost(a, b, f"{path}[{i}]")]
+    return [] if wrote == read else [path]
+
+
+def test_the_grafana_board_loads_into_grafanas_own_typed_models():
+    """Grafana's schema, as its foundation SDK's generated models (no Grafana server here): the board
+    read into them and written back keeps every field we wrote, and every query is a Prometheus one."""
+    import json
+
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+    from grafana_foundation_sdk.models.prometheus import Dataquery
+
+    register_default_plugins()
+    wrote = json.loads((RESULTS.parents[1] / "deploy" / "grafana-ladder.json").read_text())
+    board = Dashboard.from_json(wrote)
+    assert _lost(wrote, json.loads(json.dumps(board, cls=JSONEncoder))) == []
+    assert all(isinstance(t, Dataquery) for p in board.panels for t in p.targets)
+    typo = {**wrote, "panels": [{**wrote["panels"][0], "targetz": wrote["panels"][0]["targets"]}]}
+    assert _lost(typo, json.loads(json.dumps(Dashboard.from_json(typo), cls=JSONEncoder))) == ["/panels[0]/targetz"]
