@@ -224,6 +224,28 @@ needs_browser = pytest.mark.skipif(
 )
 
 
+@pytest.mark.parametrize(
+    "form,reason",
+    [
+        ("point=9999&version={v}", "no frontier point 9999"),
+        ("point=&version={v}", "choose a point first"),
+        ("point=1&version=hybrid-000000000000", "the live policy changed since this page was drawn"),
+    ],
+)
+def test_an_invalid_push_shows_the_refusal_and_the_old_policy_keeps_serving(form, reason):
+    from urllib.parse import unquote
+
+    gw = learned_gateway()
+    before = gw.policy.version
+    post = {"content-type": "application/x-www-form-urlencoded"}
+    r = call(gw, "POST", "/dashboard/tune", key=ADMIN, content=form.format(v=before).encode(), headers=post)
+    assert r.status_code == 303 and f"done=refused: {reason}" in unquote(r.headers["location"])
+    page = call(gw, "GET", r.headers["location"], key=ADMIN).text
+    assert reason in page.replace("&#x27;", "'") and f"<code id='policy-version'>{before}</code>" in page
+    answer = call(gw, "POST", "/v1/chat/completions", **chat())
+    assert answer.status_code == 200 and answer.headers["x-ladder-policy-version"] == before
+
+
 @needs_browser
 def test_in_a_browser_the_figures_match_metrics_and_a_pushed_point_serves_the_next_answer(tmp_path):
     from selenium.webdriver.common.by import By
