@@ -9,6 +9,7 @@ Converted weights are reused in both (`ladder prepare` first; converting is a on
 by `ladder prepare` itself). Writes benchmarks/results/startup.json and prints a table.
 
     python benchmarks/startup.py [--config FILE] [--runs cold,warm,warm]
+    python benchmarks/startup.py --runs warm,warm --machine-cache   # the cache earlier serves left
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def available_gib() -> float:
     raise RuntimeError("no MemAvailable in /proc/meminfo")
 
 
-def one_start(kind: str, config: str | None, inductor_dir: str, log_dir: Path) -> dict:
+def one_start(kind: str, config: str | None, inductor_dir: str | None, log_dir: Path) -> dict:
     port = free_port()
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": inductor_dir, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    if inductor_dir is not None:  # None: the cache every `ladder serve` on this machine uses
+        env["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
     cmd = [sys.executable, "-m", "ladder.cli", "serve", "--port", str(port)] + (["--config", config] if config else [])
     idle = available_gib()
     err = log_dir / f"{kind}-{port}.stderr"
@@ -85,6 +88,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=None)
     ap.add_argument("--runs", default="cold,warm", help="comma-separated: cold | warm")
+    ap.add_argument(
+        "--machine-cache",
+        action="store_true",
+        help="warm starts on the inductor cache this machine's `ladder serve` already filled (no cold run)",
+    )
     args = ap.parse_args()
     subprocess.run(
         [sys.executable, "-m", "ladder.cli", "prepare"] + (["--config", args.config] if args.config else []), check=True
@@ -95,7 +103,9 @@ def main() -> None:
         for kind in args.runs.split(","):
             if kind == "cold":
                 shutil.rmtree(inductor, ignore_errors=True)
-            runs.append(one_start(kind, args.config, str(inductor), Path(tmp)))
+            if kind == "cold" and args.machine_cache:
+                raise SystemExit("--machine-cache measures warm starts only")
+            runs.append(one_start(kind, args.config, None if args.machine_cache else str(inductor), Path(tmp)))
             print(json.dumps(runs[-1]), flush=True)
     print(f"\n{'start':<6} {'ready s':>8} {'GiB in use':>11} {'stop s':>7} {'exit':>5} {'left':>5}")
     for r in runs:
