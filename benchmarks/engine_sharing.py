@@ -51,12 +51,11 @@ PHASES = {"medium": (16, 0), "large": (0, 16), "mixed": (12, 4), "mixed_large": 
 
 def mode_options(mode: str, tier: str, cores: list[int]) -> tuple[dict, dict[str, str]]:
     """(the tier's vllm options to change, extra environment) of a sharing mode."""
-    if mode == "split":  # (positions in the usable cores: the default config's layout)
-        return {"cores": [0] if tier == "medium" else [len(cores) - 1], "sharing": CoreSharing.FREE}, {}
+    own = [0] if tier == "medium" else [len(cores) - 1]  # (positions in the usable cores)
+    if mode in ("split", "lend"):  # split: sessions 11–16's default layout
+        return {"cores": own, "sharing": CoreSharing.LEND if mode == "lend" else CoreSharing.FREE}, {}
     if mode == "turns":
         return {"cores": None, "sharing": CoreSharing.TURNS}, {}
-    if mode == "lend":
-        return {"cores": [0] if tier == "medium" else [len(cores) - 1], "sharing": CoreSharing.LEND}, {}
     every = {"cores": None, "sharing": CoreSharing.FREE}
     return every, ({"OMP_WAIT_POLICY": "PASSIVE"} if mode == "passive" else {})
 

@@ -94,6 +94,8 @@ def main() -> None:
         help="warm starts on the inductor cache this machine's `ladder serve` already filled (no cold run)",
     )
     args = ap.parse_args()
+    if args.machine_cache and "cold" in args.runs.split(","):
+        raise SystemExit("--machine-cache measures warm starts only")
     subprocess.run(
         [sys.executable, "-m", "ladder.cli", "prepare"] + (["--config", args.config] if args.config else []), check=True
     )
@@ -103,8 +105,6 @@ def main() -> None:
         for kind in args.runs.split(","):
             if kind == "cold":
                 shutil.rmtree(inductor, ignore_errors=True)
-            if kind == "cold" and args.machine_cache:
-                raise SystemExit("--machine-cache measures warm starts only")
             runs.append(one_start(kind, args.config, None if args.machine_cache else str(inductor), Path(tmp)))
             print(json.dumps(runs[-1]), flush=True)
     print(f"\n{'start':<6} {'ready s':>8} {'GiB in use':>11} {'stop s':>7} {'exit':>5} {'left':>5}")

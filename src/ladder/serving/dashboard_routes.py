@@ -86,9 +86,10 @@ def add_dashboard_routes(api: FastAPI, gateway: Callable[[], Gateway]) -> None:
         gw = gateway()
         if (no := denied(gw, request)) is not None:
             return no
-        values, scope = await gw.replicas.gather(samples(gw.metrics.registry))
+        own = samples(gw.metrics.registry)
+        values, scope = await gw.replicas.gather(own)
         fig = figures(values, gw.tier_names)
-        gw.board.offer(figures(samples(gw.metrics.registry), gw.tier_names) if scope.replicas > 1 else fig)
+        gw.board.offer(figures(own, gw.tier_names) if scope.replicas > 1 else fig)  # the history is this replica's
         return HTMLResponse(dashboard_page(gw.board, fig, gw.tier_names, gw.live.info(), scope))
 
     @api.post("/dashboard/login", include_in_schema=False)

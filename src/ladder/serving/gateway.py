@@ -48,9 +48,9 @@ from ladder.serving.dashboard_routes import add_dashboard_routes
 from ladder.serving.key_plans import KeyPlanRefused, KeyPlans, Plan
 from ladder.serving.live_policy import LivePolicy, PolicyFiles
 from ladder.serving.metrics import LadderMetrics
+from ladder.serving.quotas import USAGE_KEEP_S, QuotaRefused, Quotas, QuotasUnavailable, Ticket
 from ladder.serving.redis_client import PollEvery
 from ladder.serving.replica_samples import PUBLISH_S, ReplicaSamples
-from ladder.serving.quotas import USAGE_KEEP_S, QuotaRefused, Quotas, QuotasUnavailable, Ticket
 from ladder.serving.shadow import ShadowLog
 from ladder.types import CascadeResult, Query, Route
 
@@ -345,9 +345,8 @@ class Gateway:
         m.tier_latency.labels(tier=result.answer.tier).observe(elapsed)
         self.board.record(result, request_id, query, self.shadow is not None and self.config.shadow.prompts)
         self.board.tick(m.registry, self.tier_names)
-        if self.replicas.redis is not None:
-            registry = m.registry
-            self._publish.maybe(lambda: self.replicas.publish(samples(registry)))
+        if self.replicas.redis is not None:  # (no task at all without Redis)
+            self._publish.maybe(lambda: self.replicas.publish(samples(m.registry)))
 
     async def _stream(
         self,

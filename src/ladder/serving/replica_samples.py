@@ -43,13 +43,15 @@ class ReplicaSamples:
         self.redis = LoopRedis(redis_url, timeout_s) if redis_url else None
         self.replica = replica or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
+    async def _write(self, client, own: dict[str, float], at: float) -> None:  # noqa: ANN001 (redis.asyncio.Redis)
+        await client.hset(KEY, self.replica, json.dumps({"at": at, "samples": own}))
+
     async def publish(self, own: dict[str, float]) -> None:
         """This replica's snapshot into Redis (best effort: the dashboard says when it is partial)."""
         if self.redis is None:
             return
         try:
-            blob = json.dumps({"at": time.time(), "samples": own})
-            await self.redis.get().hset(KEY, self.replica, blob)
+            await self._write(self.redis.get(), own, time.time())
         except Exception as exc:  # noqa: BLE001 — Redis down must not touch a request
             log.debug("dashboard snapshot not published: %s", exc)
 
@@ -60,7 +62,7 @@ class ReplicaSamples:
         now = time.time()
         try:
             client = self.redis.get()
-            await client.hset(KEY, self.replica, json.dumps({"at": now, "samples": own}))
+            await self._write(client, own, now)
             raw = await client.hgetall(KEY)
         except Exception as exc:  # noqa: BLE001 — any Redis failure: this replica's numbers, said so
             return own, Scope(1, partial=f"Redis unreachable ({type(exc).__name__}): this replica's figures only")

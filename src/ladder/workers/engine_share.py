@@ -8,10 +8,10 @@ forward pass over its batch — and engines on those cores wait between their ow
 engines block on their input queues and hold nothing. Measured (``benchmarks/engine_sharing.py``,
 docs/STATUS.md): turns keeps each engine at full speed when it runs alone, but when two are busy
 at once disjoint cores (``vllm.cores``) do more work, because a memory-bound decode step costs
-nearly as much at 4 sequences as at 16 and the other engine waits for all of it. So the default
-config gives the two engines that routed load keeps busy together their own cores, and turns
-only orders engines that do share a core. (A GPU has the same problem with other numbers: see
-docs/ARCHITECTURE.md.)
+nearly as much at 4 sequences as at 16 and the other engine waits for all of it — while when the
+large tier carries the load, turns does far more (a full-batch step has both cores; a split leaves
+it one). The default config puts every engine on every core, taking turns (session 17's
+measurements). (A GPU has the same problem with other numbers: see docs/ARCHITECTURE.md.)
 
 With lending (``vllm.sharing: lend``) an engine owns its cores (``vllm.cores``) and runs its
 steps there; when the engines that own another core have been idle for ``IDLE_S``, it borrows
@@ -106,8 +106,7 @@ class Lender:
     The OpenMP team keeps one thread per core of the machine: vLLM's CPU kernels (oneDNN GEMMs)
     fix their thread count when they are built, so resizing the team per step does not reach
     them (measured: two engines each "at one thread" still ran two and collapsed like unshared
-    engines). Pinning the whole process to the cores held works for any kernel; with a short
-    spin count (``GOMP_SPINCOUNT``) two threads pinned to one core hand it over quickly."""
+    engines). Pinning the whole process to the cores held works for any kernel."""
 
     def __init__(
         self,
@@ -125,7 +124,6 @@ class Lender:
         self.place = place
         self.idle_s = idle_s
         self.cores: list[int] = []
-        self.steps = 0
         self.borrowed_steps = 0  # steps that ran on more cores than the engine owns
 
     def _idle(self, active: str) -> bool:
@@ -152,7 +150,6 @@ class Lender:
         if cores != self.cores:
             self.place(sorted(cores))
             self.cores = cores
-        self.steps += 1
         self.borrowed_steps += bool(borrowed)
         return borrowed
 
