@@ -1,4 +1,4 @@
-"""One `ladder serve` (small tier, its verifier on), attacked from this machine: its ports, its
+"""One `ladder serve` (small tier, its verifier on, two ingress replicas), attacked from this machine: its ports, its
 admin API behind a real same-host reverse proxy (Caddy), planted Redis entries, and every secret
 looked for in everything it printed and logged. Traffic goes to loopback only."""
 
@@ -44,6 +44,7 @@ def served(tmp_path_factory):
     data["ray"]["num_cpus"] = 2
     data["server"]["api_keys"] = [API_KEY]
     data["server"]["drain_s"] = 120  # longer than the test waits: the second SIGTERM must cut it
+    data["server"]["ingress_replicas"] = 2  # the drain must reach the replica the proxy did not pick
     cfg = tmp / "ladder.yaml"
     cfg.write_text(yaml.safe_dump(data))
     port = free_port()
@@ -297,6 +298,12 @@ def test_sigterm_drains_answers_in_flight_a_second_stops_at_once_nothing_left_ex
     )
     assert late.status_code == 503 and late.headers["retry-after"] == "2", late.text
     assert late.json()["error"]["code"] == "draining"
+    # both ingress replicas were told (through Redis), and the long stream is still counted
+    admin = {"authorization": f"Bearer {admin_key(load_config())}"}
+    want, deadline = {"draining": True, "in_flight": 1, "replicas": 2, "shared": True}, time.monotonic() + 15
+    while (state := httpx.get(served["url"] + "/admin/drain", headers=admin, timeout=30).json()) != want:
+        assert time.monotonic() < deadline, state  # a replica learns within a health-check tick (2 s)
+        time.sleep(0.5)
     ready = httpx.get(served["url"] + "/ready", timeout=30)
     assert ready.status_code == 503 and ready.json()["draining"] is True
     t0 = time.monotonic()

@@ -295,8 +295,10 @@ def test_draining_refuses_new_requests_with_503_while_streams_in_flight_finish()
 
     with running(gw) as url:
         drain, late, ready, state, text = asyncio.run(go(url))
-    assert drain.json() == {"draining": True, "in_flight": 1}
+    assert drain.json() == {"draining": True, "in_flight": 1, "replicas": 1, "shared": False}
     assert late.status_code == 503 and late.headers["retry-after"] == "2" and late.json()["error"]["code"] == "draining"
     assert ready.status_code == 503 and ready.json()["draining"] is True
     assert text.rstrip().endswith("data: [DONE]") and "w56" in text  # the stream in flight ended whole
-    assert state.json() == {"draining": True, "in_flight": 0} and len(tiers[0].calls) == 1
+    assert (
+        state.json() == {"draining": True, "in_flight": 0, "replicas": 1, "shared": False} and len(tiers[0].calls) == 1
+    )

@@ -271,6 +271,9 @@ class ServerConfig(_Strict):
     # On SIGTERM / SIGINT, requests in flight get this long to finish before replicas are stopped
     # (Serve's graceful_shutdown_timeout_s on every deployment); a second signal stops at once.
     drain_s: float = Field(default=30.0, ge=0.0, le=3600.0)
+    # Ray Serve replicas of the router + OpenAI ingress (light: no engine). More than one share
+    # the live policy, key limits, budgets, drain and dashboard figures through Redis.
+    ingress_replicas: int = Field(default=1, ge=1, le=64)
 
     @field_validator("keys")
     @classmethod

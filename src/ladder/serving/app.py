@@ -7,6 +7,7 @@ app of ``serving/gateway.py`` (routes, typed errors -> HTTP, the cascade) over t
 router and the HTTP ingress are one deployment on purpose: it saves a network hop on every request.
 """
 
+import secrets
 from typing import Any
 
 from ray import serve
@@ -15,6 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from ladder.cluster.secrets import server_secret, with_admin_key
 from ladder.cluster.settings import LadderConfig, load_config
+from ladder.serving.drain import HEALTH_PERIOD_S
 from ladder.serving.gateway import Gateway, activate, active, build_api
 from ladder.serving.tiers import TierDeployment, TierHandleStreamer
 
@@ -28,14 +30,24 @@ class LadderIngress:
     """The router + OpenAI ingress replica: a ``Gateway`` over handles of the tier deployments."""
 
     def __init__(
-        self, config_json: str, redis_url: str | None, secret_hex: str, tiers: dict[str, DeploymentHandle]
+        self,
+        config_json: str,
+        redis_url: str | None,
+        secret_hex: str,
+        tiers: dict[str, DeploymentHandle],
+        launch: str,
     ) -> None:
         config = LadderConfig.model_validate_json(config_json)
         # Buffered requests run the same streamed cascade (so a prefix gate stops a doomed rung
         # after k tokens there too), with the replica's deltas coalesced into few Ray messages.
         workers = [TierHandleStreamer(t.name, tiers[t.name], t.timeout_s, BUFFERED_COALESCE_S) for t in config.tiers]
         streamers = [TierHandleStreamer(t.name, tiers[t.name], t.timeout_s) for t in config.tiers]
-        activate(Gateway(config, workers, streamers, redis_url, bytes.fromhex(secret_hex)))
+        activate(Gateway(config, workers, streamers, redis_url, bytes.fromhex(secret_hex), launch))
+
+    async def check_health(self) -> None:
+        """Serve calls this on every replica every ``HEALTH_PERIOD_S``: the tick on which a replica
+        learns of a drain another one was told of (``serving.drain``)."""
+        await active().drain.tick()
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -71,9 +83,10 @@ def build_app(args: dict[str, Any]) -> Application:
     redis_url = args.get("redis_url") or config.cache.redis_url
     return LadderIngress.options(
         name="ladder-router",
-        num_replicas=1,
+        num_replicas=config.server.ingress_replicas,
+        health_check_period_s=HEALTH_PERIOD_S,
         ray_actor_options={"num_cpus": 0.25},
         max_ongoing_requests=256,
         max_queued_requests=512,
         graceful_shutdown_timeout_s=config.server.drain_s,
-    ).bind(config_json, redis_url, server_secret().hex(), handles)
+    ).bind(config_json, redis_url, server_secret().hex(), handles, secrets.token_hex(8))

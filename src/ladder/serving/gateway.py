@@ -49,6 +49,7 @@ from ladder.serving.key_plans import KeyPlanRefused, KeyPlans, Plan
 from ladder.serving.live_policy import LivePolicy, PolicyFiles
 from ladder.serving.metrics import LadderMetrics
 from ladder.serving.quotas import USAGE_KEEP_S, QuotaRefused, Quotas, QuotasUnavailable, Ticket
+from ladder.serving.drain import Drain
 from ladder.serving.redis_client import PollEvery
 from ladder.serving.replica_samples import PUBLISH_S, ReplicaSamples
 from ladder.serving.shadow import ShadowLog
@@ -92,11 +93,14 @@ class Gateway:
         streamers: Sequence[StreamWorker],
         redis_url: str | None,
         secret: bytes | None = None,
+        launch: str | None = None,
     ) -> None:
         """``workers`` answer buffered requests, ``streamers`` streamed ones (the same tiers; the
         Serve app coalesces the former's deltas). Both run ``stream_cascade``: a prefix gate stops
         a doomed rung after k tokens whether or not the client streams. ``secret`` signs what is
-        shared through Redis (a random one when not given: then nothing signed elsewhere is adopted)."""
+        shared through Redis (a random one when not given: then nothing signed elsewhere is adopted).
+        ``launch`` names this start of the app (its replicas drain together; a random one when
+        not given)."""
         import secrets as random_secrets
 
         from ladder.serving.signing import Signer
@@ -133,10 +137,10 @@ class Gateway:
         self.quotas = Quotas(redis_url) if redis_url else None
         self._admin_keys = [k.encode() for k in config.server.admin_keys]
         self.shadow = ShadowLog(redis_url, config.shadow) if config.shadow.enabled and redis_url else None
-        # Draining (``ladder serve`` on SIGTERM, through POST /admin/drain): new chat requests get
-        # 503 + Retry-After while those in flight finish; /ready says so, so a balancer stops first.
-        self.draining = False
-        self.in_flight = 0
+        # Draining (``ladder serve`` on SIGTERM, through POST /admin/drain; every ingress replica
+        # through Redis): new chat requests get 503 + Retry-After while those in flight finish;
+        # /ready says so, so a balancer stops first.
+        self.drain = Drain(redis_url, launch or random_secrets.token_hex(8), signer)
 
     @property
     def admin_keys(self) -> list[bytes]:
@@ -217,21 +221,22 @@ class Gateway:
     async def chat(self, request: Request) -> Response:
         """A chat request, counted in ``in_flight`` until its answer is sent (a stream: until its
         last chunk, or until it is abandoned)."""
-        if self.draining:
+        drain = self.drain
+        if drain.draining:
             raise HTTPProblem(
                 "the server is shutting down: retry, another replica will answer",
                 503,
                 code="draining",
                 headers={"Retry-After": "2"},
             )
-        self.in_flight += 1
+        drain.enter()
         try:
             response = await self._chat(request)
         except BaseException:
-            self.in_flight -= 1
+            drain.leave()
             raise
         if not isinstance(response, StreamingResponse):
-            self.in_flight -= 1
+            drain.leave()
             return response
         body = response.body_iterator
 
@@ -240,13 +245,10 @@ class Gateway:
                 async for chunk in body:
                     yield chunk
             finally:
-                self.in_flight -= 1
+                drain.leave()
 
         response.body_iterator = counted()
         return response
-
-    def drain_state(self) -> dict[str, Any]:
-        return {"draining": self.draining, "in_flight": self.in_flight}
 
     async def _chat(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -611,7 +613,7 @@ def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
         """Readiness: 200 once every tier answers, else 503 naming the tiers still starting."""
         gw = gateway()
         body = await gw.readiness()
-        if gw.draining:  # shutting down: out of the balancer before the app goes
+        if gw.drain.draining:  # shutting down: out of the balancer before the app goes
             body = {**body, "ready": False, "draining": True}
         return JSONResponse(body, status_code=200 if body["ready"] else 503, headers={"Retry-After": "2"})
 
@@ -673,16 +675,14 @@ def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
         serve``'s shutdown: there is no way back but a restart."""
         gw = gateway()
         gw.authorize_admin(request)
-        if not gw.draining:
-            log.info("draining: %d request(s) in flight", gw.in_flight)
-        gw.draining = True
-        return JSONResponse(gw.drain_state())
+        await gw.drain.start()
+        return JSONResponse(await gw.drain.state())
 
     @api.get("/admin/drain")
     async def drain_state(request: Request) -> JSONResponse:
         gw = gateway()
         gw.authorize_admin(request)
-        return JSONResponse(gw.drain_state())
+        return JSONResponse(await gw.drain.state())
 
     @api.get("/admin/shadow")
     async def shadow_export(request: Request) -> PlainTextResponse:

@@ -107,11 +107,12 @@ def admin_key_source(config: LadderConfig) -> str:
     return "server.admin_keys" if config.server.admin_keys else str(admin_key_path(config.cache_path))
 
 
-def drain(url: str, admin_key: str, grace_s: float, poll_s: float = 0.5) -> None:
+def drain(url: str, admin_key: str, grace_s: float, replicas: int = 1, poll_s: float = 0.5) -> None:
     """Stop taking requests and give those in flight up to ``grace_s`` to finish. First the
-    ingress is told (POST /admin/drain): a new chat request gets 503 ``draining`` + Retry-After
-    and ``/ready`` 503, while answers in flight go on; once none is left (or the grace is spent)
-    the app is deleted — Serve still lets each replica finish what it holds (their
+    ingress is told (POST /admin/drain; the told replica tells the others through Redis,
+    ``serving.drain``): a new chat request gets 503 ``draining`` + Retry-After and ``/ready`` 503,
+    while answers in flight go on; once all ``replicas`` have reported none left (or the grace is
+    spent) the app is deleted — Serve still lets each replica finish what it holds (their
     ``graceful_shutdown_timeout_s`` is ``server.drain_s``), and only then would a new request get
     the proxy's 404. An ingress that cannot be told (it failed) is deleted at once."""
     import httpx
@@ -119,11 +120,20 @@ def drain(url: str, admin_key: str, grace_s: float, poll_s: float = 0.5) -> None
 
     print(f"draining requests in flight (up to {grace_s:.0f} s) ...", file=sys.stderr, flush=True)
     deadline = time.monotonic() + grace_s
+
+    def done(state: dict) -> bool:
+        # without Redis only the told replica's count is known: the others end in Serve's own
+        # graceful shutdown
+        everyone = state["replicas"] >= replicas or not state["shared"]
+        return everyone and state["in_flight"] == 0
+
     headers = {"authorization": f"Bearer {admin_key}"}
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=5) as client:
             state = client.post("/admin/drain").raise_for_status().json()
-            while state["in_flight"] > 0 and time.monotonic() < deadline:
+            if replicas > 1 and not state["shared"]:
+                print("draining: no Redis, so only one ingress replica was told", file=sys.stderr, flush=True)
+            while not done(state) and time.monotonic() < deadline:
                 time.sleep(poll_s)
                 state = client.get("/admin/drain").raise_for_status().json()
     except (httpx.HTTPError, KeyError, ValueError) as exc:
@@ -161,7 +171,12 @@ def serve_forever(config: LadderConfig, host: str | None, port: int | None, tier
                 while True:
                     time.sleep(3600)
             except KeyboardInterrupt:
-                drain(url, with_admin_key(config).server.admin_keys[0], config.server.drain_s)
+                drain(
+                    url,
+                    with_admin_key(config).server.admin_keys[0],
+                    config.server.drain_s,
+                    config.server.ingress_replicas,
+                )
     except KeyboardInterrupt:  # a signal while starting, or a second one while draining
         pass
     print("stopped", file=sys.stderr, flush=True)
