@@ -2,6 +2,7 @@
 (issue 32).
 
     .venv/bin/python benchmarks/budgets.py [--clients 8] [--limit N (sampled by id hash)] [--budget-requests 16]
+        [--ingress-replicas 2]
 
 ``ladder serve`` with the default config (default tiers, the bundled policy, the embedded Redis)
 and three key plans (``server.keys``, SHA-256 digests only):
@@ -18,8 +19,9 @@ and three key plans (``server.keys``, SHA-256 digests only):
    (target: ≤ B + the most one request cost), and per request the frontier point it was routed at
    (read from the thresholds in its ``ladder`` object): pacing moves it to cheaper points before
    the budget is gone.
-One ingress replica (the app's default): ``benchmarks/key_limits.py`` measures limits across
-replicas in-process. Writes benchmarks/results/budgets.json, stamped with commit, policy version
+``--ingress-replicas`` (default 2) router + ingress replicas, so the budget's spend and the limits are
+shared through Redis as they are in a scaled-out app (``benchmarks/key_limits.py`` measures the
+limits' accuracy across replicas in-process). Writes benchmarks/results/budgets.json, stamped with commit, policy version
 and command.
 """
 
@@ -172,6 +174,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="N held-out rows, sampled by id hash")
     ap.add_argument("--cheap-target", default="large<=0.15")
     ap.add_argument("--budget-requests", type=int, default=16, help="budget = this many requests at the policy's point")
+    ap.add_argument(
+        "--ingress-replicas", type=int, default=2, help="server.ingress_replicas (limits are shared via Redis)"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "budgets.json")
     args = ap.parse_args()
 
@@ -186,6 +191,7 @@ def main() -> None:
     admin = secrets.token_urlsafe(24)
     data = load_config(args.config).model_dump(mode="json")
     data["server"]["admin_keys"] = [admin]
+    data["server"]["ingress_replicas"] = args.ingress_replicas
     data["server"]["keys"] = [
         {"id": "cheap", "sha256": digest(keys["cheap"]), "target": args.cheap_target},
         {"id": "default", "sha256": digest(keys["default"])},
@@ -221,6 +227,7 @@ def main() -> None:
         "budget_usd": budget,
         "period_s": 3600,
         "clients": args.clients,
+        "ingress_replicas": args.ingress_replicas,
         "answered": len(served),
         "refused": sum(r.get("code") == "insufficient_quota" for r in budget_rows),
         "told_to_retry": sum(r.get("code") == "rate_limit_exceeded" for r in budget_rows),
