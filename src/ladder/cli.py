@@ -25,6 +25,10 @@ app = typer.Typer(
 )
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: embedded)")]
+CollectedWithOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="the config the outcomes were collected with (default: embedded)"),
+]
 
 
 def _config(path: Path | None):  # noqa: ANN202
@@ -333,13 +337,39 @@ def calibrate(
         ),
     ] = False,
     cross_fit: CrossFitOpt = 0,
+    config: CollectedWithOpt = None,
 ) -> None:
-    """Choose thresholds on the validation part to meet a target; saves a new policy version."""
+    """Choose thresholds on the validation part to meet a target; saves a new policy version, which
+    records the weights of the config's tiers (a served tier with other weights is skipped)."""
     from ladder.offline.commands import calibrate_policy
 
+    weights = _fitted_weights(config, policy)
     _print_json(
-        calibrate_policy(policy, source, data, target, price, out or policy, all_rows=all_rows, cross_fit=cross_fit)
+        calibrate_policy(
+            policy,
+            source,
+            data,
+            target,
+            price,
+            out or policy,
+            all_rows=all_rows,
+            cross_fit=cross_fit,
+            tier_weights=weights,
+        )
     )
+
+
+def _fitted_weights(config: Path | None, policy: Path) -> dict[str, str]:
+    """What a calibrated policy records as the weights it was fitted on: the config's tiers'."""
+    from ladder.cluster.settings import load_config
+    from ladder.cluster.tier_weights import record
+    from ladder.policies.store import load_policy
+
+    try:
+        return record(load_config(config).tiers, load_policy(policy).rungs)
+    except ValueError as exc:
+        _fail(str(exc))
+        raise
 
 
 @app.command()
@@ -375,11 +405,13 @@ def tune(
     price: Annotated[Optional[list[str]], typer.Option(help="RUNG=IN:OUT USD per 1M tokens")] = None,
     all_rows: Annotated[bool, typer.Option("--all-rows", help="tune on every row of OUTCOMES")] = False,
     cross_fit: CrossFitOpt = 0,
+    config: CollectedWithOpt = None,
 ) -> None:
     """Calibrate POLICY to a target on OUTCOMES and write the report to look at: the frontier, the
     chosen point and its interval, the rung mix, a per-category table (PNG + Markdown)."""
     from ladder.offline.commands import calibrate_policy
 
+    weights = _fitted_weights(config, policy)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = calibrate_policy(
         policy,
@@ -391,6 +423,7 @@ def tune(
         all_rows=all_rows,
         report_dir=out_dir,
         cross_fit=cross_fit,
+        tier_weights=weights,
     )
     typer.echo(Path(info["report"]).read_text())
     typer.echo(f"policy: {info['policy']} ({info['version']}); plot: {info['plot']}")

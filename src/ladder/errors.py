@@ -69,9 +69,18 @@ class TierOverloaded(WorkerFailed):
     """A tier's queue is full: it shed the request at once rather than let it wait unbounded."""
 
 
-class TierStarting(WorkerFailed):
-    """A tier with no replica up yet (still loading its engine): the cascade skips it at once, as an
-    unavailable rung rather than an escalation, instead of waiting out the tier's timeout."""
+class TierUnavailable(WorkerFailed):
+    """A rung the cascade skips at once, as unavailable rather than as an escalation."""
+
+
+class TierStarting(TierUnavailable):
+    """A tier with no replica up yet (still loading its engine): skipped instead of waiting out
+    the tier's timeout."""
+
+
+class TierUnvalidated(TierUnavailable):
+    """A tier whose weights are not the ones the live policy was fitted on: the policy's judgement
+    of it means nothing, so routed requests skip it until a policy fitted on its weights is pushed."""
 
 
 class NoRungAvailable(LadderError):

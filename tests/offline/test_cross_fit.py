@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ladder.cli import app
+from ladder.cluster.settings import LadderConfig
 from ladder.errors import LadderError
 from ladder.offline.commands import _fold_of, _out_of_fold
 from ladder.offline.pipeline import load_outcomes, split, three_way
@@ -52,6 +53,13 @@ def test_calibrate_cross_fit_refits_on_fit_and_validation_and_keeps_test_out(tmp
     assert doc["meta"]["operating_point"]["reach"][2] <= 0.5
     assert TrainSpec.from_dict(doc["meta"]["spec"]) == TrainSpec(featurizer=FeaturizerKind.TFIDF)
     assert doc["version"] != json.loads(Path("p.json").read_text())["version"]
+    # it records the weights it was fitted on: the tiers of the config the outcomes came from
+    assert doc["meta"]["tier_weights"] == {t.name: f"sha256:{t.source.sha256}" for t in LadderConfig().tiers}
+    two = LadderConfig().model_dump(mode="json")
+    two["tiers"] = two["tiers"][:2]
+    (tmp_path / "two.yaml").write_text(json.dumps(two))  # JSON is YAML
+    bad = runner.invoke(app, ["calibrate", "p.json", "he.jsonl", "-t", "large<=0.5", "--config", "two.yaml"])
+    assert bad.exit_code == 2 and "no tier 'large'" in bad.output
 
     # refused (one line, exit 2 from main()): one fold, a policy fitted on every row, a policy file
     # that records no recipe (written before meta.spec)

@@ -169,10 +169,11 @@ def test_the_history_is_bounded_by_time_not_traffic():
 # -- a real browser -------------------------------------------------------------------------
 def learned_gateway() -> Gateway:
     """Three scripted tiers under the bundled learned policy (it has a calibrated frontier)."""
-    tier = {"source": {"kind": "local", "path": "/nowhere"}, "price": {"input_per_1m": 1, "output_per_1m": 2}}
+    # the default tiers' weights: the bundled policy skips tiers with others (cluster.tier_weights)
+    sources = {t.name: t.source.model_dump() for t in LadderConfig().tiers}
     cfg = LadderConfig(
         tiers=[
-            {"name": n, "backend": "transformers", "verifier": "python_examples", **tier, "price": p}
+            {"name": n, "backend": "transformers", "verifier": "python_examples", "source": sources[n], "price": p}
             for n, p in (
                 ("small", {"input_per_1m": 0.5, "output_per_1m": 1.2}),
                 ("medium", {"input_per_1m": 0.6, "output_per_1m": 2.6}),

@@ -295,10 +295,72 @@ def test_draining_refuses_new_requests_with_503_while_streams_in_flight_finish()
 
     with running(gw) as url:
         drain, late, ready, state, text = asyncio.run(go(url))
-    assert drain.json() == {"draining": True, "in_flight": 1, "replicas": 1, "shared": False}
+    assert drain.json() == {"draining": True, "in_flight": 1}
     assert late.status_code == 503 and late.headers["retry-after"] == "2" and late.json()["error"]["code"] == "draining"
     assert ready.status_code == 503 and ready.json()["draining"] is True
     assert text.rstrip().endswith("data: [DONE]") and "w56" in text  # the stream in flight ended whole
-    assert (
-        state.json() == {"draining": True, "in_flight": 0, "replicas": 1, "shared": False} and len(tiers[0].calls) == 1
-    )
+    assert state.json() == {"draining": True, "in_flight": 0} and len(tiers[0].calls) == 1
+
+
+def learned(changed: dict[str, str] | None = None) -> LadderConfig:
+    """The default tiers and the bundled policy (which records the weights it was fitted on), with
+    the tiers in ``changed`` serving other weights."""
+    data = LadderConfig().model_dump(mode="json")
+    data["server"] = {"api_keys": [KEY], "admin_keys": [ADMIN]}
+    for tier in data["tiers"]:
+        if tier["name"] in (changed or {}):
+            tier["source"]["sha256"] = changed[tier["name"]]
+    return LadderConfig.model_validate(data)
+
+
+CODE = [  # prompts the bundled policy starts at medium or above (code)
+    "Complete the following Python function. Reply with the complete function, including the imports it "
+    f"needs, in one ```python code block.\n\n```python\ndef f{i}(xs: list) -> int:\n"
+    f'    """Return the {word} of the list.\n    >>> f{i}([1, 2, 3])\n    6\n    """\n```'
+    for i, word in enumerate(["sum", "product of the squares", "number of distinct primes", "longest run"])
+]
+
+
+def routed(gw: Gateway, prompts: list[str], model: str = "ladder") -> list[httpx.Response]:
+    return [
+        call(gw, "POST", "/v1/chat/completions", **chat(model=model, messages=[{"role": "user", "content": p}]))
+        for p in prompts
+    ]
+
+
+def test_a_tier_whose_weights_changed_is_skipped_by_routing_until_a_policy_fitted_on_them():
+    """The bundled policy was fitted on the default GGUFs; a config whose medium tier serves other
+    weights gets answers without medium (skipped as unavailable, not as an escalation), while a
+    request pinned to medium still reaches it; the admin API names the tier and both weights."""
+    three = lambda: [ScriptedWorker(t, logprob=-0.05, words=8) for t in ("small", "medium", "large")]  # noqa: E731
+    same = three()
+    assert all(r.status_code == 200 for r in routed(Gateway(learned(), same, same, None), CODE))
+    assert same[1].calls  # the policy does route these prompts through medium
+    other = "0" * 64
+    tiers = three()
+    gw = Gateway(learned({"medium": other}), tiers, tiers, None)
+    answers = routed(gw, CODE)
+    assert [r.status_code for r in answers] == [200] * len(CODE) and tiers[1].calls == []
+    tried = [a for r in answers for a in r.json()["ladder"]["rungs_tried"] if a["tier"] == "medium"]
+    assert tried and all(a["unavailable"] for a in tried)
+    assert all(r.json()["model"] in ("small", "large") for r in answers)
+    pinned = routed(gw, CODE[:1], model="medium")[0]
+    assert pinned.status_code == 200 and pinned.json()["model"] == "medium" and len(tiers[1].calls) == 1
+    info = call(gw, "GET", "/admin/policy", key=ADMIN).json()
+    assert info["unvalidated_tiers"] == {
+        "medium": {"fitted_on": "sha256:" + LadderConfig().tiers[1].source.sha256, "serves": "sha256:" + other}
+    }
+
+
+def test_a_changed_top_tier_leaves_the_highest_validated_rung_on_top():
+    """With large's weights changed, nothing escalates into it: medium's answer stands."""
+    doubtful = lambda: [ScriptedWorker(t, logprob=-6.0, words=8) for t in ("small", "medium", "large")]  # noqa: E731
+    same = doubtful()
+    assert all(r.status_code == 200 for r in routed(Gateway(learned(), same, same, None), CODE))
+    assert same[2].calls  # these doubtful answers do climb to large
+    tiers = doubtful()
+    gw = Gateway(learned({"large": "1" * 64}), tiers, tiers, None)
+    answers = routed(gw, CODE)
+    assert [r.status_code for r in answers] == [200] * len(CODE) and tiers[2].calls == []
+    assert {r.json()["model"] for r in answers} <= {"small", "medium"}
+    assert call(gw, "GET", "/admin/policy", key=ADMIN).json()["unvalidated_tiers"].keys() == {"large"}

@@ -24,16 +24,19 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+SOURCES = {t.name: t.source.model_dump() for t in LadderConfig().tiers}
+
+
 def config(plans: list[dict], tiers=("small", "medium"), policy=None, **server) -> LadderConfig:
     tier = {
-        "source": {"kind": "local", "path": "/nowhere"},
         # dear enough that a budget is spent in tens of requests
         "price": {"input_per_1m": 1000, "output_per_1m": 2000},
         "backend": "transformers",
         "verifier": "python_examples",
     }
     return LadderConfig(
-        tiers=[{"name": n, **tier} for n in tiers],
+        # the default tiers' weights: the bundled policy skips tiers with others (cluster.tier_weights)
+        tiers=[{"name": n, "source": SOURCES[n], **tier} for n in tiers],
         policy=policy or {"kind": "fixed", "min_mean_logprob": -1.0},
         server={"api_keys": [PLAIN], "keys": plans, "max_completion_tokens": 64, **server},
     )

@@ -35,6 +35,10 @@ class PackageSourceConfig(_Strict):
     def build(self) -> WeightsSource:
         return PackageSource(tuple(self.packages), self.sha256, self.filename)
 
+    @property
+    def weights_id(self) -> str:
+        return f"sha256:{self.sha256}"
+
 
 class LocalSourceConfig(_Strict):
     kind: Literal["local"] = "local"
@@ -43,6 +47,10 @@ class LocalSourceConfig(_Strict):
 
     def build(self) -> WeightsSource:
         return LocalSource(os.path.expanduser(self.path), self.gguf_file)
+
+    @property
+    def weights_id(self) -> str:
+        return f"local:{os.path.expanduser(self.path)}" + (f"/{self.gguf_file}" if self.gguf_file else "")
 
 
 class HubSourceConfig(_Strict):
@@ -53,6 +61,10 @@ class HubSourceConfig(_Strict):
 
     def build(self) -> WeightsSource:
         return HubSource(self.repo_id, self.revision, self.gguf_file)
+
+    @property
+    def weights_id(self) -> str:
+        return f"hub:{self.repo_id}@{self.revision}" + (f"/{self.gguf_file}" if self.gguf_file else "")
 
 
 class BundledSourceConfig(_Strict):
@@ -65,6 +77,10 @@ class BundledSourceConfig(_Strict):
     @property
     def path(self) -> Path:
         return Path(__file__).parents[1] / "data" / self.name
+
+    @property
+    def weights_id(self) -> str:
+        return f"bundled:{self.name}"
 
 
 SourceConfig = Annotated[

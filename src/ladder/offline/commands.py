@@ -98,6 +98,7 @@ def calibrate_policy(
     all_rows: bool = False,
     report_dir: Path | None = None,
     cross_fit: int = 0,
+    tier_weights: dict[str, str] | None = None,
 ) -> dict:
     """Thresholds for a target, chosen on the validation part (or on every row of another file,
     ``all_rows``). ``cross_fit`` K: on the fit and validation parts together, from out-of-fold
@@ -145,6 +146,7 @@ def calibrate_policy(
             "calibrated_on_rows": len(val),
             "operating_point": point.as_dict(),
             "pareto": [p.as_dict() for p in frontier],
+            **({"tier_weights": tier_weights} if tier_weights else {}),
         },
     )
     prefix_info = {}
@@ -184,6 +186,7 @@ def calibrate_policy(
         "target": target.describe(),
         **point.as_dict(),
         **({"prefix": prefix_info} if prefix_info else {}),
+        **({"tier_weights": tier_weights} if tier_weights else {}),
         **report,
     }
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from ladder.errors import InvalidRequest, NoRungAvailable, TierOverloaded, TierStarting
+from ladder.errors import InvalidRequest, NoRungAvailable, TierOverloaded, TierUnavailable
 from ladder.nonanswer import non_answer
 from ladder.protocols import Policy, RouteCache, Worker
 from ladder.router.keys import route_key
@@ -63,8 +63,10 @@ def asked(query: Query) -> str:
 
 
 def failed(rung: int, tier: str, exc: Exception) -> Attempt:
-    """The attempt of a rung that raised (a tier still starting is marked unavailable)."""
-    return Attempt(rung, tier, None, False, f"{type(exc).__name__}: {exc}", unavailable=isinstance(exc, TierStarting))
+    """The attempt of a rung that raised (a tier still starting, or one the live policy was not
+    fitted on, is marked unavailable)."""
+    unavailable = isinstance(exc, TierUnavailable)
+    return Attempt(rung, tier, None, False, f"{type(exc).__name__}: {exc}", unavailable=unavailable)
 
 
 def no_rung_error(attempts: list[Attempt], client_errors: list[InvalidRequest], overloads: int) -> Exception:

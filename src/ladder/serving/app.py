@@ -7,7 +7,6 @@ app of ``serving/gateway.py`` (routes, typed errors -> HTTP, the cascade) over t
 router and the HTTP ingress are one deployment on purpose: it saves a network hop on every request.
 """
 
-import secrets
 from typing import Any
 
 from ray import serve
@@ -16,11 +15,11 @@ from ray.serve.handle import DeploymentHandle
 
 from ladder.cluster.secrets import server_secret, with_admin_key
 from ladder.cluster.settings import LadderConfig, load_config
-from ladder.serving.drain import HEALTH_PERIOD_S
 from ladder.serving.gateway import Gateway, activate, active, build_api
 from ladder.serving.tiers import TierDeployment, TierHandleStreamer
 
 api = build_api(active)  # the routes reach this replica's Gateway (set in LadderIngress.__init__)
+INGRESS = "ladder-router"  # the router + OpenAI ingress deployment (``ladder serve`` drains it by name)
 BUFFERED_COALESCE_S = 0.5  # a buffered request's deltas merged over this many seconds (TierDeployment.stream)
 
 
@@ -35,19 +34,20 @@ class LadderIngress:
         redis_url: str | None,
         secret_hex: str,
         tiers: dict[str, DeploymentHandle],
-        launch: str,
     ) -> None:
         config = LadderConfig.model_validate_json(config_json)
         # Buffered requests run the same streamed cascade (so a prefix gate stops a doomed rung
         # after k tokens there too), with the replica's deltas coalesced into few Ray messages.
         workers = [TierHandleStreamer(t.name, tiers[t.name], t.timeout_s, BUFFERED_COALESCE_S) for t in config.tiers]
         streamers = [TierHandleStreamer(t.name, tiers[t.name], t.timeout_s) for t in config.tiers]
-        activate(Gateway(config, workers, streamers, redis_url, bytes.fromhex(secret_hex), launch))
+        activate(Gateway(config, workers, streamers, redis_url, bytes.fromhex(secret_hex)))
 
-    async def check_health(self) -> None:
-        """Serve calls this on every replica every ``HEALTH_PERIOD_S``: the tick on which a replica
-        learns of a drain another one was told of (``serving.drain``)."""
-        await active().drain.tick()
+    # ``ladder serve`` calls these on every replica at once (``DeploymentHandle.broadcast``)
+    def drain_start(self) -> dict[str, bool | int]:
+        return active().drain.start()
+
+    def drain_state(self) -> dict[str, bool | int]:
+        return active().drain.state()
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -82,11 +82,10 @@ def build_app(args: dict[str, Any]) -> Application:
         )
     redis_url = args.get("redis_url") or config.cache.redis_url
     return LadderIngress.options(
-        name="ladder-router",
+        name=INGRESS,
         num_replicas=config.server.ingress_replicas,
-        health_check_period_s=HEALTH_PERIOD_S,
         ray_actor_options={"num_cpus": 0.25},
         max_ongoing_requests=256,
         max_queued_requests=512,
         graceful_shutdown_timeout_s=config.server.drain_s,
-    ).bind(config_json, redis_url, server_secret().hex(), handles, secrets.token_hex(8))
+    ).bind(config_json, redis_url, server_secret().hex(), handles)

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,11 +31,13 @@ from pydantic import ValidationError
 
 from ladder.cluster.compose import build_policy, cost_function
 from ladder.cluster.settings import LadderConfig
+from ladder.cluster.tier_weights import unvalidated
 from ladder.errors import (
     InvalidRequest,
     LadderError,
     NoRungAvailable,
     PolicyFileError,
+    TierUnvalidated,
     UnknownTier,
     WorkerFailed,
     WorkerTimeout,
@@ -53,9 +55,22 @@ from ladder.serving.drain import Drain
 from ladder.serving.redis_client import PollEvery
 from ladder.serving.replica_samples import PUBLISH_S, ReplicaSamples
 from ladder.serving.shadow import ShadowLog
-from ladder.types import CascadeResult, Query, Route
+from ladder.types import CascadeResult, Delta, Generation, Query, Route
 
 log = logging.getLogger("ladder.app")
+
+
+class Unvalidated:
+    """A rung the live policy was not fitted on (``cluster.tier_weights``): routed requests skip it."""
+
+    def __init__(self, tier: str, fitted: str, now: str) -> None:
+        self.tier, self.fitted, self.now = tier, fitted, now
+
+    async def stream(self, query: Query) -> AsyncIterator[Delta | Generation]:
+        raise TierUnvalidated(
+            f"tier {self.tier} serves weights {self.now}; the live policy was fitted on {self.fitted}"
+        )
+        yield  # an async generator, as a worker's stream is
 
 
 class HTTPProblem(LadderError):
@@ -93,14 +108,11 @@ class Gateway:
         streamers: Sequence[StreamWorker],
         redis_url: str | None,
         secret: bytes | None = None,
-        launch: str | None = None,
     ) -> None:
         """``workers`` answer buffered requests, ``streamers`` streamed ones (the same tiers; the
         Serve app coalesces the former's deltas). Both run ``stream_cascade``: a prefix gate stops
         a doomed rung after k tokens whether or not the client streams. ``secret`` signs what is
-        shared through Redis (a random one when not given: then nothing signed elsewhere is adopted).
-        ``launch`` names this start of the app (its replicas drain together; a random one when
-        not given)."""
+        shared through Redis (a random one when not given: then nothing signed elsewhere is adopted)."""
         import secrets as random_secrets
 
         from ladder.serving.signing import Signer
@@ -137,10 +149,10 @@ class Gateway:
         self.quotas = Quotas(redis_url) if redis_url else None
         self._admin_keys = [k.encode() for k in config.server.admin_keys]
         self.shadow = ShadowLog(redis_url, config.shadow) if config.shadow.enabled and redis_url else None
-        # Draining (``ladder serve`` on SIGTERM, through POST /admin/drain; every ingress replica
-        # through Redis): new chat requests get 503 + Retry-After while those in flight finish;
-        # /ready says so, so a balancer stops first.
-        self.drain = Drain(redis_url, launch or random_secrets.token_hex(8), signer)
+        # Draining (``ladder serve`` on SIGTERM, every ingress replica): new chat requests get 503
+        # + Retry-After while those in flight finish; /ready says so, so a balancer stops first.
+        self.drain = Drain()
+        self._unvalidated: dict[str, dict[str, tuple[str, str]]] = {}  # per policy version
 
     @property
     def admin_keys(self) -> list[bytes]:
@@ -150,6 +162,39 @@ class Gateway:
     def policy(self) -> Policy:
         """The live policy (``ladder policy push`` swaps it); a request reads it once and keeps it."""
         return self.live.policy
+
+    def unvalidated(self, policy: Policy) -> dict[str, tuple[str, str]]:
+        """{tier: (weights the policy was fitted on, the tier's now)}: the tiers ``policy`` may not
+        route to (checked once per policy version, and logged then)."""
+        version = policy.version
+        if version not in self._unvalidated:
+            found = unvalidated(getattr(policy, "meta", {}) or {}, self.config.tiers)
+            for tier, (fitted, now) in found.items():
+                log.warning(
+                    "policy %s was fitted on %s for tier %s, which serves %s: routed requests skip it",
+                    version,
+                    fitted,
+                    tier,
+                    now,
+                )
+            if len(self._unvalidated) > 64:  # versions come and go with pushes and key points
+                self._unvalidated.clear()
+            self._unvalidated[version] = found
+        return self._unvalidated[version]
+
+    def _routable(self, workers: list[StreamWorker], policy: Policy, route: Route | None) -> list[StreamWorker]:
+        """The rungs a request may use: a routed one skips the tiers ``policy`` was not fitted on; one
+        pinned to a tier gets that tier whatever the policy knows of it."""
+        if route is not None and route.pinned:
+            return workers
+        skip = self.unvalidated(policy)
+        if not skip:
+            return workers
+        out = [Unvalidated(w.tier, *skip[w.tier]) if w.tier in skip else w for w in workers]
+        # the highest rung left is the top: its answer stands (an escalation past it has nowhere to go)
+        while len(out) > 1 and isinstance(out[-1], Unvalidated):
+            out.pop()
+        return out
 
     def model_ids(self) -> list[str]:
         return [self.config.server.router_model, *self.tier_names]
@@ -311,7 +356,8 @@ class Gateway:
             task.add_done_callback(self._settling.discard)
 
     async def _buffered(self, query: Query, route: Route | None, policy: Policy) -> CascadeResult:
-        events = stream_cascade(query, policy, self.workers, self.cache, self.cost, route, buffered=True)
+        workers = self._routable(self.workers, policy, route)
+        events = stream_cascade(query, policy, workers, self.cache, self.cost, route, buffered=True)
         async for event in events:
             if isinstance(event, CascadeResult):
                 return event
@@ -363,7 +409,9 @@ class Gateway:
     ) -> StreamingResponse:
         """A routed or pinned stream (``stream_cascade``): the accepted rung's tokens go out as
         generated; the last chunk carries the ``ladder`` object."""
-        events = stream_cascade(query, policy, self.streamers, self.cache, self.cost, route)
+        events = stream_cascade(
+            query, policy, self._routable(self.streamers, policy, route), self.cache, self.cost, route
+        )
         # The first event (which rung answers) comes before the 200 header, so a request that no
         # rung can serve, or bad input, still gets its 4xx/503 (raised here, mapped by the handlers).
         try:
@@ -647,7 +695,8 @@ def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
         gw = gateway()
         gw.authorize_admin(request)
         await gw.live.refresh()
-        return JSONResponse(gw.live.info())
+        skipped = {t: {"fitted_on": f, "serves": n} for t, (f, n) in gw.unvalidated(gw.policy).items()}
+        return JSONResponse(gw.live.info() | {"unvalidated_tiers": skipped})
 
     @api.put("/admin/policy")
     async def policy_push(request: Request) -> JSONResponse:
@@ -675,14 +724,13 @@ def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
         serve``'s shutdown: there is no way back but a restart."""
         gw = gateway()
         gw.authorize_admin(request)
-        await gw.drain.start()
-        return JSONResponse(await gw.drain.state())
+        return JSONResponse(gw.drain.start())
 
     @api.get("/admin/drain")
     async def drain_state(request: Request) -> JSONResponse:
         gw = gateway()
         gw.authorize_admin(request)
-        return JSONResponse(await gw.drain.state())
+        return JSONResponse(gw.drain.state())
 
     @api.get("/admin/shadow")
     async def shadow_export(request: Request) -> PlainTextResponse:

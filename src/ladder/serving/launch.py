@@ -8,7 +8,7 @@ import time
 
 from ladder.cluster.compose import materialize
 from ladder.cluster.redis_server import redacted
-from ladder.cluster.secrets import admin_key_path, with_admin_key
+from ladder.cluster.secrets import admin_key_path
 from ladder.cluster.runtime import Runtime
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import ConfigError, EngineStartFailed, LadderError, WeightsUnavailable
@@ -107,36 +107,29 @@ def admin_key_source(config: LadderConfig) -> str:
     return "server.admin_keys" if config.server.admin_keys else str(admin_key_path(config.cache_path))
 
 
-def drain(url: str, admin_key: str, grace_s: float, replicas: int = 1, poll_s: float = 0.5) -> None:
-    """Stop taking requests and give those in flight up to ``grace_s`` to finish. First the
-    ingress is told (POST /admin/drain; the told replica tells the others through Redis,
-    ``serving.drain``): a new chat request gets 503 ``draining`` + Retry-After and ``/ready`` 503,
-    while answers in flight go on; once all ``replicas`` have reported none left (or the grace is
-    spent) the app is deleted — Serve still lets each replica finish what it holds (their
-    ``graceful_shutdown_timeout_s`` is ``server.drain_s``), and only then would a new request get
-    the proxy's 404. An ingress that cannot be told (it failed) is deleted at once."""
-    import httpx
+def drain(grace_s: float, poll_s: float = 0.5) -> None:
+    """Stop taking requests and give those in flight up to ``grace_s`` to finish. First every
+    ingress replica is told (``drain_start`` through ``DeploymentHandle.broadcast``: the proxy
+    would hand an HTTP call to one replica only): a new chat request gets 503 ``draining`` +
+    Retry-After and ``/ready`` 503, while answers in flight go on; once no replica has any left
+    (or the grace is spent) the app is deleted — Serve still lets each replica finish what it
+    holds (their ``graceful_shutdown_timeout_s`` is ``server.drain_s``), and only then would a new
+    request get the proxy's 404. An ingress that cannot be told (it failed) is deleted at once."""
     from ray import serve
+
+    from ladder.serving.app import INGRESS
 
     print(f"draining requests in flight (up to {grace_s:.0f} s) ...", file=sys.stderr, flush=True)
     deadline = time.monotonic() + grace_s
-
-    def done(state: dict) -> bool:
-        # without Redis only the told replica's count is known: the others end in Serve's own
-        # graceful shutdown
-        everyone = state["replicas"] >= replicas or not state["shared"]
-        return everyone and state["in_flight"] == 0
-
-    headers = {"authorization": f"Bearer {admin_key}"}
     try:
-        with httpx.Client(base_url=url, headers=headers, timeout=5) as client:
-            state = client.post("/admin/drain").raise_for_status().json()
-            if replicas > 1 and not state["shared"]:
-                print("draining: no Redis, so only one ingress replica was told", file=sys.stderr, flush=True)
-            while not done(state) and time.monotonic() < deadline:
-                time.sleep(poll_s)
-                state = client.get("/admin/drain").raise_for_status().json()
-    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        ingress = serve.get_deployment_handle(INGRESS, APP)
+        states = ingress.broadcast("drain_start").results(timeout_s=10)
+        left = sum(s["in_flight"] for s in states)
+        print(f"draining: {len(states)} ingress replica(s), {left} request(s) in flight", file=sys.stderr, flush=True)
+        while left > 0 and time.monotonic() < deadline:
+            time.sleep(poll_s)
+            left = sum(s["in_flight"] for s in ingress.broadcast("drain_state").results(timeout_s=10))
+    except Exception as exc:  # noqa: BLE001 — whatever Serve raises, the app is stopped below
         print(f"draining: the ingress did not answer ({exc}); stopping the app", file=sys.stderr, flush=True)
     serve.delete(APP, _blocking=False)
     deadline = max(deadline, time.monotonic()) + 5  # + the replicas' own stop
@@ -171,12 +164,7 @@ def serve_forever(config: LadderConfig, host: str | None, port: int | None, tier
                 while True:
                     time.sleep(3600)
             except KeyboardInterrupt:
-                drain(
-                    url,
-                    with_admin_key(config).server.admin_keys[0],
-                    config.server.drain_s,
-                    config.server.ingress_replicas,
-                )
+                drain(config.server.drain_s)
     except KeyboardInterrupt:  # a signal while starting, or a second one while draining
         pass
     print("stopped", file=sys.stderr, flush=True)
