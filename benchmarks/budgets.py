@@ -98,8 +98,11 @@ async def ask(client: httpx.AsyncClient, key: str, item: Item) -> dict:
             "thresholds": lad["thresholds"],
             "cost_usd": float(r.headers["x-ladder-cost-usd"]),
         }
-    else:
-        out["code"] = r.json().get("error", {}).get("code")
+    else:  # an OpenAI-style body, or (a proxy's error) plain text
+        try:
+            out["code"] = r.json().get("error", {}).get("code")
+        except ValueError:
+            out["code"], out["text"] = None, r.text[:200]
     return out
 
 

@@ -40,6 +40,8 @@ _TIER = "tiers:\n- {name: small, price: {input_per_1m: 1, output_per_1m: 1}, sou
         (_TIER + ", adaptive: {mode: sometimes}}", "tiers.0.adaptive.mode"),
         (_TIER + ", adaptive: {mode: speculative, drafter: oracle}}", "tiers.0.adaptive.drafter"),
         (_TIER + ", backend: recurrent, adaptive: {mode: early_exit}}", "adaptive"),
+        (_TIER + ", placement: {resources: {CPU: 1}}}", "tiers.0.placement.resources"),
+        (_TIER + ", placement: {resources: {tier-gpu: 0}}}", "tiers.0.placement.resources.tier-gpu"),
     ],
 )
 def test_invalid_config_names_the_field(tmp_path, text, field):

@@ -98,6 +98,21 @@ class PriceConfig(_Strict):
         return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6
 
 
+class PlacementConfig(_Strict):
+    """Where a tier's replicas may run on a multi-node Ray cluster: custom resources that only the
+    nodes of a kind advertise (``ray start --resources '{"tier-gpu": 8}'``); each replica takes
+    that much of them. CPUs and GPUs are ``num_cpus`` / ``num_gpus``."""
+
+    resources: dict[Annotated[str, Field(min_length=1)], Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_only(cls, resources: dict[str, float]) -> dict[str, float]:
+        if bad := [k for k in resources if k in ("CPU", "GPU", "memory", "object_store_memory")]:
+            raise ValueError(f"{bad[0]} is not a custom resource: use the tier's num_cpus / num_gpus")
+        return resources
+
+
 class TierConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
     source: SourceConfig
@@ -121,6 +136,7 @@ class TierConfig(_Strict):
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.5, gt=0)
     num_gpus: float = Field(default=0, ge=0)
+    placement: PlacementConfig | None = None  # node types (custom Ray resources); None: anywhere
     # Requests a replica works on at once. A vLLM tier takes its engine's max_num_seqs (the batch it
     # can really run; more would only queue inside the engine, out of reach of Serve's shedding);
     # a transformers or recurrent tier defaults to 4.

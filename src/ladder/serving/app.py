@@ -63,7 +63,9 @@ def build_app(args: dict[str, Any]) -> Application:
     config_json = config.model_dump_json()
     handles = {}
     for tier in config.tiers:
-        actor = {"num_cpus": tier.num_cpus, "num_gpus": tier.num_gpus}
+        actor: dict[str, Any] = {"num_cpus": tier.num_cpus, "num_gpus": tier.num_gpus}
+        if tier.placement is not None and tier.placement.resources:
+            actor["resources"] = dict(tier.placement.resources)  # only nodes of that kind have them
         handles[tier.name] = (
             serve.deployment(TierDeployment)
             .options(

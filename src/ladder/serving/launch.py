@@ -130,7 +130,11 @@ def drain(grace_s: float, poll_s: float = 0.5) -> None:
             time.sleep(poll_s)
             left = sum(s["in_flight"] for s in ingress.broadcast("drain_state").results(timeout_s=10))
     except Exception as exc:  # noqa: BLE001 — whatever Serve raises, the app is stopped below
-        print(f"draining: the ingress did not answer ({exc}); stopping the app", file=sys.stderr, flush=True)
+        print(
+            f"draining: the ingress did not answer ({type(exc).__name__}: {exc}); stopping the app",
+            file=sys.stderr,
+            flush=True,
+        )
     serve.delete(APP, _blocking=False)
     deadline = max(deadline, time.monotonic()) + 5  # + the replicas' own stop
     while APP in serve.status().applications and time.monotonic() < deadline:
