@@ -13,8 +13,9 @@ and three key plans (``server.keys``, SHA-256 digests only):
    reached each rung and answered from it, against the key's frontier point's calibrated reach
    with a 95% interval for this many requests (calibration's spread, ``sqrt(1/n + 1/m)``);
 2. **a budget**: ``budgeted`` (the policy's point, budget B = ``--budget-requests`` × that point's
-   calibrated cost per request, period one hour) sends the same rows from ``--clients`` clients at
-   once until the app answers 429 ``insufficient_quota`` (a 429 ``rate_limit_exceeded`` — the rest
+   calibrated cost per request, period ``--period-s``, default 5 minutes: pacing spreads a budget
+   over its period, so an hour's budget would take an hour to run out) sends the same rows from
+   ``--clients`` clients at once until the app answers 429 ``insufficient_quota`` or the period ends (a 429 ``rate_limit_exceeded`` — the rest
    is held by requests in flight — is retried after a second): spent (Redis, ``GET /admin/keys``) vs B
    (target: ≤ B + the most one request cost), and per request the frontier point it was routed at
    (read from the thresholds in its ``ladder`` object): pacing moves it to cheaper points before
@@ -127,11 +128,12 @@ async def side_by_side(url: str, keys: dict[str, str], items: list[Item], client
     return out
 
 
-async def until_refused(url: str, key: str, items: list[Item], clients: int) -> list[dict]:
-    """Clients cycle through the items on one key until one is refused for its budget; the others
-    finish what they have in flight."""
+async def until_refused(url: str, key: str, items: list[Item], clients: int, period_s: float) -> list[dict]:
+    """Clients cycle through the items on one key until one is refused for its budget, or the
+    budget's period is over (it would start afresh); the others finish what they have in flight."""
     out: list[dict] = []
     refused = asyncio.Event()
+    asyncio.get_running_loop().call_later(period_s, refused.set)
     nxt = iter(range(10**6))
     bar = tqdm(desc="budget", unit="answer")
     async with httpx.AsyncClient(base_url=url, timeout=1800) as client:
@@ -198,7 +200,7 @@ def main() -> None:
     data["server"]["keys"] = [
         {"id": "cheap", "sha256": digest(keys["cheap"]), "target": args.cheap_target},
         {"id": "default", "sha256": digest(keys["default"])},
-        {"id": "budgeted", "sha256": digest(keys["budgeted"]), "budget": {"usd": budget, "period_s": 3600}},
+        {"id": "budgeted", "sha256": digest(keys["budgeted"]), "budget": {"usd": budget, "period_s": args.period_s}},
     ]
     tmp = Path(tempfile.mkdtemp(prefix="ladder-budgets-"))
     config = tmp / "ladder.yaml"
@@ -210,12 +212,13 @@ def main() -> None:
         wait_ready(url + "/ready", 1800, proc)
         print(f"workload: {len(items)} held-out rows; budget {budget} USD", flush=True)
         runs = asyncio.run(side_by_side(url, {k: keys[k] for k in ("cheap", "default")}, items, args.clients))
-        budget_rows = asyncio.run(until_refused(url, keys["budgeted"], items, args.clients))
+        mixes = {"cheap": mix_summary(runs["cheap"], cheap, n_cal), "default": mix_summary(runs["default"], own, n_cal)}
+        save(args, items, mixes, None)  # the first part stands even if the budget's is cut short
+        budget_rows = asyncio.run(until_refused(url, keys["budgeted"], items, args.clients, args.period_s))
         usage = httpx.get(url + "/admin/keys", headers={"authorization": f"Bearer {admin}"}, timeout=30).json()
     finally:
         stop(proc)
 
-    mixes = {"cheap": mix_summary(runs["cheap"], cheap, n_cal), "default": mix_summary(runs["default"], own, n_cal)}
     # points sharing router thresholds differ in their IDK thresholds, which the answer does not
     # carry: such a request is placed at the cheapest of them
     by_thresholds: dict[tuple, FrontierPoint] = {}
@@ -228,7 +231,8 @@ def main() -> None:
     charged = round(sum(r["cost_usd"] for r in served), 8)
     budget_summary = {
         "budget_usd": budget,
-        "period_s": 3600,
+        "period_s": args.period_s,
+        "exhausted": any(r.get("code") == "insufficient_quota" for r in budget_rows),
         "clients": args.clients,
         "ingress_replicas": args.ingress_replicas,
         "answered": len(served),
@@ -250,13 +254,18 @@ def main() -> None:
         mix = "/".join(f"{x:.0%}" for x in s["answered_mix"])
         print(f"| {name} | {target} | {s['requests']} | {cells} | {mix} | {s['usd_per_request']:.6f} |")
     print(json.dumps({k: v for k, v in budget_summary.items() if k != "points_cost_per_1k"}))
+    save(args, items, mixes, budget_summary)
+
+
+def save(args: argparse.Namespace, items: list[Item], mixes: dict, budget: dict | None) -> None:
     write_results(
         args.out,
         sys.argv,
         args.config,
         workload={"rows": len(items), "held_out_from": "three_way(...).test", "max_tokens": MAX_TOKENS},
+        ingress_replicas=args.ingress_replicas,
         keys=mixes,
-        budget=budget_summary,
+        budget=budget,
     )
 
 

@@ -157,6 +157,23 @@ class NetnsCluster:
             raise RuntimeError(p.stderr[-2000:])
         return json.loads(p.stdout.strip().splitlines()[-1])
 
+    def kill(self, node: str) -> int:
+        """Lose a node for real: SIGKILL every process in its namespace (raylet, workers, replicas).
+        How many were killed."""
+        out = subprocess.run(["ip", "netns", "pids", self.ns(node)], capture_output=True, text=True).stdout
+        pids = [int(p) for p in out.split()]
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        return len(pids)
+
+    def rejoin(self, node: str) -> None:
+        """The node comes back: a fresh raylet in its namespace joins the cluster."""
+        shutil.rmtree(self.tmp / node, ignore_errors=True)
+        self._ray_start(node)
+
     def start(self, timeout_s: float = 120) -> NetnsCluster:
         try:
             self._network()

@@ -1,8 +1,9 @@
 """Ladder on a real multi-node Ray cluster (issue 31): a head and two worker nodes, each a raylet
 in a network namespace of its own (``benchmarks.harness.netns_cluster``), Ray's token auth on,
-Redis on the head node. ``ladder serve`` deploys onto it (``LADDER_RAY_ADDRESS``) and each tier
-lands on the node type its ``placement`` names — checked by asking Ray where each replica runs —
-and answers through Serve's proxy."""
+Redis on the head node. ``ladder serve`` deploys onto it (``ray.address``); each tier lands on the
+node type its ``placement`` names — checked by asking Ray where each replica runs — and answers
+through Serve's proxy; a node lost under load costs no hung request and no 500, and its tier
+comes back when the node does."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -64,6 +66,7 @@ def served(tmp_path_factory):
         small["vllm"] |= {"enforce_eager": True, "max_num_seqs": 4}
         small["max_ongoing_requests"] = 4
         small["verifier"] = None
+        small["timeout_s"] = 20  # a rung on a lost node: given up on after 20 s without a token
         data["tiers"] = [
             {**small, "name": name, "placement": {"resources": {f"tier-{node}": 1}}} for name, node in PLACED.items()
         ]
@@ -111,6 +114,60 @@ def test_each_tier_runs_on_the_node_type_its_placement_names_and_answers(served)
         r = httpx.post(served["url"] + "/v1/chat/completions", json=body, headers=headers, timeout=120)
         assert r.status_code == 200, r.text
         assert r.headers["x-ladder-tier"] == ("small" if model == "ladder" else model)
+
+
+def test_a_node_lost_under_load_hangs_nothing_and_its_tier_returns_with_the_node(served):
+    """8 clients send routed requests (they start at ``small``, on node a; ``tiny``, on node b, is
+    the rung above); node a is killed (every process in its namespace) a few seconds in. Each
+    request is answered (by ``tiny`` once ``small`` is gone) or refused with 503 + Retry-After —
+    none hangs past its bound, none is a 500. Then node a rejoins and Serve puts ``small`` back on it."""
+    cluster, url = served["cluster"], served["url"]
+    headers = {"authorization": f"Bearer {KEY}"}
+    outcomes: list[tuple[float, int, str, float]] = []  # (start, status, tier or error code, seconds)
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=90) as http:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                body = {"model": "ladder", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8}
+                try:
+                    r = http.post(url + "/v1/chat/completions", json=body, headers=headers)
+                    what = r.headers.get("x-ladder-tier") or r.json().get("error", {}).get("code", "?")
+                    # a 503 must say when to come back; one that does not counts as a failure (-503)
+                    status = -503 if r.status_code == 503 and not r.headers.get("retry-after") else r.status_code
+                    outcomes.append((t0, status, what, time.monotonic() - t0))
+                except (httpx.HTTPError, ValueError) as exc:
+                    outcomes.append((t0, -1, type(exc).__name__, time.monotonic() - t0))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(8)
+    killed_at = time.monotonic()
+    assert cluster.kill("a") > 3  # its raylet, agents, workers, the small tier's replica and engine
+    time.sleep(45)
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)  # nothing hung
+    after = [o for o in outcomes if o[0] >= killed_at]
+    assert {status for _, status, _, _ in outcomes} <= {200, 503}, outcomes
+    assert any(status == 200 and tier == "tiny" for _, status, tier, _ in after), after  # the rung above answered
+    assert max(seconds for *_, seconds in outcomes) < 60
+    # the node comes back, and with it the tier placed there
+    cluster.rejoin("a")
+    deadline = time.monotonic() + 300
+    while where_replicas_run(cluster).get("tier-small") != [cluster.host("a")]:
+        assert time.monotonic() < deadline, where_replicas_run(cluster)
+        time.sleep(5)
+    body = {"model": "small", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4}
+    deadline = time.monotonic() + 300
+    while (r := httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)).status_code != 200:
+        # its engine is starting: 503 while the replica is not placed, 504 while it loads
+        assert r.status_code in (503, 504) and time.monotonic() < deadline, r.text
+        time.sleep(5)
+    assert r.headers["x-ladder-tier"] == "small"
 
 
 def test_a_stop_leaves_the_cluster_running(served):
