@@ -306,6 +306,9 @@ class ServerConfig(_Strict):
     # Ray Serve replicas of the router + OpenAI ingress (light: no engine). More than one share
     # the live policy, key limits, budgets, drain and dashboard figures through Redis.
     ingress_replicas: int = Field(default=1, ge=1, le=64)
+    # where ingress replicas may run on a multi-node cluster (None: wherever 0.25 CPU fits); a
+    # replica lost with its node loses the requests it holds, so keep it off nodes that come and go
+    ingress_placement: PlacementConfig | None = None
 
     @field_validator("keys")
     @classmethod

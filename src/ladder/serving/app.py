@@ -14,7 +14,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from ladder.cluster.secrets import server_secret, with_admin_key
-from ladder.cluster.settings import LadderConfig, load_config
+from ladder.cluster.settings import LadderConfig, PlacementConfig, load_config
 from ladder.serving.gateway import Gateway, activate, active, build_api
 from ladder.serving.tiers import TierDeployment, TierHandleStreamer
 
@@ -50,6 +50,11 @@ class LadderIngress:
         return active().drain.state()
 
 
+def _resources(placement: PlacementConfig | None) -> dict[str, Any]:
+    """Ray actor options for a placement: custom resources only nodes of that kind have."""
+    return {"resources": dict(placement.resources)} if placement is not None and placement.resources else {}
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """Serve entry point: ``args`` = {"config": path | None, "redis_url": url | None}.
 
@@ -63,9 +68,7 @@ def build_app(args: dict[str, Any]) -> Application:
     config_json = config.model_dump_json()
     handles = {}
     for tier in config.tiers:
-        actor: dict[str, Any] = {"num_cpus": tier.num_cpus, "num_gpus": tier.num_gpus}
-        if tier.placement is not None and tier.placement.resources:
-            actor["resources"] = dict(tier.placement.resources)  # only nodes of that kind have them
+        actor = {"num_cpus": tier.num_cpus, "num_gpus": tier.num_gpus, **_resources(tier.placement)}
         handles[tier.name] = (
             serve.deployment(TierDeployment)
             .options(
@@ -86,7 +89,7 @@ def build_app(args: dict[str, Any]) -> Application:
     return LadderIngress.options(
         name=INGRESS,
         num_replicas=config.server.ingress_replicas,
-        ray_actor_options={"num_cpus": 0.25},
+        ray_actor_options={"num_cpus": 0.25, **_resources(config.server.ingress_placement)},
         max_ongoing_requests=256,
         max_queued_requests=512,
         graceful_shutdown_timeout_s=config.server.drain_s,
