@@ -359,8 +359,10 @@ def calibrate(
     )
 
 
-def _fitted_weights(config: Path | None, policy: Path) -> dict[str, str]:
-    """What a calibrated policy records as the weights it was fitted on: the config's tiers'."""
+def _fitted_weights(config: Path | None, policy: Path) -> dict[str, str] | None:
+    """What a calibrated policy records as the weights it was fitted on: the config's tiers'. None
+    when no config was named and the embedded one lacks the policy's rungs (outcomes of other
+    models, e.g. RouteLLM's ``weak``/``strong``: no Ladder tier to bind them to)."""
     from ladder.cluster.settings import load_config
     from ladder.cluster.tier_weights import record
     from ladder.policies.store import load_policy
@@ -368,6 +370,8 @@ def _fitted_weights(config: Path | None, policy: Path) -> dict[str, str]:
     try:
         return record(load_config(config).tiers, load_policy(policy).rungs)
     except ValueError as exc:
+        if config is None:
+            return None
         _fail(str(exc))
         raise
 

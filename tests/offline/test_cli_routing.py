@@ -28,6 +28,7 @@ def test_train_calibrate_eval_end_to_end(tmp_path):
     assert point["reach"][1] <= 0.3 and point["quality"] > 0.6
     doc = json.loads((tmp_path / "c.json").read_text())
     assert doc["meta"]["target"] == "strong<=0.3" and doc["meta"]["pareto"]  # rung names, not indices
+    assert "tier_weights" not in doc["meta"]  # RouteLLM's models are no Ladder tiers: nothing to bind
     rows = [
         {"id": "easy", "prompt": "What is 2 + 3?"},
         {"id": "bad"},
