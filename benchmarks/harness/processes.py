@@ -1,7 +1,9 @@
-"""The processes a command started, read from /proc: what a clean stop must leave none of."""
+"""The processes a command started, read from /proc: what a clean stop must leave none of; and
+how a test ends one it started."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -43,3 +45,15 @@ def survivors(pids: set[int], wait_s: float = 30.0) -> dict[int, bytes]:
         if not alive or time.monotonic() >= deadline:
             return alive
         time.sleep(0.5)
+
+
+def end(proc: subprocess.Popen, sig: int, timeout_s: float) -> None:
+    """Stop ``proc`` as an operator would (``sig``), killing it only if it has not exited within
+    ``timeout_s``: what a test's teardown does with the ``ladder serve`` it started."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()

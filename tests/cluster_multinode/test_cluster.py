@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from benchmarks.harness.netns_cluster import NetnsCluster, netns_available
+from benchmarks.harness.processes import end
 from ladder.cluster.redis_server import find_redis_server
 from ladder.cluster.settings import LadderConfig
 
@@ -87,12 +88,7 @@ def served(tmp_path_factory):
                 time.sleep(2)
             yield {"cluster": cluster, "url": f"http://{head}:{PORT}", "proc": proc, "err": err}
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            end(proc, signal.SIGTERM, 120)
             redis.terminate()
 
 

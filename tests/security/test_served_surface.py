@@ -25,7 +25,7 @@ from ladder.cluster.secrets import admin_key
 from ladder.cluster.settings import LadderConfig, load_config
 from ladder.router.keys import route_key
 from ladder.types import Query
-from benchmarks.harness.processes import descendants, survivors
+from benchmarks.harness.processes import descendants, end, survivors
 from tests.security.sockets import listeners
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.model, pytest.mark.slow, pytest.mark.redis]
@@ -86,12 +86,7 @@ def served(tmp_path_factory):
             "early": early,
         }
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        end(proc, signal.SIGINT, 90)
 
 
 def redis_of(served) -> redis.Redis:

@@ -29,11 +29,7 @@ class LadderIngress:
     """The router + OpenAI ingress replica: a ``Gateway`` over handles of the tier deployments."""
 
     def __init__(
-        self,
-        config_json: str,
-        redis_url: str | None,
-        secret_hex: str,
-        tiers: dict[str, DeploymentHandle],
+        self, config_json: str, redis_url: str | None, secret_hex: str, tiers: dict[str, DeploymentHandle]
     ) -> None:
         config = LadderConfig.model_validate_json(config_json)
         # Buffered requests run the same streamed cascade (so a prefix gate stops a doomed rung
