@@ -11,6 +11,10 @@ VENV=${LADDER_VENV:-.venv}
 TIERS=${LADDER_TIERS:-"small medium large"}
 stamp="$VENV/.ladder-setup-$(cat pyproject.toml constraints/cpu.txt scripts/setup.sh | sha256sum | cut -c1-16)-${TIERS// /_}"
 if [ -f "$stamp" ]; then exit 0; fi
+# iproute2 (`ip netns`): the multi-node tests run each Ray node in a network namespace of its own.
+if ! command -v ip >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -q iproute2 >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q iproute2 >/dev/null; } || echo "setup: iproute2 not installed (the multi-node tests will skip)" >&2
+fi
 # The dashboard's browser tests drive Debian's headless Chromium and its chromedriver (no browser
 # download from anywhere else); installed here when missing and apt-get can (root).
 if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
