@@ -42,6 +42,10 @@ _TIER = "tiers:\n- {name: small, price: {input_per_1m: 1, output_per_1m: 1}, sou
         (_TIER + ", backend: recurrent, adaptive: {mode: early_exit}}", "adaptive"),
         (_TIER + ", placement: {resources: {CPU: 1}}}", "tiers.0.placement.resources"),
         (_TIER + ", placement: {resources: {tier-gpu: 0}}}", "tiers.0.placement.resources.tier-gpu"),
+        (_TIER + ", autoscaling: {min_replicas: 2, max_replicas: 1}}", "max_replicas (1) is below min_replicas (2)"),
+        (_TIER + ", autoscaling: {min_replicas: 0, max_replicas: 2}}", "tiers.0.autoscaling.min_replicas"),
+        (_TIER + ", autoscaling: {max_replicas: 2, target_ongoing_requests: 0}}", "target_ongoing_requests"),
+        (_TIER + ", num_replicas: 2, autoscaling: {max_replicas: 3}}", "num_replicas and autoscaling exclude"),
     ],
 )
 def test_invalid_config_names_the_field(tmp_path, text, field):
@@ -118,3 +122,22 @@ def test_more_ongoing_requests_than_the_engine_batches_is_refused(tmp_path):
         load_config(path)
     path.write_text(_TIER + ", vllm: {max_num_seqs: 8}}")
     assert load_config(path).tiers[0].max_ongoing_requests == 8
+
+
+def test_an_autoscaled_tier_gives_serve_its_bounds_and_waits_for_its_minimum():
+    data = LadderConfig().model_dump(mode="json")
+    data["tiers"][0]["autoscaling"] = {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2}
+    tier = LadderConfig.model_validate(data).tiers[0]
+    assert tier.min_replicas == 1 and LadderConfig().tiers[0].autoscaling is None
+    assert tier.autoscaling.serve_config() == {
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "target_ongoing_requests": 2,
+        "upscale_delay_s": 30,
+        "downscale_delay_s": 600,
+        "look_back_period_s": 30,
+    }
+    from ray.serve.config import AutoscalingConfig  # what Serve will make of it: the same bounds
+
+    serve = AutoscalingConfig(**tier.autoscaling.serve_config())
+    assert (serve.min_replicas, serve.max_replicas, serve.target_ongoing_requests) == (1, 3, 2)

@@ -83,7 +83,9 @@ class Runtime:
     config: LadderConfig
     redis_url: str | None = None
     _redis: EmbeddedRedis | None = None  # set only when this runtime started Redis itself
-    _started_ray: bool = False
+    _started_ray: bool = False  # this process called ray.init (and so disconnects at close)
+    _own_cluster: bool = False  # ... and that started a local Ray, which close stops with Serve on it
+    apps: list[str] = field(default_factory=list)  # Serve apps this process deployed
     _closed: list[str] = field(default_factory=list)
     signals: StopOnSignals = field(default_factory=StopOnSignals)
 
@@ -134,6 +136,7 @@ class Runtime:
                 log_to_driver=False,
             )
             private_ray_token()
+            self._own_cluster = True
         self._started_ray = True
 
     def _require_token_auth(self) -> None:
@@ -168,7 +171,9 @@ class Runtime:
 
     def close(self) -> None:
         """Stop what this runtime started; a signal that arrives meanwhile (see ``signals``)
-        is ignored from here on: stopping Ray and Redis is never left halfway."""
+        is ignored from here on: stopping Ray and Redis is never left halfway. On a cluster it
+        only joined, Serve and everything else on it stay (another app, another job may be using
+        them): only the apps this process deployed are removed (after a drain they are gone already)."""
         self.signals.tearing_down = True
         try:
             if self._started_ray:
@@ -176,9 +181,12 @@ class Runtime:
                 from ray import serve
 
                 try:
-                    serve.shutdown()
+                    if self._own_cluster:
+                        serve.shutdown()
+                    else:
+                        self._remove_apps()
                 finally:
-                    self._started_ray = False
+                    self._started_ray = self._own_cluster = False
                     ray.shutdown()
         finally:
             if self._redis is not None:
@@ -191,6 +199,17 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _remove_apps(self) -> None:
+        from ray import serve
+
+        for app in self.apps:
+            try:
+                if app in serve.status().applications:
+                    serve.delete(app)
+            except Exception as exc:  # noqa: BLE001 — Serve may be gone with the cluster: nothing left to remove
+                print(f"could not remove app {app!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        self.apps.clear()
 
     @property
     def embedded_redis(self) -> EmbeddedRedis | None:

@@ -113,6 +113,32 @@ class PlacementConfig(_Strict):
         return resources
 
 
+class TierAutoscaling(_Strict):
+    """Serve's request-based autoscaling for one tier: replicas between ``min_replicas`` and
+    ``max_replicas``, each kept near ``target_ongoing_requests`` (requests running + queued on it,
+    averaged over ``look_back_period_s``). On a multi-node cluster the new replicas land wherever
+    the tier's ``placement`` fits. No scale to zero: a rung at zero replicas is a cold engine
+    start (minutes on a CPU) that routed requests would skip meanwhile, silently changing the
+    policy's mix; keep the cheapest replica warm instead."""
+
+    min_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(ge=1)
+    target_ongoing_requests: float = Field(default=2, gt=0)
+    upscale_delay_s: float = Field(default=30, ge=0)
+    downscale_delay_s: float = Field(default=600, ge=0)
+    look_back_period_s: float = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> TierAutoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
+
+    def serve_config(self) -> dict[str, float | int]:
+        """Ray Serve's ``autoscaling_config`` for the deployment."""
+        return self.model_dump()
+
+
 class TierConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
     source: SourceConfig
@@ -134,6 +160,7 @@ class TierConfig(_Strict):
     threads: int | None = Field(default=None, ge=1)
     # Ray Serve placement of this tier's deployment.
     num_replicas: int = Field(default=1, ge=1)
+    autoscaling: TierAutoscaling | None = None  # replaces num_replicas: Serve scales the tier
     num_cpus: float = Field(default=0.5, gt=0)
     num_gpus: float = Field(default=0, ge=0)
     placement: PlacementConfig | None = None  # node types (custom Ray resources); None: anywhere
@@ -197,7 +224,14 @@ class TierConfig(_Strict):
             )
         if self.backend != "vllm" and self.vllm:
             raise ValueError("'vllm' (engine settings) belongs to backend 'vllm'")
+        if self.autoscaling and self.num_replicas != 1:
+            raise ValueError("num_replicas and autoscaling exclude each other: autoscaling sets the replica count")
         return self
+
+    @property
+    def min_replicas(self) -> int:
+        """Replicas the tier keeps at least: the ones ``ladder serve`` waits for."""
+        return self.autoscaling.min_replicas if self.autoscaling else self.num_replicas
 
     @property
     def engine(self) -> VLLMOptions:

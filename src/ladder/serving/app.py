@@ -65,12 +65,17 @@ def build_app(args: dict[str, Any]) -> Application:
     handles = {}
     for tier in config.tiers:
         actor = {"num_cpus": tier.num_cpus, "num_gpus": tier.num_gpus, **_resources(tier.placement)}
+        replicas: dict[str, Any] = (
+            {"autoscaling_config": tier.autoscaling.serve_config()}
+            if tier.autoscaling
+            else {"num_replicas": tier.num_replicas}
+        )
         handles[tier.name] = (
             serve.deployment(TierDeployment)
             .options(
                 name=f"tier-{tier.name}",
-                num_replicas=tier.num_replicas,
                 ray_actor_options=actor,
+                **replicas,
                 max_ongoing_requests=tier.max_ongoing_requests,
                 max_queued_requests=tier.max_queued_requests,
                 health_check_period_s=10,

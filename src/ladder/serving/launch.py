@@ -7,6 +7,7 @@ import sys
 import time
 
 from ladder.cluster.compose import materialize
+from ladder.cluster.placement import check_placement
 from ladder.cluster.redis_server import redacted
 from ladder.cluster.secrets import admin_key_path
 from ladder.cluster.runtime import Runtime
@@ -46,9 +47,11 @@ def deploy(config: LadderConfig, runtime: Runtime, poll_s: float = 2.0) -> str:
 
     from ladder.serving.app import build_app
 
+    check_placement(config)
     serve.start(http_options={"host": config.server.host, "port": config.server.port})
     app = build_app({"config_json": config.model_dump_json(), "redis_url": runtime.redis_url})
     try:
+        runtime.apps.append(APP)  # on a joined cluster, close removes it whatever happens next
         serve.run_many([serve.RunTarget(app, name=APP, route_prefix="/")], wait_for_applications_running=False)
         wait_running(config, poll_s)
     except RuntimeError as exc:  # the replica's traceback is in the deployment's status message
@@ -83,7 +86,7 @@ def wait_running(config: LadderConfig, poll_s: float) -> None:
             if d is None:
                 continue
             up = int(d.replica_states.get("RUNNING", 0))
-            state = f"{'up' if up >= tier.num_replicas else 'starting'} ({up}/{tier.num_replicas} replicas up"
+            state = f"{'up' if up >= tier.min_replicas else 'starting'} ({up}/{tier.min_replicas} replicas up"
             last, at = said.get(tier.name, ("", 0.0))
             if state != last or time.monotonic() - at >= 60:
                 print(f"tier {tier.name}: {state}, {time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)

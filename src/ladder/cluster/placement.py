@@ -1,0 +1,48 @@
+"""Can each tier be placed on the Ray cluster it is about to be deployed on?
+
+Serve leaves a replica whose resources no node offers pending forever, logging a warning every
+half minute; ``ladder serve`` would wait with it. Checked before deploying instead, against the
+nodes alive now: the tier and the resource no node has enough of, in one line (exit 2)."""
+
+from __future__ import annotations
+
+from ladder.cluster.settings import LadderConfig
+from ladder.errors import ConfigError
+
+
+def demands(config: LadderConfig) -> dict[str, dict[str, float]]:
+    """What one replica of each deployment asks of a node (Ray resource name → amount)."""
+    out: dict[str, dict[str, float]] = {}
+    for tier in config.tiers:
+        need = {"CPU": tier.num_cpus, **(tier.placement.resources if tier.placement else {})}
+        if tier.num_gpus:
+            need["GPU"] = tier.num_gpus
+        out[f"tier {tier.name}"] = need
+    ingress = config.server.ingress_placement
+    out["the router (server.ingress_placement)"] = {"CPU": 0.25, **(ingress.resources if ingress else {})}
+    return out
+
+
+def unplaceable(need: dict[str, float], nodes: list[dict[str, float]]) -> str | None:
+    """None when one node offers all of ``need`` (in total: what others hold now is Serve's to
+    wait for); else what is missing, naming the resource."""
+    if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
+        return None
+    for k, v in need.items():
+        most = max((node.get(k, 0.0) for node in nodes), default=0.0)
+        if most < v:
+            return f"needs {k}: {v:g} and no node of the Ray cluster has it (the most on one node: {most:g})"
+    wanted = ", ".join(f"{k}: {v:g}" for k, v in need.items())
+    return f"needs {{{wanted}}} on one node and no node of the Ray cluster has all of them"
+
+
+def check_placement(config: LadderConfig) -> None:
+    """Raise ``ConfigError`` naming the first deployment no live node can hold (on the running Ray)."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for who, need in demands(config).items():
+        if why := unplaceable(need, nodes):
+            raise ConfigError(
+                f"{who}: {why}; start a node with it (ray start --resources), or change the tier's placement"
+            )
