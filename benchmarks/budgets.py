@@ -2,14 +2,16 @@
 (issue 32).
 
     .venv/bin/python benchmarks/budgets.py [--clients 8] [--limit N (sampled by id hash)] [--budget-requests 16]
-        [--ingress-replicas 2]
+        [--ingress-replicas 2] [--mmlu-pro 48] [--data ../shared/data]
 
 ``ladder serve`` with the default config (default tiers, the bundled policy, the embedded Redis)
 and three key plans (``server.keys``, SHA-256 digests only):
 1. **two points side by side**: ``cheap`` (target ``--cheap-target``, default ``large<=0.15``) and
    ``default`` (no target: the policy's own calibrated point) each send the held-out code + math
    rows (the test part of ``offline.pipeline.three_way``, as ``routed_serving.py``: rows the policy
-   never saw), interleaved over the same ``--clients`` clients. Per key: the share of requests that
+   never saw) and ``--mmlu-pro`` multiple-choice questions outside the policy's data — the
+   calibration's mix of code, math and MC, which its reach describes (``--limit`` keeps the mix:
+   code and math alone start at small far less often than MC), interleaved over the same ``--clients`` clients. Per key: the share of requests that
    reached each rung and answered from it, against the key's frontier point's calibrated reach
    with a 95% interval for this many requests (calibration's spread, ``sqrt(1/n + 1/m)``);
 2. **a budget**: ``budgeted`` (the policy's point, budget B = ``--budget-requests`` × that point's
@@ -29,6 +31,7 @@ and command.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import asyncio
 import hashlib
 import json
@@ -89,6 +92,8 @@ def interval(p: float, n: int, m: int) -> tuple[float, float]:
 
 async def ask(client: httpx.AsyncClient, key: str, item: Item) -> dict:
     body = {"model": "ladder", "messages": list(item.messages), "max_tokens": item.max_tokens, "temperature": 0}
+    if item.stop:
+        body["stop"] = list(item.stop)
     r = await client.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
     out = {"id": item.id, "status": r.status_code}
     if r.status_code == 200:
@@ -177,8 +182,18 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--limit", type=int, default=None, help="N held-out rows, sampled by id hash")
+    ap.add_argument(
+        "--mmlu-pro",
+        type=int,
+        default=48,
+        help="MMLU-Pro questions added, none of them the policy's (0: none; the policy is calibrated on a third MC)",
+    )
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--cheap-target", default="large<=0.15")
     ap.add_argument("--budget-requests", type=int, default=16, help="budget = this many requests at the policy's point")
+    ap.add_argument(
+        "--period-s", type=float, default=300, help="the budget's period (pacing spreads the budget over it)"
+    )
     ap.add_argument(
         "--ingress-replicas", type=int, default=2, help="server.ingress_replicas (limits are shared via Redis)"
     )
@@ -189,7 +204,8 @@ def main() -> None:
     cheap = point_for(parse_target(args.cheap_target, RUNGS), points)
     if cheap is None:
         sys.exit(f"error: no point of the bundled policy's frontier meets {args.cheap_target}")
-    items = mixed_sample(workload(None, 0, None), args.limit)  # held-out code + math rows
+    # held-out code + math rows and unseen MC questions: the calibration's mix (its intervals are for it)
+    items = mixed_sample(workload(args.data, args.mmlu_pro, None), args.limit)
     usd_per_request = own.cost_per_1k / 1000  # the calibration's cost model: USD per 1K queries
     budget = round(args.budget_requests * usd_per_request, 8)
     keys = {name: f"sk-bench-{name}-{secrets.token_hex(8)}" for name in ("cheap", "default", "budgeted")}
@@ -262,7 +278,12 @@ def save(args: argparse.Namespace, items: list[Item], mixes: dict, budget: dict 
         args.out,
         sys.argv,
         args.config,
-        workload={"rows": len(items), "held_out_from": "three_way(...).test", "max_tokens": MAX_TOKENS},
+        workload={
+            "rows": len(items),
+            "datasets": dict(Counter(it.dataset for it in items)),
+            "held_out_from": "three_way(...).test; mmlu-pro: the first --mmlu-pro by id hash, outside the policy's data",
+            "max_tokens": MAX_TOKENS,
+        },
         ingress_replicas=args.ingress_replicas,
         keys=mixes,
         budget=budget,
