@@ -8,10 +8,14 @@ The same prompts (the first ``--rows`` GSM8K training questions, chat template o
 - vLLM's offline ``LLM.generate`` on the same converted weights with the same engine settings
   (``max_num_seqs``, ``max_model_len``, KV cache, threads): the engine's ceiling;
 - ``ladder score`` on the default three-tier ladder with its default learned policy (router + IDK
-  with the code verifier): rung mix, escalations, cost.
+  with the code verifier): rung mix, escalations, cost — in the ``whole`` layout (each Ray Data
+  actor holds every tier: ``ladder-score-cascade``) and in the ``pools`` layout (each tier in an
+  actor of its own, called by light cascade actors: ``ladder-score-cascade-pools``; issue 31).
 Each system runs as its own process, timed end to end (start-up of Ray, engines and the job
 included, as a user waits for it). Writes benchmarks/results/batch.json:
-``{rows, runs: [{system, tokens_per_s, rows_per_s, wall_s, ...}], ratio_vs_vllm_offline}``.
+``{rows, runs: [{system, tokens_per_s, rows_per_s, wall_s, ...}], ratio_vs_vllm_offline}``
+(``--out`` another file, e.g. for the layouts alone: ``--skip ladder-score-small,vllm-offline``),
+stamped with commit, policy version and command.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 import yaml
+from harness.meta import write_results
 
 RESULTS = Path(__file__).parent / "results"
 MAX_TOKENS = 64
@@ -66,7 +71,7 @@ def gsm8k_prompts(data: Path, n: int) -> list[dict]:
     return rows
 
 
-def run_score(name: str, config: Path, prompts: Path, tmp: Path, tiers: str | None) -> dict:
+def run_score(name: str, config: Path, prompts: Path, tmp: Path, tiers: str | None, layout: str = "whole") -> dict:
     out = tmp / f"{name}.jsonl"
     cmd = [
         sys.executable,
@@ -81,6 +86,8 @@ def run_score(name: str, config: Path, prompts: Path, tmp: Path, tiers: str | No
         "-n",
         str(MAX_TOKENS),
         *(["--tiers", tiers] if tiers else []),
+        "--layout",
+        layout,
     ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
@@ -92,6 +99,7 @@ def run_score(name: str, config: Path, prompts: Path, tmp: Path, tiers: str | No
     tokens = sum(r["completion_tokens"] for r in ok)
     return {
         "system": name,
+        "layout": layout,
         "rows": len(records),
         "errors": len(records) - len(ok),
         "completion_tokens": tokens,
@@ -150,6 +158,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--cascade-rows", type=int, default=None, help="rows for the cascade run (default --rows)")
     ap.add_argument("--skip", default="", help="comma-separated systems to skip")
+    ap.add_argument("--out", type=Path, default=RESULTS / "batch.json")
     args = ap.parse_args()
     from ladder.cluster.settings import LadderConfig
 
@@ -177,6 +186,10 @@ def main() -> None:
         ("ladder-score-small", lambda: run_score("ladder-score-small", small_cfg, prompts, tmp, "small")),
         ("vllm-offline", lambda: run_offline(prompts, tmp)),
         ("ladder-score-cascade", lambda: run_score("ladder-score-cascade", cascade_cfg, cascade_prompts, tmp, None)),
+        (
+            "ladder-score-cascade-pools",
+            lambda: run_score("ladder-score-cascade-pools", cascade_cfg, cascade_prompts, tmp, None, "pools"),
+        ),
     ):
         if name in skip:
             continue
@@ -189,6 +202,7 @@ def main() -> None:
         if {"ladder-score-small", "vllm-offline"} <= set(by)
         else None
     )
+    pools = by.get("ladder-score-cascade-pools")
     out = {
         "rows": args.rows,
         "max_tokens": MAX_TOKENS,
@@ -196,9 +210,13 @@ def main() -> None:
         "cascade_policy": "the bundled learned default",
         "runs": runs,
         "ratio_vs_vllm_offline": ratio,
+        "pools_vs_whole_tokens_per_s": (
+            pools["tokens_per_s"] / by["ladder-score-cascade"]["tokens_per_s"]
+            if pools and "ladder-score-cascade" in by
+            else None
+        ),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "batch.json").write_text(json.dumps(out, indent=2))
+    write_results(args.out, sys.argv, cascade_cfg, **out)
     print(f"\n{'system':<24}{'rows':>6}{'tok/s':>9}{'rows/s':>8}{'wall s':>8}  mix / cost")
     for r in runs:
         extra = f"{r.get('mix', '')} esc={r.get('escalations', '-')} ${r.get('cost_usd', 0):.5f}" if "mix" in r else ""
@@ -206,6 +224,7 @@ def main() -> None:
             f"{r['system']:<24}{r['rows']:>6}{r['tokens_per_s']:>9.1f}{r['rows_per_s']:>8.2f}{r['wall_s']:>8.0f}  {extra}"
         )
     print(f"ladder score (always-small) / vLLM offline tokens/s: {ratio}")
+    print(f"cascade, pools / whole layout tokens/s: {out['pools_vs_whole_tokens_per_s']}")
 
 
 if __name__ == "__main__":

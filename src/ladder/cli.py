@@ -141,6 +141,17 @@ def score(
         typer.Option(min=1, help="rows in flight together per actor (default: the largest engine's max_num_seqs)"),
     ] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="default per row")] = 64,
+    actor_cpus: Annotated[
+        Optional[float],
+        typer.Option(min=0.01, help="CPUs each actor reserves (default: the free CPUs shared out, at most one node's)"),
+    ] = None,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="whole: each actor holds every tier; pools: each tier in actors of its own (its placement), "
+            "called by light cascade actors"
+        ),
+    ] = "whole",
 ) -> None:
     """Route and answer every row with Ray Data (resumable: ids already in OUT are skipped)."""
     from rich.console import Console
@@ -150,12 +161,14 @@ def score(
     from ladder.jobs.batch import score as run
     from ladder.serving.launch import restrict
 
+    if layout not in ("whole", "pools"):
+        _fail(f"--layout must be whole or pools, got {layout!r}")
     cfg = restrict(_config(config), tiers.split(",") if tiers else None, None, None)
     cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"enabled": False})})
     # A batch is what one actor holds in flight: at least a full engine batch keeps vLLM busy.
     batch_size = batch_size or max(t.engine.max_num_seqs if t.backend == "vllm" else 8 for t in cfg.tiers)
     with Runtime.start(cfg):
-        s = run(cfg, input_path, out, actors, batch_size, max_tokens)
+        s = run(cfg, input_path, out, actors, batch_size, max_tokens, actor_cpus, layout)  # type: ignore[arg-type]
     table = Table(
         "rows",
         "skipped (done before)",

@@ -32,6 +32,29 @@ def test_score_answers_every_row_keeps_bad_rows_and_resumes(tmp_path):
     assert "│ 2    │ 6" in proc.stdout  # 2 rows scored, 6 skipped as done
 
 
+def test_the_pools_layout_answers_every_row_from_the_tiers_own_actors(tmp_path):
+    """``--layout pools``: the small tier's engine runs in an actor of its own, called by a light
+    cascade actor; every row answered once, a bad row still an error row (the tier actor's
+    ContextOverflow comes back as the client error it is, not a tier failure), the same greedy
+    answers as the whole layout gives."""
+    rows = [{"id": f"p{i}", "prompt": f"What is {i} times {i}?", "max_tokens": 6} for i in range(5)]
+    rows += [{"id": "long", "prompt": "word " * 3000, "max_tokens": 4}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    answers = {}
+    for layout in ("pools", "whole"):
+        out = tmp_path / f"{layout}.jsonl"
+        cmd = [sys.executable, "-m", "ladder.cli", "score", str(src), "--out", str(out), "--tiers", "small"]
+        proc = subprocess.run([*cmd, "--layout", layout], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("tier small: starting 1 actor(s)" in proc.stderr) == (layout == "pools")
+        records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+        assert sorted(records) == sorted(r["id"] for r in rows)
+        assert records["long"]["error"].startswith("ContextOverflow:") and "2048" in records["long"]["error"]
+        answers[layout] = {k: r.get("text") for k, r in records.items()}
+    assert answers["pools"] == answers["whole"]
+
+
 def test_a_job_stopped_mid_batch_leaves_nothing_running_and_the_rerun_writes_every_row_once(tmp_path):
     """SIGTERM (what systemd, Docker and Kubernetes send) to `ladder score` mid-job: it stops Ray and
     every process it started, exits 130 (not done: rerun), and loses at most the unfinished

@@ -19,15 +19,22 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ladder.cluster.compose import build_policy, build_worker, cost_function, materialize
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import InvalidRequest, LadderError
 from ladder.jobs.driver import drive
+from ladder.jobs.tier_pools import PoolWorker, start_pools, stop_pools
+from ladder.protocols import Worker
 from ladder.outcomes.io import jsonl_lines, read_rows
 from ladder.router.cascade import run_cascade
 from ladder.router.memory import InMemoryRouteCache
 from ladder.types import Message, Query, Sampling
+
+
+Layout = Literal["whole", "pools"]
+CASCADE_ACTOR_CPUS = 0.25  # the pools layout's cascade actors: policy and bookkeeping only
 
 
 def row_id(row: dict) -> str:
@@ -81,12 +88,16 @@ class CascadeActor:
     them; a one-at-a-time worker queues them), and a row that escalates goes on to the next rung
     as soon as its own answer is judged, not when the whole batch has finished its first rung."""
 
-    def __init__(self, config_json: str, default_max_tokens: int) -> None:
+    def __init__(self, config_json: str, default_max_tokens: int, pools: dict[str, list] | None = None) -> None:
         config = LadderConfig.model_validate_json(config_json)
         # One event loop for the actor's life: vLLM's engine binds its output handler to the loop
         # of its first request.
         self.loop = asyncio.new_event_loop()
-        self.workers = [build_worker(t, materialize(config, t)).load() for t in config.tiers]
+        self.workers: list[Worker] = (
+            [PoolWorker(t.name, pools[t.name]) for t in config.tiers]  # the tiers' own actors
+            if pools is not None
+            else [build_worker(t, materialize(config, t)).load() for t in config.tiers]  # the whole ladder here
+        )
         self.policy = build_policy(config.policy, config.tier_names, config.verified_tiers)
         self.cost = cost_function(config)
         self.cache = InMemoryRouteCache()
@@ -150,25 +161,37 @@ def score(
     actors: int = 1,
     batch_size: int = 8,
     default_max_tokens: int = 64,
+    actor_cpus: float | None = None,
+    layout: Layout = "whole",
 ) -> ScoreSummary:
-    """Run the job on the already-initialised Ray; appends to ``out``; returns the summary."""
+    """Run the job on the already-initialised Ray; appends to ``out``; returns the summary.
+    ``layout``: ``whole`` (each Ray Data actor holds every tier) or ``pools`` (light cascade
+    actors calling per-tier actor pools: ``ladder.jobs.tier_pools``)."""
     rows = read_rows(input_path, "input file")
     finished = done_ids(out)
     todo = [r for r in rows if row_id(r) not in finished]
     summary = ScoreSummary(skipped=len(rows) - len(todo))
     t0 = time.perf_counter()
-    drive(
-        config,
-        [json.dumps(r) for r in todo],
-        "row",
-        CascadeActor,
-        (config.model_dump_json(), default_max_tokens),
-        out,
-        lambda record: summary.add(json.loads(record)),
-        "scoring",
-        "row",
-        actors,
-        batch_size,
-    )
+    pools = start_pools(config) if layout == "pools" and todo else None
+    try:
+        drive(
+            config,
+            [json.dumps(r) for r in todo],
+            "row",
+            CascadeActor,
+            (config.model_dump_json(), default_max_tokens, pools),
+            out,
+            lambda record: summary.add(json.loads(record)),
+            "scoring",
+            "row",
+            actors,
+            batch_size,
+            # a cascade actor holds no engine in the pools layout: a scheduling share, no GPU
+            actor_cpus or (CASCADE_ACTOR_CPUS if pools is not None else None),
+            num_gpus=0 if pools is not None else None,
+        )
+    finally:
+        if pools is not None:
+            stop_pools(pools)
     summary.wall_s = time.perf_counter() - t0
     return summary

@@ -26,10 +26,13 @@ def drive(
     unit: str,
     actors: int = 1,
     batch_size: int = 8,
+    actor_cpus: float | None = None,
+    num_gpus: float | None = None,
 ) -> None:
     """Run ``actor`` over ``payloads`` (JSON strings in ``column``) on the already-initialised Ray;
     every record the actors return (a JSON string in their ``record`` column) is appended to
-    ``out`` and passed to ``on_record``."""
+    ``out`` and passed to ``on_record``. ``actor_cpus``: each actor's CPUs (default ``actor_share``);
+    ``num_gpus``: each actor's GPUs (default: every tier's, as it holds them all)."""
     import ray
     from tqdm import tqdm
 
@@ -37,7 +40,7 @@ def drive(
         return
     for tier in config.tiers:  # convert once in the driver, not in every actor
         materialize(config, tier)
-    cpus = max(1.0, ray.available_resources().get("CPU", 1.0) / actors)
+    cpus = actor_cpus or actor_share(actors)
     ds = ray.data.from_items([{column: p} for p in payloads])
     ds = ds.map_batches(
         actor,
@@ -46,7 +49,7 @@ def drive(
         concurrency=actors,
         num_cpus=cpus,
         # an actor holds every tier's engine: on a GPU cluster it needs their GPUs
-        num_gpus=sum(t.num_gpus for t in config.tiers),
+        num_gpus=sum(t.num_gpus for t in config.tiers) if num_gpus is None else num_gpus,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f, tqdm(total=len(payloads), desc=desc, unit=unit) as bar:
@@ -56,3 +59,15 @@ def drive(
                 on_record(str(record))
             f.flush()
             bar.update(len(batch["record"]))
+
+
+def actor_share(actors: int) -> float:
+    """The cluster's free CPUs shared out between ``actors``, but never more than one node has: an
+    actor lives on one node, and a share of several nodes' CPUs would wait forever to be placed.
+    (Ray Data restarts an actor lost with its node elsewhere; on a busy cluster ask for less, with
+    ``--actor-cpus``, so that a restart finds room.)"""
+    import ray
+
+    biggest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+    share = ray.available_resources().get("CPU", 1.0) / actors
+    return min(max(1.0, share), biggest) if biggest >= 1.0 else biggest
