@@ -1,9 +1,10 @@
-"""Ladder on a real multi-node Ray cluster (issue 31): a head and two worker nodes, each a raylet
+"""Ladder on a real multi-node Ray cluster (issue 31): a head and three worker nodes, each a raylet
 in a network namespace of its own (``benchmarks.harness.netns_cluster``), Ray's token auth on,
 Redis on the head node. ``ladder serve`` deploys onto it (``ray.address``); each tier lands on the
 node type its ``placement`` names — checked by asking Ray where each replica runs — and answers
-through Serve's proxy; a node lost under load costs no hung request and no 500, and its tier
-comes back when the node does."""
+through Serve's proxy; the autoscaled tier scales out across its two nodes under load and back
+in after it, with every request answered; a node lost under load costs no hung request and no
+500, and its tier comes back when the node does. A placement no node offers is refused at start."""
 
 from __future__ import annotations
 
@@ -30,12 +31,52 @@ if why := netns_available():
     pytestmark.append(pytest.mark.skip(reason=f"a multi-node cluster needs network namespaces: {why}"))
 KEY = "sk-" + secrets.token_hex(12)
 PORT = 8000
-NODES = {"head": {"node-head": 1}, "a": {"tier-a": 1}, "b": {"tier-b": 1}}
-PLACED = {"small": "a", "tiny": "b"}  # tier → the node type it is placed on
+NODES = {"head": {"node-head": 1}, "a": {"tier-a": 1}, "b": {"tier-b": 1}, "c": {"tier-b": 1}}
+PLACED = {"small": "tier-a", "tiny": "tier-b"}  # tier → the node type (resource) it is placed on
+# ``tiny`` is autoscaled: 1 replica, 2 under a load of more than one request in flight (a replica
+# needs a whole tier-b: one on node b, one on c); the delays are short so a test sees both moves
+AUTOSCALING = {
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "target_ongoing_requests": 1,
+    "upscale_delay_s": 5,
+    "downscale_delay_s": 10,
+    "look_back_period_s": 12,
+}
 
 
-def where_replicas_run(cluster: NetnsCluster) -> dict[str, list[str]]:
-    """Deployment → the addresses of the nodes its live replicas run on, as Ray's state API says."""
+def hosts_of(cluster: NetnsCluster, kind: str) -> set[str]:
+    return {cluster.host(node) for node, resources in NODES.items() if kind in resources}
+
+
+Outcome = tuple[float, int, str, float]  # (start, HTTP status, tier or error code, seconds)
+
+
+def clients(url: str, model: str, n: int, stop: threading.Event, outcomes: list[Outcome]) -> list[threading.Thread]:
+    """``n`` closed-loop clients asking ``model`` until ``stop``; each answer's outcome appended.
+    A 503 without Retry-After counts as -503, a request with no HTTP answer as -1."""
+
+    def client() -> None:
+        with httpx.Client(timeout=90) as http:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                body = {"model": model, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8}
+                try:
+                    r = http.post(url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"})
+                    what = r.headers.get("x-ladder-tier") or r.json().get("error", {}).get("code", "?")
+                    status = -503 if r.status_code == 503 and not r.headers.get("retry-after") else r.status_code
+                    outcomes.append((t0, status, what, time.monotonic() - t0))
+                except (httpx.HTTPError, ValueError) as exc:
+                    outcomes.append((t0, -1, f"{type(exc).__name__}: {exc}", time.monotonic() - t0))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def where_actors_run(cluster: NetnsCluster) -> dict[str, list[str]]:
+    """Actor class → the addresses of the nodes its live actors run on, as Ray's state API says."""
     script = f"""
 import json, ray
 from ray.util.state import list_actors
@@ -43,13 +84,21 @@ ray.init(address={cluster.address!r}, log_to_driver=False)
 ip = {{n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}}
 out = {{}}
 for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-    if a.class_name.startswith("ServeReplica:ladder:"):
-        out.setdefault(a.class_name.split(":")[-1], []).append(ip[a.node_id])
+    out.setdefault(a.class_name, []).append(ip[a.node_id])
 print(json.dumps(out))
 """
     p = cluster.run("head", [sys.executable, "-c", script], timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def where_replicas_run(cluster: NetnsCluster) -> dict[str, list[str]]:
+    """Serve deployment → the addresses of the nodes its live replicas run on."""
+    return {
+        name.split(":")[-1]: hosts
+        for name, hosts in where_actors_run(cluster).items()
+        if name.startswith("ServeReplica:ladder:")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +118,9 @@ def served(tmp_path_factory):
         small["verifier"] = None
         small["timeout_s"] = 20  # a rung on a lost node: given up on after 20 s without a token
         data["tiers"] = [
-            {**small, "name": name, "placement": {"resources": {f"tier-{node}": 1}}} for name, node in PLACED.items()
+            {**small, "name": name, "placement": {"resources": {kind: 1}}} for name, kind in PLACED.items()
         ]
+        data["tiers"][1] |= {"autoscaling": AUTOSCALING, "timeout_s": 60}  # pinned under load: not a stall
         data["policy"] = {"kind": "fixed"}
         data["cache"]["redis_url"] = f"redis://:{password}@{head}:6380/0"
         data["ray"]["address"] = cluster.address
@@ -86,7 +136,7 @@ def served(tmp_path_factory):
             while "Ladder is serving" not in err.read_text():
                 assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
                 time.sleep(2)
-            yield {"cluster": cluster, "url": f"http://{head}:{PORT}", "proc": proc, "err": err}
+            yield {"cluster": cluster, "url": f"http://{head}:{PORT}", "proc": proc, "err": err, "config": data}
         finally:
             end(proc, signal.SIGTERM, 120)
             redis.terminate()
@@ -95,7 +145,7 @@ def served(tmp_path_factory):
 def test_the_cluster_has_three_nodes_with_their_types(served):
     nodes = served["cluster"].nodes()
     by_ip = {n["ip"]: n["resources"] for n in nodes}
-    assert len(nodes) == 3
+    assert len(nodes) == len(NODES)
     for node, resources in NODES.items():
         assert all(by_ip[served["cluster"].host(node)].get(k) == v for k, v in resources.items())
 
@@ -103,8 +153,8 @@ def test_the_cluster_has_three_nodes_with_their_types(served):
 def test_each_tier_runs_on_the_node_type_its_placement_names_and_answers(served):
     cluster = served["cluster"]
     placed = where_replicas_run(cluster)
-    for tier, node in PLACED.items():
-        assert placed[f"tier-{tier}"] == [cluster.host(node)], placed
+    for tier, kind in PLACED.items():
+        assert len(placed[f"tier-{tier}"]) == 1 and set(placed[f"tier-{tier}"]) <= hosts_of(cluster, kind), placed
     assert placed["ladder-router"] == [cluster.host("head")], placed
     headers = {"authorization": f"Bearer {KEY}"}
     for model in ("ladder", *PLACED):
@@ -114,33 +164,65 @@ def test_each_tier_runs_on_the_node_type_its_placement_names_and_answers(served)
         assert r.headers["x-ladder-tier"] == ("small" if model == "ladder" else model)
 
 
+def test_a_placement_no_node_offers_is_refused_in_one_line(served, tmp_path):
+    """A second ``ladder serve`` onto the same cluster, its ``tiny`` placed on a node type nobody
+    started: exit 2 and one line naming the tier and the resource, before anything is deployed —
+    and the app already serving on the cluster still answers."""
+    data = json.loads(json.dumps(served["config"]))
+    data["tiers"][1]["placement"] = {"resources": {"tier-gpu": 1}}
+    data["server"]["port"] = PORT + 1
+    cfg = tmp_path / "unplaceable.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    p = served["cluster"].run("head", [sys.executable, "-m", "ladder.cli", "serve", "--config", str(cfg)], timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert "tier tiny: needs tier-gpu: 1 and no node of the Ray cluster has it" in last, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    # it left the cluster's Serve and the app it found there alone (it only joined the cluster)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4}
+    headers = {"authorization": f"Bearer {KEY}"}
+    r = httpx.post(served["url"] + "/v1/chat/completions", json=body, headers=headers, timeout=120)
+    assert r.status_code == 200, r.text
+
+
+def test_the_autoscaled_tier_scales_out_across_its_nodes_under_load_and_back_in_after(served):
+    """8 clients on ``tiny`` (4 in flight per replica, target 1): Serve adds its second replica, on
+    the other tier-b node; with the load down to one client it goes back to one. Every request of
+    both phases is answered — a scale event costs none."""
+    cluster, url = served["cluster"], served["url"]
+    outcomes: list[Outcome] = []
+    busy, light = threading.Event(), threading.Event()
+    threads = clients(url, "tiny", 7, busy, outcomes) + clients(url, "tiny", 1, light, outcomes)
+    try:
+        deadline = time.monotonic() + 420  # a new replica starts its engine while the first is busy
+        while len(placed := where_replicas_run(cluster).get("tier-tiny", [])) < 2:
+            assert time.monotonic() < deadline, placed
+            time.sleep(5)
+        assert set(placed) == hosts_of(cluster, "tier-b"), placed  # one on each tier-b node
+        busy.set()  # one client left: below the target of one in flight per replica for two
+        deadline = time.monotonic() + 240
+        while len(placed := where_replicas_run(cluster).get("tier-tiny", [])) > 1:
+            assert time.monotonic() < deadline, placed
+            time.sleep(5)
+    finally:
+        busy.set()
+        light.set()
+        for t in threads:
+            t.join(timeout=120)
+    assert len(placed) == 1
+    assert outcomes and {status for _, status, _, _ in outcomes} == {200}, [o for o in outcomes if o[1] != 200]
+    assert {tier for _, _, tier, _ in outcomes} == {"tiny"}
+
+
 def test_a_node_lost_under_load_hangs_nothing_and_its_tier_returns_with_the_node(served):
     """8 clients send routed requests (they start at ``small``, on node a; ``tiny``, on node b, is
     the rung above); node a is killed (every process in its namespace) a few seconds in. Each
     request is answered (by ``tiny`` once ``small`` is gone) or refused with 503 + Retry-After —
     none hangs past its bound, none is a 500. Then node a rejoins and Serve puts ``small`` back on it."""
     cluster, url = served["cluster"], served["url"]
-    headers = {"authorization": f"Bearer {KEY}"}
-    outcomes: list[tuple[float, int, str, float]] = []  # (start, status, tier or error code, seconds)
+    outcomes: list[Outcome] = []
     stop = threading.Event()
-
-    def client() -> None:
-        with httpx.Client(timeout=90) as http:
-            while not stop.is_set():
-                t0 = time.monotonic()
-                body = {"model": "ladder", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8}
-                try:
-                    r = http.post(url + "/v1/chat/completions", json=body, headers=headers)
-                    what = r.headers.get("x-ladder-tier") or r.json().get("error", {}).get("code", "?")
-                    # a 503 must say when to come back; one that does not counts as a failure (-503)
-                    status = -503 if r.status_code == 503 and not r.headers.get("retry-after") else r.status_code
-                    outcomes.append((t0, status, what, time.monotonic() - t0))
-                except (httpx.HTTPError, ValueError) as exc:
-                    outcomes.append((t0, -1, f"{type(exc).__name__}: {exc}", time.monotonic() - t0))
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
-    for t in threads:
-        t.start()
+    threads = clients(url, "ladder", 8, stop, outcomes)
     time.sleep(8)
     killed_at = time.monotonic()
     assert cluster.kill("a") > 3  # its raylet, agents, workers, the small tier's replica and engine
@@ -161,6 +243,7 @@ def test_a_node_lost_under_load_hangs_nothing_and_its_tier_returns_with_the_node
         time.sleep(5)
     body = {"model": "small", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4}
     deadline = time.monotonic() + 300
+    headers = {"authorization": f"Bearer {KEY}"}
     while (r := httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)).status_code != 200:
         # its engine is starting: 503 while the replica is not placed, 504 while it loads
         assert r.status_code in (503, 504) and time.monotonic() < deadline, r.text
@@ -168,9 +251,53 @@ def test_a_node_lost_under_load_hangs_nothing_and_its_tier_returns_with_the_node
     assert r.headers["x-ladder-tier"] == "small"
 
 
+def test_a_batch_job_in_tier_pools_loses_its_tier_node_and_writes_every_row_once(served, tmp_path):
+    """``ladder score --layout pools`` on the cluster: the ``tiny`` tier's engine runs in an actor
+    placed on a tier-b node (checked with Ray's state API), called by light cascade actors. That
+    node is killed while rows are being written; Ray restarts the tier's actor on the other tier-b
+    node and the calls it held are sent again. The job ends with exit 0 and every row in OUT
+    exactly once. The node then rejoins."""
+    cluster = served["cluster"]
+    data = json.loads(json.dumps(served["config"]))
+    data["tiers"] = [{k: v for k, v in data["tiers"][1].items() if k != "autoscaling"}]  # tiny, on tier-b
+    # a share of a tier-b node: Serve's ``tiny`` replica holds a whole one on one of the two nodes
+    data["tiers"][0]["placement"] = {"resources": {"tier-b": 0.25}}
+    cfg = tmp_path / "score.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    rows = [{"id": f"row-{i}", "prompt": f"Say hi to person {i}", "max_tokens": 8} for i in range(48)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    argv = ["score", str(tmp_path / "in.jsonl"), "--out", str(out), "--config", str(cfg)]
+    argv += ["--layout", "pools", "--actors", "2", "--batch-size", "4"]
+    err = tmp_path / "stderr"
+    with err.open("w") as e:
+        job = cluster.popen("head", [sys.executable, "-m", "ladder.cli", *argv], stderr=e, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 420
+        while not out.is_file() or len(out.read_text().splitlines()) < 8:
+            assert job.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(2)
+        tier_actor = where_actors_run(cluster).get("TierActor", [])
+        assert len(tier_actor) == 1 and set(tier_actor) <= hosts_of(cluster, "tier-b"), where_actors_run(cluster)
+        victim = next(n for n in NODES if cluster.host(n) == tier_actor[0])
+        assert len(out.read_text().splitlines()) < len(rows), "the job ended before its node could be lost"
+        assert cluster.kill(victim) > 3
+        assert job.wait(timeout=600) == 0, err.read_text()[-3000:]
+    finally:
+        end(job, signal.SIGTERM, 60)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(r["id"] for r in rows)  # every row, none twice
+    assert all(r.get("tier") == "tiny" for r in records), [r for r in records if r.get("tier") != "tiny"]
+    cluster.rejoin(victim)
+    deadline = time.monotonic() + 120
+    while len(cluster.nodes()) < len(NODES):
+        assert time.monotonic() < deadline
+        time.sleep(3)
+
+
 def test_a_stop_leaves_the_cluster_running(served):
     """Last: ``ladder serve`` on a cluster it did not start stops its app and exits 0; the nodes stay."""
     proc = served["proc"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, Path(served["err"]).read_text()[-2000:]
-    assert len(served["cluster"].nodes()) == 3
+    assert len(served["cluster"].nodes()) == len(NODES)
