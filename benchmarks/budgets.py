@@ -16,7 +16,8 @@ and three key plans (``server.keys``, SHA-256 digests only):
    with a 95% interval for this many requests (calibration's spread, ``sqrt(1/n + 1/m)``);
 2. **a budget**: ``budgeted`` (the policy's point, budget B = ``--budget-requests`` × that point's
    calibrated cost per request, period ``--period-s``, default 5 minutes: pacing spreads a budget
-   over its period, so an hour's budget would take an hour to run out) sends the same rows from
+   over its period, so an hour's budget would take an hour to run out; the part runs inside one
+   period, from its start: the app's periods start at multiples of it) sends the same rows from
    ``--clients`` clients at once until the app answers 429 ``insufficient_quota`` or the period ends (a 429 ``rate_limit_exceeded`` — the rest
    is held by requests in flight — is retried after a second): spent (Redis, ``GET /admin/keys``) vs B
    (target: ≤ B + the most one request cost), and per request the frontier point it was routed at
@@ -135,18 +136,24 @@ async def side_by_side(url: str, keys: dict[str, str], items: list[Item], client
 
 async def until_refused(url: str, key: str, items: list[Item], clients: int, period_s: float) -> list[dict]:
     """Clients cycle through the items on one key until one is refused for its budget, or the
-    budget's period is over (it would start afresh); the others finish what they have in flight."""
+    budget's period is over; the others finish what they have in flight. The app's periods start
+    at multiples of ``period_s`` (Redis's clock, this machine's): the part starts at a period's
+    start and sends nothing in its last 2 s, so every request is booked in that one period (a
+    run that straddled two would get two budgets, as a key rightly does)."""
+    await asyncio.sleep(period_s - time.time() % period_s + 0.5)
+    ends = (time.time() // period_s + 1) * period_s - 2
     out: list[dict] = []
     refused = asyncio.Event()
-    asyncio.get_running_loop().call_later(period_s, refused.set)
+    asyncio.get_running_loop().call_later(ends - time.time(), refused.set)
     nxt = iter(range(10**6))
     bar = tqdm(desc="budget", unit="answer")
     async with httpx.AsyncClient(base_url=url, timeout=1800) as client:
 
         async def user() -> None:
             while not refused.is_set():
+                sent = time.time()
                 row = await ask(client, key, items[next(nxt) % len(items)])
-                row["t"] = time.time()
+                row["sent"], row["t"] = sent, time.time()
                 out.append(row)
                 bar.update()
                 if row["status"] == 429 and row.get("code") == "insufficient_quota":
@@ -245,6 +252,7 @@ def main() -> None:
     spent = next((k for k in usage.get("keys", []) if k.get("id") == "budgeted"), {})
     most = max((r["cost_usd"] for r in served), default=0.0)
     charged = round(sum(r["cost_usd"] for r in served), 8)
+    periods = sorted({int(r["sent"] // args.period_s) for r in budget_rows})
     budget_summary = {
         "budget_usd": budget,
         "period_s": args.period_s,
@@ -257,6 +265,7 @@ def main() -> None:
         "other_errors": sum(r["status"] not in (200, 429) for r in budget_rows),
         "spent_usd_redis": spent.get("spent_usd"),
         "spent_usd_answers": charged,
+        "periods": len(periods),  # 1 by construction: the part runs inside one period
         "most_one_request_usd": most,
         "within_budget_plus_one": bool(charged <= budget + most),
         # per answered request in order: the frontier point's cost per 1K it was routed at

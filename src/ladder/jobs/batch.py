@@ -26,8 +26,8 @@ from ladder.cluster.settings import LadderConfig
 from ladder.errors import InvalidRequest, LadderError
 from ladder.jobs.driver import drive
 from ladder.jobs.tier_pools import PoolWorker, start_pools, stop_pools
-from ladder.protocols import Worker
 from ladder.outcomes.io import jsonl_lines, read_rows
+from ladder.protocols import Worker
 from ladder.router.cascade import run_cascade
 from ladder.router.memory import InMemoryRouteCache
 from ladder.types import Message, Query, Sampling
