@@ -282,7 +282,7 @@ def test_sigterm_drains_answers_in_flight_a_second_stops_at_once_nothing_left_ex
     for name in ("short-0", "short-1"):
         threads[name].join(timeout=60)
         assert results[name]["done"] and results[name]["error"] is None, results  # drained: answered whole
-    assert threads["long"].is_alive() and proc.poll() is None  # still draining the long one
+    assert threads["long"].is_alive() and proc.poll() is None, results  # still draining the long one
     # meanwhile the app is still there and says it is draining: a new request is a 503 with
     # Retry-After (not the proxy's 404), and /ready takes the replica out of a balancer
     late = httpx.post(
