@@ -12,15 +12,17 @@ from ladder.errors import ConfigError
 
 def demands(config: LadderConfig) -> dict[str, dict[str, float]]:
     """What one replica of each deployment asks of a node (Ray resource name → amount)."""
-    out: dict[str, dict[str, float]] = {}
-    for tier in config.tiers:
-        need = {"CPU": tier.num_cpus, **(tier.placement.resources if tier.placement else {})}
-        if tier.num_gpus:
-            need["GPU"] = tier.num_gpus
-        out[f"tier {tier.name}"] = need
-    ingress = config.server.ingress_placement
-    out["the router (server.ingress_placement)"] = {"CPU": 0.25, **(ingress.resources if ingress else {})}
+    out = {f"tier {t.name}": _need(t.actor_options()) for t in config.tiers}
+    out["the router (server.ingress_placement)"] = _need(config.server.ingress_actor_options())
     return out
+
+
+def _need(options: dict) -> dict[str, float]:
+    """Ray actor options as the node resources they take (no GPU key when none is asked)."""
+    need = {"CPU": options["num_cpus"], **options.get("resources", {})}
+    if options["num_gpus"]:
+        need["GPU"] = options["num_gpus"]
+    return need
 
 
 def unplaceable(need: dict[str, float], nodes: list[dict[str, float]]) -> str | None:

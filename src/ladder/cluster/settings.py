@@ -12,7 +12,7 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -111,6 +111,18 @@ class PlacementConfig(_Strict):
         if bad := [k for k in resources if k in ("CPU", "GPU", "memory", "object_store_memory")]:
             raise ValueError(f"{bad[0]} is not a custom resource: use the tier's num_cpus / num_gpus")
         return resources
+
+
+def actor_options(num_cpus: float, num_gpus: float, placement: PlacementConfig | None) -> dict[str, Any]:
+    """Ray actor options of one replica (a Serve replica's ``ray_actor_options``, a batch tier
+    actor's ``options``, what the placement check asks of a node): the same for all three."""
+    options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    if placement is not None and placement.resources:
+        options["resources"] = dict(placement.resources)  # only nodes of that kind have them
+    return options
+
+
+INGRESS_NUM_CPUS = 0.25  # the router + OpenAI ingress replica: no engine, a scheduling share
 
 
 class TierAutoscaling(_Strict):
@@ -228,6 +240,10 @@ class TierConfig(_Strict):
             raise ValueError("num_replicas and autoscaling exclude each other: autoscaling sets the replica count")
         return self
 
+    def actor_options(self) -> dict[str, Any]:
+        """Ray actor options of one replica of this tier (``settings.actor_options``)."""
+        return actor_options(self.num_cpus, self.num_gpus, self.placement)
+
     @property
     def min_replicas(self) -> int:
         """Replicas the tier keeps at least: the ones ``ladder serve`` waits for."""
@@ -343,6 +359,10 @@ class ServerConfig(_Strict):
     # where ingress replicas may run on a multi-node cluster (None: wherever 0.25 CPU fits); a
     # replica lost with its node loses the requests it holds, so keep it off nodes that come and go
     ingress_placement: PlacementConfig | None = None
+
+    def ingress_actor_options(self) -> dict[str, Any]:
+        """Ray actor options of one router + ingress replica (``settings.actor_options``)."""
+        return actor_options(INGRESS_NUM_CPUS, 0, self.ingress_placement)
 
     @field_validator("keys")
     @classmethod

@@ -78,14 +78,10 @@ def start_pools(config: LadderConfig, timeout_s: float = 1800) -> dict[str, list
         materialize(config, tier)
     pools: dict[str, list[Any]] = {}
     for tier in config.tiers:
-        options: dict[str, Any] = {
-            "num_cpus": tier.num_cpus,
-            "num_gpus": tier.num_gpus,
+        options = tier.actor_options() | {
             "max_restarts": -1,  # a node lost: start it again where the placement fits ...
             "max_task_retries": -1,  # ... and send it the calls it had
         }
-        if tier.placement and tier.placement.resources:
-            options["resources"] = dict(tier.placement.resources)
         remote = ray.remote(TierActor).options(**options)
         pools[tier.name] = [
             remote.remote(tier.model_dump_json(), str(config.cache_path)) for _ in range(tier.min_replicas)

@@ -14,7 +14,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from ladder.cluster.secrets import server_secret, with_admin_key
-from ladder.cluster.settings import LadderConfig, PlacementConfig, load_config
+from ladder.cluster.settings import LadderConfig, load_config
 from ladder.serving.gateway import Gateway, activate, active, build_api
 from ladder.serving.tiers import TierDeployment, TierHandleStreamer
 
@@ -46,11 +46,6 @@ class LadderIngress:
         return active().drain.state()
 
 
-def _resources(placement: PlacementConfig | None) -> dict[str, Any]:
-    """Ray actor options for a placement: custom resources only nodes of that kind have."""
-    return {"resources": dict(placement.resources)} if placement is not None and placement.resources else {}
-
-
 def build_app(args: dict[str, Any]) -> Application:
     """Serve entry point: ``args`` = {"config": path | None, "redis_url": url | None}.
 
@@ -64,7 +59,6 @@ def build_app(args: dict[str, Any]) -> Application:
     config_json = config.model_dump_json()
     handles = {}
     for tier in config.tiers:
-        actor = {"num_cpus": tier.num_cpus, "num_gpus": tier.num_gpus, **_resources(tier.placement)}
         replicas: dict[str, Any] = (
             {"autoscaling_config": tier.autoscaling.serve_config()}
             if tier.autoscaling
@@ -74,7 +68,7 @@ def build_app(args: dict[str, Any]) -> Application:
             serve.deployment(TierDeployment)
             .options(
                 name=f"tier-{tier.name}",
-                ray_actor_options=actor,
+                ray_actor_options=tier.actor_options(),
                 **replicas,
                 max_ongoing_requests=tier.max_ongoing_requests,
                 max_queued_requests=tier.max_queued_requests,
@@ -90,7 +84,7 @@ def build_app(args: dict[str, Any]) -> Application:
     return LadderIngress.options(
         name=INGRESS,
         num_replicas=config.server.ingress_replicas,
-        ray_actor_options={"num_cpus": 0.25, **_resources(config.server.ingress_placement)},
+        ray_actor_options=config.server.ingress_actor_options(),
         max_ongoing_requests=256,
         max_queued_requests=512,
         graceful_shutdown_timeout_s=config.server.drain_s,
