@@ -255,6 +255,9 @@ def test_sigterm_drains_answers_in_flight_a_second_stops_at_once_nothing_left_ex
             "model": "ladder",
             "stream": True,
             "max_tokens": max_tokens,
+            # greedy: a client's default temperature of 1.0 once sampled an early end to the
+            # long one (24 chunks, done before the shorts drained); greedy, every rung counts on
+            "temperature": 0,
             "messages": [{"role": "user", "content": prompt}],
         }
         try:
