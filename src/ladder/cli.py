@@ -299,6 +299,13 @@ CrossFitOpt = Annotated[
         "K times), then refit on all of them; 0 = on the validation part only",
     ),
 ]
+CostWeightedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--cost-weighted",
+        help="weigh each query's router odds by its predicted saving at --price (short answers climb cheaply)",
+    ),
+]
 
 
 def _print_json(obj: dict) -> None:
@@ -350,6 +357,7 @@ def calibrate(
         ),
     ] = False,
     cross_fit: CrossFitOpt = 0,
+    cost_weighted: CostWeightedOpt = False,
     config: CollectedWithOpt = None,
 ) -> None:
     """Choose thresholds on the validation part to meet a target; saves a new policy version, which
@@ -368,6 +376,7 @@ def calibrate(
             all_rows=all_rows,
             cross_fit=cross_fit,
             tier_weights=weights,
+            cost_weighted=cost_weighted,
         )
     )
 
@@ -422,6 +431,7 @@ def tune(
     price: Annotated[Optional[list[str]], typer.Option(help="RUNG=IN:OUT USD per 1M tokens")] = None,
     all_rows: Annotated[bool, typer.Option("--all-rows", help="tune on every row of OUTCOMES")] = False,
     cross_fit: CrossFitOpt = 0,
+    cost_weighted: CostWeightedOpt = False,
     config: CollectedWithOpt = None,
 ) -> None:
     """Calibrate POLICY to a target on OUTCOMES and write the report to look at: the frontier, the
@@ -441,6 +451,7 @@ def tune(
         report_dir=out_dir,
         cross_fit=cross_fit,
         tier_weights=weights,
+        cost_weighted=cost_weighted,
     )
     typer.echo(Path(info["report"]).read_text())
     typer.echo(f"policy: {info['policy']} ({info['version']}); plot: {info['plot']}")

@@ -23,7 +23,8 @@ PRICES = ["--price", "small=0.02:0.04", "--price", "medium=0.08:0.16", "--price"
 def test_each_row_is_scored_by_a_policy_that_never_saw_it():
     rows = split(*load_outcomes(str(HUMANEVAL))).train
     spec = TrainSpec(featurizer=FeaturizerKind.TFIDF, prefix_tokens=(8,))
-    route, accept, gates = _out_of_fold(rows, spec, 3)
+    prices = {"small": (0.02, 0.04), "medium": (0.08, 0.16), "large": (0.24, 0.48)}
+    route, accept, gates, savings = _out_of_fold(rows, spec, 3, prices)
     fold = _fold_of(rows.ids, 3)
     held = fold == 1
     alone = train_policy(rows.take(~held), spec)
@@ -32,6 +33,10 @@ def test_each_row_is_scored_by_a_policy_that_never_saw_it():
     assert not np.allclose(route[held], inside)  # in-sample scores differ: the fold was really out
     assert accept is not None and accept.shape == route.shape and set(gates) == {8}
     assert not np.isnan(gates[8][:, :2]).any()
+    # the answer-length model is out of fold too: its savings are the held-out fold's policy's
+    expected = alone.cost.calibrated([prices[r] for r in rows.rungs], savings[held])
+    x = alone.featurizer.transform(list(rows.take(held).queries))
+    np.testing.assert_allclose(savings[held], expected.savings(x, list(rows.take(held).queries)))
 
 
 @pytest.mark.slow  # CLI fits (~20 s)

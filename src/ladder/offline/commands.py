@@ -23,6 +23,7 @@ from ladder.offline.pipeline import (
 )
 from ladder.offline.training import TrainSpec, gate_scores, idk_scores, train_policy
 from ladder.outcomes.schema import stable_hash
+from ladder.policies.answer_cost import AnswerCost
 from ladder.policies.calibrate import calibrate
 from ladder.policies.features import FeaturizerKind, MiniLMFeaturizer, make_featurizer
 from ladder.policies.hybrid import HybridRouterPolicy
@@ -34,6 +35,14 @@ def _scores(policy: HybridRouterPolicy, outcomes) -> tuple[np.ndarray, np.ndarra
     x = featurize(policy.featurizer, list(outcomes.queries))
     route = np.stack([s.proba(x) for s in policy.boundaries], axis=1)
     return route, idk_scores(policy, outcomes, route)
+
+
+def _savings(policy: HybridRouterPolicy, outcomes, prices: dict) -> np.ndarray | None:  # noqa: ANN001
+    """[n, R-1] each row's predicted saving at ``prices`` (None: the policy has no length model)."""
+    if policy.cost is None:
+        return None
+    priced = AnswerCost(policy.cost.tokens, tuple(prices[r] for r in policy.rungs))
+    return priced.savings(featurize(policy.featurizer, list(outcomes.queries)), list(outcomes.queries))
 
 
 def train(source: str, data: Path | None, spec: TrainSpec, out: Path, all_rows: bool = False) -> dict:
@@ -64,27 +73,34 @@ def _fold_of(ids: tuple[str, ...], folds: int) -> np.ndarray:
     return stable_hash(ids, "ladder-fold") % folds
 
 
-def _out_of_fold(rows, spec: TrainSpec, folds: int):  # noqa: ANN001, ANN202 (Outcomes -> route, accept, gates)
-    """Route, IDK and prefix-gate scores of every row from a policy fitted (same recipe) on the
-    other folds only: scores as noisy as the served policy's on queries it never saw."""
+def _out_of_fold(rows, spec: TrainSpec, folds: int, prices: dict):  # noqa: ANN001, ANN202
+    """Route, IDK and prefix-gate scores and predicted savings (None without a length model) of
+    every row from a policy fitted (same recipe) on the other folds only: scores as noisy as the
+    served policy's on queries it never saw."""
     fold = _fold_of(rows.ids, folds)
     if len(set(fold.tolist())) < folds:
         raise OutcomesError(f"--cross-fit {folds}: {len(rows)} rows leave a fold empty; use fewer folds")
     route = np.zeros((len(rows), len(rows.rungs) - 1))
     accept: np.ndarray | None = None
     gates: dict[int, np.ndarray] = {}
+    savings: np.ndarray | None = np.zeros_like(route)
     for k in tqdm(range(folds), desc="cross-fit", unit="fold", leave=False):
         held = fold == k
         part = rows.take(held)
         fitted = train_policy(rows.take(~held), spec)
         r, a = _scores(fitted, part)
         route[held] = r
+        saved = _savings(fitted, part, prices)
+        if saved is None or savings is None:
+            savings = None
+        else:
+            savings[held] = saved
         if a is not None:
             accept = np.ones_like(route) if accept is None else accept
             accept[held] = a
         for tokens, g in gate_scores(fitted, part, r).items():
             gates.setdefault(tokens, np.full_like(route, np.nan))[held] = g
-    return route, accept, gates
+    return route, accept, gates, savings
 
 
 def calibrate_policy(
@@ -99,11 +115,13 @@ def calibrate_policy(
     report_dir: Path | None = None,
     cross_fit: int = 0,
     tier_weights: dict[str, str] | None = None,
+    cost_weighted: bool = False,
 ) -> dict:
     """Thresholds for a target, chosen on the validation part (or on every row of another file,
     ``all_rows``). ``cross_fit`` K: on the fit and validation parts together, from out-of-fold
     scores of the policy's recipe refitted K times; the saved policy is that recipe fitted on all of
-    those rows (the test part stays out of both)."""
+    those rows (the test part stays out of both). ``cost_weighted``: the start rule weighs each
+    query's router odds by its predicted saving (``ladder.policies.answer_cost``) at ``prices``."""
     policy = load_policy(policy_path)
     outcomes, contaminated = load_outcomes(source, data)
     if tuple(outcomes.rungs) != policy.rungs:
@@ -115,7 +133,7 @@ def calibrate_policy(
             "on another file with --all-rows, or on this one's validation part without it"
         )
     target = parse_target(target_text, policy.rungs)
-    gates = None
+    gates = savings = None
     if cross_fit:
         if all_rows or policy.meta.get("source") != source:
             raise OutcomesError(
@@ -127,15 +145,29 @@ def calibrate_policy(
         if cross_fit < 2:
             raise OutcomesError(f"--cross-fit needs at least 2 folds, got {cross_fit}")
         spec = TrainSpec.from_dict(policy.meta["spec"])
+        price_table = parse_prices(prices, policy.rungs)
         val = split(outcomes, contaminated).train  # fit + validation: everything but the test part
-        route, accept, gates = _out_of_fold(val, spec, cross_fit)
+        route, accept, gates, savings = _out_of_fold(val, spec, cross_fit, price_table)
         policy = train_policy(val, spec)
         policy.meta |= {"source": source, "all_rows": False, "cross_fit": cross_fit}
     else:
         val = outcomes if all_rows else three_way(outcomes, contaminated).validation
         route, accept = _scores(policy, val)
-    costs = rung_costs(val, parse_prices(prices, policy.rungs))
-    point, frontier = calibrate(target, route, val.quality, costs, accept, n_future)
+        price_table = parse_prices(prices, policy.rungs)
+        savings = _savings(policy, val, price_table)
+    start = route  # what the start rule compares with the thresholds, as served
+    if cost_weighted:
+        if policy.cost is None or savings is None:
+            raise OutcomesError(
+                "--cost-weighted needs answer lengths: the outcomes record no token counts, so the "
+                "policy has no model of them (collect with `ladder collect`, then train again)"
+            )
+        policy = replace(policy, cost=policy.cost.calibrated([price_table[r] for r in policy.rungs], savings))
+        start = policy.cost.weigh(route, savings)
+    elif policy.cost is not None:  # recalibrated without: the thresholds are for plain scores
+        policy = replace(policy, cost=replace(policy.cost, prices=(), reference=()))
+    costs = rung_costs(val, price_table)
+    point, frontier = calibrate(target, start, val.quality, costs, accept, n_future)
     calibrated = replace(
         policy,
         thresholds=point.thresholds,
@@ -145,6 +177,7 @@ def calibrate_policy(
             "target": target.describe(),
             "calibrated_on_rows": len(val),
             "operating_point": point.as_dict(),
+            "cost_weighted": cost_weighted,
             "pareto": [p.as_dict() for p in frontier],
             **({"tier_weights": tier_weights} if tier_weights else {}),
         },
@@ -155,10 +188,10 @@ def calibrate_policy(
             calibrated,
             val,
             target,
-            route,
+            start,
             accept,
             costs,
-            parse_prices(prices, policy.rungs),
+            price_table,
             n_future,
             gate_scores(calibrated, val, route) if gates is None else gates,
         )
@@ -172,7 +205,7 @@ def calibrate_policy(
             f"{Path(source).name}: {calibrated.version}",
             policy.rungs,
             val,
-            route,
+            start,
             accept,
             costs,
             point,
@@ -195,7 +228,7 @@ def _calibrate_gates(
     policy: HybridRouterPolicy,
     val,
     target,
-    route: np.ndarray,
+    start: np.ndarray,  # the start rule's scores (cost-weighted when the policy is)
     accept: np.ndarray,  # noqa: ANN001
     costs: np.ndarray,
     prices: dict,
@@ -207,7 +240,7 @@ def _calibrate_gates(
     prefix_costs = {k: rung_costs(val, prices, output_cap=k) for k in gates}
     choice = calibrate_prefix(
         target,
-        route,
+        start,
         policy.thresholds,
         val.quality,
         costs,

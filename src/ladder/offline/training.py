@@ -9,6 +9,7 @@ import numpy as np
 
 from ladder.nonanswer import non_answer
 from ladder.outcomes import Outcomes
+from ladder.policies.answer_cost import AnswerCost, fit_answer_tokens
 from ladder.policies.calibrate import Simulation, simulate
 from ladder.policies.features import Featurizer, FeaturizerKind, make_featurizer
 from ladder.policies.hybrid import HybridRouterPolicy
@@ -134,6 +135,9 @@ def train_policy(
                     )
                     for k in spec.prefix_tokens
                 )
+    # answer lengths for a cost-weighted start rule (inactive until calibrated with prices)
+    recorded = outcomes.tokens is not None and np.isfinite(outcomes.tokens).sum(axis=0).min() >= 2
+    cost = AnswerCost(fit_answer_tokens(x, outcomes.tokens)) if recorded else None
     meta = {
         "data_hash": outcomes.fingerprint,
         "data_source": outcomes.source,
@@ -142,7 +146,15 @@ def train_policy(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     return HybridRouterPolicy(
-        outcomes.rungs, featurizer, boundaries, (0.5,) * (r - 1), idk, {b: 0.5 for b in idk}, prefix, meta=meta
+        outcomes.rungs,
+        featurizer,
+        boundaries,
+        (0.5,) * (r - 1),
+        idk,
+        {b: 0.5 for b in idk},
+        prefix,
+        meta=meta,
+        cost=cost,
     )
 
 
@@ -186,7 +198,7 @@ def replay(policy: HybridRouterPolicy, outcomes: Outcomes) -> tuple[Simulation, 
     """The policy's decisions on recorded outcomes — start rung by the router, then each rung's
     recorded answer through its IDK step — at unit cost per rung, as serving would make them.
     Returns the simulation with the route and IDK scores it was made from."""
-    route = policy.scores(list(outcomes.queries))
+    route, start = policy.route_scores(list(outcomes.queries))
     accept = idk_scores(policy, outcomes, route)
     ones = np.ones_like(outcomes.quality)
-    return simulate(route, policy.thresholds, outcomes.quality, ones, accept, policy.accept_thresholds), route, accept
+    return simulate(start, policy.thresholds, outcomes.quality, ones, accept, policy.accept_thresholds), route, accept

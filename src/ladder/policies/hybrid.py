@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ladder.policies.answer_cost import AnswerCost
 from ladder.policies.calibrate import start_rungs
 from ladder.policies.features import Featurizer
 from ladder.policies.idk import AnswerView, IdkModel
@@ -35,6 +36,7 @@ class HybridRouterPolicy:
     prefix: dict[int, tuple[PrefixGate, ...]] = field(default_factory=dict)
     name: str = "hybrid"
     meta: dict = field(default_factory=dict)  # label scheme, data hash, target, Pareto table
+    cost: AnswerCost | None = None  # cost-weighted start rule (``ladder.policies.answer_cost``)
 
     def __post_init__(self) -> None:
         if len(self.boundaries) != len(self.rungs) - 1 or len(self.thresholds) != len(self.rungs) - 1:
@@ -59,12 +61,23 @@ class HybridRouterPolicy:
         )
         if gates:  # (policies without active gates keep the versions they had)
             h.update(repr(gates).encode())
+        if self.cost is not None and self.cost.active:  # (and those not cost-weighted theirs)
+            h.update(repr((self.cost.prices, self.cost.reference)).encode())
         return f"{self.name}-{h.hexdigest()}"
 
     def scores(self, texts: list[str]) -> np.ndarray:
         """[n, R-1]: P(rung b is good enough) for each boundary."""
-        x = self.featurizer.transform(texts)
-        return np.stack([s.proba(x) for s in self.boundaries], axis=1)
+        return self.route_scores(texts)[0]
+
+    def route_scores(self, texts: list[str], x=None) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+        """[n, R-1] twice: the router's probabilities (the IDK steps' prior, the ``x-ladder-score``
+        header) and what the start rule compares with the thresholds — the same, or weighted by each
+        query's predicted saving when the policy is cost-weighted. ``x``: features already made."""
+        x = self.featurizer.transform(texts) if x is None else x
+        raw = np.stack([s.proba(x) for s in self.boundaries], axis=1)
+        if self.cost is None or not self.cost.active:
+            return raw, raw
+        return raw, self.cost.weigh(raw, self.cost.savings(x, texts))
 
     @property
     def accept_thresholds(self) -> tuple[float, ...]:
@@ -76,8 +89,8 @@ class HybridRouterPolicy:
         return start_rungs(scores, self.thresholds)
 
     def route(self, query: Query) -> Route:
-        scores = self.scores([query.text])
-        start = int(self.start_rungs(scores)[0])
+        scores, weighted = self.route_scores([query.text])
+        start = int(self.start_rungs(weighted)[0])
         return Route(start, self.version, tuple(float(s) for s in scores[0]), self.thresholds)
 
     def accept(self, answer: Generation, route: Route) -> bool:

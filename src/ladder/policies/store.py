@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ladder.errors import PolicyFileError
+from ladder.policies.answer_cost import AnswerCost
 from ladder.policies.features import FeaturizerKind, make_featurizer
 from ladder.policies.hybrid import HybridRouterPolicy
 from ladder.policies.idk import SIGNALS, IdkModel
@@ -25,7 +26,20 @@ FORMAT_VERSION = 1
 
 
 def _scorer_arrays(prefix: str, s: LinearScorer) -> dict[str, np.ndarray]:
-    out = {f"{prefix}.weights": np.asarray(s.weights, np.float32), f"{prefix}.bias": np.array([s.bias], np.float64)}
+    # Hashed TF-IDF weights are mostly zero (a feature no training row had keeps weight 0): stored
+    # as index + value they take a tenth of the room, which matters for the copy every push puts in
+    # Redis beside the route cache.
+    w = np.asarray(s.weights, np.float32)
+    nz = np.flatnonzero(w)
+    if len(nz) * 2 < len(w):
+        out = {
+            f"{prefix}.index": nz.astype(np.int64),
+            f"{prefix}.values": w[nz],
+            f"{prefix}.dim": np.array([len(w)], np.int64),
+        }
+    else:
+        out = {f"{prefix}.weights": w}
+    out[f"{prefix}.bias"] = np.array([s.bias], np.float64)
     if s.mean is not None:
         out[f"{prefix}.mean"] = np.asarray(s.mean, np.float64)
         out[f"{prefix}.scale"] = np.asarray(s.scale, np.float64)
@@ -34,11 +48,16 @@ def _scorer_arrays(prefix: str, s: LinearScorer) -> dict[str, np.ndarray]:
 
 def _scorer(prefix: str, t: dict[str, np.ndarray]) -> LinearScorer:
     try:
-        return LinearScorer(
-            t[f"{prefix}.weights"], float(t[f"{prefix}.bias"][0]), t.get(f"{prefix}.mean"), t.get(f"{prefix}.scale")
-        )
+        if f"{prefix}.index" in t:
+            weights = np.zeros(int(t[f"{prefix}.dim"][0]), np.float32)
+            weights[t[f"{prefix}.index"]] = t[f"{prefix}.values"]
+        else:
+            weights = t[f"{prefix}.weights"]
+        return LinearScorer(weights, float(t[f"{prefix}.bias"][0]), t.get(f"{prefix}.mean"), t.get(f"{prefix}.scale"))
     except KeyError as exc:
         raise PolicyFileError(f"policy tensors lack {exc.args[0]}") from None
+    except IndexError:
+        raise PolicyFileError(f"policy tensors of {prefix}: an index past the weights' length") from None
 
 
 def save_policy(policy: HybridRouterPolicy, path: Path) -> Path:
@@ -54,6 +73,9 @@ def save_policy(policy: HybridRouterPolicy, path: Path) -> Path:
     for rung, gates in policy.prefix.items():
         for g in gates:
             tensors.update(_scorer_arrays(f"prefix.{rung}.{g.tokens}", g.model.scorer))
+    if policy.cost is not None:
+        for j, s in enumerate(policy.cost.tokens):
+            tensors.update(_scorer_arrays(f"cost.tokens.{j}", s))
     save_file(tensors, str(tensors_path))
     doc = {
         "format": FORMAT,
@@ -79,6 +101,11 @@ def save_policy(policy: HybridRouterPolicy, path: Path) -> Path:
             ]
             for r, gates in policy.prefix.items()
         },
+        **(
+            {"cost": {"prices": [list(p) for p in policy.cost.prices], "reference": list(policy.cost.reference)}}
+            if policy.cost is not None
+            else {}
+        ),
         "meta": policy.meta,
         "tensors_file": tensors_path.name,
         "tensors_sha256": hashlib.sha256(tensors_path.read_bytes()).hexdigest(),
@@ -167,6 +194,16 @@ def _policy(doc: dict, raw: bytes, path: str, tier_names: list[str] | None) -> H
                 PrefixGate(int(spec["tokens"]), model, float(spec["accept_at"]), float(spec["escalate_below"]))
             )
         prefix[int(key)] = tuple(gates)
+    cost = None
+    if (spec := doc.get("cost")) is not None:
+        prices, reference = spec.get("prices", []), spec.get("reference", [])
+        if (prices and len(prices) != len(rungs)) or (reference and len(reference) != len(rungs) - 1):
+            raise PolicyFileError(f"policy {path}: its answer-cost model does not match its {len(rungs)} rungs")
+        cost = AnswerCost(
+            tuple(_scorer(f"cost.tokens.{j}", t) for j in range(len(rungs))),
+            tuple((float(a), float(b)) for a, b in prices),
+            tuple(float(r) for r in reference),
+        )
     policy = HybridRouterPolicy(
         rungs=rungs,
         featurizer=make_featurizer(FeaturizerKind(doc["featurizer"]), state),
@@ -177,6 +214,7 @@ def _policy(doc: dict, raw: bytes, path: str, tier_names: list[str] | None) -> H
         prefix=prefix,
         name=doc.get("name", "hybrid"),
         meta=doc.get("meta", {}),
+        cost=cost,
     )
     if doc.get("version") and doc["version"] != policy.version:
         raise PolicyFileError(f"policy {path}: recorded version {doc['version']} does not match its content")
