@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from ladder.cluster.settings import LadderConfig, load_config
 from ladder.errors import ConfigError
@@ -113,6 +114,21 @@ def test_full_depth_tiers_run_on_the_vllm_engine_by_default_with_serve_limits_fr
     assert sum(t.engine.gpu_memory_utilization for t in gpu.tiers) < 0.9
     old = load_config(ROOT / "configs" / "transformers.yaml")
     assert all(t.backend == "transformers" and t.max_ongoing_requests == 4 for t in old.tiers)
+
+
+def test_the_large_tier_compiles_where_bfloat16_is_native_and_runs_eager_in_float32_on_a_cpu():
+    from ladder.workers.options import VLLMOptions, runs_eager
+
+    large = LadderConfig().tier("large")
+    assert large.engine.enforce_eager == "auto"
+    assert runs_eager(large.engine, "cpu", "float32") and not runs_eager(large.engine, "cpu", "bfloat16")
+    assert not runs_eager(large.engine, "cuda", "float32")  # memory on a GPU is the engine's own
+    assert runs_eager(VLLMOptions(enforce_eager=True), "cpu", "bfloat16")  # as configured, when set
+    assert not runs_eager(VLLMOptions(enforce_eager=False), "cpu", "float32")
+    bad = LadderConfig().model_dump(mode="json")
+    bad["tiers"][2]["vllm"]["enforce_eager"] = "sometimes"
+    with pytest.raises(ValidationError, match="enforce_eager"):
+        LadderConfig.model_validate(bad)
 
 
 def test_more_ongoing_requests_than_the_engine_batches_is_refused(tmp_path):

@@ -65,7 +65,11 @@ class VLLMOptions(Options):
     # CPU only: KV cache reserved up front (vLLM's kv_cache_memory_bytes; its VLLM_CPU_KVCACHE_SPACE
     # takes whole GiB only). A 1.5B model in float32 holds ~9k tokens in 0.5 GiB: 16 answers of ~580.
     kv_cache_gib: float = Field(default=2, gt=0)
-    enforce_eager: bool = False
+    # No compiled graph: starts sooner, runs slower, holds less memory. auto: eager only where the
+    # engine computes in float32 on a CPU (three float32 engines fit 24 GiB only so), compiled
+    # where it runs bfloat16 natively (measured, session 20: the routed ladder served 0.240 answers/s
+    # with large eager, 0.311 compiled, on the same AMX machine).
+    enforce_eager: bool | Literal["auto"] = False
     # CPU only. cores: the cores this engine's OpenMP threads are bound to (one thread each), as
     # positions in the list of cores the process may use (wrapping: [1] on a 1-core machine is
     # its core 0); None = every core. sharing: see CoreSharing (benchmarks/engine_sharing.py:
@@ -150,3 +154,11 @@ class AdaptiveDepth(Options):
         heads = Path(os.path.expanduser(self.heads)) if self.heads else bundled_heads(tier)
         draft = Path(os.path.expanduser(self.draft_head)) if self.draft_head else bundled_draft_head(tier)
         return self.model_copy(update={"heads": heads, "draft_head": draft, "weights_id": weights_id})
+
+
+def runs_eager(options: VLLMOptions, device: str, dtype: str) -> bool:
+    """Whether the engine runs without a compiled graph: as configured, or for ``auto`` only in
+    float32 on a CPU (where memory, not speed, decides)."""
+    if isinstance(options.enforce_eager, bool):
+        return options.enforce_eager
+    return device.startswith("cpu") and dtype == "float32"

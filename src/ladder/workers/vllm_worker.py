@@ -38,7 +38,7 @@ from ladder.errors import (
 )
 from ladder.types import Delta, Generation, Query
 from ladder.workers.engine_share import LEND_ENV, LOCK_ENV, lend_spec, turns_lock_paths
-from ladder.workers.options import CoreSharing, VLLMOptions
+from ladder.workers.options import CoreSharing, VLLMOptions, runs_eager
 
 _ids = itertools.count()
 
@@ -110,7 +110,7 @@ class VLLMWorker:
             max_model_len=o.max_model_len,
             max_num_seqs=o.max_num_seqs,
             **({} if o.max_num_batched_tokens is None else {"max_num_batched_tokens": o.max_num_batched_tokens}),
-            enforce_eager=o.enforce_eager,
+            enforce_eager=runs_eager(o, self.device, self.dtype),
             disable_log_stats=True,
             seed=0,
             # log p under the sampling distribution (after temperature, top-p),
