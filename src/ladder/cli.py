@@ -463,7 +463,8 @@ def route(
     prompts: Annotated[Path, typer.Argument(metavar="PROMPTS.jsonl", help='rows {"id"?, "prompt" | "messages"}')],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="JSONL out (default: stdout)")] = None,
 ) -> None:
-    """Route prompts with a policy without generating: per row the router's scores and start rung."""
+    """Route prompts with a policy without generating: per row the router's scores and start rung
+    (a cost-weighted policy also shows the weighted scores its thresholds apply to)."""
     import json
 
     from ladder.errors import InvalidRequest
@@ -481,11 +482,16 @@ def route(
             continue
         rung = loaded.rungs[decision.start]
         counts[rung] += 1
+        weighted = {}
+        if loaded.cost is not None and loaded.cost.active:
+            w = loaded.route_scores([row_query(row, 1).text])[1][0]
+            weighted = {"weighted_scores": dict(zip(loaded.rungs[:-1], (float(v) for v in w)))}
         lines.append(
             {
                 "id": row_id(row),
                 "start": rung,
                 "scores": dict(zip(loaded.rungs[:-1], decision.scores)),
+                **weighted,
                 "thresholds": dict(zip(loaded.rungs[:-1], decision.thresholds)),
                 "policy": decision.policy_version,
             }

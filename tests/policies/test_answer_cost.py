@@ -120,3 +120,27 @@ def test_cost_weighted_without_recorded_lengths_is_one_line_and_exit_2(tmp_path,
     p = subprocess.run([sys.executable, "-m", "ladder.cli", *args], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and p.stderr.startswith("error: --cost-weighted needs answer lengths"), p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and not Path("c.json").exists()
+
+
+def test_ladder_route_shows_the_weighted_scores_the_bundled_policys_thresholds_apply_to(tmp_path):
+    bundled = ROOT / "src" / "ladder" / "data" / "policy" / "default.json"
+    rows = [
+        {"id": "mc", "prompt": "Which is a prime number? Answer with the letter only.\nA) 4\nB) 6\nC) 7\nD) 9"},
+        {"id": "code", "prompt": "Write a Python function that returns the n-th Fibonacci number."},
+    ]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    p = subprocess.run(
+        [sys.executable, "-m", "ladder.cli", "route", str(bundled), str(tmp_path / "p.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    routed = {r["id"]: r for r in map(json.loads, p.stdout.splitlines())}
+    rungs = ["small", "medium", "large"]
+    for r in routed.values():
+        first = next((b for b in (0, 1) if r["weighted_scores"][rungs[b]] >= r["thresholds"][rungs[b]]), 2)
+        assert r["start"] == rungs[first]  # the start follows the weighted scores, not the plain ones
+    # a letter saves little at medium: its odds shrink more than a program's
+    ratio = {k: r["weighted_scores"]["medium"] / r["scores"]["medium"] for k, r in routed.items()}
+    assert ratio["mc"] < ratio["code"]
