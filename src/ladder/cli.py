@@ -476,7 +476,8 @@ def route(
     lines, counts = [], {r: 0 for r in loaded.rungs}
     for row in read_rows(prompts, "prompts file"):
         try:
-            decision = loaded.route(row_query(row, 1))
+            query = row_query(row, 1)
+            decision = loaded.route(query)
         except InvalidRequest as exc:
             lines.append({"id": row_id(row), "error": str(exc)})
             continue
@@ -484,7 +485,7 @@ def route(
         counts[rung] += 1
         weighted = {}
         if loaded.cost is not None and loaded.cost.active:
-            w = loaded.route_scores([row_query(row, 1).text])[1][0]
+            w = loaded.route_scores([query.text])[1][0]
             weighted = {"weighted_scores": dict(zip(loaded.rungs[:-1], (float(v) for v in w)))}
         lines.append(
             {

@@ -14,7 +14,7 @@ query's predicted saving over the reference saving (the mean over the rows the t
 calibrated on): a query that saves twice the usual needs half the usual odds to stop cheap, one
 that saves a tenth needs ten times the odds. A query of average saving is routed as before, so
 the thresholds keep their meaning. Both the served route and every calibration replay read the
-weighted scores through ``HybridRouterPolicy.start_scores``; the IDK steps keep the router's
+weighted scores through ``HybridRouterPolicy.route_scores``; the IDK steps keep the router's
 plain probability as their prior.
 """
 

@@ -69,11 +69,11 @@ class HybridRouterPolicy:
         """[n, R-1]: P(rung b is good enough) for each boundary."""
         return self.route_scores(texts)[0]
 
-    def route_scores(self, texts: list[str], x=None) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    def route_scores(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """[n, R-1] twice: the router's probabilities (the IDK steps' prior, the ``x-ladder-score``
         header) and what the start rule compares with the thresholds — the same, or weighted by each
-        query's predicted saving when the policy is cost-weighted. ``x``: features already made."""
-        x = self.featurizer.transform(texts) if x is None else x
+        query's predicted saving when the policy is cost-weighted."""
+        x = self.featurizer.transform(texts)
         raw = np.stack([s.proba(x) for s in self.boundaries], axis=1)
         if self.cost is None or not self.cost.active:
             return raw, raw
