@@ -28,6 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.engine_loop import closed_loop
 from harness.meta import stamp
 
 from ladder.cluster.compose import build_worker, materialize
@@ -36,16 +37,6 @@ from ladder.types import Query
 from ladder.workers.options import CoreSharing
 
 RESULTS = Path(__file__).parent / "results"
-PROMPTS = (
-    "Explain how a refrigerator keeps food cold.",
-    "Write a short story about a lighthouse keeper.",
-    "What are the main causes of inflation?",
-    "Describe the water cycle in detail.",
-    "Give me tips for learning a new language.",
-    "Explain the difference between TCP and UDP.",
-    "Why is the sky blue? Explain in detail.",
-    "Summarise the plot of Romeo and Juliet.",
-)
 PHASES = {"medium": (16, 0), "large": (0, 16), "mixed": (12, 4), "mixed_large": (4, 12)}
 
 
@@ -60,31 +51,14 @@ def mode_options(mode: str, tier: str, cores: list[int]) -> tuple[dict, dict[str
     return every, ({"OMP_WAIT_POLICY": "PASSIVE"} if mode == "passive" else {})
 
 
-async def loop(worker, clients: int, duration: float) -> None:  # noqa: ANN001
-    """Closed loop for ``duration`` s; requests still running then are cancelled (vLLM aborts them)."""
-
-    async def client(c: int) -> None:
-        i = c
-        while True:
-            q = Query.of(PROMPTS[i % len(PROMPTS)] + f" (#{i})", max_tokens=64, temperature=0.0)
-            await worker.generate(q)
-            i += clients
-
-    tasks = [asyncio.ensure_future(client(c)) for c in range(clients)]
-    await asyncio.sleep(duration)
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
 async def measure(workers: dict, duration: float) -> dict:
     """Tokens/s per engine: every token it produced in the window (the worker's own counter), so a
     request still running at the end counts for what it did."""
     out = {}
     for phase, (cm, cl) in PHASES.items():
         before = {t: w.generated_tokens for t, w in workers.items()}
-        jobs = [loop(workers["medium"], cm, duration)] if cm else []
-        jobs += [loop(workers["large"], cl, duration)] if cl else []
+        jobs = [closed_loop(workers["medium"], cm, duration)] if cm else []
+        jobs += [closed_loop(workers["large"], cl, duration)] if cl else []
         await asyncio.gather(*jobs)
         out[phase] = {f"{t}_tps": round((w.generated_tokens - before[t]) / duration, 2) for t, w in workers.items()}
         await asyncio.sleep(2)  # cancelled requests leave the engines
