@@ -40,7 +40,7 @@ import numpy as np
 from ladder.cluster.settings import LadderConfig
 from ladder.offline.pipeline import rung_costs
 from ladder.offline.plots import new_axes, save
-from ladder.offline.training import TrainSpec, idk_scores, replay, train_policy
+from ladder.offline.training import TrainSpec, idk_scores, train_policy
 from ladder.outcomes import Outcomes
 from ladder.outcomes.io import read_jsonl
 from ladder.policies.calibrate import Simulation, simulate, sweep
@@ -340,27 +340,10 @@ def served_policy_check() -> dict:
     """The bundled policy on the held-out 20% of the file it was calibrated from (HumanEval +
     GSM8K): per rung the realised share of queries reaching it, against the printed interval."""
     from ladder.cluster.settings import BUNDLED_POLICY
-    from ladder.offline.pipeline import three_way
+    from ladder.offline.held_out import held_out_check
     from ladder.policies.store import load_policy
 
-    policy = load_policy(BUNDLED_POLICY)
-    o = read_paths(WORKLOADS["humaneval+gsm8k"])
-    test = three_way(o, np.zeros(len(o), bool)).test
-    sim, _, _ = replay(policy, test)
-    point = policy.meta["operating_point"]
-    reach = sim.reached.mean(axis=0)
-    inside = [bool(lo <= x <= hi) for x, (lo, hi) in zip(reach, point["reach_ci"])]
-    return {
-        "policy": policy.version,
-        "target": policy.meta.get("target"),
-        "held_out_rows": len(test),
-        "reach": dict(zip(policy.rungs, reach.tolist())),
-        "reach_ci": dict(zip(policy.rungs, point["reach_ci"])),
-        "inside": dict(zip(policy.rungs, inside)),
-        "all_inside": all(inside),
-        "quality": float(sim.quality.mean()),
-        "quality_ci": point["quality_ci"],
-    }
+    return held_out_check(load_policy(BUNDLED_POLICY), read_paths(WORKLOADS["humaneval+gsm8k"]))
 
 
 def _fold(i: str, folds: int, salt: str = "cascade-fold") -> int:

@@ -13,8 +13,12 @@
 5. ``ladder policy push`` into the same running app while 4 clients keep sending routed
    requests: failed requests, and seconds from the push until responses carry the new version.
 Writes benchmarks/results/own_traffic.json: ``{prompts, judge_agreement_on_labelled, swap:
-{requests, failed, seconds_to_new_version}, steps_s: {collect, judge, train, calibrate, push}}``
-plus details.
+{requests, failed, seconds_to_new_version}, steps_s: {collect, judge, train, calibrate, push},
+held_out}`` plus details, stamped with commit, policy version and command. ``held_out``: the
+calibrated policy replayed on the test part of the judged rows (neither its fit nor its
+calibration read them): reach against the printed intervals, quality beside always-large's.
+``calibrated.quality`` is the estimate on the validation rows that chose the thresholds. The judge
+is the large tier, one of the judged tiers (``judge_is_a_judged_tier``: no other model runs here).
 """
 
 from __future__ import annotations
@@ -33,9 +37,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from engine import start_ladder, stop, wait_ready  # noqa: E402
+from harness.meta import stamp  # noqa: E402
 
 from ladder.cluster.redis_server import free_port  # noqa: E402
 from ladder.cluster.settings import LadderConfig  # noqa: E402
+from ladder.offline.held_out import held_out_check  # noqa: E402
+from ladder.outcomes.io import read_jsonl  # noqa: E402
+from ladder.policies.store import load_policy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -303,6 +311,10 @@ def main() -> None:
             work / "calibrate.log",
         )
         calibrated = json.loads(out)
+        # the calibrated policy on the judged rows neither `ladder train` (fit part) nor `ladder
+        # calibrate` (validation part) read: calibrated["quality"] is the validation estimate
+        held = held_out_check(load_policy(policy), read_jsonl(judged))
+        print(f"held out: {held}", flush=True)
         swap = swap_under_load(url, policy)
         steps["push"] = swap.pop("push_s")
     finally:
@@ -318,6 +330,12 @@ def main() -> None:
         "steps_s": steps,
         "serve_ready_s": ready_s,
         "judge": judge,
+        # the judge is one of the judged tiers (Ladder's own large tier grades every rung, itself
+        # included): no other model runs here. Its agreement with gold on the labelled rows is the
+        # only check on it, and its grades of its own answers may be lenient.
+        "judge_model": "large",
+        "judge_is_a_judged_tier": True,
+        "held_out": held,
         "mean_judged_quality": quality,
         "train": trained,
         "calibrated": {
@@ -336,7 +354,7 @@ def main() -> None:
         },
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "own_traffic.json").write_text(json.dumps(result, indent=1, default=float))
+    (RESULTS / "own_traffic.json").write_text(json.dumps({**stamp(sys.argv), **result}, indent=1, default=float))
     print(json.dumps({k: result[k] for k in ("prompts", "judge_agreement_on_labelled", "swap", "steps_s")}, indent=1))
 
 
