@@ -149,9 +149,9 @@ def score(
         str,
         typer.Option(
             help="whole: each actor holds every tier; pools: each tier in actors of its own (its placement), "
-            "called by light cascade actors"
+            "called by light cascade actors (the default: 1.14x whole's tokens/s, benchmarks/batch.py)"
         ),
-    ] = "whole",
+    ] = "pools",
 ) -> None:
     """Route and answer every row with Ray Data (resumable: ids already in OUT are skipped)."""
     from rich.console import Console

@@ -222,7 +222,9 @@ def test_a_node_lost_under_load_hangs_nothing_and_its_tier_returns_with_the_node
     """8 clients send routed requests (they start at ``small``, on node a; ``tiny``, on node b, is
     the rung above); node a is killed (every process in its namespace) a few seconds in. Each
     request is answered (by ``tiny`` once ``small`` is gone) or refused with 503 + Retry-After —
-    none hangs past its bound, none is a 500. Then node a rejoins and Serve puts ``small`` back on it."""
+    none hangs past its bound, none is a 500. While it is gone, ``/ready`` says ``small`` is
+    unavailable (200, ``degraded``) and the decision cache (Redis on the head) still hits. Then node
+    a rejoins and Serve puts ``small`` back on it."""
     cluster, url = served["cluster"], served["url"]
     outcomes: list[Outcome] = []
     stop = threading.Event()
@@ -239,6 +241,20 @@ def test_a_node_lost_under_load_hangs_nothing_and_its_tier_returns_with_the_node
     assert {status for _, status, _, _ in outcomes} <= {200, 503}, [o for o in outcomes if o[1] != 200]
     assert any(status == 200 and tier == "tiny" for _, status, tier, _ in after), after  # the rung above answered
     assert max(seconds for *_, seconds in outcomes) < 60
+    # while the node is gone: /ready names its tier unavailable and keeps the app in the balancer
+    # (the ladder routes around it), and the decision cache in Redis on the head still answers
+    headers = {"authorization": f"Bearer {KEY}"}
+    deadline = time.monotonic() + 120
+    while (ready := httpx.get(url + "/ready", timeout=30)).json()["tiers"]["small"] != "unavailable":
+        assert time.monotonic() < deadline, ready.json()
+        time.sleep(3)
+    assert ready.status_code == 200 and ready.json()["degraded"] == ["small"], ready.json()
+    body = {"model": "ladder", "messages": [{"role": "user", "content": "Name a colour"}], "max_tokens": 4}
+    labels = [
+        httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120).headers["x-ladder-cache"]
+        for _ in range(2)
+    ]
+    assert labels == ["miss", "hit"], labels
     # the node comes back, and with it the tier placed there
     cluster.rejoin("a")
     deadline = time.monotonic() + 300
@@ -247,7 +263,6 @@ def test_a_node_lost_under_load_hangs_nothing_and_its_tier_returns_with_the_node
         time.sleep(5)
     body = {"model": "small", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4}
     deadline = time.monotonic() + 300
-    headers = {"authorization": f"Bearer {KEY}"}
     while (r := httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)).status_code != 200:
         # its engine is starting: 503 while the replica is not placed, 504 while it loads
         assert r.status_code in (503, 504) and time.monotonic() < deadline, r.text

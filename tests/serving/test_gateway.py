@@ -238,6 +238,23 @@ def test_ready_is_503_while_a_tier_is_starting_and_200_once_all_answer(tiers):
     medium.state = "ready"
     r = call(gw, "GET", "/ready", key=None)
     assert r.status_code == 200 and r.json()["ready"] and r.json()["redis"] == "off"
+    assert "degraded" not in r.json()
+    # lost after it was up (its node gone): routed around, so the app stays in the balancer, named
+    medium.state = "unavailable"
+    r = call(gw, "GET", "/ready", key=None)
+    assert r.status_code == 200 and r.json()["degraded"] == ["medium"]
+    assert r.json()["tiers"]["medium"] == "unavailable"
+    medium.state = "failed"  # an engine that is down in a live replica: not ready
+    assert call(gw, "GET", "/ready", key=None).status_code == 503
+
+
+def test_ready_is_503_when_no_tier_can_answer():
+    class Lost(ScriptedWorker):
+        async def ready(self) -> str:
+            return "unavailable"
+
+    r = call(gateway([Lost("small", logprob=-0.1), Lost("medium", logprob=-0.1)]), "GET", "/ready", key=None)
+    assert r.status_code == 503 and r.json()["degraded"] == ["small", "medium"]
 
 
 @pytest.mark.parametrize("stream", [False, True])

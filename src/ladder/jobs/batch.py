@@ -162,7 +162,7 @@ def score(
     batch_size: int = 8,
     default_max_tokens: int = 64,
     actor_cpus: float | None = None,
-    layout: Layout = "whole",
+    layout: Layout = "pools",
 ) -> ScoreSummary:
     """Run the job on the already-initialised Ray; appends to ``out``; returns the summary.
     ``layout``: ``whole`` (each Ray Data actor holds every tier) or ``pools`` (light cascade

@@ -217,8 +217,15 @@ class Gateway:
                 redis = "ok"
             except Exception:  # noqa: BLE001 — any failure to answer is "unreachable"
                 redis = "unreachable"
-        ready = all(v in ("ready", "busy") for v in states)
-        return {"ready": ready, "tiers": tiers, "policy_version": self.policy.version, "redis": redis}
+        # A tier lost after it was up does not take the app out of a balancer: requests route
+        # around it (its rung escalates, a pinned request gets 503), and every ingress replica
+        # would report the same, turning one lost node into an outage. It is named in
+        # ``degraded``. Starting or failed tiers do make the app not ready.
+        serving = [v for v in states if v in ("ready", "busy")]
+        ready = bool(serving) and all(v in ("ready", "busy", "unavailable") for v in states)
+        degraded = [t for t, v in tiers.items() if v == "unavailable"]
+        body = {"ready": ready, "tiers": tiers, "policy_version": self.policy.version, "redis": redis}
+        return body | ({"degraded": degraded} if degraded else {})
 
     # -- access ------------------------------------------------------------------------------
     def authorize(self, request: Request) -> Plan | None:

@@ -5,6 +5,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from ladder.cluster.compose import build_worker, materialize_in
@@ -92,17 +93,30 @@ class TierHandleStreamer:
     async def ready(self, timeout_s: float = 2.0) -> str:
         """ "ready"; "starting" (no replica answered within ``timeout_s`` and none ever has);
         "busy" (none answered in time, but one has before: its queue is full, it is not starting);
-        or "failed" (the engine is down)."""
+        "unavailable" (one has before, and Serve has no running replica of it now: its node was
+        lost and none other offers its placement); or "failed" (the engine is down)."""
         call = self.plain.ready.remote()
         try:
             ok = await asyncio.wait_for(call, timeout_s)
         except TimeoutError:
             call.cancel()
-            return "busy" if self._up else "starting"
+            if not self._up:
+                return "starting"
+            return "unavailable" if await self.no_running_replica() else "busy"
         except Exception:  # noqa: BLE001 — a dead replica, an engine that failed: not ready, whatever the cause
-            return "failed"
+            return "unavailable" if self._up and await self.no_running_replica() else "failed"
         self._up = self._up or bool(ok)
         return "ready" if ok else "failed"
+
+    async def no_running_replica(self) -> bool:
+        """Whether Serve's controller reports no RUNNING replica of this tier (False when it
+        cannot say in time). Asked only after a probe failed, so its cost is off the hot path."""
+        try:
+            status = await asyncio.wait_for(asyncio.to_thread(serve.status), 2.0)
+            deployment = status.applications[self.plain.app_name].deployments[self.plain.deployment_name]
+        except Exception:  # noqa: BLE001 — no answer is no evidence: keep the probe's own reading
+            return False
+        return deployment.replica_states.get("RUNNING", 0) == 0  # ReplicaState is a str enum
 
     async def started(self) -> bool:
         """Whether a replica of this tier is up. Until one has answered, every request asks (one
