@@ -78,6 +78,11 @@ class TierStarting(TierUnavailable):
     the tier's timeout."""
 
 
+class TierLost(TierUnavailable):
+    """A tier that was up and has no running replica now (its node lost, and no other node offers
+    its placement): skipped until Serve runs one again."""
+
+
 class TierUnvalidated(TierUnavailable):
     """A tier whose weights are not the ones the live policy was fitted on: the policy's judgement
     of it means nothing, so routed requests skip it until a policy fitted on its weights is pushed."""

@@ -10,7 +10,7 @@ from ray.serve.handle import DeploymentHandle
 
 from ladder.cluster.compose import build_worker, materialize_in
 from ladder.cluster.settings import TierConfig
-from ladder.errors import InvalidRequest, TierOverloaded, TierStarting, WorkerFailed, WorkerTimeout
+from ladder.errors import InvalidRequest, TierLost, TierOverloaded, TierStarting, WorkerFailed, WorkerTimeout
 from ladder.types import Delta, Generation, Query
 
 
@@ -74,6 +74,7 @@ def merge(deltas: list[Delta]) -> Delta:
 
 
 STARTING_PROBE_S = 1.0  # how long a request waits to learn whether a tier has started
+LOST_RECHECK_S = 5.0  # how often a tier with no running replica is looked for again
 
 
 class TierHandleStreamer:
@@ -89,6 +90,8 @@ class TierHandleStreamer:
         self.coalesce_s = coalesce_s
         self._up = False  # a replica of this tier has answered a readiness probe
         self._probe: asyncio.Future[str] | None = None
+        self._lost_checked: float | None = None  # when Serve last said no replica runs (None: not lost)
+        self._recheck: asyncio.Future[bool] | None = None
 
     async def ready(self, timeout_s: float = 2.0) -> str:
         """ "ready"; "starting" (no replica answered within ``timeout_s`` and none ever has);
@@ -102,11 +105,32 @@ class TierHandleStreamer:
             call.cancel()
             if not self._up:
                 return "starting"
-            return "unavailable" if await self.no_running_replica() else "busy"
+            return "unavailable" if await self._mark_lost() else "busy"
         except Exception:  # noqa: BLE001 — a dead replica, an engine that failed: not ready, whatever the cause
-            return "unavailable" if self._up and await self.no_running_replica() else "failed"
+            return "unavailable" if self._up and await self._mark_lost() else "failed"
         self._up = self._up or bool(ok)
+        if ok:
+            self._lost_checked = None
         return "ready" if ok else "failed"
+
+    async def _mark_lost(self) -> bool:
+        """After a failed call or probe: whether no replica runs; if so, requests skip the tier."""
+        lost = await self.no_running_replica()
+        self._lost_checked = time.monotonic() if lost else None
+        return lost
+
+    async def lost(self) -> bool:
+        """Whether this tier, once up, has no running replica (its node lost and none other offers
+        its placement): requests then skip it at once instead of each waiting its ``timeout_s``.
+        While lost, Serve is asked again at most every ``LOST_RECHECK_S`` (one shared call), so the
+        tier is used again as soon as a replica runs."""
+        if self._lost_checked is None:
+            return False
+        if time.monotonic() - self._lost_checked < LOST_RECHECK_S:
+            return True
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.ensure_future(self._mark_lost())
+        return await asyncio.shield(self._recheck)
 
     async def no_running_replica(self) -> bool:
         """Whether Serve's controller reports no RUNNING replica of this tier (False when it
@@ -134,6 +158,8 @@ class TierHandleStreamer:
     async def stream(self, query: Query) -> AsyncIterator[Delta | Generation]:
         if not await self.started():  # skip at once: a tier still loading its engine is not an answer
             raise TierStarting(f"tier {self.tier} is starting")
+        if await self.lost():
+            raise TierLost(f"tier {self.tier} has no running replica")
         call = self.handle.stream.remote(query, self.coalesce_s)
         finished = False
         try:
@@ -147,9 +173,13 @@ class TierHandleStreamer:
                     finished = True
                     return
                 except asyncio.TimeoutError:
+                    await self._mark_lost()  # a replica gone with its node: the next requests skip it
                     raise WorkerTimeout(f"tier {self.tier} sent nothing for {self.timeout_s}s") from None
                 except Exception as exc:
-                    raise unwrap_error(exc, self.tier) from None
+                    error = unwrap_error(exc, self.tier)
+                    if type(error) is WorkerFailed:  # not a client error, not a full queue
+                        await self._mark_lost()
+                    raise error from None
                 yield item
         finally:
             if not finished:
