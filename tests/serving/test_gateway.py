@@ -13,6 +13,7 @@ from ladder.errors import (
     ContextOverflow,
     LadderError,
     NoRungAvailable,
+    TierLost,
     TierStarting,
     UnknownTier,
     WorkerFailed,
@@ -282,6 +283,16 @@ def test_every_allowed_tier_starting_is_503_tiers_starting_with_retry_after(mode
     r = call(gateway(starting), "POST", "/v1/chat/completions", **chat(model=model))
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
     assert r.json()["error"]["code"] == "tiers_starting" and "starting" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("model", ["ladder", "small"])
+def test_every_allowed_tier_lost_is_503_no_rung_available_not_starting(model):
+    """A tier lost with its node is not starting: the 503 says no rung is available (the cause
+    goes to the log) and asks for a short retry."""
+    lost = [ScriptedWorker(n, fail=TierLost(f"tier {n} has no running replica")) for n in ("small", "medium")]
+    r = call(gateway(lost), "POST", "/v1/chat/completions", **chat(model=model))
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "no_rung_available" and "starting" not in r.json()["error"]["message"]
 
 
 def test_draining_refuses_new_requests_with_503_while_streams_in_flight_finish():

@@ -77,7 +77,8 @@ def no_rung_error(attempts: list[Attempt], client_errors: list[InvalidRequest], 
     return NoRungAvailable(
         f"every rung failed ({errors})",
         overloaded=overloads == len(attempts),
-        starting=bool(attempts) and all(a.unavailable for a in attempts),
+        # every rung still loading its engine: worth a longer Retry-After than a lost or refused tier
+        starting=bool(attempts) and all(a.unavailable and (a.error or "").startswith("TierStarting") for a in attempts),
     )
 
 
