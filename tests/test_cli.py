@@ -157,3 +157,18 @@ def test_keys_new_prints_a_plan_that_holds_only_the_keys_digest():
     assert plan["budget"] == {"usd": 5.0, "period_s": 86400} and plan["limits"] == {"requests_per_min": 60}
     assert LadderConfig(server={"keys": [plan]}).server.keys[0].target == "large<=0.2"
     assert_clean_error(ladder("keys", "new", "team-b", "--target", "huge<=0.2"), "target names rung 'huge'")
+
+
+@pytest.mark.slow  # a subprocess or a training run: not in make test-fast
+def test_serve_refuses_engine_speculation_on_a_cpu_tier_in_one_line(tmp_path):
+    import yaml
+
+    from ladder.cluster.settings import LadderConfig
+
+    data = LadderConfig().model_dump(mode="json")
+    data["tiers"][1]["vllm"]["speculative"] = {"method": "ngram", "num_speculative_tokens": 4}
+    cfg = tmp_path / "spec.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    proc = ladder("serve", "--config", str(cfg))
+    assert_clean_error(proc, "tier medium: vllm.speculative needs a GPU")
+    assert len(proc.stderr.strip().splitlines()) == 1

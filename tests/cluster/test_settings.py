@@ -157,3 +157,25 @@ def test_an_autoscaled_tier_gives_serve_its_bounds_and_waits_for_its_minimum():
 
     serve = AutoscalingConfig(**tier.autoscaling.serve_config())
     assert (serve.min_replicas, serve.max_replicas, serve.target_ongoing_requests) == (1, 3, 2)
+
+
+def test_engine_speculation_is_refused_on_a_cpu_tier_and_handed_to_vllm_on_a_gpu_one(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(_TIER + ", vllm: {speculative: {method: ngram, num_speculative_tokens: 3}}}")
+    with pytest.raises(ConfigError, match="tier small: vllm.speculative needs a GPU"):
+        load_config(path)
+    path.write_text(_TIER + ", device: cuda, vllm: {speculative: {num_speculative_tokens: 3, prompt_lookup_max: 5}}}")
+    spec = load_config(path).tiers[0].vllm.speculative
+    # vLLM's own speculative_config field names
+    assert spec.engine_config() == {
+        "method": "ngram",
+        "num_speculative_tokens": 3,
+        "prompt_lookup_min": 1,
+        "prompt_lookup_max": 5,
+    }
+    path.write_text(_TIER + ", device: cuda, vllm: {speculative: {prompt_lookup_min: 6, prompt_lookup_max: 2}}}")
+    with pytest.raises(ConfigError, match="prompt_lookup_min"):
+        load_config(path)
+    path.write_text(_TIER + ", device: cuda, vllm: {speculative: {method: eagle}}}")
+    with pytest.raises(ConfigError, match="speculative.method"):
+        load_config(path)

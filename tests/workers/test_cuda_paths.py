@@ -156,3 +156,34 @@ def test_vllm_tier_on_cuda_batches_and_answers(small):
     outs = asyncio.run(many())
     assert all(o.completion_tokens > 0 for o in outs) and len({o.text for o in outs}) > 1
     worker.close()
+
+
+@pytest.mark.vllm
+def test_vllm_tier_with_ngram_speculation_on_cuda_answers_greedy_like_plain_decoding(small, record_property):
+    """``vllm.speculative`` (ngram) reaches the engine: greedy answers equal plain decoding's on
+    prompts that repeat themselves (where prompt lookup drafts), in float32."""
+    import asyncio
+
+    from ladder.types import Query
+    from ladder.workers.options import EngineSpeculation
+    from ladder.workers.vllm_worker import VLLMOptions, VLLMWorker
+
+    folder, _ = small
+    base = dict(max_model_len=1024, max_num_seqs=8, gpu_memory_utilization=0.3)
+    queries = [Query.of(p, max_tokens=48, temperature=0.0) for p in PROMPTS]
+    texts = {}
+    for name, options in (
+        ("plain", VLLMOptions(**base)),
+        ("ngram", VLLMOptions(**base, speculative=EngineSpeculation(num_speculative_tokens=4))),
+    ):
+        worker = VLLMWorker("small", folder, "cuda", options, dtype="float32").load()
+        try:
+
+            async def answers(w=worker):  # noqa: ANN202
+                return await asyncio.gather(*(w.generate(q) for q in queries))
+
+            texts[name] = [g.text for g in asyncio.run(answers())]
+        finally:
+            worker.close()
+    record_property("agreement", sum(a == b for a, b in zip(texts["plain"], texts["ngram"])) / len(queries))
+    assert texts["ngram"] == texts["plain"]

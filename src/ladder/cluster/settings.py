@@ -236,6 +236,11 @@ class TierConfig(_Strict):
             )
         if self.backend != "vllm" and self.vllm:
             raise ValueError("'vllm' (engine settings) belongs to backend 'vllm'")
+        if self.vllm and self.vllm.speculative and self.device.startswith("cpu"):
+            raise ValueError(
+                f"tier {self.name}: vllm.speculative needs a GPU (device: cuda): vLLM's CPU engine "
+                "cannot run speculative decoding"
+            )
         if self.autoscaling and self.num_replicas != 1:
             raise ValueError("num_replicas and autoscaling exclude each other: autoscaling sets the replica count")
         return self

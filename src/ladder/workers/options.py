@@ -13,7 +13,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Options(BaseModel):
@@ -51,6 +51,32 @@ class CoreSharing(str, Enum):
     LEND = "lend"  # each engine owns its cores and borrows the others' while their engines are idle
 
 
+class EngineSpeculation(Options):
+    """Speculative decoding inside a GPU tier's vLLM engine (issue 34): ``ngram`` drafts up to
+    ``num_speculative_tokens`` tokens by prompt lookup (the longest n-gram, between
+    ``prompt_lookup_min`` and ``prompt_lookup_max`` tokens, that recurs in the prompt and answer so
+    far) and the tier's own model verifies them in one step. vLLM's CPU engine cannot run it, so a
+    CPU tier asking for it is refused when the config is read. Ladder's trained EAGLE-style draft
+    heads are not exported to the engine yet (they run in the transformers backend)."""
+
+    method: Literal["ngram"] = "ngram"
+    num_speculative_tokens: int = Field(default=4, ge=1, le=16)
+    prompt_lookup_min: int = Field(default=1, ge=1)
+    prompt_lookup_max: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _window(self) -> EngineSpeculation:
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError(
+                f"prompt_lookup_min ({self.prompt_lookup_min}) exceeds prompt_lookup_max ({self.prompt_lookup_max})"
+            )
+        return self
+
+    def engine_config(self) -> dict[str, Any]:
+        """vLLM's ``speculative_config`` (its field names)."""
+        return self.model_dump(mode="json")
+
+
 class VLLMOptions(Options):
     """Engine settings of a ``backend: vllm`` tier (see workers/vllm_worker.py)."""
 
@@ -76,6 +102,7 @@ class VLLMOptions(Options):
     # engines left free on the same cores stall each other; on disjoint cores nothing is shared).
     cores: list[int] | None = Field(default=None, min_length=1)
     sharing: CoreSharing = CoreSharing.TURNS
+    speculative: EngineSpeculation | None = None  # GPU only (refused for a CPU tier)
 
 
 # -- transformer tiers: token-level adaptive depth -------------------------------------------------

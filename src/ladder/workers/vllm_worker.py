@@ -104,6 +104,8 @@ class VLLMWorker:
         os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         o = self.options
+        if o.speculative is not None and self.device == "cpu":  # the config refuses it too: this guards direct use
+            raise EngineStartFailed(f"tier {self.tier}: vLLM's CPU engine cannot run speculative decoding")
         args = AsyncEngineArgs(
             model=str(self.model_dir),
             dtype=self.dtype,
@@ -111,6 +113,7 @@ class VLLMWorker:
             max_num_seqs=o.max_num_seqs,
             **({} if o.max_num_batched_tokens is None else {"max_num_batched_tokens": o.max_num_batched_tokens}),
             enforce_eager=runs_eager(o, self.device, self.dtype),
+            **({} if o.speculative is None else {"speculative_config": o.speculative.engine_config()}),
             disable_log_stats=True,
             seed=0,
             # log p under the sampling distribution (after temperature, top-p),
