@@ -54,23 +54,28 @@ async def rate(workers: dict, clients: dict[str, int], duration: float, max_toke
     return out
 
 
+def step(alone: dict, tier: str, b: int) -> float:
+    """One engine step's seconds at b sequences (0 for an idle engine: it takes no turn), from the
+    alone rows; an unmeasured b is interpolated linearly between measured ones."""
+    if b == 0:
+        return 0.0
+    pts = sorted((int(k), v["step_s"]) for k, v in alone[tier].items())
+    for (b0, t0), (b1, t1) in zip(pts, pts[1:]):
+        if b0 <= b <= b1:
+            return t0 + (t1 - t0) * (b - b0) / (b1 - b0)
+    return pts[-1][1] if b > pts[-1][0] else pts[0][1]
+
+
+def turns_tps(alone: dict, medium: int, large: int) -> float:
+    """Both engines' tokens/s together when they take turns: a round is one step of each busy one."""
+    return (medium + large) / (step(alone, "medium", medium) + step(alone, "large", large))
+
+
 def ceiling(alone: dict, clients: int) -> list[dict]:
-    """Routed / always-large tokens/s for n_M = 0..clients clients at medium, from the step times
-    alone (a step time at an unmeasured batch size: interpolated linearly between measured ones)."""
-
-    def step(tier: str, b: int) -> float:
-        if b == 0:
-            return 0.0
-        pts = sorted((int(k), v["step_s"]) for k, v in alone[tier].items())
-        for (b0, t0), (b1, t1) in zip(pts, pts[1:]):
-            if b0 <= b <= b1:
-                return t0 + (t1 - t0) * (b - b0) / (b1 - b0)
-        return pts[-1][1] if b > pts[-1][0] else pts[0][1]
-
-    full = step("large", clients)
+    """Routed / always-large tokens/s for n_M = 0..clients clients at medium."""
+    full = turns_tps(alone, 0, clients)
     return [
-        {"medium_clients": m, "ratio": round(full / (step("medium", m) + step("large", clients - m)), 3)}
-        for m in range(clients + 1)
+        {"medium_clients": m, "ratio": round(turns_tps(alone, m, clients - m) / full, 3)} for m in range(clients + 1)
     ]
 
 
@@ -116,10 +121,6 @@ def main() -> None:
         pairs = []
         for m, n in PAIRS:
             got = await rate(workers, {"medium": m, "large": n}, args.duration, args.max_tokens)
-            rows = ceiling(alone, m + n)
-            predicted = (
-                rows[m]["ratio"] * alone["large"][str(m + n)]["tokens_per_s"] if str(m + n) in alone["large"] else None
-            )
             pairs.append(
                 {
                     "medium_clients": m,
@@ -127,7 +128,7 @@ def main() -> None:
                     "medium_tps": round(got["medium"], 2),
                     "large_tps": round(got["large"], 2),
                     "total_tps": round(got["medium"] + got["large"], 2),
-                    "predicted_total_tps": None if predicted is None else round(predicted, 2),
+                    "predicted_total_tps": round(turns_tps(alone, m, n), 2),
                 }
             )
             print(

@@ -120,7 +120,8 @@ class Attempt:
     # A prefix decision that escalated leaves a ``generation`` holding only that prefix.
     decided_at: int | None = None
     non_answer: str | None = None  # why it was escalated without asking the policy (ladder.nonanswer)
-    unavailable: bool = False  # skipped: the tier was still starting (not an escalation)
+    unavailable: bool = False  # skipped: the tier was starting, lost or unvalidated (not an escalation)
+    starting: bool = False  # skipped because the tier was still starting (a longer Retry-After)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from ladder.errors import InvalidRequest, NoRungAvailable, TierOverloaded, TierUnavailable
+from ladder.errors import InvalidRequest, NoRungAvailable, TierOverloaded, TierStarting, TierUnavailable
 from ladder.nonanswer import non_answer
 from ladder.protocols import Policy, RouteCache, Worker
 from ladder.router.keys import route_key
@@ -63,10 +63,17 @@ def asked(query: Query) -> str:
 
 
 def failed(rung: int, tier: str, exc: Exception) -> Attempt:
-    """The attempt of a rung that raised (a tier still starting, or one the live policy was not
-    fitted on, is marked unavailable)."""
-    unavailable = isinstance(exc, TierUnavailable)
-    return Attempt(rung, tier, None, False, f"{type(exc).__name__}: {exc}", unavailable=unavailable)
+    """The attempt of a rung that raised (a tier still starting, lost, or one the live policy was
+    not fitted on, is marked unavailable)."""
+    return Attempt(
+        rung,
+        tier,
+        None,
+        False,
+        f"{type(exc).__name__}: {exc}",
+        unavailable=isinstance(exc, TierUnavailable),
+        starting=isinstance(exc, TierStarting),
+    )
 
 
 def no_rung_error(attempts: list[Attempt], client_errors: list[InvalidRequest], overloads: int) -> Exception:
@@ -78,7 +85,7 @@ def no_rung_error(attempts: list[Attempt], client_errors: list[InvalidRequest], 
         f"every rung failed ({errors})",
         overloaded=overloads == len(attempts),
         # every rung still loading its engine: worth a longer Retry-After than a lost or refused tier
-        starting=bool(attempts) and all(a.unavailable and (a.error or "").startswith("TierStarting") for a in attempts),
+        starting=bool(attempts) and all(a.starting for a in attempts),
     )
 
 

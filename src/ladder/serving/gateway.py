@@ -221,8 +221,9 @@ class Gateway:
         # around it (its rung escalates, a pinned request gets 503), and every ingress replica
         # would report the same, turning one lost node into an outage. It is named in
         # ``degraded``. Starting or failed tiers do make the app not ready.
-        serving = [v for v in states if v in ("ready", "busy")]
-        ready = bool(serving) and all(v in ("ready", "busy", "unavailable") for v in states)
+        ready = any(v in ("ready", "busy") for v in states) and all(
+            v in ("ready", "busy", "unavailable") for v in states
+        )
         degraded = [t for t, v in tiers.items() if v == "unavailable"]
         body = {"ready": ready, "tiers": tiers, "policy_version": self.policy.version, "redis": redis}
         return body | ({"degraded": degraded} if degraded else {})

@@ -213,7 +213,7 @@ def ladder_extension(result: CascadeResult, cache_enabled: bool = True) -> dict:
                 "error": a.error,
                 "decided_at": a.decided_at,
                 "non_answer": a.non_answer,  # escalated as a refusal, question back, … (ladder.nonanswer)
-                "unavailable": a.unavailable,  # skipped: its tier was still starting (not an escalation)
+                "unavailable": a.unavailable,  # skipped: its tier was starting, lost or unvalidated (not an escalation)
                 "completion_tokens": a.generation.completion_tokens if a.generation else 0,
                 "mean_logprob": _mean(a.generation.logprobs) if a.generation else None,
                 "depths": list(a.generation.depths) if a.generation else [],
