@@ -5,6 +5,7 @@ with OpenAI's bodies and headers, and Redis outages failing open or closed as co
 import asyncio
 import hashlib
 import json
+import time
 
 import httpx
 import pytest
@@ -264,10 +265,18 @@ def test_each_key_routes_at_the_frontier_point_its_target_names(redis_url):
 def test_a_key_spending_ahead_of_pace_moves_to_a_cheaper_point(redis_url):
     import redis
 
-    budget, period = 10.0, 86_400
+    period = 86_400
+    worst = learned_gateway([], redis_url).plans.estimate(_query()).usd
+    # periods start on Redis's clock, so this may run in a period's last seconds: the budget is
+    # sized so that half of pace still pays twice the worst case with one second left (CI ran
+    # with 1337 s left of a USD 10 budget and was refused outright)
+    budget = 4 * worst * period
     gw = learned_gateway([plan("sk-paced", budget={"usd": budget, "period_s": period})], redis_url)
     r = redis.Redis.from_url(redis_url)
     now = r.time()[0]
+    if period - now % period < 3:  # the spend set below would land in a period about to end
+        time.sleep(period - now % period + 0.5)
+        now = r.time()[0]
     index, elapsed = now // period, now % period
     left_period = 1 - elapsed / period
     # half of what pace allows is left: spend at half the rate from here on
