@@ -74,7 +74,7 @@ def batch_vs_loop(cfg: LadderConfig, rows: int) -> dict:
 def router_overhead(url: str, n: int) -> dict:
     from ray import serve
 
-    handle = serve.get_deployment_handle("tier-small", app_name="ladder")
+    handle = serve.get_deployment_handle("tier-small", app_name="ladder-tier-small")
     times: dict[str, list[float]] = {"router": [], "pinned": [], "direct_handle": []}
     prompts = [f"Describe the number {i} in one sentence." for i in range(n)]
     with httpx.Client(timeout=120) as client:

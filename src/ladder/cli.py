@@ -609,6 +609,44 @@ def policy_rollback(url: UrlOpt = "http://127.0.0.1:8000", config: ConfigOpt = N
     _print_json(_admin_call("POST", url, "/admin/policy/rollback", config=config))
 
 
+tier_app = typer.Typer(no_args_is_help=True, help="The running app's tiers: replace one while the others serve.")
+app.add_typer(tier_app, name="tier")
+
+
+@tier_app.command("update")
+def tier_update(
+    name: str,
+    config: Annotated[Path, typer.Option("--config", "-c", help="a config holding the tier's new section")],
+    url: UrlOpt = "http://127.0.0.1:8000",
+    timeout: Annotated[float, typer.Option(help="seconds the new replicas may take to start")] = 900,
+    poll: Annotated[float, typer.Option(help="seconds between progress checks", hidden=True)] = 2.0,
+) -> None:
+    """Replace tier NAME of the running app (`ladder serve`) with its section in --config: the new
+    replicas start beside the old ones, every ingress replica switches once one answers, then the
+    old ones stop after their answers in flight. A new tier that cannot start is removed and the
+    old one keeps serving (exit 2, the cause in one line)."""
+    import json
+    import time
+
+    tier = _config(config).tier(name)  # a bad file or an unknown tier: one line, before sending
+    body = json.dumps({"tier": tier.model_dump(mode="json"), "timeout_s": timeout})
+    state = _admin_call("POST", url, f"/admin/tiers/{name}", body, config=config)
+    generation, said = state["generation"], ""
+    while state["state"] not in ("serving", "failed"):
+        if state["message"] != said:
+            typer.echo(f"tier {name}: {state['message']}", err=True)
+            said = state["message"]
+        time.sleep(poll)
+        update = _admin_call("GET", url, f"/admin/tiers/{name}", config=config)["update"]
+        if update is None or update["generation"] != generation:
+            raise LadderError(f"tier {name}: the app no longer reports this update (was it restarted?)")
+        state = update
+    if state["state"] == "failed":
+        raise LadderError(f"tier {name} not updated, the old one keeps serving: {state['message']}")
+    typer.echo(f"tier {name}: {state['message']}", err=True)
+    _print_json(state)
+
+
 shadow_app = typer.Typer(no_args_is_help=True, help="The running app's shadow log (shadow.enabled in its config).")
 app.add_typer(shadow_app, name="shadow")
 

@@ -98,6 +98,14 @@ class NoRungAvailable(LadderError):
         self.starting = starting
 
 
+class TierUpdateRefused(LadderError):
+    """A tier update refused before anything started (the running tier is untouched): a 4xx."""
+
+    def __init__(self, message: str, status: int, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.param = status, param
+
+
 class PolicyFileError(LadderError):
     """A policy file is corrupt, from a newer format, or fails its checksum."""
 

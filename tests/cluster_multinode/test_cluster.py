@@ -99,7 +99,7 @@ def where_replicas_run(cluster: NetnsCluster) -> dict[str, list[str]]:
     return {
         name.split(":")[-1]: hosts
         for name, hosts in where_actors_run(cluster).items()
-        if name.startswith("ServeReplica:ladder:")
+        if name.startswith(("ServeReplica:ladder:", "ServeReplica:ladder-tier-"))
     }
 
 

@@ -208,7 +208,7 @@ def test_a_client_that_disconnects_stops_the_engine_within_a_second(server, clie
     # Control: with this seed the model writes at least 200 tokens, so a stream left running would go on.
     full = client.chat.completions.create(model="small", messages=msgs, max_tokens=200, temperature=0.8, seed=11)
     assert full.usage.completion_tokens == 200
-    tier = serve.get_deployment_handle("tier-small", app_name="ladder")
+    tier = serve.get_deployment_handle("tier-small", app_name="ladder-tier-small")
     before = tier.stats.remote().result()["generated_tokens"]
     body = {"model": "small", "messages": msgs, "max_tokens": 1500, "temperature": 0.8, "seed": 11, "stream": True}
     with httpx.Client(timeout=60, headers={"authorization": f"Bearer {KEY}"}) as http:

@@ -12,12 +12,12 @@ from ladder.errors import ConfigError
 
 def demands(config: LadderConfig) -> dict[str, dict[str, float]]:
     """What one replica of each deployment asks of a node (Ray resource name → amount)."""
-    out = {f"tier {t.name}": _need(t.actor_options()) for t in config.tiers}
-    out["the router (server.ingress_placement)"] = _need(config.server.ingress_actor_options())
+    out = {f"tier {t.name}": need_of(t.actor_options()) for t in config.tiers}
+    out["the router (server.ingress_placement)"] = need_of(config.server.ingress_actor_options())
     return out
 
 
-def _need(options: dict) -> dict[str, float]:
+def need_of(options: dict) -> dict[str, float]:
     """Ray actor options as the node resources they take (no GPU key when none is asked)."""
     need = {"CPU": options["num_cpus"], **options.get("resources", {})}
     if options["num_gpus"]:

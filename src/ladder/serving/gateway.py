@@ -23,14 +23,14 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ladder.cluster.compose import build_policy, cost_function
-from ladder.cluster.settings import LadderConfig
+from ladder.cluster.settings import LadderConfig, TierConfig
 from ladder.cluster.tier_weights import unvalidated
 from ladder.errors import (
     InvalidRequest,
@@ -38,6 +38,7 @@ from ladder.errors import (
     NoRungAvailable,
     PolicyFileError,
     TierUnvalidated,
+    TierUpdateRefused,
     UnknownTier,
     WorkerFailed,
     WorkerTimeout,
@@ -58,6 +59,22 @@ from ladder.serving.shadow import ShadowLog
 from ladder.types import CascadeResult, Delta, Generation, Query, Route
 
 log = logging.getLogger("ladder.app")
+
+
+class TierUpdateBody(BaseModel):
+    """``POST /admin/tiers/<name>``: the tier's new section, and how long its replicas may take to start."""
+
+    model_config = ConfigDict(extra="forbid")
+    tier: TierConfig
+    timeout_s: float = Field(default=900, gt=0, le=3600)
+
+
+class TierUpdater(Protocol):
+    """``serving.tier_update.TierUpdates`` as the gateway uses it (that module runs on Serve)."""
+
+    live: Any
+
+    async def start(self, tier: TierConfig, timeout_s: float) -> dict: ...
 
 
 class Unvalidated:
@@ -108,11 +125,14 @@ class Gateway:
         streamers: Sequence[StreamWorker],
         redis_url: str | None,
         secret: bytes | None = None,
+        tier_updates: TierUpdater | None = None,
     ) -> None:
         """``workers`` answer buffered requests, ``streamers`` streamed ones (the same tiers; the
         Serve app coalesces the former's deltas). Both run ``stream_cascade``: a prefix gate stops
         a doomed rung after k tokens whether or not the client streams. ``secret`` signs what is
-        shared through Redis (a random one when not given: then nothing signed elsewhere is adopted)."""
+        shared through Redis (a random one when not given: then nothing signed elsewhere is adopted).
+        ``tier_updates``: what replaces a tier while the others serve (``serving/tier_update.py``,
+        on Serve; None: ``/admin/tiers`` refuses updates)."""
         import secrets as random_secrets
 
         from ladder.serving.signing import Signer
@@ -153,6 +173,7 @@ class Gateway:
         # + Retry-After while those in flight finish; /ready says so, so a balancer stops first.
         self.drain = Drain()
         self._unvalidated: dict[str, dict[str, tuple[str, str]]] = {}  # per policy version
+        self.tier_updates = tier_updates
 
     @property
     def admin_keys(self) -> list[bytes]:
@@ -195,6 +216,18 @@ class Gateway:
         while len(out) > 1 and isinstance(out[-1], Unvalidated):
             out.pop()
         return out
+
+    def replace_tier(self, tier: TierConfig, worker: StreamWorker, streamer: StreamWorker) -> None:
+        """Send ``tier``'s next requests to these workers (a tier update switched to them); a
+        request in flight keeps the workers it started with and finishes on the old tier."""
+        i = self.tier_names.index(tier.name)
+        tiers = list(self.config.tiers)
+        tiers[i] = tier
+        self.config = self.config.model_copy(update={"tiers": tiers})
+        # new lists, not changed in place: a request holds the ones it started with
+        self.workers = [*self.workers[:i], worker, *self.workers[i + 1 :]]
+        self.streamers = [*self.streamers[:i], streamer, *self.streamers[i + 1 :]]
+        self._unvalidated.clear()  # its weights may differ from what the policy was fitted on
 
     def model_ids(self) -> list[str]:
         return [self.config.server.router_model, *self.tier_names]
@@ -487,6 +520,56 @@ class Gateway:
         except PolicyFileError as exc:
             raise HTTPProblem(str(exc), 409, code="policy_refused") from None
 
+    async def tier_update(self, request: Request, name: str) -> dict:
+        """Start replacing tier ``name`` with the body's section (``ladder tier update``): checked
+        here, then run in the background (``tier_state`` follows it). Its price and verifier are
+        the policy's cost model and signals: changing them takes a restart and a recalibration."""
+        self.authorize_admin(request)
+        current = self._tier(name)
+        if self.tier_updates is None:
+            raise TierUpdateRefused(
+                "this app cannot replace a tier alone: every tier runs in one Serve application "
+                "(serve run); `ladder serve` deploys each tier in an application of its own",
+                409,
+            )
+        try:
+            body = TierUpdateBody.model_validate_json(await request.body())
+        except ValidationError as exc:
+            message, param = oai.validation_message(exc)
+            raise TierUpdateRefused(message, 400, param) from None
+        tier = body.tier
+        if tier.name != name:
+            raise TierUpdateRefused(
+                f"the section's name {tier.name!r} is not the {name!r} of the path", 400, "tier.name"
+            )
+        for field in ("price", "verifier"):
+            if getattr(tier, field) != getattr(current, field):
+                raise TierUpdateRefused(
+                    f"tier {name}: {field} is part of the policy's cost model and signals; change it "
+                    "with a restart (and recalibrate)",
+                    400,
+                    f"tier.{field}",
+                )
+        return await self.tier_updates.start(tier, body.timeout_s)
+
+    async def tier_state(self, request: Request, name: str) -> dict:
+        """Tier ``name`` as this replica serves it, and its last update (``ladder tier update``)."""
+        self.authorize_admin(request)
+        tier = self._tier(name)
+        out: dict[str, Any] = {"tier": name, "config": tier.model_dump(mode="json"), "app": None, "update": None}
+        if self.tier_updates is not None:
+            out["app"] = self.tier_updates.live.apps[name]
+            state = await self.tier_updates.live.state(name)
+            out["update"] = state.model_dump() if state else None
+        return out
+
+    def _tier(self, name: str) -> TierConfig:
+        if name not in self.tier_names:
+            raise HTTPProblem(
+                f"tier {name!r} not found (tiers: {', '.join(self.tier_names)})", 404, "tier", "tier_not_found"
+            )
+        return self.config.tier(name)
+
     async def keys_usage(self, request: Request) -> dict:
         """Each plan's limits and this period's spend (``ladder keys usage``); never the key. With
         ``?since=SECONDS``: each plan's usage history over that window as well."""
@@ -617,6 +700,8 @@ def _answer(exc: Exception) -> tuple[int, str | None, str | None, dict[str, str]
         return exc.status, exc.param, "key_plan_refused", None
     if isinstance(exc, QuotasUnavailable):  # limits configured to fail closed
         return 503, None, "limits_unavailable", {"Retry-After": "5"}
+    if isinstance(exc, TierUpdateRefused):  # refused before anything started: the tier serves as before
+        return exc.status, exc.param, "tier_update_refused", None
     if isinstance(exc, PolicyFileError):  # a pushed policy refused: the old one keeps serving
         return 400, None, "policy_refused", None
     return 500, None, "internal_error", None
@@ -713,6 +798,15 @@ def build_api(gateway: Callable[[], Gateway]) -> FastAPI:
     @api.post("/admin/policy/rollback")
     async def policy_rollback(request: Request) -> JSONResponse:
         return JSONResponse(await gateway().policy_rollback(request))
+
+    @api.post("/admin/tiers/{name}")
+    async def tier_update(name: str, request: Request) -> JSONResponse:
+        """Replace one tier while the others serve (202: started; follow it with GET)."""
+        return JSONResponse(await gateway().tier_update(request, name), status_code=202)
+
+    @api.get("/admin/tiers/{name}")
+    async def tier_state(name: str, request: Request) -> JSONResponse:
+        return JSONResponse(await gateway().tier_state(request, name))
 
     @api.get("/admin/keys")
     async def keys_usage(request: Request) -> JSONResponse:

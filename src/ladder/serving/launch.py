@@ -13,6 +13,7 @@ from ladder.cluster.secrets import admin_key_path
 from ladder.cluster.runtime import Runtime
 from ladder.cluster.settings import LadderConfig
 from ladder.errors import ConfigError, EngineStartFailed, LadderError, WeightsUnavailable
+from ladder.serving.tier_update import APP, INGRESS, TIER_APP_PREFIX, LiveTiers, tier_app_name, tier_deployment_name
 
 
 def restrict(config: LadderConfig, tiers: list[str] | None, host: str | None, port: int | None) -> LadderConfig:
@@ -45,14 +46,15 @@ def deploy(config: LadderConfig, runtime: Runtime, poll_s: float = 2.0) -> str:
     answers /health and /ready from the start, and skips tiers that are not up yet)."""
     from ray import serve
 
-    from ladder.serving.app import build_app
+    from ladder.serving.app import run_targets
 
     check_placement(config)
+    LiveTiers.forget(runtime.redis_url)  # tiers replaced under an earlier run of the app are not ours
     serve.start(http_options={"host": config.server.host, "port": config.server.port})
-    app = build_app({"config_json": config.model_dump_json(), "redis_url": runtime.redis_url})
+    targets = run_targets(config, runtime.redis_url)
     try:
-        runtime.apps.append(APP)  # on a joined cluster, close removes it whatever happens next
-        serve.run_many([serve.RunTarget(app, name=APP, route_prefix="/")], wait_for_applications_running=False)
+        runtime.apps.extend(t.name for t in targets)  # on a joined cluster, close removes them whatever happens next
+        serve.run_many(targets, wait_for_applications_running=False)
         wait_running(config, poll_s)
     except RuntimeError as exc:  # the replica's traceback is in the deployment's status message
         report = [str(exc)]
@@ -65,24 +67,24 @@ def deploy(config: LadderConfig, runtime: Runtime, poll_s: float = 2.0) -> str:
     return f"http://{config.server.host}:{config.server.port}"
 
 
-APP = "ladder"
-
-
 def wait_running(config: LadderConfig, poll_s: float) -> None:
-    """Until Serve says the app is RUNNING: one line per tier whenever its state changes (and
-    every minute while it waits), e.g. ``tier large: starting (0/1 replicas up, 95 s)``."""
+    """Until Serve says every application (each tier's, the ingress's) is RUNNING: one line per
+    tier whenever its state changes (and every minute while it waits), e.g. ``tier large:
+    starting (0/1 replicas up, 95 s)``."""
     from ray import serve
     from ray.serve.schema import ApplicationStatus
 
     t0 = time.monotonic()
     said: dict[str, tuple[str, float]] = {}
+    names = [APP, *(tier_app_name(t.name) for t in config.tiers)]
     while True:
-        app = serve.status().applications.get(APP)
-        if app is not None and app.status == ApplicationStatus.DEPLOY_FAILED:
-            raise RuntimeError(f"Deploying application {APP} failed: {app.message}")
-        deployments = app.deployments if app is not None else {}
+        apps = serve.status().applications
+        for name in names:
+            if (app := apps.get(name)) is not None and app.status == ApplicationStatus.DEPLOY_FAILED:
+                raise RuntimeError(f"Deploying application {name} failed: {app.message}")
         for tier in config.tiers:
-            d = deployments.get(f"tier-{tier.name}")
+            app = apps.get(tier_app_name(tier.name))
+            d = app.deployments.get(tier_deployment_name(tier.name)) if app is not None else None
             if d is None:
                 continue
             up = int(d.replica_states.get("RUNNING", 0))
@@ -91,7 +93,7 @@ def wait_running(config: LadderConfig, poll_s: float) -> None:
             if state != last or time.monotonic() - at >= 60:
                 print(f"tier {tier.name}: {state}, {time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
                 said[tier.name] = (state, time.monotonic())
-        if app is not None and app.status == ApplicationStatus.RUNNING:
+        if all((app := apps.get(name)) is not None and app.status == ApplicationStatus.RUNNING for name in names):
             return
         time.sleep(poll_s)
 
@@ -120,8 +122,6 @@ def drain(grace_s: float, poll_s: float = 0.5) -> None:
     request get the proxy's 404. An ingress that cannot be told (it failed) is deleted at once."""
     from ray import serve
 
-    from ladder.serving.app import INGRESS
-
     print(f"draining requests in flight (up to {grace_s:.0f} s) ...", file=sys.stderr, flush=True)
     deadline = time.monotonic() + grace_s
     try:
@@ -139,8 +139,12 @@ def drain(grace_s: float, poll_s: float = 0.5) -> None:
             flush=True,
         )
     serve.delete(APP, _blocking=False)
+    # then the tiers (those replaced by `ladder tier update` too): each replica finishes first
+    tiers = [name for name in serve.status().applications if name.startswith(TIER_APP_PREFIX)]
+    for name in tiers:
+        serve.delete(name, _blocking=False)
     deadline = max(deadline, time.monotonic()) + 5  # + the replicas' own stop
-    while APP in serve.status().applications and time.monotonic() < deadline:
+    while set(serve.status().applications) & {APP, *tiers} and time.monotonic() < deadline:
         time.sleep(poll_s)
 
 
