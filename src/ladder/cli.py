@@ -631,11 +631,11 @@ def tier_update(
     tier = _config(config).tier(name)  # a bad file or an unknown tier: one line, before sending
     body = json.dumps({"tier": tier.model_dump(mode="json"), "timeout_s": timeout})
     state = _admin_call("POST", url, f"/admin/tiers/{name}", body, config=config)
-    generation, said = state["generation"], ""
+    generation, said, said_at, t0 = state["generation"], "", 0.0, time.monotonic()
     while state["state"] not in ("serving", "failed"):
-        if state["message"] != said:
-            typer.echo(f"tier {name}: {state['message']}", err=True)
-            said = state["message"]
+        if state["message"] != said or time.monotonic() - said_at >= 30:  # what changed, else twice a minute
+            typer.echo(f"tier {name}: {state['message']} ({time.monotonic() - t0:.0f} s)", err=True)
+            said, said_at = state["message"], time.monotonic()
         time.sleep(poll)
         update = _admin_call("GET", url, f"/admin/tiers/{name}", config=config)["update"]
         if update is None or update["generation"] != generation:

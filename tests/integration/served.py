@@ -36,7 +36,7 @@ def small_tier_app(
     cfg = restrict(LadderConfig.model_validate(data), list(tiers), "127.0.0.1", free_port())
     if policy is not None:
         cfg = LadderConfig.model_validate({**cfg.model_dump(), "policy": policy})
-    runtime = Runtime.start(cfg)
+    runtime = Runtime.start(cfg, num_cpus=cfg.serving_ray_cpus())  # as ladder serve starts it
     try:
         yield deploy(cfg, runtime), runtime
     finally:

@@ -58,7 +58,11 @@ def ladder_of(events: list[dict]) -> dict:
 def generated(tier: str) -> int:
     from ray import serve
 
-    return serve.get_deployment_handle(f"tier-{tier}", app_name=f"ladder-tier-{tier}").stats.remote().result()["generated_tokens"]
+    return (
+        serve.get_deployment_handle(f"tier-{tier}", app_name=f"ladder-tier-{tier}")
+        .stats.remote()
+        .result()["generated_tokens"]
+    )
 
 
 def test_a_confident_prefix_is_accepted_and_streamed_live(server):

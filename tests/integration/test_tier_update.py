@@ -139,4 +139,8 @@ def test_an_update_that_would_change_the_cost_model_is_refused_before_anything_s
     price["output_per_1m"] = price["output_per_1m"] * 2 + 1
     done = update(url, new_config(tmp_path, runtime, price=price))
     assert done.returncode == 2 and "400: tier small: price is part of the policy's cost model" in done.stderr
+    # 2 logical CPUs, 0.75 taken: a replica of 1.5 fits a node but not beside the running one
+    done = update(url, new_config(tmp_path, runtime, num_cpus=1.5))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "409: tier small: no room for its new replicas beside the running ones: they need CPU: 1.5" in done.stderr
     assert apps() == before

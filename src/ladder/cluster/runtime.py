@@ -90,7 +90,8 @@ class Runtime:
     signals: StopOnSignals = field(default_factory=StopOnSignals)
 
     @classmethod
-    def start(cls, config: LadderConfig, need_ray: bool = True) -> Runtime:
+    def start(cls, config: LadderConfig, need_ray: bool = True, num_cpus: int | None = None) -> Runtime:
+        """``num_cpus``: the logical CPUs of a local Ray (default ``ray.num_cpus``, else the machine's)."""
         rt = cls(config)
         if config.cache.enabled:
             if config.cache.redis_url:
@@ -100,14 +101,14 @@ class Runtime:
                 rt.redis_url = rt._redis.url
         if need_ray:
             try:
-                rt._start_ray()
+                rt._start_ray(num_cpus or config.ray.num_cpus or os.cpu_count() or 1)
             except BaseException:
                 rt.close()  # the Redis started above
                 raise
         rt.signals.install()  # after ray.init, which installs an aborting SIGTERM handler of its own
         return rt
 
-    def _start_ray(self) -> None:
+    def _start_ray(self, num_cpus: int) -> None:
         quiet_ray_env()
         import ray
 
@@ -129,7 +130,7 @@ class Runtime:
             os.environ["RAY_memory_usage_threshold"] = str(self.config.ray.memory_usage_threshold)
             env["worker_process_setup_hook"] = "ladder.cluster.runtime.loopback_only_serve_replica"
             ray.init(
-                num_cpus=self.config.ray.num_cpus or os.cpu_count(),
+                num_cpus=num_cpus,
                 include_dashboard=False,
                 dashboard_host="127.0.0.1",
                 runtime_env=env,

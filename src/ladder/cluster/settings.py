@@ -9,6 +9,7 @@ Errors name the offending field (``tiers.0.source.sha256: ...``).
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from pathlib import Path
@@ -291,6 +292,9 @@ class CacheConfig(_Strict):
 
 class RayConfig(_Strict):
     address: str | None = None  # None: start a local Ray (loopback only)
+    # Logical CPUs of a local Ray (None: the machine's; ``ladder serve`` adds room for a tier
+    # update: ``LadderConfig.serving_ray_cpus``). They only admit replicas and actors; engines
+    # size their threads from the tier's own settings.
     num_cpus: int | None = None
     # An existing cluster must use Ray's token authentication (RAY_AUTH_MODE=token); true accepts
     # one without, for a network nobody else reaches (docs/SECURITY.md).
@@ -489,6 +493,18 @@ class LadderConfig(_Strict):
     def verified_tiers(self) -> list[str]:
         """Tiers that run a verifier (what a learned policy reading its signals requires)."""
         return [t.name for t in self.tiers if t.verifier]
+
+    def serving_ray_cpus(self) -> int:
+        """The logical CPUs of the Ray ``ladder serve`` starts: the machine's, or enough for every tier at its
+        most replicas and the ingress, plus one more replica of the largest tier — the second
+        copy a ``ladder tier update`` runs beside the old one until it switches (on 2 cores the
+        default tiers take 1.75 of 2, and the new replica would wait for room forever)."""
+        if self.ray.num_cpus:
+            return self.ray.num_cpus
+        most = [t.num_cpus * (t.autoscaling.max_replicas if t.autoscaling else t.num_replicas) for t in self.tiers]
+        ingress = self.server.ingress_actor_options()["num_cpus"] * self.server.ingress_replicas
+        need = sum(most) + ingress + max((t.num_cpus for t in self.tiers), default=0)
+        return max(os.cpu_count() or 1, math.ceil(need))
 
     def tier(self, name: str) -> TierConfig:
         for t in self.tiers:

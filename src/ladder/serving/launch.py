@@ -163,7 +163,7 @@ def serve_forever(config: LadderConfig, host: str | None, port: int | None, tier
         print(f"preparing tier {tier.name} ...", file=sys.stderr, flush=True)
         materialize(config, tier)
     try:
-        with Runtime.start(config) as runtime:
+        with Runtime.start(config, num_cpus=config.serving_ray_cpus()) as runtime:
             url = deploy(config, runtime)
             print(
                 f"Ladder is serving {config.tier_names} at {url}/v1 (redis: {redacted(runtime.redis_url)}; admin "

@@ -174,7 +174,7 @@ class TierUpdates:
             raise TierUpdateRefused(
                 "tier updates need Redis (cache.enabled): every ingress replica must learn the new tier", 409
             )
-        await asyncio.to_thread(_check_placement, tier)
+        await asyncio.to_thread(_check_room, tier)
         client = self.live.redis.get()
         claimed = await client.set(_lock_key(tier.name), "1", nx=True, ex=int(timeout_s + self.drain_s + 120))
         if not claimed:
@@ -264,8 +264,12 @@ class TierUpdates:
                 raise LadderError(f"tier {tier.name}: the new replicas did not start within {deadline - t0:.0f} s")
             d = app.deployments.get(tier_deployment_name(tier.name)) if app is not None else None
             up = int(d.replica_states.get("RUNNING", 0)) if d is not None else 0
-            state.message = f"starting {state.app}: {up}/{tier.min_replicas} replicas up, {time.monotonic() - t0:.0f} s"
-            await self.live.set_state(state)
+            message = f"starting {state.app}: {up}/{tier.min_replicas} replicas up"
+            if d is not None and "to be scheduled" in (d.message or ""):  # Serve's word for "no room"
+                message += f" (Serve: {d.message.split('.')[0]})"
+            if message != state.message:
+                state.message = message
+                await self.live.set_state(state)
             await asyncio.sleep(POLL_S)
 
     async def adopt(self) -> list[str]:
@@ -297,12 +301,24 @@ def _one_line(exc: Exception, app: str) -> str:
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}" if not isinstance(exc, LadderError) else text[0]
 
 
-def _check_placement(tier: TierConfig) -> None:
-    """``ConfigError`` (400) when no live node can hold a replica of ``tier``."""
+def _check_room(tier: TierConfig) -> None:
+    """``TierUpdateRefused`` when no live node could ever hold a replica of ``tier`` (400), or the
+    cluster has no room now for its replicas beside the running ones (409: blue/green runs both
+    until the switch; Serve would leave the new ones pending until the timeout)."""
     import ray
 
     from ladder.cluster.placement import need_of, unplaceable
 
+    need = need_of(tier.actor_options())
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if why := unplaceable(need_of(tier.actor_options()), nodes):
+    if why := unplaceable(need, nodes):
         raise TierUpdateRefused(f"tier {tier.name}: {why}", 400, "tier.placement")
+    free = ray.available_resources()
+    for k, v in need.items():
+        if free.get(k, 0.0) < v * tier.min_replicas:
+            raise TierUpdateRefused(
+                f"tier {tier.name}: no room for its new replicas beside the running ones: they need "
+                f"{k}: {v * tier.min_replicas:g} and the Ray cluster has {free.get(k, 0.0):g} free (raise "
+                "ray.num_cpus, or lower the tier's num_cpus)",
+                409,
+            )
