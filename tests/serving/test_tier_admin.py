@@ -131,3 +131,19 @@ def test_ladder_serve_counts_room_for_a_second_copy_of_its_largest_tier():
     assert cfg.serving_ray_cpus() == max(os.cpu_count() or 1, math.ceil(0.5 + 0.5 + 0.25 + 0.5))
     pinned = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"num_cpus": 2})})
     assert pinned.serving_ray_cpus() == 2  # a configured count is the operator's
+
+
+def test_a_tier_replaced_with_other_weights_is_skipped_by_routing_until_a_policy_fitted_on_them():
+    """A tier update that changes the weights: routed requests stop reaching the tier the moment
+    the gateway switches (the bundled policy was fitted on the default GGUFs), pinned ones do."""
+    from tests.serving.test_gateway import CODE, learned, routed
+
+    tiers = [ScriptedWorker(t, logprob=-0.05, words=8) for t in ("small", "medium", "large")]
+    gw = Gateway(learned(), tiers, tiers, None, tier_updates=RecordingUpdates())
+    assert all(r.status_code == 200 for r in routed(gw, CODE)) and tiers[1].calls
+    section = learned({"medium": "0" * 64}).tier("medium")
+    new = ScriptedWorker("medium", logprob=-0.05, words=8)
+    gw.replace_tier(section, new, new)
+    answers = routed(gw, CODE)
+    assert [r.status_code for r in answers] == [200] * len(CODE) and new.calls == []
+    assert routed(gw, CODE[:1], model="medium")[0].json()["model"] == "medium" and len(new.calls) == 1
