@@ -17,6 +17,12 @@ benchmarks/results/adaptive_depth.json and adaptive_depth_<tier>.png (exit-depth
     .venv/bin/python benchmarks/adaptive_depth.py --data ../shared/data [--tiers small,medium]
         [--prompts 100 | --prompts 25,10] [--new-tokens 128] [--thresholds 0.6,0.8,0.9,0.95] [--dtype float32]
         [--modes spec:lookup,spec:head,spec:lookup+head[@T,...]] [--device cuda] [--out FILE.json]
+
+Per domain (issue 34): the head drafter on math, code and chat prompts, its chain threshold chosen
+on prompts other than the reported ones (``run_domains``), written to adaptive_depth_domains.json:
+
+    .venv/bin/python benchmarks/adaptive_depth.py --domains gsm8k,code,chat [--select 4]
+        [--prompts-per-domain 8] [--head-thresholds 0.2,0.4,0.6] [--tiers small]
 """
 
 from __future__ import annotations
@@ -33,156 +39,208 @@ from tqdm import tqdm
 RESULTS = Path(__file__).parent / "results"
 
 
-def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
-    from ladder.cluster.compose import materialize, weights_id
-    from ladder.cluster.settings import load_config
-    from ladder.offline import gsm8k
-    from ladder.types import Query
-    from ladder.workers.adaptive_depth import (
-        DraftChoice,
-        SpecStats,
-        early_exit,
-        head_speculative,
-        self_speculative,
-    )
-    from ladder.workers.draft_head import DraftHead, bundled_draft_head
-    from ladder.workers.exit_heads import ExitHeads, bundled_heads
-    from ladder.workers.layerwise import LayerwiseModel
-    from ladder.workers.transformer import DeviceConfig, TransformersWorker, _eos_ids
+class Bench:
+    """One tier loaded for measuring: its transformers worker, layer runner, exit heads, draft head."""
 
-    cfg = load_config()
-    tier = cfg.tier(name)
-    dev = DeviceConfig(device=args.device, dtype=args.dtype, threads=args.threads)
-    worker = TransformersWorker(name, materialize(cfg, tier), dev).load()
-    lw = LayerwiseModel(worker.model)
-    dtype = getattr(torch, args.dtype)
-    heads = ExitHeads.load(bundled_heads(name), weights_id(tier)).to(device=args.device, dtype=dtype)
-    head_dir = bundled_draft_head(name)
-    draft = (
-        DraftHead.load(head_dir, weights_id(tier)).to(device=args.device, dtype=dtype)
-        if (head_dir / "draft.safetensors").is_file()
-        else None
-    )
-    info = json.loads((bundled_heads(name) / "heads.json").read_text())
-    draft_layer = args.draft_layer or info.get("draft_layer") or heads.layers[1]
-    eos = _eos_ids(worker.model, worker.tokenizer)
-    problems = gsm8k.load(Path(args.data) / "routellm" / "gsm8k" / "test.jsonl", limit=n_prompts)
+    def __init__(self, name: str, args: argparse.Namespace) -> None:
+        from ladder.cluster.compose import materialize, weights_id
+        from ladder.cluster.settings import load_config
+        from ladder.workers.draft_head import DraftHead, bundled_draft_head
+        from ladder.workers.exit_heads import ExitHeads, bundled_heads
+        from ladder.workers.layerwise import LayerwiseModel
+        from ladder.workers.transformer import DeviceConfig, TransformersWorker, _eos_ids
 
-    def greedy(logits: torch.Tensor) -> tuple[int, float]:
-        lp = torch.log_softmax(logits.float(), -1)
-        t = int(lp.argmax())
-        return t, float(lp[t])
-
-    def timed(steps, limit: int = args.new_tokens) -> tuple[list[int], list[int], float, int]:  # noqa: ANN001
-        tokens, depths = [], []
-        calls0 = lw.layer_calls
-        t0 = time.perf_counter()
-        for token, _, depth in steps:
-            if token in eos:
-                break
-            tokens.append(token)
-            depths.append(depth)
-            if len(tokens) == limit:
-                break
-        steps.close()
-        seconds = time.perf_counter() - t0
-        calls = (
-            lw.layer_calls - calls0 if lw.layer_calls > calls0 else len(tokens) * lw.n_layers
-        )  # HF path: L per token
-        return tokens, depths, seconds, calls
-
-    drafters = {"spec:exit_head": (heads, False), "spec:lookup": (None, True), "spec:lookup+exit_head": (heads, True)}
-    head_drafters = {"spec:head": False, "spec:lookup+head": True} if draft is not None else {}
-    modes = ["full", *drafters, *head_drafters] + [f"early_exit@{t}" for t in args.thresholds]
-    if args.modes:  # a head drafter may carry its own chain threshold: spec:lookup+head@0.25
-        swept = [m for m in args.modes if "@" in m and m.partition("@")[0] in head_drafters]
-        modes = [m for m in modes if m == "full" or m in args.modes] + swept
-    rows = {
-        m: {"tokens": 0, "seconds": 0.0, "calls": 0, "depths": [], "identical": 0, "match": [], "correct": 0}
-        for m in modes
-    }
-    stats = {m: SpecStats() for m in modes if m.partition("@")[0] in {**drafters, **head_drafters}}
-    choices = {m: DraftChoice() for m in modes if m.partition("@")[0] in head_drafters}
-
-    def run_mode(m: str, ids: list[int], max_len: int, st: dict):  # noqa: ANN202
-        if m == "full":
-            return worker._full_depth(ids, greedy)
-        if m in drafters:
-            h, lookup = drafters[m]
-            return self_speculative(
-                lw, h, ids, max_len, greedy, draft_layer, args.max_draft, args.draft_threshold, st.get(m), lookup
-            )
-        base, _, threshold = m.partition("@")
-        if base in head_drafters:
-            return head_speculative(
-                lw,
-                draft,
-                ids,
-                max_len,
-                greedy,
-                args.head_max_draft,
-                float(threshold) if threshold else args.head_threshold,
-                st.get(m),
-                head_drafters[base],
-                choices.get(m) if st else None,
-            )
-        return early_exit(lw, heads, ids, max_len, greedy, float(m.split("@")[1]))
-
-    with torch.inference_mode():  # warm-up (kernels, caches, allocator), not timed
-        ids = worker.encode(Query.of(problems[0].question, max_tokens=16))
-        for m in modes:
-            timed(run_mode(m, ids, len(ids) + 40, {}), limit=16)
-    for p in tqdm(problems, desc=f"{name}: prompts", unit="prompt"):
-        ids = worker.encode(Query.of(p.question, max_tokens=args.new_tokens))
-        max_len = len(ids) + args.new_tokens + 1
-        outputs = {}
-        with torch.inference_mode():
-            for m in modes:
-                outputs[m] = timed(run_mode(m, ids, max_len, stats))
-        ref = outputs["full"][0]
-        for m, (tokens, depths, seconds, calls) in outputs.items():
-            r = rows[m]
-            r["tokens"] += len(tokens)
-            r["seconds"] += seconds
-            r["calls"] += calls
-            r["depths"] += depths
-            r["identical"] += tokens == ref
-            n = max(len(tokens), len(ref))
-            r["match"].append(sum(a == b for a, b in zip(tokens, ref)) / n if n else 1.0)
-            r["correct"] += gsm8k.correct(worker.tokenizer.decode(tokens, skip_special_tokens=True), p.gold)
-    full_tps = rows["full"]["tokens"] / rows["full"]["seconds"]
-    table = []
-    for m, r in rows.items():
-        d = np.array(r["depths"])
-        tps = r["tokens"] / r["seconds"]
-        table.append(
-            {
-                "mode": m,
-                "tokens_per_s": round(tps, 2),
-                "speedup": round(tps / full_tps, 3),
-                "layer_passes_per_token": round(r["calls"] / r["tokens"], 2),
-                "mean_depth": round(float(d.mean()), 2),
-                "p50_layers": float(np.percentile(d, 50)),
-                "p95_layers": float(np.percentile(d, 95)),
-                "identical_outputs": r["identical"] / len(problems),
-                "token_match": round(float(np.mean(r["match"])), 4),
-                "accuracy": r["correct"] / len(problems),
-                "tokens": r["tokens"],
-            }
+        cfg = load_config()
+        tier = cfg.tier(name)
+        dev = DeviceConfig(device=args.device, dtype=args.dtype, threads=args.threads)
+        self.name, self.args = name, args
+        self.worker = TransformersWorker(name, materialize(cfg, tier), dev).load()
+        self.lw = LayerwiseModel(self.worker.model)
+        dtype = getattr(torch, args.dtype)
+        self.heads = ExitHeads.load(bundled_heads(name), weights_id(tier)).to(device=args.device, dtype=dtype)
+        head_dir = bundled_draft_head(name)
+        self.draft = (
+            DraftHead.load(head_dir, weights_id(tier)).to(device=args.device, dtype=dtype)
+            if (head_dir / "draft.safetensors").is_file()
+            else None
         )
-    full_acc = rows["full"]["correct"] / len(problems)
+        self.info = json.loads((bundled_heads(name) / "heads.json").read_text())
+        self.draft_layer = args.draft_layer or self.info.get("draft_layer") or self.heads.layers[1]
+        self.eos = _eos_ids(self.worker.model, self.worker.tokenizer)
+        self.drafters = {
+            "spec:exit_head": (self.heads, False),
+            "spec:lookup": (None, True),
+            "spec:lookup+exit_head": (self.heads, True),
+        }
+        self.head_drafters = {"spec:head": False, "spec:lookup+head": True} if self.draft is not None else {}
+
+    def modes(self, wanted: list[str] | None) -> list[str]:
+        modes = ["full", *self.drafters, *self.head_drafters] + [f"early_exit@{t}" for t in self.args.thresholds]
+        if wanted:  # a head drafter may carry its own chain threshold: spec:lookup+head@0.25
+            swept = [m for m in wanted if "@" in m and m.partition("@")[0] in self.head_drafters]
+            modes = [m for m in modes if m == "full" or m in wanted] + swept
+        return modes
+
+    def measure(self, prompts: list[tuple[str, str | None]], modes: list[str], desc: str) -> dict:
+        """Every mode on every (prompt, GSM8K gold or None), one after the other per prompt. The
+        table rows, speculation statistics and drafter choices."""
+        from ladder.offline import gsm8k
+        from ladder.types import Query
+        from ladder.workers.adaptive_depth import (
+            DraftChoice,
+            SpecStats,
+            early_exit,
+            head_speculative,
+            self_speculative,
+        )
+
+        args, lw, worker = self.args, self.lw, self.worker
+
+        def greedy(logits: torch.Tensor) -> tuple[int, float]:
+            lp = torch.log_softmax(logits.float(), -1)
+            t = int(lp.argmax())
+            return t, float(lp[t])
+
+        def timed(steps, limit: int = args.new_tokens) -> tuple[list[int], list[int], float, int]:  # noqa: ANN001
+            tokens, depths = [], []
+            calls0 = lw.layer_calls
+            t0 = time.perf_counter()
+            for token, _, depth in steps:
+                if token in self.eos:
+                    break
+                tokens.append(token)
+                depths.append(depth)
+                if len(tokens) == limit:
+                    break
+            steps.close()
+            seconds = time.perf_counter() - t0
+            calls = (
+                lw.layer_calls - calls0 if lw.layer_calls > calls0 else len(tokens) * lw.n_layers
+            )  # HF path: L per token
+            return tokens, depths, seconds, calls
+
+        rows = {
+            m: {"tokens": 0, "seconds": 0.0, "calls": 0, "depths": [], "identical": 0, "match": [], "correct": 0}
+            for m in modes
+        }
+        drafters, head_drafters = self.drafters, self.head_drafters
+        stats = {m: SpecStats() for m in modes if m.partition("@")[0] in {**drafters, **head_drafters}}
+        choices = {m: DraftChoice() for m in modes if m.partition("@")[0] in head_drafters}
+
+        def run_mode(m: str, ids: list[int], max_len: int, st: dict):  # noqa: ANN202
+            if m == "full":
+                return worker._full_depth(ids, greedy)
+            if m in drafters:
+                h, lookup = drafters[m]
+                return self_speculative(
+                    lw,
+                    h,
+                    ids,
+                    max_len,
+                    greedy,
+                    self.draft_layer,
+                    args.max_draft,
+                    args.draft_threshold,
+                    st.get(m),
+                    lookup,
+                )
+            base, _, threshold = m.partition("@")
+            if base in head_drafters:
+                return head_speculative(
+                    lw,
+                    self.draft,
+                    ids,
+                    max_len,
+                    greedy,
+                    args.head_max_draft,
+                    float(threshold) if threshold else args.head_threshold,
+                    st.get(m),
+                    head_drafters[base],
+                    choices.get(m) if st else None,
+                )
+            return early_exit(lw, self.heads, ids, max_len, greedy, float(m.split("@")[1]))
+
+        with torch.inference_mode():  # warm-up (kernels, caches, allocator), not timed
+            ids = worker.encode(Query.of(prompts[0][0], max_tokens=16))
+            for m in modes:
+                timed(run_mode(m, ids, len(ids) + 40, {}), limit=16)
+        for text, gold in tqdm(prompts, desc=desc, unit="prompt"):
+            ids = worker.encode(Query.of(text, max_tokens=args.new_tokens))
+            max_len = len(ids) + args.new_tokens + 1
+            outputs = {}
+            with torch.inference_mode():
+                for m in modes:
+                    outputs[m] = timed(run_mode(m, ids, max_len, stats))
+            ref = outputs["full"][0]
+            for m, (tokens, depths, seconds, calls) in outputs.items():
+                r = rows[m]
+                r["tokens"] += len(tokens)
+                r["seconds"] += seconds
+                r["calls"] += calls
+                r["depths"] += depths
+                r["identical"] += tokens == ref
+                n = max(len(tokens), len(ref))
+                r["match"].append(sum(a == b for a, b in zip(tokens, ref)) / n if n else 1.0)
+                if gold is not None:
+                    r["correct"] += gsm8k.correct(worker.tokenizer.decode(tokens, skip_special_tokens=True), gold)
+        full_tps = rows["full"]["tokens"] / rows["full"]["seconds"]
+        table = []
+        for m, r in rows.items():
+            d = np.array(r["depths"])
+            tps = r["tokens"] / r["seconds"]
+            table.append(
+                {
+                    "mode": m,
+                    "tokens_per_s": round(tps, 2),
+                    "speedup": round(tps / full_tps, 3),
+                    "layer_passes_per_token": round(r["calls"] / r["tokens"], 2),
+                    "mean_depth": round(float(d.mean()), 2),
+                    "p50_layers": float(np.percentile(d, 50)),
+                    "p95_layers": float(np.percentile(d, 95)),
+                    "identical_outputs": r["identical"] / len(prompts),
+                    "token_match": round(float(np.mean(r["match"])), 4),
+                    "accuracy": r["correct"] / len(prompts) if prompts[0][1] is not None else None,
+                    "tokens": r["tokens"],
+                }
+            )
+        return {
+            "rows": table,
+            "depths": {m: rows[m]["depths"] for m in modes if m != "full"},
+            "stats": stats,
+            "choices": choices,
+        }
+
+
+def speculation(stats: dict) -> dict:
+    return {
+        m: {
+            "acceptance": round(s.acceptance, 4),
+            "drafted": s.drafted,
+            "accepted": s.accepted,
+            "verifications": s.verifications,
+            "tokens_per_verification": round((s.accepted + s.verifications) / max(1, s.verifications), 3),
+        }
+        for m, s in stats.items()
+    }
+
+
+def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
+    """The GSM8K run (no --domains): every mode on the first ``n_prompts`` test questions."""
+    from ladder.offline import gsm8k
+
+    bench = Bench(name, args)
+    problems = gsm8k.load(Path(args.data) / "routellm" / "gsm8k" / "test.jsonl", limit=n_prompts)
+    modes = bench.modes(args.modes)
+    got = bench.measure([(p.question, p.gold) for p in problems], modes, f"{name}: prompts")
+    table = got["rows"]
+    full_acc = next(r for r in table if r["mode"] == "full")["accuracy"]
     default = choose_default(table, full_acc)
-    plot(
-        name,
-        lw.n_layers,
-        {m: rows[m]["depths"] for m in modes if m != "full"},
-        Path(args.out).with_name(f"{Path(args.out).stem}_{name}.png"),
-    )
+    plot(name, bench.lw.n_layers, got["depths"], Path(args.out).with_name(f"{Path(args.out).stem}_{name}.png"))
     return {
         "tier": name,
-        "layers": lw.n_layers,
-        "exit_layers": list(heads.layers),
-        "draft_layer": draft_layer,
+        "layers": bench.lw.n_layers,
+        "exit_layers": list(bench.heads.layers),
+        "draft_layer": bench.draft_layer,
         "max_draft": args.max_draft,
         "draft_threshold": args.draft_threshold,
         "prompts": len(problems),
@@ -190,26 +248,78 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
         "head_threshold": args.head_threshold,
         "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-        "draft_head": draft.info.get("heldout") if draft is not None else None,
+        "draft_head": bench.draft.info.get("heldout") if bench.draft is not None else None,
         "drafter_choice": {
-            m: {"lookup_rounds": c.lookup_rounds, "head_rounds": c.head_rounds} for m, c in choices.items()
+            m: {"lookup_rounds": c.lookup_rounds, "head_rounds": c.head_rounds} for m, c in got["choices"].items()
         },
         "new_tokens": args.new_tokens,
         "dtype": args.dtype,
         "rows": table,
         "default_early_exit": default,
-        "calibrated_threshold": info.get("early_exit_threshold"),
-        "speculation": {
-            m: {
-                "acceptance": round(s.acceptance, 4),
-                "drafted": s.drafted,
-                "accepted": s.accepted,
-                "verifications": s.verifications,
-                "tokens_per_verification": round((s.accepted + s.verifications) / max(1, s.verifications), 3),
-            }
-            for m, s in stats.items()
-        },
+        "calibrated_threshold": bench.info.get("early_exit_threshold"),
+        "speculation": speculation(got["stats"]),
     }
+
+
+def domain_prompts(domain: str, args: argparse.Namespace, limit: int, skip: int) -> tuple[list, list[str], list]:
+    """(prompts as (text, gold or None), their ids, rejected rows) of a domain: ``gsm8k`` (test
+    questions), ``code`` (HumanEval, as ``ladder collect humaneval`` asks it), ``chat`` (the
+    project's own everyday prompts, benchmarks/prompts/chat.jsonl) or a prompts file (rows as
+    ``ladder collect`` takes them; a bad row is skipped and named by its line). The same hash
+    order as every dataset (``offline.datasets.subset``): the first ``skip`` are left out."""
+    from ladder.offline.datasets import load_dataset
+
+    name = {"code": "humaneval", "chat": str(CHAT_PROMPTS)}.get(domain, domain)
+    ds = load_dataset(name, Path(args.data), limit=limit, skip=skip)
+    gold = domain == "gsm8k"
+    return [(it.prompt, it.gold if gold else None) for it in ds.items], [it.id for it in ds.items], list(ds.rejected)
+
+
+CHAT_PROMPTS = Path(__file__).parent / "prompts" / "chat.jsonl"
+
+
+def run_domains(name: str, args: argparse.Namespace) -> dict:
+    """Per domain, on prompts no choice saw: the head drafter's chain threshold is chosen once, on
+    the first ``--select`` prompts of every domain (the fastest of ``--head-thresholds``: every one
+    is lossless), and reported with full depth on the next ``--prompts`` of each domain."""
+    bench = Bench(name, args)
+    if bench.draft is None:
+        raise SystemExit(f"tier {name} has no draft head (ladder depth train --drafter head)")
+    base = args.domain_mode
+    swept = [f"{base}@{t}" for t in args.head_thresholds]
+    selection, selection_ids = [], {}
+    for d in args.domains:
+        prompts, ids, rejected = domain_prompts(d, args, args.select, 0)
+        for line, why in rejected:
+            print(f"{d}: line {line} skipped: {why}")
+        selection += prompts
+        selection_ids[d] = ids
+    chosen = bench.measure(selection, ["full", *swept], f"{name}: choosing the threshold")
+    by_speed = sorted(
+        (r for r in chosen["rows"] if r["mode"] != "full"), key=lambda r: (r["identical_outputs"], r["speedup"])
+    )
+    mode = by_speed[-1]["mode"]
+    out = {
+        "tier": name,
+        "mode": mode,
+        "selection": {"prompt_ids": selection_ids, "rows": chosen["rows"]},
+        "domains": {},
+    }
+    for d in args.domains:
+        prompts, ids, _ = domain_prompts(d, args, args.prompts_per_domain, args.select)
+        got = bench.measure(prompts, ["full", mode], f"{name}: {d}")
+        row = next(r for r in got["rows"] if r["mode"] == mode)
+        spec = speculation(got["stats"])[mode]
+        out["domains"][d] = {
+            "prompt_ids": ids,
+            "speedup": row["speedup"],
+            "acceptance": spec["acceptance"],
+            "tokens_per_verification": spec["tokens_per_verification"],
+            "identical_outputs": row["identical_outputs"],
+            "tokens_per_s": row["tokens_per_s"],
+            "full_tokens_per_s": next(r for r in got["rows"] if r["mode"] == "full")["tokens_per_s"],
+        }
+    return out
 
 
 def choose_default(table: list[dict], full_acc: float) -> str | None:
@@ -264,14 +374,27 @@ def main() -> None:
         help="comma-separated subset, e.g. spec:lookup,spec:head,spec:lookup+head (full always runs); "
         "a head drafter with @T uses chain threshold T (a sweep: spec:lookup+head@0.1,spec:lookup+head@0.25)",
     )
+    ap.add_argument(
+        "--domains",
+        type=lambda s: s.split(","),
+        default=None,
+        help="per domain instead of GSM8K's every mode: gsm8k, code, chat or a prompts .jsonl (see run_domains)",
+    )
+    ap.add_argument("--select", type=int, default=4, help="--domains: prompts per domain that choose the threshold")
+    ap.add_argument("--prompts-per-domain", type=int, default=8, help="--domains: held-out prompts reported per domain")
+    ap.add_argument("--head-thresholds", type=lambda s: [float(x) for x in s.split(",")], default=[0.2, 0.4, 0.6])
+    ap.add_argument("--domain-mode", default="spec:lookup+head", help="--domains: the head drafter measured")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(RESULTS / "adaptive_depth.json"))
+    ap.add_argument("--out", default=None, help="default: results/adaptive_depth.json (_domains.json with --domains)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    args.out = args.out or str(RESULTS / ("adaptive_depth_domains.json" if args.domains else "adaptive_depth.json"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tiers = args.tiers.split(",")
+    if args.domains:
+        return report_domains([run_domains(t, args) for t in tiers], args)
     counts = [int(x) for x in args.prompts.split(",")]
     counts = counts * len(tiers) if len(counts) == 1 else counts
     results = [run_tier(t, n, args) for t, n in zip(tiers, counts)]
@@ -298,6 +421,26 @@ def main() -> None:
             f"early exit: fastest point within 1 point of full-depth accuracy: {res['default_early_exit']}; "
             f"calibrated threshold (heads.json, 2% held-out disagreement): {res['calibrated_threshold']}"
         )
+
+
+def report_domains(results: list[dict], args: argparse.Namespace) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.harness.meta import stamp
+
+    Path(args.out).write_text(json.dumps({**stamp(sys.argv), "args": vars(args), "tiers": results}, indent=2) + "\n")
+    print(
+        f"\n{args.domain_mode}, {args.new_tokens} new tokens, {args.dtype}; threshold chosen on {args.select} prompts per domain"
+    )
+    print(f"{'tier':<8}{'domain':<10}{'mode':<24}{'x full':>7}{'accept':>8}{'tok/verif':>10}{'identical':>10}")
+    for res in results:
+        for d, r in res["domains"].items():
+            print(
+                f"{res['tier']:<8}{d:<10}{res['mode']:<24}{r['speedup']:>7.2f}{r['acceptance']:>8.3f}"
+                f"{r['tokens_per_verification']:>10.2f}{r['identical_outputs']:>10.2f}"
+            )
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
