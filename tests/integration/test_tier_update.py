@@ -16,7 +16,7 @@ import yaml
 from ladder.cluster.settings import LadderConfig
 from tests.integration.served import small_tier_app
 
-pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.model, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.redis, pytest.mark.model, pytest.mark.vllm, pytest.mark.slow]
 KEY = "sk-ladder-tier-update"
 ADMIN = "sk-ladder-tier-admin"
 
