@@ -81,7 +81,7 @@ class Bench:
             modes = [m for m in modes if m == "full" or m in wanted] + swept
         return modes
 
-    def measure(self, prompts: list[tuple[str, str | None]], modes: list[str], desc: str) -> dict:
+    def measure(self, prompts: list[tuple[str, float | None]], modes: list[str], desc: str) -> dict:
         """Every mode on every (prompt, GSM8K gold or None), one after the other per prompt. The
         table rows, speculation statistics and drafter choices."""
         from ladder.offline import gsm8k
@@ -271,8 +271,11 @@ def domain_prompts(domain: str, args: argparse.Namespace, limit: int, skip: int)
 
     name = {"code": "humaneval", "chat": str(CHAT_PROMPTS)}.get(domain, domain)
     ds = load_dataset(name, Path(args.data), limit=limit, skip=skip)
-    gold = domain == "gsm8k"
-    return [(it.prompt, it.gold if gold else None) for it in ds.items], [it.id for it in ds.items], list(ds.rejected)
+
+    def gold(item) -> float | None:  # noqa: ANN001 — GSM8K's final number, graded as gsm8k.correct does
+        return float(item.gold.replace(",", "")) if domain == "gsm8k" else None
+
+    return [(it.prompt, gold(it)) for it in ds.items], [it.id for it in ds.items], list(ds.rejected)
 
 
 CHAT_PROMPTS = Path(__file__).parent / "prompts" / "chat.jsonl"
