@@ -297,8 +297,10 @@ def _one_line(exc: Exception, app: str) -> str:
         return str(startup_error(str(exc)))
     if isinstance(exc, TimeoutError):
         return f"{app}: its replica did not answer a readiness probe within 60 s"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}" if not isinstance(exc, LadderError) else text[0]
+    lines = str(exc).strip().splitlines()
+    first = lines[0][:300] if lines else ""
+    # Ladder's own errors are written to be read as they are; anything else says what it is
+    return first if isinstance(exc, LadderError) and first else f"{type(exc).__name__}: {first}"
 
 
 def _check_room(tier: TierConfig) -> None:
