@@ -289,7 +289,9 @@ def test_a_batch_job_in_tier_pools_loses_its_tier_node_and_writes_every_row_once
     data["tiers"][0]["placement"] = {"resources": {"tier-b": 1}}  # beside Serve's tiny replica (see NODES)
     cfg = tmp_path / "score.yaml"
     cfg.write_text(yaml.safe_dump(data))
-    rows = [{"id": f"row-{i}", "prompt": f"Say hi to person {i}", "max_tokens": 8} for i in range(48)]
+    # long enough answers that the job is still writing when the node goes: with 8 tokens a row
+    # the last 40 rows took 4 s, and a 2-s poll let the job finish first (a CI run)
+    rows = [{"id": f"row-{i}", "prompt": f"Say hi to person {i}", "max_tokens": 48} for i in range(48)]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out.jsonl"
     argv = ["score", str(tmp_path / "in.jsonl"), "--out", str(out), "--config", str(cfg)]
@@ -301,7 +303,7 @@ def test_a_batch_job_in_tier_pools_loses_its_tier_node_and_writes_every_row_once
         deadline = time.monotonic() + 300
         while not out.is_file() or len(out.read_text().splitlines()) < 8:
             assert job.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
-            time.sleep(2)
+            time.sleep(0.25)
         tier_actor = where_actors_run(cluster).get("TierActor", [])
         assert len(tier_actor) == 1 and set(tier_actor) <= hosts_of(cluster, "tier-b"), where_actors_run(cluster)
         victim = next(n for n in NODES if cluster.host(n) == tier_actor[0])
