@@ -291,7 +291,7 @@ def test_a_batch_job_in_tier_pools_loses_its_tier_node_and_writes_every_row_once
     cfg.write_text(yaml.safe_dump(data))
     # long enough answers that the job is still writing when the node goes: with 8 tokens a row
     # the last 40 rows took 4 s, and a 2-s poll let the job finish first (a CI run)
-    rows = [{"id": f"row-{i}", "prompt": f"Say hi to person {i}", "max_tokens": 48} for i in range(48)]
+    rows = [{"id": f"row-{i}", "prompt": f"Tell a long story about person {i}.", "max_tokens": 48} for i in range(48)]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out.jsonl"
     argv = ["score", str(tmp_path / "in.jsonl"), "--out", str(out), "--config", str(cfg)]
