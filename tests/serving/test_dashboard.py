@@ -204,14 +204,26 @@ def chrome():  # noqa: ANN201 (selenium WebDriver)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 
 
-def submit(browser, button) -> None:  # noqa: ANN001
-    """Click a form's button and wait for the page it leads to (not the one still showing)."""
+def submit(browser, by: str, value: str) -> None:  # noqa: ANN001
+    """Click a form's button (found by ``by``/``value``) and wait for the page it leads to (not
+    the one still showing). Chromedriver can lose a node between finding and clicking it ("Node
+    with given id does not belong to the document", a CI run under load): while the page has not
+    moved on, the button is found and clicked again."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = browser.find_element(By.TAG_NAME, "html")
-    button.click()
+    for attempt in range(3):
+        try:
+            browser.find_element(by, value).click()
+            break
+        except WebDriverException:
+            if expected_conditions.staleness_of(page)(browser):
+                break  # the click went through: the page moved on
+            if attempt == 2:
+                raise
     WebDriverWait(browser, 10).until(expected_conditions.staleness_of(page))
 
 
@@ -263,7 +275,7 @@ def test_in_a_browser_the_figures_match_metrics_and_a_pushed_point_serves_the_ne
             assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=auth, timeout=30).status_code == 200
         browser.get(f"{url}/dashboard")
         browser.find_element(By.NAME, "key").send_keys(ADMIN)
-        submit(browser, browser.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+        submit(browser, By.CSS_SELECTOR, "button[type=submit]")
         cells = browser.find_elements(By.CSS_SELECTOR, "td[data-figure]")
         got = {c.get_attribute("data-figure"): c.get_attribute("data-value") for c in cells}
         want = expected_from_metrics(httpx.get(f"{url}/metrics").text, gw.tier_names)
@@ -279,7 +291,7 @@ def test_in_a_browser_the_figures_match_metrics_and_a_pushed_point_serves_the_ne
         figures_of = lambda css: [td.text for td in browser.find_elements(By.CSS_SELECTOR, css)][2:]  # noqa: E731
         chosen = figures_of("tr:has(#point-1) td")
         radios[1].click()  # a cheap point: certainly not the policy's own
-        submit(browser, browser.find_element(By.ID, "push"))
+        submit(browser, By.ID, "push")
         after = browser.find_element(By.ID, "policy-version").text
         assert after != before and "pushed " + after in browser.find_element(By.ID, "message").text
         assert figures_of("#current td") == chosen  # the serving row is now point 1's
@@ -287,7 +299,7 @@ def test_in_a_browser_the_figures_match_metrics_and_a_pushed_point_serves_the_ne
         r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=auth, timeout=30)
         assert r.headers["x-ladder-policy-version"] == after
         browser.save_screenshot(str(screenshot_path("tune.png", tmp_path)))
-        submit(browser, browser.find_element(By.ID, "rollback"))
+        submit(browser, By.ID, "rollback")
         assert browser.find_element(By.ID, "policy-version").text == before
 
 
