@@ -429,8 +429,7 @@ def main() -> None:
 def report_domains(results: list[dict], args: argparse.Namespace) -> None:
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.harness.meta import stamp
+    from harness.meta import stamp  # benchmarks/ is on the path of a script run from it
 
     Path(args.out).write_text(json.dumps({**stamp(sys.argv), "args": vars(args), "tiers": results}, indent=2) + "\n")
     print(

@@ -38,11 +38,16 @@ def unplaceable(need: dict[str, float], nodes: list[dict[str, float]]) -> str | 
     return f"needs {{{wanted}}} on one node and no node of the Ray cluster has all of them"
 
 
-def check_placement(config: LadderConfig) -> None:
-    """Raise ``ConfigError`` naming the first deployment no live node can hold (on the running Ray)."""
+def live_nodes() -> list[dict[str, float]]:
+    """The resources of each node of the running Ray cluster that is alive now."""
     import ray
 
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def check_placement(config: LadderConfig) -> None:
+    """Raise ``ConfigError`` naming the first deployment no live node can hold (on the running Ray)."""
+    nodes = live_nodes()
     for who, need in demands(config).items():
         if why := unplaceable(need, nodes):
             raise ConfigError(

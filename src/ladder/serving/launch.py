@@ -59,8 +59,7 @@ def deploy(config: LadderConfig, runtime: Runtime, poll_s: float = 2.0) -> str:
     except RuntimeError as exc:  # the replica's traceback is in the deployment's status message
         report = [str(exc)]
         try:
-            for application in serve.status().applications.values():
-                report += [application.message or ""] + [d.message or "" for d in application.deployments.values()]
+            report += [application_report(a) for a in serve.status().applications.values()]
         except Exception:  # noqa: BLE001 — the status is a best effort; the error below stands
             pass
         raise startup_error("\n".join(report)) from None
@@ -96,6 +95,12 @@ def wait_running(config: LadderConfig, poll_s: float) -> None:
         if all((app := apps.get(name)) is not None and app.status == ApplicationStatus.RUNNING for name in names):
             return
         time.sleep(poll_s)
+
+
+def application_report(application) -> str:  # noqa: ANN001 (ray.serve.schema.ApplicationStatusOverview)
+    """What Serve says of an application and each of its deployments (a failed replica's
+    traceback is in its deployment's message)."""
+    return "\n".join([application.message or ""] + [d.message or "" for d in application.deployments.values()])
 
 
 def startup_error(report: str) -> LadderError:

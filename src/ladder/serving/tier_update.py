@@ -110,10 +110,13 @@ class LiveTiers:
         except Exception as exc:  # noqa: BLE001 — an outage: serve the configured tiers
             log.warning("redis unavailable for the live tiers (using the configured ones): %s", exc)
             return {}
-        return {t: rec for k, v in raw.items() if (rec := self._open(t := k.decode(), v)) and t in self.apps}
+        return self._records(raw)
 
     async def read(self) -> dict[str, LiveTier]:
-        raw = await self.redis.get().hgetall(KEY_LIVE) if self.redis else {}
+        return self._records(await self.redis.get().hgetall(KEY_LIVE) if self.redis else {})
+
+    def _records(self, raw: dict[bytes, bytes]) -> dict[str, LiveTier]:
+        """The signed, well-formed records of this app's tiers in ``KEY_LIVE``'s hash."""
         return {t: rec for k, v in raw.items() if (rec := self._open(t := k.decode(), v)) and t in self.apps}
 
     def adopt(self, config: LadderConfig) -> LadderConfig:
@@ -258,8 +261,9 @@ class TierUpdates:
             if app is not None and app.status == ApplicationStatus.RUNNING:
                 return
             if app is not None and app.status == ApplicationStatus.DEPLOY_FAILED:
-                report = [app.message or ""] + [d.message or "" for d in app.deployments.values()]
-                raise _StartFailed("\n".join(report))
+                from ladder.serving.launch import application_report, startup_error
+
+                raise startup_error(application_report(app))
             if time.monotonic() > deadline:
                 raise LadderError(f"tier {tier.name}: the new replicas did not start within {deadline - t0:.0f} s")
             d = app.deployments.get(tier_deployment_name(tier.name)) if app is not None else None
@@ -286,15 +290,7 @@ class TierUpdates:
         return adopted
 
 
-class _StartFailed(Exception):
-    """Serve's deploy report of a new tier application that failed."""
-
-
 def _one_line(exc: Exception, app: str) -> str:
-    if isinstance(exc, _StartFailed):
-        from ladder.serving.launch import startup_error
-
-        return str(startup_error(str(exc)))
     if isinstance(exc, TimeoutError):
         return f"{app}: its replica did not answer a readiness probe within 60 s"
     lines = str(exc).strip().splitlines()
@@ -309,11 +305,10 @@ def _check_room(tier: TierConfig) -> None:
     until the switch; Serve would leave the new ones pending until the timeout)."""
     import ray
 
-    from ladder.cluster.placement import need_of, unplaceable
+    from ladder.cluster.placement import live_nodes, need_of, unplaceable
 
     need = need_of(tier.actor_options())
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if why := unplaceable(need, nodes):
+    if why := unplaceable(need, live_nodes()):
         raise TierUpdateRefused(f"tier {tier.name}: {why}", 400, "tier.placement")
     free = ray.available_resources()
     for k, v in need.items():
