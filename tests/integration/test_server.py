@@ -258,7 +258,7 @@ def test_the_dashboard_in_a_browser_matches_the_served_metrics(server, client, t
     with chrome() as browser:
         browser.get(server[0] + "/dashboard")
         browser.find_element(By.NAME, "key").send_keys(ADMIN_KEY)
-        submit(browser, browser.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+        submit(browser, By.CSS_SELECTOR, "button[type=submit]")
         cells = browser.find_elements(By.CSS_SELECTOR, "td[data-figure]")
         got = {c.get_attribute("data-figure"): c.get_attribute("data-value") for c in cells}
         want = expected_from_metrics(httpx.get(server[0] + "/metrics").text, ["small"])
