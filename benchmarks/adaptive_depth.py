@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+from ladder.offline.draft_corpus import HELD_OUT_PER_DOMAIN
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -396,6 +397,13 @@ def main() -> None:
     args.out = args.out or str(RESULTS / ("adaptive_depth_domains.json" if args.domains else "adaptive_depth.json"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tiers = args.tiers.split(",")
+    if args.domains and "code" in args.domains and args.select + args.prompts_per_domain > HELD_OUT_PER_DOMAIN:
+        # the draft heads' mixed corpus answers HumanEval problems after the first N of the hash order
+        ap.exit(
+            2,
+            f"--select + --prompts-per-domain must be at most {HELD_OUT_PER_DOMAIN} with code: the "
+            "draft heads are trained on the HumanEval problems after those (offline/draft_corpus)\n",
+        )
     if args.domains:
         return report_domains([run_domains(t, args) for t in tiers], args)
     counts = [int(x) for x in args.prompts.split(",")]

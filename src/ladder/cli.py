@@ -912,6 +912,13 @@ def depth_train(
         ),
     ] = 768,
     max_minutes: Annotated[float, typer.Option(min=0.1, help="draft head: stop fitting after this long")] = 25.0,
+    domains: Annotated[
+        str,
+        typer.Option(
+            help="draft head: the prompts the tier answers, equal parts of gsm8k, code, chat "
+            "(comma-separated); gsm8k alone is the issue-22 corpus"
+        ),
+    ] = "gsm8k,code,chat",
     seed: int = 0,
     threads: Annotated[int, typer.Option(min=1)] = 2,
     config: ConfigOpt = None,
@@ -934,8 +941,14 @@ def depth_train(
             from ladder.offline.draft_head_training import train as fit_head
             from ladder.workers.draft_head import bundled_draft_head
 
+            from ladder.offline.draft_corpus import DOMAINS
+
+            chosen = tuple(d.strip() for d in domains.split(",") if d.strip())
+            if not chosen or any(d not in DOMAINS for d in chosen):
+                _fail(f"--domains: a comma-separated choice of {', '.join(DOMAINS)}, got {domains!r}")
             target = out or bundled_draft_head(tier)
             spec = DraftSpec(
+                domains=() if chosen == ("gsm8k",) else chosen,
                 prompts=prompts or 512,
                 reference=reference,
                 new_tokens=new_tokens,
@@ -959,6 +972,10 @@ def depth_train(
                 f"wrote {target} in {info['total_s'] / 60:.1f} min; held-out agreement per chain step "
                 f"{h['agree_per_step']}, expected tokens per verification {h['expected_tokens_per_verification']}"
             )
+            for d, row in info["heldout_per_domain"].items():
+                typer.echo(
+                    f"  {d}: {row['agree_per_step']}, {row['expected_tokens_per_verification']} per verification"
+                )
             return
         from ladder.offline.exit_head_training import HeadSpec
         from ladder.offline.exit_head_training import train as run
@@ -974,6 +991,42 @@ def depth_train(
         typer.echo(
             f"  after layer {layer:>3}: {row['agree']:.3f} (logit lens {row['agree_logit_lens']:.3f}), KL {row['kl']:.3f}"
         )
+
+
+@depth_app.command("export")
+def depth_export(
+    tier: Annotated[str, typer.Option("--tier", "-t")] = "small",
+    head: Annotated[
+        Optional[Path], typer.Option(help="the draft head's folder; default: the tier's bundled head")
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="default: <cache_dir>/eagle/<tier> (config cache_dir)")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write a tier's trained draft head as the checkpoint vLLM's EAGLE drafter loads (config.json
+    + model.safetensors, bound to the tier's weights), for a GPU tier's `vllm.speculative`."""
+    from ladder.cluster.compose import materialize, weights_id
+    from ladder.errors import LadderError
+    from ladder.workers.draft_export import export
+    from ladder.workers.draft_head import DraftHead, bundled_draft_head
+
+    cfg = _config(config)
+    if tier not in cfg.tier_names:
+        _fail(f"unknown tier {tier!r}; configured: {cfg.tier_names}")
+    t = cfg.tier(tier)
+    if t.backend not in ("transformers", "vllm"):
+        _fail(f"tier {tier} has backend {t.backend!r}; draft heads are for transformer tiers")
+    folder = head or bundled_draft_head(tier)
+    if not (folder / "draft.safetensors").is_file():
+        _fail(f"no draft head in {folder}: run `ladder depth train --tier {tier} --drafter head` first")
+    target = out or cfg.cache_path / "eagle" / tier
+    try:
+        written = export(DraftHead.load(folder, weights_id(t)), materialize(cfg, t), target, tier, weights_id(t))
+    except LadderError as exc:  # a head for other weights, or one in the shape vLLM cannot load
+        _fail(str(exc))
+    typer.echo(f"wrote {written}; a GPU tier drafts with it through:")
+    typer.echo(f"  vllm:\n    speculative: {{method: eagle, model: {written}, num_speculative_tokens: 3}}")
 
 
 @depth_app.command("calibrate")

@@ -159,23 +159,38 @@ def test_vllm_tier_on_cuda_batches_and_answers(small):
 
 
 @pytest.mark.vllm
-def test_vllm_tier_with_ngram_speculation_on_cuda_answers_greedy_like_plain_decoding(small, record_property):
-    """``vllm.speculative`` (ngram) reaches the engine: greedy answers equal plain decoding's on
-    prompts that repeat themselves (where prompt lookup drafts), in float32."""
+@pytest.mark.parametrize("method", ["ngram", "eagle"])
+def test_vllm_tier_with_engine_speculation_on_cuda_answers_greedy_like_plain_decoding(
+    small, method, tmp_path, record_property
+):
+    """``vllm.speculative`` reaches the engine — ``ngram`` (prompt lookup) and ``eagle`` (the
+    small tier's draft head as `ladder depth export` writes it): greedy answers equal plain
+    decoding's in float32."""
     import asyncio
 
+    from ladder.cluster.compose import weights_id
+    from ladder.cluster.settings import LadderConfig
     from ladder.types import Query
+    from ladder.workers.draft_export import export
+    from ladder.workers.draft_head import DraftHead, bundled_draft_head
     from ladder.workers.options import EngineSpeculation
     from ladder.workers.vllm_worker import VLLMOptions, VLLMWorker
 
-    folder, _ = small
+    folder, wid = small
+    if method == "eagle":
+        head = DraftHead.load(bundled_draft_head("small"), wid)
+        tier = LadderConfig().tier("small")
+        spec = EngineSpeculation(
+            method="eagle",
+            model=str(export(head, folder, tmp_path / "eagle", "small", weights_id(tier))),
+            num_speculative_tokens=3,
+        )
+    else:
+        spec = EngineSpeculation(num_speculative_tokens=4)
     base = dict(max_model_len=1024, max_num_seqs=8, gpu_memory_utilization=0.3)
     queries = [Query.of(p, max_tokens=48, temperature=0.0) for p in PROMPTS]
     texts = {}
-    for name, options in (
-        ("plain", VLLMOptions(**base)),
-        ("ngram", VLLMOptions(**base, speculative=EngineSpeculation(num_speculative_tokens=4))),
-    ):
+    for name, options in (("plain", VLLMOptions(**base)), (method, VLLMOptions(**base, speculative=spec))):
         worker = VLLMWorker("small", folder, "cuda", options, dtype="float32").load()
         try:
 
@@ -185,5 +200,5 @@ def test_vllm_tier_with_ngram_speculation_on_cuda_answers_greedy_like_plain_deco
             texts[name] = [g.text for g in asyncio.run(answers())]
         finally:
             worker.close()
-    record_property("agreement", sum(a == b for a, b in zip(texts["plain"], texts["ngram"])) / len(queries))
-    assert texts["ngram"] == texts["plain"]
+    record_property("agreement", sum(a == b for a, b in zip(texts["plain"], texts[method])) / len(queries))
+    assert texts[method] == texts["plain"]

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ladder.errors import ConfigError
-from ladder.workers.options import AdaptiveDepth, AdaptiveMode, DepthBudget, VLLMOptions
+from ladder.workers.options import AdaptiveDepth, AdaptiveMode, DepthBudget, VLLMOptions, exported_head_binding
 from ladder.workers.weights import HubSource, LocalSource, PackageSource, WeightsSource
 
 
@@ -237,7 +237,10 @@ class TierConfig(_Strict):
             )
         if self.backend != "vllm" and self.vllm:
             raise ValueError("'vllm' (engine settings) belongs to backend 'vllm'")
-        if self.vllm and self.vllm.speculative and self.device.startswith("cpu"):
+        spec = self.vllm.speculative if self.vllm else None
+        if spec and spec.method == "eagle":
+            self._check_eagle_head(spec.model)  # type: ignore[arg-type]
+        if spec and self.device.startswith("cpu"):
             raise ValueError(
                 f"tier {self.name}: vllm.speculative needs a GPU (device: cuda): vLLM's CPU engine "
                 "cannot run speculative decoding"
@@ -245,6 +248,22 @@ class TierConfig(_Strict):
         if self.autoscaling and self.num_replicas != 1:
             raise ValueError("num_replicas and autoscaling exclude each other: autoscaling sets the replica count")
         return self
+
+    def _check_eagle_head(self, folder: str) -> None:
+        """An exported draft head drafts for the weights it was trained on, and only for those."""
+        from ladder.cluster.compose import weights_id
+
+        bound = exported_head_binding(folder)
+        if bound is None:
+            raise ValueError(
+                f"tier {self.name}: vllm.speculative.model {folder} holds no exported draft head "
+                f"(ladder depth export --tier {self.name} writes one)"
+            )
+        if bound != weights_id(self):
+            raise ValueError(
+                f"tier {self.name}: the draft head in {folder} was exported for weights {bound[:16]}, "
+                f"not this tier's {weights_id(self)[:16]} (ladder depth export --tier {self.name})"
+            )
 
     def actor_options(self) -> dict[str, Any]:
         """Ray actor options of one replica of this tier (``settings.actor_options``)."""

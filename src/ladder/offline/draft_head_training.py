@@ -1,7 +1,8 @@
 """Train a tier's draft head by self-distillation (``ladder depth train --drafter head``, issue 22).
 
-1. The frozen tier answers N GSM8K training questions greedily (the same corpus recipe as the
-   exit heads: the head must imitate the model on the text it writes itself).
+1. The frozen tier answers N prompts greedily — GSM8K training questions (the exit heads'
+   recipe) or equal parts of math, code and everyday chat (``offline/draft_corpus``, issue 34):
+   the head must imitate the model on the text it writes itself, on the traffic it will draft.
 2. One teacher pass per sequence keeps every position's feature (final normed hidden state) and
    the model's greedy next token.
 3. The head is fitted on (f_t, x_{t+1}) -> f_{t+1}: cross-entropy of its draft-vocabulary logits
@@ -11,7 +12,7 @@
    cache a draft chain sees at inference (EAGLE-3's training-time test). Without it the head is
    trained only on true features and its second draft of a chain is much worse.
 4. Held-out sequences report acceptance per chain step (top-1 agreement with the model, given the
-   earlier drafts were right) — the number the decode loop lives on.
+   earlier drafts were right) — the number the decode loop lives on — overall and per domain.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ladder.offline.exit_head_training import (
     teacher_corpus,
     training_questions,
 )
+from ladder.offline.draft_corpus import mixed_prompts
 from ladder.outcomes.io import read_rows
 from ladder.workers.draft_head import DraftHead
 
@@ -58,6 +60,9 @@ class DraftSpec:
     seed: int = 0
     threads: int = 2
     max_minutes: float = 25.0  # fitting stops at this wall-clock budget (the issue's 30-minute target)
+    # () : GSM8K questions only (the issue-22 heads); else equal parts of these (offline/draft_corpus)
+    domains: tuple[str, ...] = ()
+    input_norm: bool = False  # True: the issue-22 layer shape, which vLLM's EAGLE layer cannot load
 
 
 def teacher_features(model, seqs: list[list[int]], batch: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:  # noqa: ANN001
@@ -197,20 +202,29 @@ def train(
     t0 = time.perf_counter()
     model, tokenizer = frozen_teacher(model_dir, spec.seed, spec.threads)
     rng = random.Random(spec.seed)
-    key = corpus_key(tier, model_sha256, spec.prompts, spec.new_tokens, spec.seed, kind="draft-head")
     gen_spec = HeadSpec(prompts=spec.prompts, new_tokens=spec.new_tokens, gen_batch=spec.gen_batch, seed=spec.seed)
-    seqs = teacher_corpus(model, tokenizer, data, (corpus_dir or out) / "corpus.json", key, gen_spec)
+    if spec.domains:
+        per_domain = spec.prompts // len(spec.domains)
+        pairs = mixed_prompts(spec.domains, data, per_domain, spec.seed)
+        own_questions = set(training_questions(data, per_domain, spec.seed))
+        extra_key = {"kind": "draft-head", "domains": ",".join(spec.domains)}
+    else:
+        pairs = [("gsm8k", q) for q in training_questions(data, spec.prompts, spec.seed)]
+        own_questions = {q for _, q in pairs}
+        extra_key = {"kind": "draft-head"}
+    key = corpus_key(tier, model_sha256, spec.prompts, spec.new_tokens, spec.seed, **extra_key)
+    questions = [q for _, q in pairs]
+    seqs = teacher_corpus(model, tokenizer, data, (corpus_dir or out) / "corpus.json", key, gen_spec, questions)
     gen_s = time.perf_counter() - t0
 
     n_val = max(1, int(len(seqs) * spec.holdout))
-    own_questions = set(training_questions(data, spec.prompts, spec.seed))
     extra = reference_corpus(tokenizer, data, own_questions, spec.reference, spec.seed) if spec.reference else []
     teacher = teacher_features(model, seqs + extra)
     all_seqs = seqs + extra
     vocab, coverage = choose_vocab(teacher[n_val:], spec.draft_vocab)
     index = {tok: i for i, tok in enumerate(vocab)}
     rows = model.lm_head.weight[torch.tensor(vocab)].detach()
-    head = DraftHead.for_model(model.config, vocab, spec.intermediate)
+    head = DraftHead.for_model(model.config, vocab, spec.intermediate, spec.input_norm)
     with torch.no_grad():  # start from "the next feature is this one" (plus what the layer learns)
         head.fc.weight.zero_()
         head.fc.weight[:, : head.hidden].copy_(torch.eye(head.hidden))
@@ -257,6 +271,11 @@ def train(
             break
     bar.close()
     head.load_state_dict(best_state)
+    domains = [d for d, _ in pairs[:n_val]]
+    per_domain_report = {  # the held-out answers of each domain (what the benchmark reads per domain)
+        d: evaluate(head, model, rotary, rows, [it for it, dd in zip(val_items, domains) if dd == d], index, spec)
+        for d in sorted(set(domains))
+    }
     info = {
         "tier": tier,
         "spec": asdict(spec),
@@ -267,6 +286,8 @@ def train(
         "steps": done,
         "stopped_at_time_budget": stopped_early,
         "heldout": report,
+        "heldout_per_domain": per_domain_report,
+        "domains": list(spec.domains) or ["gsm8k"],
         "heldout_per_epoch": curve,
         "reference_sequences": len(extra),
         "generate_s": round(gen_s, 1),

@@ -119,14 +119,24 @@ def corpus_key(tier: str, model_sha256: str, prompts: int, new_tokens: int, seed
     return {"tier": tier, "model": model_sha256, "prompts": prompts, "new_tokens": new_tokens, "seed": seed, **extra}
 
 
-def teacher_corpus(model, tokenizer, data: Path, corpus: Path, key: dict, spec: HeadSpec) -> list[list[int]]:  # noqa: ANN001
-    """The model's own greedy answers to ``spec.prompts`` GSM8K training questions (sampled with
-    ``spec.seed``), kept in ``corpus`` under ``key``: the slow part, so a rerun with the same key
-    reads the file instead."""
+def teacher_corpus(
+    model,  # noqa: ANN001
+    tokenizer,  # noqa: ANN001
+    data: Path,
+    corpus: Path,
+    key: dict,
+    spec: HeadSpec,
+    questions: list[str] | None = None,
+) -> list[list[int]]:
+    """The model's own greedy answers to ``questions`` (default: ``spec.prompts`` GSM8K training
+    questions sampled with ``spec.seed``), kept in ``corpus`` under ``key``: the slow part, so a
+    rerun with the same key reads the file instead."""
     cached = json.loads(corpus.read_text()) if corpus.is_file() else {}
     if cached.get("key") == key:
         return cached["seqs"]
-    seqs = generate_corpus(model, tokenizer, training_questions(data, spec.prompts, spec.seed), spec)
+    if questions is None:
+        questions = training_questions(data, spec.prompts, spec.seed)
+    seqs = generate_corpus(model, tokenizer, questions, spec)
     corpus.parent.mkdir(parents=True, exist_ok=True)
     corpus.write_text(json.dumps({"key": key, "seqs": seqs}))
     return seqs

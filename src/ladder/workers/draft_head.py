@@ -57,13 +57,17 @@ class DraftHead(nn.Module):
         vocab: list[int],
         eps: float = 1e-6,
         qkv_bias: bool = False,
+        input_norm: bool = False,
     ) -> None:
         super().__init__()
         self.hidden, self.n_heads, self.n_kv, self.head_dim = hidden, n_heads, n_kv, head_dim
         self.intermediate, self.eps, self.qkv_bias = intermediate, eps, qkv_bias
         self.info: dict = {}  # draft.json: how it was trained, held-out acceptance
         self.fc = nn.Linear(2 * hidden, hidden, bias=False)  # [feature ; next token's embedding] -> hidden
-        self.in_norm = nn.Parameter(torch.ones(hidden))
+        # The first heads (issue 22) normalised the fused input; vLLM's EAGLE layer does not (its
+        # first input_layernorm is an identity), and a norm cannot be folded into a linear map, so
+        # heads are trained without it and export exactly (workers/draft_export). Old files load.
+        self.in_norm = nn.Parameter(torch.ones(hidden)) if input_norm else None
         self.post_norm = nn.Parameter(torch.ones(hidden))
         self.q = nn.Linear(hidden, n_heads * head_dim, bias=qkv_bias)
         self.k = nn.Linear(hidden, n_kv * head_dim, bias=qkv_bias)
@@ -78,7 +82,13 @@ class DraftHead(nn.Module):
         self.vc: torch.Tensor | None = None
 
     @classmethod
-    def for_model(cls, config, vocab: list[int], intermediate: int | None = None) -> DraftHead:  # noqa: ANN001
+    def for_model(
+        cls,
+        config,  # noqa: ANN001
+        vocab: list[int],
+        intermediate: int | None = None,
+        input_norm: bool = False,
+    ) -> DraftHead:
         """A head shaped like one decoder layer of ``config`` (a transformers Llama/Qwen2 config)."""
         hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls(
@@ -90,6 +100,7 @@ class DraftHead(nn.Module):
             vocab,
             float(config.rms_norm_eps),
             qkv_bias=config.model_type == "qwen2",
+            input_norm=input_norm,
         )
 
     # -- the layer ---------------------------------------------------------------------------
@@ -104,7 +115,7 @@ class DraftHead(nn.Module):
     def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):  # noqa: ANN201
         """x [B, n, D] (fused input) -> rotated q [B, H, n, hd], k, v [B, Hkv, n, hd]."""
         b, n, _ = x.shape
-        y = self._norm(x, self.in_norm)
+        y = x if self.in_norm is None else self._norm(x, self.in_norm)
         q = self.q(y).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k(y).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v(y).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
@@ -154,6 +165,7 @@ class DraftHead(nn.Module):
             "intermediate": self.intermediate,
             "eps": self.eps,
             "qkv_bias": self.qkv_bias,
+            "input_norm": self.in_norm is not None,
         }
         meta = {"format": FORMAT, "shape": json.dumps(shape), "model_sha256": model_sha256}
         save_file(tensors, folder / "draft.safetensors", metadata=meta)
@@ -178,6 +190,7 @@ class DraftHead(nn.Module):
             tensors["vocab"].tolist(),
             shape["eps"],
             shape["qkv_bias"],
+            shape.get("input_norm", True),  # files written before the flag all had the norm
         )
         head.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
         info = Path(folder) / "draft.json"

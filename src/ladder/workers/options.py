@@ -8,6 +8,7 @@ field is added, validated and documented in one place. Positional construction i
 
 from __future__ import annotations
 
+import json
 import os
 from enum import Enum
 from pathlib import Path
@@ -51,18 +52,38 @@ class CoreSharing(str, Enum):
     LEND = "lend"  # each engine owns its cores and borrows the others' while their engines are idle
 
 
-class EngineSpeculation(Options):
-    """Speculative decoding inside a GPU tier's vLLM engine (issue 34): ``ngram`` drafts up to
-    ``num_speculative_tokens`` tokens by prompt lookup (the longest n-gram, between
-    ``prompt_lookup_min`` and ``prompt_lookup_max`` tokens, that recurs in the prompt and answer so
-    far) and the tier's own model verifies them in one step. vLLM's CPU engine cannot run it, so a
-    CPU tier asking for it is refused when the config is read. Ladder's trained EAGLE-style draft
-    heads are not exported to the engine yet (they run in the transformers backend)."""
+EAGLE_EXPORT_FORMAT = "ladder-eagle-export/1"  # what `ladder depth export` writes (workers/draft_export)
 
-    method: Literal["ngram"] = "ngram"
+
+def exported_head_binding(folder: str | Path) -> str | None:
+    """The weights hash an exported EAGLE head was trained on (its config.json's ``ladder``
+    section); None where the folder holds no Ladder export."""
+    try:
+        meta = json.loads((Path(folder).expanduser() / "config.json").read_text()).get("ladder", {})
+    except (OSError, ValueError):
+        return None
+    return meta.get("model_sha256") if isinstance(meta, dict) and meta.get("format") == EAGLE_EXPORT_FORMAT else None
+
+
+class EngineSpeculation(Options):
+    """Speculative decoding inside a GPU tier's vLLM engine (issue 34), verified by the tier's own
+    model in one step, so the answer is the tier's either way:
+
+    - ``ngram`` drafts up to ``num_speculative_tokens`` tokens by prompt lookup (the longest
+      n-gram, between ``prompt_lookup_min`` and ``prompt_lookup_max`` tokens, that recurs in the
+      prompt and answer so far);
+    - ``eagle`` drafts with the tier's trained draft head, exported for the engine by
+      ``ladder depth export --tier T`` (``model``: that folder; the tier refuses a head exported
+      for other weights).
+
+    vLLM's CPU engine cannot run either, so a CPU tier asking for one is refused when the config
+    is read."""
+
+    method: Literal["ngram", "eagle"] = "ngram"
     num_speculative_tokens: int = Field(default=4, ge=1, le=16)
     prompt_lookup_min: int = Field(default=1, ge=1)
     prompt_lookup_max: int = Field(default=4, ge=1)
+    model: str | None = None  # eagle: the folder `ladder depth export` wrote
 
     @model_validator(mode="after")
     def _window(self) -> EngineSpeculation:
@@ -70,11 +91,18 @@ class EngineSpeculation(Options):
             raise ValueError(
                 f"prompt_lookup_min ({self.prompt_lookup_min}) exceeds prompt_lookup_max ({self.prompt_lookup_max})"
             )
+        if self.method == "eagle" and not self.model:
+            raise ValueError("method eagle needs model: the folder `ladder depth export --tier T` wrote")
+        if self.method == "ngram" and self.model:
+            raise ValueError("model belongs to method eagle (ngram drafts from the prompt)")
         return self
 
     def engine_config(self) -> dict[str, Any]:
         """vLLM's ``speculative_config`` (its field names)."""
-        return self.model_dump(mode="json")
+        if self.method == "eagle":
+            model = str(Path(self.model).expanduser())  # type: ignore[arg-type]
+            return {"method": "eagle", "model": model, "num_speculative_tokens": self.num_speculative_tokens}
+        return self.model_dump(mode="json", exclude={"model"})
 
 
 class VLLMOptions(Options):
