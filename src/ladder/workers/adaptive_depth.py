@@ -191,6 +191,20 @@ def _head_drafts(
             return states
 
 
+def worth_drafting(reaches: list[float], costs: list[float]) -> int:
+    """How many of a chain's drafts to verify: the k maximising expected tokens per unit of
+    verification cost, (1 + reach_1 + … + reach_k) / cost[k] — reach_j is the chance that the
+    first j drafts are all accepted, cost[k] what a pass over the pending token and k drafts costs
+    relative to one position (``LayerwiseModel.verify_costs``). k = 0 is a plain decoding step.
+    Lossless whatever it returns: it decides how much is verified, never what is emitted."""
+    best_k, best, expected = 0, 1.0 / costs[0], 1.0
+    for k, reach in enumerate(reaches[: len(costs) - 1], start=1):
+        expected += reach
+        if expected / costs[k] > best:
+            best_k, best = k, expected / costs[k]
+    return best_k
+
+
 @dataclass
 class DraftChoice:
     """Which drafter a head-speculation round used, and the running estimate it is chosen by."""
@@ -226,13 +240,16 @@ def head_speculative(
     same first token, or when its running per-token acceptance beats the head's probability for
     its own first token — and the head, if chosen, chains on its own predictions while the product
     of its draft probabilities stays ≥ ``draft_threshold`` (draft length per step from the
-    drafter's confidence, EAGLE-2's rule), up to ``max_draft``. The full model then verifies all
-    drafts in one pass from layer 0 (depth: 1 for an accepted head draft — one layer decided it —,
+    drafter's confidence, EAGLE-2's rule), up to ``max_draft``; of those, as many are verified as
+    pay for their share of the verification pass on this machine (``worth_drafting``, from the
+    drafter's estimated reaches and ``LayerwiseModel.verify_costs``). The full model then verifies
+    the drafts in one pass from layer 0 (depth: 1 for an accepted head draft — one layer decided it —,
     0 for an accepted lookup draft, all layers for the model's own token)."""
     stats = stats if stats is not None else SpecStats()
     choice = choice if choice is not None else DraftChoice()
     L = lw.n_layers
     size = max_len + max_draft + 1
+    costs = lw.verify_costs(max_draft + 1)
     lw.reset(size)
     head.reset(size, lw.device, lw.dtype)
     # The draft vocabulary of this request: the head's, plus the prompt's own tokens (names and
@@ -256,10 +273,13 @@ def head_speculative(
         use_lookup = bool(looked) and (looked[0] == first or choice.lookup_acceptance > conf)
         if use_lookup:
             drafts, draft_depth = looked, 0
+            reaches = [choice.lookup_acceptance ** (j + 1) for j in range(len(looked))]
             choice.lookup_rounds += 1
         else:
-            drafts, draft_depth = _chain(lw, head, rows, vocab, pred, first, conf, pos, max_draft, draft_threshold), 1
+            drafts, reaches = _chain(lw, head, rows, vocab, pred, first, conf, pos, max_draft, draft_threshold)
+            draft_depth = 1
             choice.head_rounds += 1
+        drafts = drafts[: worth_drafting(reaches, costs)]
         # Verify: the full model on [pending, drafts...] in one pass; features come with the logits.
         f = lw.norm(lw.layers_range(lw.embed_ids([pending] + drafts), pos, 0, L))[0]  # [n+1, D]
         out = linear(lw.lm_head, f).float()
@@ -267,10 +287,11 @@ def head_speculative(
         accepted = 0
         while accepted < len(drafts) and drafts[accepted] == verdicts[accepted][0]:
             accepted += 1
-        stats.drafted += len(drafts)
-        stats.accepted += accepted
-        stats.verifications += 1
-        stats.accepted_runs.append(accepted)
+        if drafts:  # a round that drafted nothing was a plain decoding step
+            stats.drafted += len(drafts)
+            stats.accepted += accepted
+            stats.verifications += 1
+            stats.accepted_runs.append(accepted)
         if use_lookup:
             choice.lookup_drafted += len(drafts)
             choice.lookup_accepted += accepted
@@ -294,10 +315,12 @@ def _chain(
     pos: int,
     max_draft: int,
     threshold: float,
-) -> list[int]:
+) -> tuple[list[int], list[float]]:
     """The head's draft chain from its first proposal: feed (f̂, draft) back while the product of
-    the draft probabilities stays ≥ threshold."""
+    the draft probabilities stays ≥ threshold. Returns the drafts and, per draft, that product
+    (the head's estimate that every draft up to it is accepted)."""
     drafts, reach = [first], conf
+    reaches = [conf]
     while len(drafts) < max_draft and reach >= threshold:
         e = lw.embed_ids([drafts[-1]])
         p = pos + len(drafts) - 1
@@ -308,4 +331,5 @@ def _chain(
         if reach < threshold:
             break
         drafts.append(int(vocab[best]))
-    return drafts
+        reaches.append(reach)
+    return drafts, reaches

@@ -19,19 +19,58 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 SUPPORTED = ("llama", "qwen2")
 
 
+# (out, in, dtype, rows) -> True where this process's CPU runs ``W @ xᵀ`` faster than F.linear
+_TRANSPOSED: dict[tuple[int, int, torch.dtype, int], bool] = {}
+TUNED_ROWS = range(2, 9)  # a speculative verification: the pending token and up to 7 drafts
+
+
 def linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, but a pass over 2..8 positions (a speculative verification) is computed as
-    ``W @ xᵀ``: on the x86 CPU of this project torch's ``F.linear`` picks a kernel for 2–7 rows
-    that is 2–6× slower than one row (LM head of medium: 41 ms for 1 row, 92 ms for 2; ``W @ xᵀ``:
-    16 ms — benchmarks in docs/ADAPTIVE_DEPTH.md), which is what made verification expensive.
-    One row (plain decoding) and prefill keep ``F.linear``; values agree to float rounding."""
+    """``module(x)``, with the kernel ``tune_kernels`` timed faster for a pass over 2..8 positions
+    (a speculative verification). On a CPU, torch's GEMM for a few rows is not the one-row GEMV:
+    on the AVX2 machine of issue 22, ``F.linear`` over 2–7 rows cost 2–6× one row and ``W @ xᵀ``
+    about one row (small's LM head: 17 ms against 3.5 for 2 rows); on the AMX machine of session
+    23 it is the other way round for 2–3 rows (``F.linear`` 1.0–1.2× one row, ``W @ xᵀ`` 2.7×), so
+    a fixed choice made verification cost up to 3× what it should (docs/ADAPTIVE_DEPTH.md). One
+    row (plain decoding) and prefill keep ``F.linear``; values agree to float rounding."""
     rows = x.numel() // x.shape[-1]
-    if not 2 <= rows <= 8 or x.device.type != "cpu":
+    w = module.weight
+    if not _TRANSPOSED.get((w.shape[0], w.shape[1], w.dtype, rows), False):
         return module(x)
-    out = (module.weight @ x.reshape(rows, -1).T).T
+    out = (w @ x.reshape(rows, -1).T).T
     if module.bias is not None:
         out = out + module.bias
     return out.reshape(*x.shape[:-1], -1)
+
+
+def tune_kernels(modules: list[torch.nn.Linear], reps: int = 3) -> dict[tuple[int, int, torch.dtype, int], bool]:
+    """Time ``F.linear`` against ``W @ xᵀ`` once per weight shape and row count 2..8 on this
+    process's CPU (threads as set), and remember the faster for ``linear``. About 2 s for the
+    medium tier (its LM head dominates); a shape timed before is not timed again."""
+    import time
+
+    def best_of(fn) -> float:  # noqa: ANN001
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with torch.inference_mode():
+        for m in modules:
+            w = m.weight
+            if w.device.type != "cpu":
+                continue
+            for rows in TUNED_ROWS:
+                key = (w.shape[0], w.shape[1], w.dtype, rows)
+                if key in _TRANSPOSED:
+                    continue
+                x = torch.randn(rows, w.shape[1], dtype=w.dtype)
+                plain = best_of(lambda x=x: torch.nn.functional.linear(x, w))
+                flipped = best_of(lambda x=x: w @ x.T)
+                _TRANSPOSED[key] = flipped < 0.9 * plain  # F.linear unless clearly slower
+    return dict(_TRANSPOSED)
 
 
 class LayerwiseModel:
@@ -53,12 +92,19 @@ class LayerwiseModel:
         self.hidden = cfg.hidden_size
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        if self.device.type == "cpu":  # the verification kernel per shape (see ``linear``)
+            block = self.layers[0]
+            attn, mlp = block.self_attn, block.mlp
+            tune_kernels(
+                [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.down_proj, self.lm_head]
+            )
         self.k: torch.Tensor | None = None  # [L, n_kv, T, hd]
         self.v: torch.Tensor | None = None
         # Work counters (benchmarks read them): decoder-layer invocations (sequential passes, what a
         # memory-bound decode step pays for) and layer × positions (arithmetic).
         self.layer_calls = 0
         self.layer_positions = 0
+        self._verify_costs: list[float] | None = None
 
     # -- cache -----------------------------------------------------------------------------
     def reset(self, max_len: int) -> None:
@@ -129,6 +175,41 @@ class LayerwiseModel:
             k, _ = apply_rotary_pos_emb(k, k, *rope)
             self.k[j, :, start : start + n] = k[0]
             self.v[j, :, start : start + n] = v[0]
+
+    def verify_costs(self, max_rows: int = 9) -> list[float]:
+        """Cost of a full-depth pass (every layer and the LM head) over n positions relative to
+        one, for n = 1..max_rows — what a speculative verification of n-1 drafts pays. Timed once
+        per model on a CPU (about 1 s for the small tier, 3 s for medium); elsewhere 1.0 for every
+        n (a GPU verifies a few positions at about the cost of one). Measured on this project's
+        AMX CPU: 1.1× for 2 positions, 1.2× for 3, 1.6–2.0× from 4 (the GEMM kernels change
+        there), so a long draft must be likely to pay for itself (``worth_drafting``)."""
+        if self._verify_costs is None or len(self._verify_costs) < max_rows:
+            if self.device.type != "cpu":
+                self._verify_costs = [1.0] * max_rows
+            else:
+                self._verify_costs = self._time_passes(max_rows)
+        return self._verify_costs[:max_rows]
+
+    def _time_passes(self, max_rows: int, reps: int = 3) -> list[float]:
+        import time
+
+        calls, positions = self.layer_calls, self.layer_positions
+        ids = list(range(1, 65))  # a short context, as a verification sees after a prompt
+        self.reset(len(ids) + max_rows)
+        best = []
+        with torch.inference_mode():
+            self.layers_range(self.embed_ids(ids), 0, 0, self.n_layers)
+            for n in range(1, max_rows + 1):
+                times = []
+                for _ in range(reps + 1):
+                    t0 = time.perf_counter()
+                    linear(
+                        self.lm_head, self.norm(self.layers_range(self.embed_ids(ids[:n]), len(ids), 0, self.n_layers))
+                    )
+                    times.append(time.perf_counter() - t0)
+                best.append(min(times[1:]))
+        self.layer_calls, self.layer_positions = calls, positions  # the timing is not a request's work
+        return [round(t / best[0], 3) for t in best]
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head: the full-depth output distribution (float32 logits)."""
