@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 from ladder.offline.draft_corpus import HELD_OUT_PER_DOMAIN
+from ladder.workers.layerwise import KERNEL_RULES, set_kernel_rule
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -391,9 +392,16 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--kernel-rule",
+        default="tuned",
+        choices=KERNEL_RULES,
+        help="how passes over 2..8 positions multiply (benchmarks/verify_cost.py); tuned is what Ladder runs",
+    )
     ap.add_argument("--out", default=None, help="default: results/adaptive_depth.json (_domains.json with --domains)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    set_kernel_rule(args.kernel_rule)
     args.out = args.out or str(RESULTS / ("adaptive_depth_domains.json" if args.domains else "adaptive_depth.json"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tiers = args.tiers.split(",")

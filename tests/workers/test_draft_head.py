@@ -46,7 +46,8 @@ def test_head_speculation_is_token_for_token_full_depth_even_with_an_untrained_h
         assert stats.verifications > 0 and stats.drafted >= stats.accepted
         assert {d for _, _, d in out} <= {0, 1, lw.n_layers}
         if not lookup:
-            assert choice.lookup_rounds == 0 and choice.head_rounds == stats.verifications
+            # a round whose drafts were not worth verifying decodes plainly and verifies nothing
+            assert choice.lookup_rounds == 0 and choice.head_rounds >= stats.verifications
 
 
 @torch.inference_mode()
@@ -64,7 +65,8 @@ def test_the_bundled_head_drafts_tokens_the_model_accepts(tier, reference, lw, r
         return (s.accepted + s.verifications) / s.verifications
 
     # an untrained head is almost never right; the trained one is on a good part of a GSM8K answer
-    assert per_pass(untrained) < 1.3 and per_pass(trained) > 1.6, (trained, untrained)
+    # (a pass verifies at most the drafts that pay for it: two on this CPU unless very likely)
+    assert per_pass(untrained) < 1.3 and per_pass(trained) > 1.4, (trained, untrained)
     assert trained.acceptance > 0.15
 
 
@@ -130,3 +132,11 @@ def test_training_writes_a_head_bound_to_the_weights(tier, tmp_path):
     assert info["reference_sequences"] == 3 and info["steps"] == 6 and len(info["heldout_per_epoch"]) == 2
     assert len(head.vocab) <= 256 and len(info["heldout"]["agree_per_step"]) == spec.unroll
     assert (tmp_path / "corpus" / "corpus.json").is_file()
+
+
+def test_verification_costs_are_timed_once_and_are_not_a_requests_work(lw):
+    calls, positions = lw.layer_calls, lw.layer_positions
+    costs = lw.verify_costs(5)
+    assert len(costs) == 5 and costs[0] == 1.0 and all(c > 0.5 for c in costs)
+    assert (lw.layer_calls, lw.layer_positions) == (calls, positions)
+    assert lw.verify_costs(3) == costs[:3]  # kept: a request never pays for the timing again

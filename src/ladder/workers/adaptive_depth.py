@@ -213,11 +213,20 @@ class DraftChoice:
     head_rounds: int = 0
     lookup_drafted: int = 0
     lookup_accepted: int = 0
+    head_first_confidence: float = 0.0  # sum of the head's probability for its verified first drafts
+    head_first_accepted: int = 0  # how many of those the model accepted
 
     @property
     def lookup_acceptance(self) -> float:
         """Per-token acceptance of lookup drafts so far (prior 0.5 until a few were verified)."""
         return (self.lookup_accepted + 2) / (self.lookup_drafted + 4)
+
+    @property
+    def head_calibration(self) -> float:
+        """Accepted over predicted for the head's first drafts so far (prior 1: trusted until
+        verified): an untrained head, or one off its training domain, is surer than it is right,
+        and its reaches are scaled by this per chain step before ``worth_drafting`` reads them."""
+        return min(1.0, (self.head_first_accepted + 2) / (self.head_first_confidence + 2))
 
 
 def head_speculative(
@@ -279,6 +288,8 @@ def head_speculative(
             drafts, reaches = _chain(lw, head, rows, vocab, pred, first, conf, pos, max_draft, draft_threshold)
             draft_depth = 1
             choice.head_rounds += 1
+            scale = choice.head_calibration
+            reaches = [r * scale ** (j + 1) for j, r in enumerate(reaches)]
         drafts = drafts[: worth_drafting(reaches, costs)]
         # Verify: the full model on [pending, drafts...] in one pass; features come with the logits.
         f = lw.norm(lw.layers_range(lw.embed_ids([pending] + drafts), pos, 0, L))[0]  # [n+1, D]
@@ -295,6 +306,9 @@ def head_speculative(
         if use_lookup:
             choice.lookup_drafted += len(drafts)
             choice.lookup_accepted += accepted
+        elif drafts:
+            choice.head_first_confidence += conf
+            choice.head_first_accepted += accepted > 0
         for k in range(accepted):
             yield drafts[k], verdicts[k][1], draft_depth
         pending, logprob = verdicts[accepted]

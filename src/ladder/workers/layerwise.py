@@ -22,6 +22,18 @@ SUPPORTED = ("llama", "qwen2")
 # (out, in, dtype, rows) -> True where this process's CPU runs ``W @ xᵀ`` faster than F.linear
 _TRANSPOSED: dict[tuple[int, int, torch.dtype, int], bool] = {}
 TUNED_ROWS = range(2, 9)  # a speculative verification: the pending token and up to 7 drafts
+KERNEL_RULES = ("tuned", "plain", "transposed")  # timed per shape; always F.linear; always W @ xᵀ (issue 22)
+_rule = "tuned"
+
+
+def set_kernel_rule(rule: str) -> None:
+    """Choose how ``linear`` computes 2..8 rows from now on (benchmarks/verify_cost.py compares
+    them side by side); forgets every choice made so far."""
+    global _rule
+    if rule not in KERNEL_RULES:
+        raise ValueError(f"kernel rule {rule!r}: one of {', '.join(KERNEL_RULES)}")
+    _rule = rule
+    _TRANSPOSED.clear()
 
 
 def linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -66,6 +78,9 @@ def tune_kernels(modules: list[torch.nn.Linear], reps: int = 3) -> dict[tuple[in
                 key = (w.shape[0], w.shape[1], w.dtype, rows)
                 if key in _TRANSPOSED:
                     continue
+                if _rule != "tuned":
+                    _TRANSPOSED[key] = _rule == "transposed"
+                    continue
                 x = torch.randn(rows, w.shape[1], dtype=w.dtype)
                 plain = best_of(lambda x=x: torch.nn.functional.linear(x, w))
                 flipped = best_of(lambda x=x: w @ x.T)
@@ -92,12 +107,6 @@ class LayerwiseModel:
         self.hidden = cfg.hidden_size
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        if self.device.type == "cpu":  # the verification kernel per shape (see ``linear``)
-            block = self.layers[0]
-            attn, mlp = block.self_attn, block.mlp
-            tune_kernels(
-                [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.down_proj, self.lm_head]
-            )
         self.k: torch.Tensor | None = None  # [L, n_kv, T, hd]
         self.v: torch.Tensor | None = None
         # Work counters (benchmarks read them): decoder-layer invocations (sequential passes, what a
@@ -105,6 +114,17 @@ class LayerwiseModel:
         self.layer_calls = 0
         self.layer_positions = 0
         self._verify_costs: list[float] | None = None
+        self.tune()
+
+    def tune(self) -> None:
+        """Choose the verification kernel per weight shape (``linear``) under the current kernel
+        rule, and forget the pass costs timed under another."""
+        self._verify_costs = None
+        if self.device.type == "cpu":
+            block = self.layers[0]
+            attn, mlp = block.self_attn, block.mlp
+            modules = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.down_proj]
+            tune_kernels([*modules, self.lm_head])
 
     # -- cache -----------------------------------------------------------------------------
     def reset(self, max_len: int) -> None:
@@ -209,7 +229,11 @@ class LayerwiseModel:
                     times.append(time.perf_counter() - t0)
                 best.append(min(times[1:]))
         self.layer_calls, self.layer_positions = calls, positions  # the timing is not a request's work
-        return [round(t / best[0], 3) for t in best]
+        costs, top = [], 1.0
+        for t in best:  # more positions never cost less: a dip is timing noise
+            top = max(top, t / best[0])
+            costs.append(round(top, 3))
+        return costs
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head: the full-depth output distribution (float32 logits)."""
