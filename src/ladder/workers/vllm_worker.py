@@ -114,7 +114,7 @@ class VLLMWorker:
             **({} if o.max_num_batched_tokens is None else {"max_num_batched_tokens": o.max_num_batched_tokens}),
             enforce_eager=runs_eager(o, self.device, self.dtype),
             **({} if o.speculative is None else {"speculative_config": o.speculative.engine_config()}),
-            disable_log_stats=True,
+            disable_log_stats=o.speculative is None,  # a speculative engine keeps its spec-decode counters
             seed=0,
             # log p under the sampling distribution (after temperature, top-p),
             # as the transformers worker reports it
