@@ -176,6 +176,9 @@ def test_engine_speculation_is_refused_on_a_cpu_tier_and_handed_to_vllm_on_a_gpu
     path.write_text(_TIER + ", device: cuda, vllm: {speculative: {prompt_lookup_min: 6, prompt_lookup_max: 2}}}")
     with pytest.raises(ConfigError, match="prompt_lookup_min"):
         load_config(path)
-    path.write_text(_TIER + ", device: cuda, vllm: {speculative: {method: eagle}}}")
+    path.write_text(_TIER + ", device: cuda, vllm: {speculative: {method: medusa}}}")
     with pytest.raises(ConfigError, match="speculative.method"):
+        load_config(path)
+    path.write_text(_TIER + ", device: cuda, vllm: {speculative: {method: eagle}}}")
+    with pytest.raises(ConfigError, match="method eagle needs model"):
         load_config(path)

@@ -69,6 +69,8 @@ class TransformersWorker:
             from ladder.workers.layerwise import LayerwiseModel
 
             self._layerwise = LayerwiseModel(self.model)
+            if self.adaptive.mode is AdaptiveMode.SPECULATIVE:  # timed at load, not in a request
+                self._layerwise.verify_costs(self.adaptive.max_draft + 1)
         if self.adaptive.needs_heads:
             from ladder.workers.exit_heads import ExitHeads
 
