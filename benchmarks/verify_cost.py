@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,35 +30,23 @@ from harness.meta import stamp
 
 from ladder.cluster.compose import materialize
 from ladder.cluster.settings import LadderConfig
-from ladder.workers.layerwise import KERNEL_RULES, LayerwiseModel, linear, set_kernel_rule
+from ladder.workers.layerwise import KERNEL_RULES, LayerwiseModel, set_kernel_rule
 from ladder.workers.transformer import DeviceConfig, TransformersWorker
 
 RESULTS = Path(__file__).parent / "results"
 MAX_ROWS = 9
 
 
-def pass_time(lw: LayerwiseModel, ids: list[int], n: int) -> float:
-    t0 = time.perf_counter()
-    linear(lw.lm_head, lw.norm(lw.layers_range(lw.embed_ids(ids[:n]), len(ids), 0, lw.n_layers)))
-    return time.perf_counter() - t0
-
-
 def measure(tier: str, reps: int) -> dict:
     cfg = LadderConfig()
     worker = TransformersWorker(tier, materialize(cfg, cfg.tier(tier)), DeviceConfig(dtype="float32")).load()
     lw = LayerwiseModel(worker.model)
-    ids = list(range(1, 65))
-    lw.reset(len(ids) + MAX_ROWS)
     best = {rule: [float("inf")] * MAX_ROWS for rule in KERNEL_RULES}
-    with torch.inference_mode():
-        lw.layers_range(lw.embed_ids(ids), 0, 0, lw.n_layers)
-        for _ in range(reps):
-            for rule in KERNEL_RULES:
-                set_kernel_rule(rule)
-                lw.tune()
-                for n in range(1, MAX_ROWS + 1):
-                    pass_time(lw, ids, n)  # warm
-                    best[rule][n - 1] = min(best[rule][n - 1], pass_time(lw, ids, n))
+    for _ in range(reps):  # the rules interleaved: each repetition times every rule once
+        for rule in KERNEL_RULES:
+            set_kernel_rule(rule)
+            lw.tune()
+            best[rule] = [min(a, b) for a, b in zip(best[rule], lw.pass_times(MAX_ROWS, reps=1))]
     set_kernel_rule("tuned")
     one = min(b[0] for b in best.values())  # one position runs F.linear under every rule
     return {

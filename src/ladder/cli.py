@@ -938,10 +938,9 @@ def depth_train(
     try:
         if drafter is DraftKind.HEAD:
             from ladder.offline.draft_head_training import DraftSpec
+            from ladder.offline.draft_corpus import DOMAINS
             from ladder.offline.draft_head_training import train as fit_head
             from ladder.workers.draft_head import bundled_draft_head
-
-            from ladder.offline.draft_corpus import DOMAINS
 
             chosen = tuple(d.strip() for d in domains.split(",") if d.strip())
             if not chosen or any(d not in DOMAINS for d in chosen):
@@ -1020,9 +1019,9 @@ def depth_export(
     folder = head or bundled_draft_head(tier)
     if not (folder / "draft.safetensors").is_file():
         _fail(f"no draft head in {folder}: run `ladder depth train --tier {tier} --drafter head` first")
-    target = out or cfg.cache_path / "eagle" / tier
+    target, wid = out or cfg.cache_path / "eagle" / tier, weights_id(t)
     try:
-        written = export(DraftHead.load(folder, weights_id(t)), materialize(cfg, t), target, tier, weights_id(t))
+        written = export(DraftHead.load(folder, wid), materialize(cfg, t), target, tier, wid)
     except LadderError as exc:  # a head for other weights, or one in the shape vLLM cannot load
         _fail(str(exc))
     typer.echo(f"wrote {written}; a GPU tier drafts with it through:")

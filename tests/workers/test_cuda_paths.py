@@ -168,8 +168,6 @@ def test_vllm_tier_with_engine_speculation_on_cuda_answers_greedy_like_plain_dec
     decoding's in float32."""
     import asyncio
 
-    from ladder.cluster.compose import weights_id
-    from ladder.cluster.settings import LadderConfig
     from ladder.types import Query
     from ladder.workers.draft_export import export
     from ladder.workers.draft_head import DraftHead, bundled_draft_head
@@ -179,10 +177,9 @@ def test_vllm_tier_with_engine_speculation_on_cuda_answers_greedy_like_plain_dec
     folder, wid = small
     if method == "eagle":
         head = DraftHead.load(bundled_draft_head("small"), wid)
-        tier = LadderConfig().tier("small")
         spec = EngineSpeculation(
             method="eagle",
-            model=str(export(head, folder, tmp_path / "eagle", "small", weights_id(tier))),
+            model=str(export(head, folder, tmp_path / "eagle", "small", wid)),
             num_speculative_tokens=3,
         )
     else:

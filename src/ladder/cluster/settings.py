@@ -253,16 +253,16 @@ class TierConfig(_Strict):
         """An exported draft head drafts for the weights it was trained on, and only for those."""
         from ladder.cluster.compose import weights_id
 
-        bound = exported_head_binding(folder)
+        bound, own = exported_head_binding(folder), weights_id(self)
         if bound is None:
             raise ValueError(
                 f"tier {self.name}: vllm.speculative.model {folder} holds no exported draft head "
                 f"(ladder depth export --tier {self.name} writes one)"
             )
-        if bound != weights_id(self):
+        if bound != own:
             raise ValueError(
                 f"tier {self.name}: the draft head in {folder} was exported for weights {bound[:16]}, "
-                f"not this tier's {weights_id(self)[:16]} (ladder depth export --tier {self.name})"
+                f"not this tier's {own[:16]} (ladder depth export --tier {self.name})"
             )
 
     def actor_options(self) -> dict[str, Any]:

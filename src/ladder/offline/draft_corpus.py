@@ -92,12 +92,12 @@ def domain_prompts(domain: str, data: Path, n: int, seed: int, gsm8k_questions: 
     raise ValueError(f"unknown domain {domain!r}; choose from {', '.join(DOMAINS)}")
 
 
-def mixed_prompts(domains: tuple[str, ...], data: Path, per_domain: int, seed: int) -> list[tuple[str, str]]:
+def mixed_prompts(
+    domains: tuple[str, ...], data: Path, per_domain: int, seed: int, gsm8k_questions: list[str]
+) -> list[tuple[str, str]]:
     """(domain, prompt) pairs, ``per_domain`` of each (fewer where a domain has fewer), shuffled
-    with ``seed`` so that any leading slice — the trainer holds out the first tenth — mixes them."""
-    from ladder.offline.exit_head_training import training_questions
-
-    questions = training_questions(data, per_domain, seed) if "gsm8k" in domains else []
-    pairs = [(d, p) for d in domains for p in domain_prompts(d, data, per_domain, seed, questions)]
+    with ``seed`` so that any leading slice — the trainer holds out the first tenth — mixes them.
+    ``gsm8k_questions``: as for ``domain_prompts`` (the caller sampled them once)."""
+    pairs = [(d, p) for d in domains for p in domain_prompts(d, data, per_domain, seed, gsm8k_questions)]
     random.Random(seed).shuffle(pairs)
     return pairs

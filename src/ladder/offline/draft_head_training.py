@@ -205,13 +205,14 @@ def train(
     gen_spec = HeadSpec(prompts=spec.prompts, new_tokens=spec.new_tokens, gen_batch=spec.gen_batch, seed=spec.seed)
     if spec.domains:
         per_domain = spec.prompts // len(spec.domains)
-        pairs = mixed_prompts(spec.domains, data, per_domain, spec.seed)
-        own_questions = set(training_questions(data, per_domain, spec.seed))
+        own = training_questions(data, per_domain, spec.seed) if "gsm8k" in spec.domains else []
+        pairs = mixed_prompts(spec.domains, data, per_domain, spec.seed, own)
         extra_key = {"kind": "draft-head", "domains": ",".join(spec.domains)}
     else:
-        pairs = [("gsm8k", q) for q in training_questions(data, spec.prompts, spec.seed)]
-        own_questions = {q for _, q in pairs}
+        own = training_questions(data, spec.prompts, spec.seed)
+        pairs = [("gsm8k", q) for q in own]
         extra_key = {"kind": "draft-head"}
+    own_questions = set(own)  # the reference solutions leave these out
     key = corpus_key(tier, model_sha256, spec.prompts, spec.new_tokens, spec.seed, **extra_key)
     questions = [q for _, q in pairs]
     seqs = teacher_corpus(model, tokenizer, data, (corpus_dir or out) / "corpus.json", key, gen_spec, questions)

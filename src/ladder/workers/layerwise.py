@@ -207,10 +207,17 @@ class LayerwiseModel:
             if self.device.type != "cpu":
                 self._verify_costs = [1.0] * max_rows
             else:
-                self._verify_costs = self._time_passes(max_rows)
+                costs, top, times = [], 1.0, self.pass_times(max_rows)
+                for t in times:  # more positions never cost less: a dip is timing noise
+                    top = max(top, t / times[0])
+                    costs.append(round(top, 3))
+                self._verify_costs = costs
         return self._verify_costs[:max_rows]
 
-    def _time_passes(self, max_rows: int, reps: int = 3) -> list[float]:
+    def pass_times(self, max_rows: int, reps: int = 3) -> list[float]:
+        """Seconds of a full-depth pass over n = 1..max_rows positions after a 64-token context
+        (the best of ``reps``, after one warm-up each). Overwrites the KV cache; the work counters
+        are left as they were (the timing is not a request's work)."""
         import time
 
         calls, positions = self.layer_calls, self.layer_positions
@@ -223,17 +230,12 @@ class LayerwiseModel:
                 times = []
                 for _ in range(reps + 1):
                     t0 = time.perf_counter()
-                    linear(
-                        self.lm_head, self.norm(self.layers_range(self.embed_ids(ids[:n]), len(ids), 0, self.n_layers))
-                    )
+                    h = self.layers_range(self.embed_ids(ids[:n]), len(ids), 0, self.n_layers)
+                    linear(self.lm_head, self.norm(h))
                     times.append(time.perf_counter() - t0)
                 best.append(min(times[1:]))
-        self.layer_calls, self.layer_positions = calls, positions  # the timing is not a request's work
-        costs, top = [], 1.0
-        for t in best:  # more positions never cost less: a dip is timing noise
-            top = max(top, t / best[0])
-            costs.append(round(top, 3))
-        return costs
+        self.layer_calls, self.layer_positions = calls, positions
+        return best
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head: the full-depth output distribution (float32 logits)."""
