@@ -3,10 +3,11 @@ LM head, Ladder's layer-by-layer runner, float32) over n = 1..9 positions, relat
 position, under each rule for the few-row matrix products (issue 34):
 
 - ``plain``: torch's ``F.linear`` (what ``model(...)`` does);
-- ``transposed``: ``W @ xᵀ`` for 2..8 rows (issue 22's rule, chosen on an AVX2 CPU where
-  ``F.linear`` over 2–7 rows cost 2–6× one row);
-- ``tuned``: per weight shape and row count, whichever of the two was faster when the model
-  loaded (``layerwise.tune_kernels``, what Ladder runs now).
+- ``transposed``: ``W @ xᵀ`` (issue 22's rule, chosen on an AVX2 CPU where ``F.linear`` over
+  2–7 rows cost 2–6× one row);
+- ``packed``: oneDNN's linear over a weight packed once at tuning (session 24);
+- ``tuned``: per row count, whichever of the three gave the fastest full pass when the model was
+  tuned (``LayerwiseModel.tune``, what Ladder runs now); ``tuned_kernels`` says which.
 
 Side by side in one process, the rules interleaved per repetition (this machine is noisy). A
 speculative round verifying k drafts pays cost[k + 1]; ``adaptive_depth.worth_drafting`` reads
@@ -14,8 +15,8 @@ the tuned row to cut a chain where it stops paying.
 
     .venv/bin/python benchmarks/verify_cost.py [--tiers small,medium] [--reps 5]
 
-Writes benchmarks/results/verify_cost.json: per tier, ``one_position_ms`` and ``relative`` (rule
--> [cost of 1..9 positions]), with the commit and command.
+Writes benchmarks/results/verify_cost.json: per tier, ``one_position_ms``, ``relative`` (rule ->
+[cost of 1..9 positions]) and ``tuned_kernels`` (positions -> kernel), with the commit and command.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ def measure(tier: str, reps: int) -> dict:
     for _ in range(reps):  # the rules interleaved: each repetition times every rule once
         for rule in KERNEL_RULES:
             set_kernel_rule(rule)
-            lw.tune()
+            lw.tune(MAX_ROWS, reps=1)
             best[rule] = [min(a, b) for a, b in zip(best[rule], lw.pass_times(MAX_ROWS, reps=1))]
     set_kernel_rule("tuned")
+    lw.tune(MAX_ROWS)  # the choice Ladder would run with, reported beside the costs
+    kernels = {str(n): kernel for n, kernel in sorted(lw.kernels.items())}
     one = min(b[0] for b in best.values())  # one position runs F.linear under every rule
     return {
         "one_position_ms": round(one * 1e3, 2),
+        "tuned_kernels": kernels,
         "relative": {rule: [round(t / one, 3) for t in b] for rule, b in best.items()},
     }
 
@@ -69,6 +73,7 @@ def main() -> None:
     for tier, r in tiers.items():
         for rule, costs in r["relative"].items():
             print(f"{tier:<8}{rule:<12}{r['one_position_ms']:>9.1f}  " + " ".join(f"{c:4.2f}" for c in costs))
+        print(f"{tier:<8}tuned kernels: {r['tuned_kernels']}")
     print(f"wrote {args.out}")
 
 

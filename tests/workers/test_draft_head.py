@@ -13,6 +13,7 @@ from ladder.errors import WeightsUnavailable
 from ladder.types import Query
 from ladder.workers.adaptive_depth import DraftChoice, SpecStats, full_depth, head_speculative
 from ladder.workers.draft_head import DraftHead, bundled_draft_head
+from ladder.workers.layerwise import KERNELS, set_kernel_rule
 from ladder.workers.transformer import AdaptiveDepth, DeviceConfig, TransformersWorker
 from tests.workers.decoding import greedy, take
 
@@ -48,6 +49,29 @@ def test_head_speculation_is_token_for_token_full_depth_even_with_an_untrained_h
         if not lookup:
             # a round whose drafts were not worth verifying decodes plainly and verifies nothing
             assert choice.lookup_rounds == 0 and choice.head_rounds >= stats.verifications
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("rule", KERNELS)
+def test_every_verification_kernel_computes_the_full_models_pass(reference, lw, rule):
+    ids = reference.encode(Query.of(PROMPTS[0], max_tokens=8))
+    prompt, verified, L = ids[:-6], ids[-6:], lw.n_layers
+    set_kernel_rule(rule)
+    try:
+        lw.tune(6, reps=1)
+        assert lw.kernels == {n: rule for n in range(2, 7)}
+        # oneDNN's packed copy (twice the weight memory) is kept only when a pass size uses it
+        assert {getattr(m, "_ladder_packed", None) is not None for m in lw.linears()} == {rule == "packed"}
+        lw.reset(len(ids))
+        lw.layers_range(lw.embed_ids(prompt), 0, 0, L)
+        got = lw.logits(lw.layers_range(lw.embed_ids(verified), len(prompt), 0, L))[0]
+        lw.kernels.clear()  # the same positions again through F.linear
+        want = lw.logits(lw.layers_range(lw.embed_ids(verified), len(prompt), 0, L))[0]
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+        assert torch.equal(got.argmax(-1), want.argmax(-1))
+    finally:
+        set_kernel_rule("tuned")
+        lw.tune(1, reps=1)  # forget the forced choice: the next verification re-tunes
 
 
 @torch.inference_mode()
@@ -140,3 +164,4 @@ def test_verification_costs_are_timed_once_and_are_not_a_requests_work(lw):
     assert len(costs) == 5 and costs[0] == 1.0 and all(c > 0.5 for c in costs)
     assert (lw.layer_calls, lw.layer_positions) == (calls, positions)
     assert lw.verify_costs(3) == costs[:3]  # kept: a request never pays for the timing again
+    assert set(range(2, 6)) <= set(lw.kernels) and set(lw.kernels.values()) <= set(KERNELS)

@@ -12,80 +12,73 @@ Batch size is 1 (the adaptive decode loops are per sequence, as LayerSkip's and 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 SUPPORTED = ("llama", "qwen2")
+_TIMING_CONTEXT = list(range(1, 65))  # token ids of the context a timed pass attends to
 
 
-# (out, in, dtype, rows) -> True where this process's CPU runs ``W @ xᵀ`` faster than F.linear
-_TRANSPOSED: dict[tuple[int, int, torch.dtype, int], bool] = {}
-TUNED_ROWS = range(2, 9)  # a speculative verification: the pending token and up to 7 drafts
-KERNEL_RULES = ("tuned", "plain", "transposed")  # timed per shape; always F.linear; always W @ xᵀ (issue 22)
+# How ``linear`` computes a pass over a few positions (a speculative verification). Rows 1
+# (plain decoding) and more than the tuned range (prefill) always run ``F.linear``.
+KERNELS = ("plain", "transposed", "packed")  # F.linear; W @ xᵀ (issue 22); oneDNN's packed weight
+KERNEL_RULES = ("tuned", *KERNELS)  # tuned: per row count, whichever full pass was fastest
+PACK_ROWS = 8  # the row count oneDNN blocks the packed weight for (it serves any count)
 _rule = "tuned"
 
 
 def set_kernel_rule(rule: str) -> None:
-    """Choose how ``linear`` computes 2..8 rows from now on (benchmarks/verify_cost.py compares
-    them side by side); forgets every choice made so far."""
+    """Choose how models tuned from now on (``LayerwiseModel.tune``) compute a few rows
+    (benchmarks/verify_cost.py compares the rules side by side)."""
     global _rule
     if rule not in KERNEL_RULES:
         raise ValueError(f"kernel rule {rule!r}: one of {', '.join(KERNEL_RULES)}")
     _rule = rule
-    _TRANSPOSED.clear()
+
+
+def can_pack(module: torch.nn.Linear) -> bool:
+    """Whether this torch build can pack the weight for oneDNN (a CPU build with mkldnn)."""
+    return module.weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
+
+
+def pack(module: torch.nn.Linear) -> None:
+    """Keep oneDNN's blocked copy of the module's weight on it (once). The copy doubles the
+    weight memory of a tuned model; ``unpack`` drops it when no row count chose it."""
+    if getattr(module, "_ladder_packed", None) is None:
+        module._ladder_packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), PACK_ROWS)
+
+
+def unpack(module: torch.nn.Linear) -> None:
+    module._ladder_packed = None
 
 
 def linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, with the kernel ``tune_kernels`` timed faster for a pass over 2..8 positions
-    (a speculative verification). On a CPU, torch's GEMM for a few rows is not the one-row GEMV:
-    on the AVX2 machine of issue 22, ``F.linear`` over 2–7 rows cost 2–6× one row and ``W @ xᵀ``
-    about one row (small's LM head: 17 ms against 3.5 for 2 rows); on the AMX machine of session
-    23 it is the other way round for 2–3 rows (``F.linear`` 1.0–1.2× one row, ``W @ xᵀ`` 2.7×), so
-    a fixed choice made verification cost up to 3× what it should (docs/ADAPTIVE_DEPTH.md). One
-    row (plain decoding) and prefill keep ``F.linear``; values agree to float rounding."""
+    """``module(x)``, computed by the kernel the module's model chose for this many rows
+    (``LayerwiseModel.tune``). On a CPU, torch's GEMM over a few rows is not the one-row GEMV,
+    and which kernel is fastest depends on the CPU: on the AVX2 machine of issue 22, ``F.linear``
+    over 2–7 rows cost 2–6× one row and ``W @ xᵀ`` about one row; on the AMX machine of sessions
+    23–24, ``F.linear`` costs 1.0–1.2× one row for 2–3 rows, then ~2× from 4 rows (MKL reads the
+    weight once per 3-row block) and ~3× from 7, ``W @ xᵀ`` 2× from 2 rows, and oneDNN with a
+    packed weight 1.1–1.4× for any of 1..8 rows (docs/ADAPTIVE_DEPTH.md). Values agree to float
+    rounding (a few 1e-6 relative)."""
     rows = x.numel() // x.shape[-1]
-    w = module.weight
-    if not _TRANSPOSED.get((w.shape[0], w.shape[1], w.dtype, rows), False):
+    kernels = getattr(module, "_ladder_kernels", None)
+    kernel = kernels.get(rows, "plain") if kernels else "plain"
+    if kernel == "plain":
         return module(x)
-    out = (w @ x.reshape(rows, -1).T).T
-    if module.bias is not None:
-        out = out + module.bias
+    flat = x.reshape(rows, -1)
+    if kernel == "packed":
+        out = torch.ops.mkldnn._linear_pointwise(flat, module._ladder_packed, module.bias, "none", [], "")
+    else:
+        out = (module.weight @ flat.T).T
+        if module.bias is not None:
+            out = out + module.bias
     return out.reshape(*x.shape[:-1], -1)
-
-
-def tune_kernels(modules: list[torch.nn.Linear], reps: int = 3) -> dict[tuple[int, int, torch.dtype, int], bool]:
-    """Time ``F.linear`` against ``W @ xᵀ`` once per weight shape and row count 2..8 on this
-    process's CPU (threads as set), and remember the faster for ``linear``. About 2 s for the
-    medium tier (its LM head dominates); a shape timed before is not timed again."""
-    import time
-
-    def best_of(fn) -> float:  # noqa: ANN001
-        fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    with torch.inference_mode():
-        for m in modules:
-            w = m.weight
-            if w.device.type != "cpu":
-                continue
-            for rows in TUNED_ROWS:
-                key = (w.shape[0], w.shape[1], w.dtype, rows)
-                if key in _TRANSPOSED:
-                    continue
-                if _rule != "tuned":
-                    _TRANSPOSED[key] = _rule == "transposed"
-                    continue
-                x = torch.randn(rows, w.shape[1], dtype=w.dtype)
-                plain = best_of(lambda x=x: torch.nn.functional.linear(x, w))
-                flipped = best_of(lambda x=x: w @ x.T)
-                _TRANSPOSED[key] = flipped < 0.9 * plain  # F.linear unless clearly slower
-    return dict(_TRANSPOSED)
 
 
 class LayerwiseModel:
@@ -114,17 +107,52 @@ class LayerwiseModel:
         self.layer_calls = 0
         self.layer_positions = 0
         self._verify_costs: list[float] | None = None
-        self.tune()
+        # rows -> kernel for ``linear``, one choice for every projection of this model; empty
+        # (F.linear everywhere) until ``tune`` times it
+        self.kernels: dict[int, str] = {}
+        for module in self.linears():
+            module._ladder_kernels = self.kernels
 
-    def tune(self) -> None:
-        """Choose the verification kernel per weight shape (``linear``) under the current kernel
-        rule, and forget the pass costs timed under another."""
-        self._verify_costs = None
-        if self.device.type == "cpu":
-            block = self.layers[0]
+    def linears(self) -> list[torch.nn.Linear]:
+        """Every projection a full-depth pass runs through ``linear`` (the LM head last)."""
+        out = []
+        for block in self.layers:
             attn, mlp = block.self_attn, block.mlp
-            modules = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.down_proj]
-            tune_kernels([*modules, self.lm_head])
+            out += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        return [*out, self.lm_head]
+
+    def tune(self, max_rows: int = 9, reps: int = 2) -> list[float]:
+        """Choose, for each pass size n = 2..max_rows, the kernel (``linear``) whose full-depth
+        pass is fastest under the current rule (``set_kernel_rule``), and return the seconds of a
+        pass over n = 1..max_rows with the kernels chosen. Whole passes are timed, not products
+        one at a time: a projection small enough to stay in cache times fast alone but streams
+        from memory in a pass (small's 3.5 MB MLP weights: 0.03 ms alone, several times that in a
+        pass). About 3 s for the small tier, 8 s for medium; nothing to time off the CPU."""
+        self._verify_costs = None
+        self.kernels.clear()
+        if self.device.type != "cpu":
+            return []
+        linears = self.linears()
+        candidates = KERNELS if _rule == "tuned" else (_rule,)
+        if not all(can_pack(m) for m in linears):
+            if _rule == "packed":
+                raise ValueError("kernel rule 'packed': this torch build has no oneDNN (mkldnn) CPU backend")
+            candidates = tuple(k for k in candidates if k != "packed")
+        for module in linears if "packed" in candidates else ():
+            pack(module)
+        with self._timing_context(max_rows):
+            times = [self._pass_seconds(1, reps)]
+            for n in range(2, max_rows + 1):
+                timed = {}
+                for kernel in candidates:
+                    self.kernels[n] = kernel
+                    timed[kernel] = self._pass_seconds(n, reps)
+                self.kernels[n] = min(timed, key=timed.__getitem__)
+                times.append(timed[self.kernels[n]])
+        if "packed" not in self.kernels.values():
+            for module in linears:
+                unpack(module)
+        return times
 
     # -- cache -----------------------------------------------------------------------------
     def reset(self, max_len: int) -> None:
@@ -198,16 +226,16 @@ class LayerwiseModel:
 
     def verify_costs(self, max_rows: int = 9) -> list[float]:
         """Cost of a full-depth pass (every layer and the LM head) over n positions relative to
-        one, for n = 1..max_rows — what a speculative verification of n-1 drafts pays. Timed once
-        per model on a CPU (about 1 s for the small tier, 3 s for medium); elsewhere 1.0 for every
-        n (a GPU verifies a few positions at about the cost of one). Measured on this project's
-        AMX CPU: 1.1× for 2 positions, 1.2× for 3, 1.6–2.0× from 4 (the GEMM kernels change
-        there), so a long draft must be likely to pay for itself (``worth_drafting``)."""
+        one, for n = 1..max_rows — what a speculative verification of n-1 drafts pays — with the
+        kernels ``tune`` chooses while timing it. Timed once per model on a CPU; elsewhere 1.0 for
+        every n (a GPU verifies a few positions at about the cost of one). Measured on this
+        project's AMX CPU (session 24): 1.1× for 2 positions, 1.2× for 3, 1.3–1.6× for 4–8, so a
+        long draft must be likely to pay for itself (``worth_drafting``)."""
         if self._verify_costs is None or len(self._verify_costs) < max_rows:
             if self.device.type != "cpu":
                 self._verify_costs = [1.0] * max_rows
             else:
-                costs, top, times = [], 1.0, self.pass_times(max_rows)
+                costs, top, times = [], 1.0, self.tune(max_rows)
                 for t in times:  # more positions never cost less: a dip is timing noise
                     top = max(top, t / times[0])
                     costs.append(round(top, 3))
@@ -215,27 +243,33 @@ class LayerwiseModel:
         return self._verify_costs[:max_rows]
 
     def pass_times(self, max_rows: int, reps: int = 3) -> list[float]:
-        """Seconds of a full-depth pass over n = 1..max_rows positions after a 64-token context
-        (the best of ``reps``, after one warm-up each). Overwrites the KV cache; the work counters
-        are left as they were (the timing is not a request's work)."""
-        import time
+        """Seconds of a full-depth pass over n = 1..max_rows positions with the kernels chosen
+        now (the best of ``reps``, after one warm-up each)."""
+        with self._timing_context(max_rows):
+            return [self._pass_seconds(n, reps) for n in range(1, max_rows + 1)]
 
+    @contextmanager
+    def _timing_context(self, max_rows: int) -> Iterator[None]:
+        """A 64-token context in the cache, as a verification sees after a prompt. Overwrites
+        the KV cache; the work counters are left as they were (timing is not a request's work)."""
         calls, positions = self.layer_calls, self.layer_positions
-        ids = list(range(1, 65))  # a short context, as a verification sees after a prompt
-        self.reset(len(ids) + max_rows)
-        best = []
+        self.reset(len(_TIMING_CONTEXT) + max_rows)
         with torch.inference_mode():
-            self.layers_range(self.embed_ids(ids), 0, 0, self.n_layers)
-            for n in range(1, max_rows + 1):
-                times = []
-                for _ in range(reps + 1):
-                    t0 = time.perf_counter()
-                    h = self.layers_range(self.embed_ids(ids[:n]), len(ids), 0, self.n_layers)
-                    linear(self.lm_head, self.norm(h))
-                    times.append(time.perf_counter() - t0)
-                best.append(min(times[1:]))
-        self.layer_calls, self.layer_positions = calls, positions
-        return best
+            self.layers_range(self.embed_ids(_TIMING_CONTEXT), 0, 0, self.n_layers)
+            try:
+                yield
+            finally:
+                self.layer_calls, self.layer_positions = calls, positions
+
+    def _pass_seconds(self, n: int, reps: int) -> float:
+        ids, start = _TIMING_CONTEXT[:n], len(_TIMING_CONTEXT)
+        times = []
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            h = self.layers_range(self.embed_ids(ids), start, 0, self.n_layers)
+            linear(self.lm_head, self.norm(h))
+            times.append(time.perf_counter() - t0)
+        return min(times[1:])
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head: the full-depth output distribution (float32 logits)."""
