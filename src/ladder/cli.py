@@ -912,6 +912,14 @@ def depth_train(
         ),
     ] = 768,
     max_minutes: Annotated[float, typer.Option(min=0.1, help="draft head: stop fitting after this long")] = 25.0,
+    lr: Annotated[
+        float,
+        typer.Option(
+            min=1e-6,
+            max=1.0,
+            help="draft head: peak learning rate; the medium tier (Qwen2.5) diverges at 2e-3 and fits at 5e-4",
+        ),
+    ] = 2e-3,
     domains: Annotated[
         str,
         typer.Option(
@@ -952,6 +960,7 @@ def depth_train(
                 reference=reference,
                 new_tokens=new_tokens,
                 epochs=epochs or 5,
+                lr=lr,
                 seed=seed,
                 threads=threads,
                 max_minutes=max_minutes,
