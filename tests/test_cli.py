@@ -1,25 +1,12 @@
 """The CLI as a user runs it: real subprocesses, exit codes, one-line errors."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-LADDER = [sys.executable, "-m", "ladder.cli"]
-
-
-def ladder(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([*LADDER, *args], capture_output=True, text=True, timeout=300, env=full_env)
-
-
-def assert_clean_error(proc: subprocess.CompletedProcess, needle: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert needle in proc.stderr
-    assert "Traceback" not in proc.stderr
+from tests.cli_run import assert_clean_error, ladder
+from tests.shared_data import DATA, needs_data
 
 
 @pytest.mark.slow  # a subprocess or a training run: not in make test-fast
@@ -83,12 +70,9 @@ def test_generate_prints_only_the_answer_on_every_backend(config, tier, prompt):
     assert re.search(rf"\[{tier}\] \d+ prompt \+ \d+ completion tokens, [\d.]+ tok/s", proc.stderr)
 
 
-DATA = os.environ.get("LADDER_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-
-
 @pytest.mark.model
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "routellm")), reason=f"shared data not found at {DATA}")
+@needs_data
 def test_depth_train_then_calibrate_writes_usable_heads(tmp_path):
     """`ladder depth train` end to end at toy size (4 questions, 8 tokens), then `depth calibrate`."""
     out = tmp_path / "heads"
@@ -98,7 +82,7 @@ def test_depth_train_then_calibrate_writes_usable_heads(tmp_path):
         "--tier",
         "small",
         "--data",
-        DATA,
+        str(DATA),
         "--prompts",
         "4",
         "--new-tokens",
@@ -135,7 +119,9 @@ def test_depth_commands_refuse_bad_input(tmp_path):
 
 @pytest.mark.slow  # a subprocess or a training run: not in make test-fast
 def test_collect_refuses_unknown_datasets_and_missing_data(tmp_path):
-    assert_clean_error(ladder("collect", "squad", "--data", DATA, "-o", str(tmp_path / "o.jsonl")), "unknown dataset")
+    assert_clean_error(
+        ladder("collect", "squad", "--data", str(DATA), "-o", str(tmp_path / "o.jsonl")), "unknown dataset"
+    )
     assert_clean_error(
         ladder("collect", "gsm8k", "--data", str(tmp_path), "-o", str(tmp_path / "o.jsonl")), "not found"
     )

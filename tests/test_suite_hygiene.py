@@ -52,3 +52,16 @@ def test_no_test_defines_an_inner_function_it_never_uses():
         if (dead := unused_inner_functions(path.read_text()))
     }
     assert found == {}
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers live in helper modules (tests/cli_run.py, tests/shared_data.py,
+    tests/serving/gateway_app.py, tests/serving/browser.py): session 22's landing failed because a
+    test module imported a helper from another test module whose signature had changed."""
+    offenders = []
+    for path in sorted(TESTS.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{path.relative_to(TESTS)}: {n}" for n in names if n.split(".")[-1].startswith("test_")]
+    assert not offenders

@@ -1,7 +1,6 @@
 """`ladder collect` on Ray Data with the small tier on real GSM8K items: rows, resume, failures."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from ladder.offline.datasets import load_dataset, score_gsm8k
+from tests.shared_data import DATA
 
 pytestmark = [pytest.mark.ray, pytest.mark.model, pytest.mark.slow]
-DATA = Path(os.environ.get("LADDER_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 # GSM8K comes from the shared data folder beside the checkout (or $LADDER_DATA); a checkout elsewhere
 # says so instead of failing on a missing file.
 needs_gsm8k = pytest.mark.skipif(not (DATA / "routellm" / "gsm8k").is_dir(), reason=f"GSM8K not found under {DATA}")

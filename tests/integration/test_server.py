@@ -251,7 +251,7 @@ def test_the_dashboard_in_a_browser_matches_the_served_metrics(server, client, t
     figure on the page equals the one recomputed from the same app's /metrics."""
     from selenium.webdriver.common.by import By
 
-    from tests.serving.test_dashboard import chrome, expected_from_metrics, submit
+    from tests.serving.browser import chrome, expected_from_metrics, submit
 
     for _ in range(3):
         ask(client, "Say one word.")

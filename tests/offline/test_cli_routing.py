@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.outcomes.test_io import DATA, needs_data
+from tests.shared_data import DATA, needs_data
 
 pytestmark = [needs_data, pytest.mark.slow]
 

@@ -1,8 +1,5 @@
 """Labelled datasets of `ladder collect`: scorers, stable subsets, the real files."""
 
-import os
-from pathlib import Path
-
 import pytest
 
 from ladder.errors import LadderError
@@ -14,8 +11,7 @@ from ladder.offline.datasets import (
     score_letter,
     subset,
 )
-
-DATA = Path(os.environ.get("LADDER_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+from tests.shared_data import DATA, needs_data
 
 
 @pytest.mark.parametrize(
@@ -57,9 +53,6 @@ def test_gsm8k_scoring_compares_final_numbers():
 def test_chosen_letter(text, letter):
     assert chosen_letter(text) == letter
     assert score_letter(text, "C") == float(letter == "C")
-
-
-needs_data = pytest.mark.skipif(not (DATA / "routellm").is_dir(), reason=f"shared data not found at {DATA}")
 
 
 @needs_data

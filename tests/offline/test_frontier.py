@@ -3,7 +3,7 @@ import pytest
 from benchmarks.harness.frontier import aiq, cell_ceiling, cost_to_reach, frontier
 
 from ladder.outcomes.io import load_model_ladder
-from tests.outcomes.test_io import DATA, needs_data
+from tests.shared_data import DATA, needs_data
 
 
 def test_frontier_keeps_only_points_that_buy_quality():

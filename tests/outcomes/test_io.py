@@ -1,5 +1,4 @@
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +9,7 @@ from ladder.offline.pipeline import parse_target, split, three_way
 from ladder.outcomes import Outcomes
 from ladder.outcomes.io import load_routellm, read_jsonl, write_jsonl
 from ladder.outcomes.schema import stable_split
-
-DATA = Path(os.environ.get("LADDER_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-needs_data = pytest.mark.skipif(not (DATA / "routellm").is_dir(), reason=f"shared data not found at {DATA}")
+from tests.shared_data import DATA, needs_data
 
 
 def write(path: Path, rows: list[dict]) -> Path:

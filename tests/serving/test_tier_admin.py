@@ -15,7 +15,7 @@ from ladder.serving.gateway import Gateway
 from ladder.serving.signing import Signer
 from ladder.serving.tier_update import KEY_LIVE, LiveTier, LiveTiers
 from tests.fakes import ScriptedWorker
-from tests.serving.test_gateway import ADMIN, KEY, call, chat, config
+from tests.serving.gateway_app import ADMIN, CODE, KEY, call, chat, config, learned, routed
 
 
 class RecordingUpdates:
@@ -136,8 +136,6 @@ def test_ladder_serve_counts_room_for_a_second_copy_of_its_largest_tier():
 def test_a_tier_replaced_with_other_weights_is_skipped_by_routing_until_a_policy_fitted_on_them():
     """A tier update that changes the weights: routed requests stop reaching the tier the moment
     the gateway switches (the bundled policy was fitted on the default GGUFs), pinned ones do."""
-    from tests.serving.test_gateway import CODE, learned, routed
-
     tiers = [ScriptedWorker(t, logprob=-0.05, words=8) for t in ("small", "medium", "large")]
     gw = Gateway(learned(), tiers, tiers, None, tier_updates=RecordingUpdates())
     assert all(r.status_code == 200 for r in routed(gw, CODE)) and tiers[1].calls

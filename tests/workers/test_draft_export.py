@@ -12,26 +12,29 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from ladder.cluster.compose import weights_id
+from ladder.cluster.compose import materialize, weights_id
 from ladder.cluster.settings import LadderConfig
 from ladder.workers.draft_head import DraftHead, bundled_draft_head
 from ladder.workers.options import EAGLE_EXPORT_FORMAT
-from tests.test_cli import assert_clean_error, ladder
+from tests.cli_run import assert_clean_error, ladder
 
 PROBE = Path(__file__).with_name("vllm_eagle_probe.py")
 
 
 @pytest.mark.model
-def test_the_exported_head_computes_in_vllms_eagle_model_what_it_computes_in_ladder(tier, tmp_path):
-    t, model_dir = tier
+@pytest.mark.parametrize("name", ["small", "medium"])  # a Llama and a Qwen2 (q/k/v biases) target
+def test_the_exported_head_computes_in_vllms_eagle_model_what_it_computes_in_ladder(name, tmp_path):
+    cfg = LadderConfig()
+    t = cfg.tier(name)
+    model_dir = materialize(cfg, t)
     out = tmp_path / "eagle"
-    proc = ladder("depth", "export", "--tier", "small", "--out", str(out))
+    proc = ladder("depth", "export", "--tier", name, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "speculative: {method: eagle" in proc.stdout
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["ladder"]["model_sha256"] == weights_id(t) and cfg["num_hidden_layers"] == 1
     run = subprocess.run(
-        [sys.executable, str(PROBE), str(model_dir), str(out), str(bundled_draft_head("small"))],
+        [sys.executable, str(PROBE), str(model_dir), str(out), str(bundled_draft_head(name))],
         capture_output=True,
         text=True,
         timeout=300,

@@ -15,10 +15,10 @@ from ladder.workers.adaptive_depth import DraftChoice, SpecStats, full_depth, he
 from ladder.workers.draft_head import DraftHead, bundled_draft_head
 from ladder.workers.layerwise import KERNELS, set_kernel_rule
 from ladder.workers.transformer import AdaptiveDepth, DeviceConfig, TransformersWorker
+from tests.shared_data import DATA, needs_data
 from tests.workers.decoding import greedy, take
 
 pytestmark = pytest.mark.model
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 PROMPTS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -140,7 +140,7 @@ def test_a_16_bit_speculative_tier_must_state_its_approximate_guarantee():
     TierConfig(**{**base, "adaptive": {**base["adaptive"], "greedy_match": "approximate"}}, dtype="bfloat16")
 
 
-@pytest.mark.skipif(not (DATA / "routellm").is_dir(), reason=f"shared data not found at {DATA}")
+@needs_data
 def test_training_writes_a_head_bound_to_the_weights(tier, tmp_path):
     from ladder.offline.draft_head_training import DraftSpec, train
 
