@@ -3,8 +3,7 @@
 For each tier and each GSM8K test question (greedy, up to --new-tokens new tokens) the same
 process runs, one after the other on the same prompt: full depth (the transformers forward pass
 the worker serves by default), self-speculation (lossless: drafts from exit heads, prompt lookup,
-the learned draft head — spec:head, spec:lookup+head, and spec:lookup+head-chain without the
-sibling branch — when the tier has one) and confident early
+the learned draft head — spec:head, spec:lookup+head — when the tier has one) and confident early
 exit at several gate thresholds (lossy); --modes picks a subset. Every mode runs once on a short
 prompt first (warm-up, not timed). Reported per mode: generated tokens/s and its ratio to full depth,
 decoder-layer passes per generated token (sequential layer invocations: on a memory-bound decode
@@ -75,12 +74,7 @@ class Bench:
             "spec:lookup": (None, True),
             "spec:lookup+exit_head": (self.heads, True),
         }
-        # drafter -> (prompt lookup too, siblings): "-chain" verifies the head's chain alone
-        self.head_drafters = (
-            {"spec:head": (False, True), "spec:lookup+head": (True, True), "spec:lookup+head-chain": (True, False)}
-            if self.draft is not None
-            else {}
-        )
+        self.head_drafters = {"spec:head": False, "spec:lookup+head": True} if self.draft is not None else {}
 
     def modes(self, wanted: list[str] | None) -> list[str]:
         modes = ["full", *self.drafters, *self.head_drafters] + [f"early_exit@{t}" for t in self.args.thresholds]
@@ -163,9 +157,8 @@ class Bench:
                     args.head_max_draft,
                     float(threshold) if threshold else args.head_threshold,
                     st.get(m),
-                    head_drafters[base][0],
+                    head_drafters[base],
                     choices.get(m) if st else None,
-                    head_drafters[base][1],
                 )
             return early_exit(lw, self.heads, ids, max_len, greedy, float(m.split("@")[1]))
 
@@ -259,13 +252,7 @@ def run_tier(name: str, n_prompts: int, args: argparse.Namespace) -> dict:
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "draft_head": bench.draft.info.get("heldout") if bench.draft is not None else None,
         "drafter_choice": {
-            m: {
-                "lookup_rounds": c.lookup_rounds,
-                "head_rounds": c.head_rounds,
-                "siblings": c.siblings,
-                "siblings_accepted": c.siblings_accepted,
-            }
-            for m, c in got["choices"].items()
+            m: {"lookup_rounds": c.lookup_rounds, "head_rounds": c.head_rounds} for m, c in got["choices"].items()
         },
         "new_tokens": args.new_tokens,
         "dtype": args.dtype,

@@ -94,37 +94,6 @@ def test_the_bundled_head_drafts_tokens_the_model_accepts(tier, reference, lw, r
     assert trained.acceptance > 0.15
 
 
-@torch.inference_mode()
-def test_a_sibling_row_computes_what_a_plain_pass_over_its_branch_computes(reference, lw):
-    ids = reference.encode(Query.of(PROMPTS[0], max_tokens=8))
-    prompt, (pending, d1, d2), sib, nxt, L = ids[:-3], ids[-3:], 1234, 7, lw.n_layers
-    P = len(prompt)
-    lw.reset(P + 8)
-    lw.layers_range(lw.embed_ids(prompt), 0, 0, L)
-    tree = lw.logits(lw.layers_range(lw.embed_ids([pending, d1, d2, sib]), P, 0, L, sibling=True))[0]
-    lw.adopt_sibling(P, 4)  # the sibling accepted: the next token reads its K/V at position P + 1
-    after = lw.logits(lw.layers_range(lw.embed_ids([nxt]), P + 2, 0, L))[0]
-    chain = lw.logits(lw.layers_range(lw.embed_ids([pending, d1, d2]), P, 0, L))[0]
-    branch = lw.logits(lw.layers_range(lw.embed_ids([pending, sib]), P, 0, L))[0]
-    branch_after = lw.logits(lw.layers_range(lw.embed_ids([nxt]), P + 2, 0, L))[0]
-    for got, want in ((tree[:3], chain), (tree[3:], branch[1:]), (after, branch_after)):
-        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
-        assert torch.equal(got.argmax(-1), want.argmax(-1))
-
-
-@torch.inference_mode()
-def test_siblings_are_verified_accepted_and_keep_speculation_token_for_token(tier, reference, lw):
-    t, _ = tier
-    head = DraftHead.load(bundled_draft_head("small"), weights_id(t))
-    choice = DraftChoice()
-    for text in PROMPTS:
-        ids = reference.encode(Query.of(text, max_tokens=48))
-        ref = [tok for tok, _, _ in take(full_depth(lw, ids, len(ids) + 60, greedy), 48)]
-        out = take(head_speculative(lw, head, ids, len(ids) + 60, greedy, 6, 0.0, SpecStats(), True, choice), 48)
-        assert [tok for tok, _, _ in out] == ref, text
-    assert choice.siblings_accepted > 0 and choice.siblings > choice.siblings_accepted, choice
-
-
 def test_worker_serves_the_head_drafter_and_matches_full_depth(tier, reference):
     t, model_dir = tier
     a = AdaptiveDepth("speculative", "lookup+head", weights_id=weights_id(t), draft_head=bundled_draft_head("small"))

@@ -197,23 +197,12 @@ def worth_drafting(reaches: list[float], costs: list[float]) -> int:
     first j drafts are all accepted, cost[k] what a pass over the pending token and k drafts costs
     relative to one position (``LayerwiseModel.verify_costs``). k = 0 is a plain decoding step.
     Lossless whatever it returns: it decides how much is verified, never what is emitted."""
-    return verification_plan(reaches, costs)[0]
-
-
-def verification_plan(reaches: list[float], costs: list[float], sibling: float = 0.0) -> tuple[int, bool]:
-    """``worth_drafting``'s k, and whether to verify a sibling beside the chain: a second
-    candidate for the first draft's position (the head's runner-up), with chance ``sibling`` of
-    being the model's token. It can be accepted only where the first draft is not, so it adds its
-    own chance to the expected tokens, for one more position: (1 + reach_1 + … + reach_k +
-    sibling) / cost[k + 1]."""
-    best, plan, expected = 1.0 / costs[0], (0, False), 1.0
+    best_k, best, expected = 0, 1.0 / costs[0], 1.0
     for k, reach in enumerate(reaches[: len(costs) - 1], start=1):
         expected += reach
         if expected / costs[k] > best:
-            best, plan = expected / costs[k], (k, False)
-        if sibling > 0 and k + 1 < len(costs) and (expected + sibling) / costs[k + 1] > best:
-            best, plan = (expected + sibling) / costs[k + 1], (k, True)
-    return plan
+            best_k, best = k, expected / costs[k]
+    return best_k
 
 
 @dataclass
@@ -226,8 +215,6 @@ class DraftChoice:
     lookup_accepted: int = 0
     head_first_confidence: float = 0.0  # sum of the head's probability for its verified first drafts
     head_first_accepted: int = 0  # how many of those the model accepted
-    siblings: int = 0  # runner-up first drafts verified beside a chain
-    siblings_accepted: int = 0  # of those, the model's token
 
     @property
     def lookup_acceptance(self) -> float:
@@ -253,7 +240,6 @@ def head_speculative(
     stats: SpecStats | None = None,
     lookup: bool = False,
     choice: DraftChoice | None = None,
-    siblings: bool = True,
 ) -> Iterator[Step]:
     """Greedy decoding that emits exactly the full model's tokens (``pick`` must be greedy), with
     drafts from a learned draft head (EAGLE-style, ``workers/draft_head.py``) and, when ``lookup``,
@@ -267,15 +253,12 @@ def head_speculative(
     pay for their share of the verification pass on this machine (``worth_drafting``, from the
     drafter's estimated reaches and ``LayerwiseModel.verify_costs``). The full model then verifies
     the drafts in one pass from layer 0 (depth: 1 for an accepted head draft — one layer decided it —,
-    0 for an accepted lookup draft, all layers for the model's own token). With ``siblings``, the
-    head's likeliest first token other than the first draft is verified in the same pass as a
-    second branch at the first draft's position, where ``verification_plan`` says it pays: when
-    the first draft is rejected and the sibling is the model's token, the round still gains it."""
+    0 for an accepted lookup draft, all layers for the model's own token)."""
     stats = stats if stats is not None else SpecStats()
     choice = choice if choice is not None else DraftChoice()
     L = lw.n_layers
-    size = max_len + max_draft + 2  # the pending token, the drafts and a sibling
-    costs = lw.verify_costs(max_draft + 2)
+    size = max_len + max_draft + 1
+    costs = lw.verify_costs(max_draft + 1)
     lw.reset(size)
     head.reset(size, lw.device, lw.dtype)
     # The draft vocabulary of this request: the head's, plus the prompt's own tokens (names and
@@ -293,8 +276,8 @@ def head_speculative(
         nxt = lw.embed_ids(context[head_pos + 1 : pos + 1])
         pred = head.step(known[None], nxt, head_pos, lw.rope(head_pos, len(known), nxt))[:, -1:]  # f̂_pos
         p0 = torch.softmax((pred[0, -1] @ rows.T).float(), -1)
-        top_p, top_i = p0.topk(2)
-        first, conf = int(vocab[top_i[0]]), float(top_p[0])
+        conf, best = p0.max(0)
+        first, conf = int(vocab[best]), float(conf)
         looked = lookup_draft(context, max_draft) if lookup else []
         use_lookup = bool(looked) and (looked[0] == first or choice.lookup_acceptance > conf)
         if use_lookup:
@@ -307,42 +290,25 @@ def head_speculative(
             choice.head_rounds += 1
             scale = choice.head_calibration
             reaches = [r * scale ** (j + 1) for j, r in enumerate(reaches)]
-        # the sibling: the head's likeliest first token that is not the first draft
-        sib, sib_p = (first, conf) if drafts and drafts[0] != first else (int(vocab[top_i[1]]), float(top_p[1]))
-        k, with_sibling = verification_plan(reaches, costs, sib_p * choice.head_calibration if siblings else 0.0)
-        drafts = drafts[:k]
-        # Verify: the full model on [pending, drafts..., sibling?] in one pass; features come with
-        # the logits.
-        row_ids = [pending] + drafts + ([sib] if with_sibling else [])
-        f = lw.norm(lw.layers_range(lw.embed_ids(row_ids), pos, 0, L, sibling=with_sibling))[0]
+        drafts = drafts[: worth_drafting(reaches, costs)]
+        # Verify: the full model on [pending, drafts...] in one pass; features come with the logits.
+        f = lw.norm(lw.layers_range(lw.embed_ids([pending] + drafts), pos, 0, L))[0]  # [n+1, D]
         out = linear(lw.lm_head, f).float()
-        verdicts = [pick(out[i]) for i in range(len(row_ids))]
+        verdicts = [pick(out[k]) for k in range(len(drafts) + 1)]
         accepted = 0
         while accepted < len(drafts) and drafts[accepted] == verdicts[accepted][0]:
             accepted += 1
-        sibling_taken = with_sibling and accepted == 0 and verdicts[0][0] == sib
         if drafts:  # a round that drafted nothing was a plain decoding step
-            stats.drafted += len(drafts) + with_sibling
-            stats.accepted += accepted + sibling_taken
+            stats.drafted += len(drafts)
+            stats.accepted += accepted
             stats.verifications += 1
-            stats.accepted_runs.append(accepted + sibling_taken)
-        choice.siblings += with_sibling
-        choice.siblings_accepted += sibling_taken
+            stats.accepted_runs.append(accepted)
         if use_lookup:
             choice.lookup_drafted += len(drafts)
             choice.lookup_accepted += accepted
         elif drafts:
             choice.head_first_confidence += conf
             choice.head_first_accepted += accepted > 0
-        if sibling_taken:  # the model's token is the sibling: it and the token after it are emitted
-            lw.adopt_sibling(pos, len(row_ids))
-            yield sib, verdicts[0][1], 1
-            pending, logprob = verdicts[-1]
-            context += [sib, pending]
-            yield pending, logprob, L
-            known, head_pos = f[[0, len(row_ids) - 1]], pos
-            pos += 2
-            continue
         for k in range(accepted):
             yield drafts[k], verdicts[k][1], draft_depth
         pending, logprob = verdicts[accepted]

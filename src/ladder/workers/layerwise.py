@@ -185,16 +185,8 @@ class LayerwiseModel:
         q, k = apply_rotary_pos_emb(q, k, *rope)
         return q, k, v
 
-    def layer(
-        self,
-        j: int,
-        h: torch.Tensor,
-        start: int,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Run decoder layer j on h [1, n, D] written at cache slots start..start+n, writing its
-        K/V; row i attends to the slots ``mask[i]`` allows (default: causal, slot start + i)."""
+    def layer(self, j: int, h: torch.Tensor, start: int, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Run decoder layer j on h [1, n, D] at positions start..start+n, writing its K/V."""
         block = self.layers[j]
         n = h.shape[1]
         self.layer_calls += 1
@@ -204,40 +196,21 @@ class LayerwiseModel:
         self.k[j, :, start:end] = k[0]
         self.v[j, :, start:end] = v[0]
         keys, values = self.k[j : j + 1, :, :end], self.v[j : j + 1, :, :end]
-        if mask is None and n > 1:  # query i sits at position start + i and sees keys up to it
-            mask = self._causal(start, n)
+        if n == 1:
+            mask = None
+        else:  # query i sits at position start + i and sees keys up to it
+            mask = torch.ones(n, end, dtype=torch.bool, device=self.device).tril(diagonal=start)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
         h = h + linear(block.self_attn.o_proj, out.transpose(1, 2).reshape(1, n, -1))
         y, mlp = block.post_attention_layernorm(h), block.mlp
         return h + linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, y)) * linear(mlp.up_proj, y))
 
-    def _causal(self, start: int, n: int) -> torch.Tensor:
-        return torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(diagonal=start)
-
-    def layers_range(self, h: torch.Tensor, start: int, first: int, last: int, sibling: bool = False) -> torch.Tensor:
-        """Layers first..last-1 on h at positions start.. (one rotary computation and one mask for
-        all). ``sibling``: h's last row is a second candidate for row 1's position (a two-branch
-        draft tree): it sits at position start + 1 and attends to the positions before it and to
-        itself, not to rows 1..n-2; its K/V go to the last slot, start + n - 1, until
-        ``adopt_sibling`` moves them to start + 1."""
-        n = h.shape[1]
-        if not sibling:
-            rope, mask = self.rope(start, n, h), (self._causal(start, n) if n > 1 else None)
-        else:
-            if n < 3:
-                raise ValueError("a sibling pass needs the pending token, a first draft and its sibling")
-            positions = torch.tensor([[*range(start, start + n - 1), start + 1]], device=self.device)
-            rope, mask = self.rotary(h, positions), self._causal(start, n)
-            mask[n - 1, start + 1 : start + n - 1] = False
+    def layers_range(self, h: torch.Tensor, start: int, first: int, last: int) -> torch.Tensor:
+        """Layers first..last-1 on h at positions start.. (one rotary computation for all)."""
+        rope = self.rope(start, h.shape[1], h)
         for j in range(first, last):
-            h = self.layer(j, h, start, rope, mask)
+            h = self.layer(j, h, start, rope)
         return h
-
-    def adopt_sibling(self, start: int, n: int) -> None:
-        """The sibling of a ``layers_range(..., sibling=True)`` pass of n rows at start was
-        accepted: its K/V (every layer, already rotated for position start + 1) move there."""
-        self.k[:, :, start + 1] = self.k[:, :, start + n - 1]
-        self.v[:, :, start + 1] = self.v[:, :, start + n - 1]
 
     def fill_kv(self, h: torch.Tensor, start: int, first: int, last: int) -> None:
         """State propagation (CALM): the layers a token skipped still need its K/V for later
