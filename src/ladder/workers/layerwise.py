@@ -185,8 +185,16 @@ class LayerwiseModel:
         q, k = apply_rotary_pos_emb(q, k, *rope)
         return q, k, v
 
-    def layer(self, j: int, h: torch.Tensor, start: int, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Run decoder layer j on h [1, n, D] at positions start..start+n, writing its K/V."""
+    def layer(
+        self,
+        j: int,
+        h: torch.Tensor,
+        start: int,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run decoder layer j on h [1, n, D] at positions start..start+n, writing its K/V
+        (``mask``: ``causal(start, n)``, passed in to build it once per pass)."""
         block = self.layers[j]
         n = h.shape[1]
         self.layer_calls += 1
@@ -196,10 +204,8 @@ class LayerwiseModel:
         self.k[j, :, start:end] = k[0]
         self.v[j, :, start:end] = v[0]
         keys, values = self.k[j : j + 1, :, :end], self.v[j : j + 1, :, :end]
-        if n == 1:
-            mask = None
-        else:  # query i sits at position start + i and sees keys up to it
-            mask = torch.ones(n, end, dtype=torch.bool, device=self.device).tril(diagonal=start)
+        if mask is None and n > 1:
+            mask = self.causal(start, n)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
         h = h + linear(block.self_attn.o_proj, out.transpose(1, 2).reshape(1, n, -1))
         y, mlp = block.post_attention_layernorm(h), block.mlp
@@ -207,10 +213,16 @@ class LayerwiseModel:
 
     def layers_range(self, h: torch.Tensor, start: int, first: int, last: int) -> torch.Tensor:
         """Layers first..last-1 on h at positions start.. (one rotary computation for all)."""
-        rope = self.rope(start, h.shape[1], h)
+        n = h.shape[1]
+        rope, mask = self.rope(start, n, h), (self.causal(start, n) if n > 1 else None)
         for j in range(first, last):
-            h = self.layer(j, h, start, rope)
+            h = self.layer(j, h, start, rope, mask)
         return h
+
+    def causal(self, start: int, n: int) -> torch.Tensor:
+        """The attention mask of n positions from start: query i sits at position start + i and
+        sees keys up to it."""
+        return torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(diagonal=start)
 
     def fill_kv(self, h: torch.Tensor, start: int, first: int, last: int) -> None:
         """State propagation (CALM): the layers a token skipped still need its K/V for later
