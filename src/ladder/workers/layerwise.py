@@ -41,9 +41,9 @@ def set_kernel_rule(rule: str) -> None:
     _rule = rule
 
 
-def can_pack(module: torch.nn.Linear) -> bool:
-    """Whether this torch build can pack the weight for oneDNN (a CPU build with mkldnn)."""
-    return module.weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
+def can_pack() -> bool:
+    """Whether this torch build can pack CPU weights for oneDNN (a build with mkldnn)."""
+    return torch.backends.mkldnn.is_available()
 
 
 def pack(module: torch.nn.Linear) -> None:
@@ -134,12 +134,13 @@ class LayerwiseModel:
             return []
         linears = self.linears()
         candidates = KERNELS if _rule == "tuned" else (_rule,)
-        if not all(can_pack(m) for m in linears):
+        if not can_pack():
             if _rule == "packed":
                 raise ValueError("kernel rule 'packed': this torch build has no oneDNN (mkldnn) CPU backend")
             candidates = tuple(k for k in candidates if k != "packed")
-        for module in linears if "packed" in candidates else ():
-            pack(module)
+        if "packed" in candidates:
+            for module in linears:
+                pack(module)
         with self._timing_context(max_rows):
             times = [self._pass_seconds(1, reps)]
             for n in range(2, max_rows + 1):
