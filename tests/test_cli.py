@@ -110,6 +110,9 @@ def test_depth_commands_refuse_bad_input(tmp_path):
     assert_clean_error(ladder("depth", "train", "--tier", "huge"), "unknown tier 'huge'")
     assert_clean_error(ladder("depth", "calibrate", "--tier", "small", "--heads", str(tmp_path)), "no trained heads")
     assert_clean_error(
+        ladder("depth", "train", "--drafter", "head", "--domains", "gsm8k,chat:lots"), "--domains: 'chat:lots'"
+    )
+    assert_clean_error(
         ladder(
             "depth", "train", "--tier", "small", "--data", str(tmp_path), "--prompts", "2", "-o", str(tmp_path / "h")
         ),

@@ -924,7 +924,7 @@ def depth_train(
         str,
         typer.Option(
             help="draft head: the prompts the tier answers, equal parts of gsm8k, code, chat "
-            "(comma-separated); gsm8k alone is the issue-22 corpus"
+            "(comma-separated; 'chat:470' asks that domain for its own number); gsm8k alone is the issue-22 corpus"
         ),
     ] = "gsm8k,code,chat",
     seed: int = 0,
@@ -946,13 +946,17 @@ def depth_train(
     try:
         if drafter is DraftKind.HEAD:
             from ladder.offline.draft_head_training import DraftSpec
-            from ladder.offline.draft_corpus import DOMAINS
+            from ladder.offline.draft_corpus import DOMAINS, domain_counts
             from ladder.offline.draft_head_training import train as fit_head
             from ladder.workers.draft_head import bundled_draft_head
 
             chosen = tuple(d.strip() for d in domains.split(",") if d.strip())
-            if not chosen or any(d not in DOMAINS for d in chosen):
-                _fail(f"--domains: a comma-separated choice of {', '.join(DOMAINS)}, got {domains!r}")
+            try:
+                if not chosen:
+                    raise ValueError(f"a comma-separated choice of {', '.join(DOMAINS)}, got {domains!r}")
+                domain_counts(chosen, prompts or 512)
+            except ValueError as exc:
+                _fail(f"--domains: {exc}")
             target = out or bundled_draft_head(tier)
             spec = DraftSpec(
                 domains=() if chosen == ("gsm8k",) else chosen,

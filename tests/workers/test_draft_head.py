@@ -2,6 +2,7 @@
 predicts, the bundled head really drafts, its file is bound to the weights, the trainer runs."""
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,28 @@ def test_training_writes_a_head_bound_to_the_weights(tier, tmp_path):
     assert info["reference_sequences"] == 3 and info["steps"] == 6 and len(info["heldout_per_epoch"]) == 2
     assert len(head.vocab) <= 256 and len(info["heldout"]["agree_per_step"]) == spec.unroll
     assert (tmp_path / "corpus" / "corpus.json").is_file()
+
+
+def test_the_teacher_corpus_generates_only_the_answers_its_cache_lacks(tier, tmp_path):
+    from ladder.offline.exit_head_training import HeadSpec, corpus_key, frozen_teacher, teacher_corpus
+
+    t, model_dir = tier
+    model, tokenizer = frozen_teacher(model_dir, 0, 2)
+    spec, corpus = HeadSpec(new_tokens=6, gen_batch=2), tmp_path / "corpus.json"
+    key = corpus_key("small", weights_id(t), spec.new_tokens)
+    a, b, c = "Name a colour.", "Name a fruit.", "Name a tree."
+    first = teacher_corpus(model, tokenizer, DATA, corpus, key, spec, [a, b])
+    assert len(first) == 2 and all(len(s) > 0 for s in first)
+    # Mark a's cached answer: a rerun that regenerated it would not return the mark.
+    cached = json.loads(corpus.read_text())
+    cached["answers"][a] = [7, 7, 7]
+    corpus.write_text(json.dumps(cached))
+    second = teacher_corpus(model, tokenizer, DATA, corpus, key, spec, [c, a])
+    assert second[1] == [7, 7, 7] and second[0] != first[0]
+    assert set(json.loads(corpus.read_text())["answers"]) == {a, b, c}
+    # Other weights (another key): nothing cached is used.
+    other = teacher_corpus(model, tokenizer, DATA, corpus, {**key, "model": "other"}, spec, [a])
+    assert other[0] != [7, 7, 7] and other[0][:5] == first[0][:5]  # a regenerated: its prompt, an answer
 
 
 def test_verification_costs_are_timed_once_and_are_not_a_requests_work(lw):

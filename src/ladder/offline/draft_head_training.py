@@ -36,7 +36,7 @@ from ladder.offline.exit_head_training import (
     teacher_corpus,
     training_questions,
 )
-from ladder.offline.draft_corpus import mixed_prompts
+from ladder.offline.draft_corpus import domain_counts, mixed_prompts
 from ladder.outcomes.io import read_rows
 from ladder.workers.draft_head import DraftHead
 
@@ -60,7 +60,8 @@ class DraftSpec:
     seed: int = 0
     threads: int = 2
     max_minutes: float = 25.0  # fitting stops at this wall-clock budget (the issue's 30-minute target)
-    # () : GSM8K questions only (the issue-22 heads); else equal parts of these (offline/draft_corpus)
+    # () : GSM8K questions only (the issue-22 heads); else these domains, "name" or "name:N"
+    # (offline/draft_corpus.domain_counts)
     domains: tuple[str, ...] = ()
     input_norm: bool = False  # True: the issue-22 layer shape, which vLLM's EAGLE layer cannot load
 
@@ -204,16 +205,15 @@ def train(
     rng = random.Random(spec.seed)
     gen_spec = HeadSpec(prompts=spec.prompts, new_tokens=spec.new_tokens, gen_batch=spec.gen_batch, seed=spec.seed)
     if spec.domains:
-        per_domain = spec.prompts // len(spec.domains)
-        own = training_questions(data, per_domain, spec.seed) if "gsm8k" in spec.domains else []
-        pairs = mixed_prompts(spec.domains, data, per_domain, spec.seed, own)
-        extra_key = {"kind": "draft-head", "domains": ",".join(spec.domains)}
+        counts = domain_counts(spec.domains, spec.prompts)
+        n_gsm8k = dict(counts).get("gsm8k", 0)
+        own = training_questions(data, n_gsm8k, spec.seed) if n_gsm8k else []
+        pairs = mixed_prompts(counts, data, spec.seed, own)
     else:
         own = training_questions(data, spec.prompts, spec.seed)
         pairs = [("gsm8k", q) for q in own]
-        extra_key = {"kind": "draft-head"}
     own_questions = set(own)  # the reference solutions leave these out
-    key = corpus_key(tier, model_sha256, spec.prompts, spec.new_tokens, spec.seed, **extra_key)
+    key = corpus_key(tier, model_sha256, spec.new_tokens)
     questions = [q for _, q in pairs]
     seqs = teacher_corpus(model, tokenizer, data, (corpus_dir or out) / "corpus.json", key, gen_spec, questions)
     gen_s = time.perf_counter() - t0
