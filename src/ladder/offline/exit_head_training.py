@@ -324,7 +324,9 @@ def calibrate(model_dir: Path, model_sha256: str, heads_dir: Path, budget: float
     corpus = heads_dir / "corpus.json"
     if not corpus.is_file():
         raise FileNotFoundError(f"{corpus} is missing: calibration reads the corpus `ladder depth train` kept")
-    seqs = json.loads(corpus.read_text())["seqs"]
+    # In the order they were asked: the training questions' sample order (``training_questions``
+    # extends a smaller sample in order), whose first ``heldout_sequences`` the heads never saw.
+    seqs = list(json.loads(corpus.read_text())["answers"].values())
     heads = ExitHeads.load(heads_dir, model_sha256)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     n_val = (
