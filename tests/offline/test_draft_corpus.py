@@ -16,6 +16,7 @@ def test_domain_counts_split_the_rest_equally_and_refuse_bad_entries():
     assert domain_counts(("gsm8k", "code", "chat"), 512) == [("gsm8k", 170), ("code", 170), ("chat", 170)]
     assert domain_counts(("gsm8k", "code", "chat:470"), 512) == [("gsm8k", 170), ("code", 170), ("chat", 470)]
     for bad, said in [
+        ((), "no domain named"),
         (("poetry",), "unknown domain 'poetry'"),
         (("chat:0",), "positive whole number"),
         (("chat:x",), "positive whole number"),

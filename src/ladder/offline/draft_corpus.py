@@ -143,6 +143,8 @@ def chat_prompts(n: int, seed: int) -> list[str]:
 def domain_counts(domains: tuple[str, ...], prompts: int) -> list[tuple[str, int]]:
     """``("gsm8k", "code", "chat:470")`` -> [(domain, prompts)]: a domain with ``:N`` asks N, the
     others ``prompts // len(domains)`` each. ValueError, naming the entry, on a bad one."""
+    if not domains:
+        raise ValueError(f"no domain named; choose from {', '.join(DOMAINS)}")
     out = []
     for entry in domains:
         name, _, count = entry.partition(":")
