@@ -22,7 +22,11 @@ Per domain (issue 34): the head drafter on math, code and chat prompts, its chai
 on prompts other than the reported ones (``run_domains``), written to adaptive_depth_domains.json:
 
     .venv/bin/python benchmarks/adaptive_depth.py --domains gsm8k,code,chat [--select 4]
-        [--prompts-per-domain 8] [--head-thresholds 0.2,0.4,0.6] [--tiers small]
+        [--prompts-per-domain 8] [--head-thresholds 0.2,0.4,0.6] [--head-widths 1,2] [--tiers small]
+
+A head mode may name a draft-tree width after its threshold, ``spec:lookup+head@0.4/w2`` (the
+head's two best tokens at every chain depth are candidates); with ``--head-widths`` the selection
+sweeps thresholds × widths, and when a tree wins, the fastest chain is reported beside it per domain.
 """
 
 from __future__ import annotations
@@ -146,7 +150,8 @@ class Bench:
                     st.get(m),
                     lookup,
                 )
-            base, _, threshold = m.partition("@")
+            base, _, setting = m.partition("@")
+            threshold, _, width = setting.partition("/w")
             if base in head_drafters:
                 return head_speculative(
                     lw,
@@ -159,6 +164,7 @@ class Bench:
                     st.get(m),
                     head_drafters[base],
                     choices.get(m) if st else None,
+                    int(width) if width else 1,
                 )
             return early_exit(lw, self.heads, ids, max_len, greedy, float(m.split("@")[1]))
 
@@ -220,6 +226,7 @@ def speculation(stats: dict) -> dict:
             "drafted": s.drafted,
             "accepted": s.accepted,
             "verifications": s.verifications,
+            "leaves_accepted": s.leaves_accepted,
             "tokens_per_verification": round((s.accepted + s.verifications) / max(1, s.verifications), 3),
         }
         for m, s in stats.items()
@@ -291,7 +298,7 @@ def run_domains(name: str, args: argparse.Namespace) -> dict:
     if bench.draft is None:
         raise SystemExit(f"tier {name} has no draft head (ladder depth train --drafter head)")
     base = args.domain_mode
-    swept = [f"{base}@{t}" for t in args.head_thresholds]
+    swept = [f"{base}@{t}" + (f"/w{w}" if w > 1 else "") for w in args.head_widths for t in args.head_thresholds]
     selection, selection_ids = [], {}
     for d in args.domains:
         prompts, ids, rejected = domain_prompts(d, args, args.select, 0)
@@ -304,6 +311,9 @@ def run_domains(name: str, args: argparse.Namespace) -> dict:
         (r for r in chosen["rows"] if r["mode"] != "full"), key=lambda r: (r["identical_outputs"], r["speedup"])
     )
     mode = by_speed[-1]["mode"]
+    # the fastest chain (width 1) too, reported beside a chosen tree: what the tree adds
+    chains = [r["mode"] for r in by_speed if "/w" not in r["mode"]]
+    chain = chains[-1] if "/w" in mode and chains else None
     out = {
         "tier": name,
         "mode": mode,
@@ -312,10 +322,19 @@ def run_domains(name: str, args: argparse.Namespace) -> dict:
     }
     for d in args.domains:
         prompts, ids, _ = domain_prompts(d, args, args.prompts_per_domain, args.select)
-        got = bench.measure(prompts, ["full", mode], f"{name}: {d}")
+        got = bench.measure(prompts, ["full", mode, *([chain] if chain else [])], f"{name}: {d}")
         row = next(r for r in got["rows"] if r["mode"] == mode)
         spec = speculation(got["stats"])[mode]
+        if chain:
+            c, cspec = next(r for r in got["rows"] if r["mode"] == chain), speculation(got["stats"])[chain]
+            out["chain"] = chain
+            out["domains"].setdefault(d, {})["chain"] = {
+                "speedup": c["speedup"],
+                "tokens_per_verification": cspec["tokens_per_verification"],
+                "identical_outputs": c["identical_outputs"],
+            }
         out["domains"][d] = {
+            **out["domains"].get(d, {}),
             "prompt_ids": ids,
             "speedup": row["speedup"],
             "acceptance": spec["acceptance"],
@@ -377,7 +396,8 @@ def main() -> None:
         type=lambda s: s.split(","),
         default=None,
         help="comma-separated subset, e.g. spec:lookup,spec:head,spec:lookup+head (full always runs); "
-        "a head drafter with @T uses chain threshold T (a sweep: spec:lookup+head@0.1,spec:lookup+head@0.25)",
+        "a head drafter with @T uses chain threshold T (a sweep: spec:lookup+head@0.1,spec:lookup+head@0.25), "
+        "@T/wN a draft tree of width N",
     )
     ap.add_argument(
         "--domains",
@@ -388,6 +408,12 @@ def main() -> None:
     ap.add_argument("--select", type=int, default=4, help="--domains: prompts per domain that choose the threshold")
     ap.add_argument("--prompts-per-domain", type=int, default=8, help="--domains: held-out prompts reported per domain")
     ap.add_argument("--head-thresholds", type=lambda s: [float(x) for x in s.split(",")], default=[0.2, 0.4, 0.6])
+    ap.add_argument(
+        "--head-widths",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1],
+        help="--domains: draft-tree widths swept with the thresholds (1: a chain; w: the head's w best tokens per depth)",
+    )
     ap.add_argument("--domain-mode", default="spec:lookup+head", help="--domains: the head drafter measured")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")

@@ -10,7 +10,7 @@ position, under each rule for the few-row matrix products (issue 34):
   tuned (``LayerwiseModel.tune``, what Ladder runs now); ``tuned_kernels`` says which.
 
 Side by side in one process, the rules interleaved per repetition (this machine is noisy). A
-speculative round verifying k drafts pays cost[k + 1]; ``adaptive_depth.worth_drafting`` reads
+speculative round verifying k drafts pays cost[k + 1]; ``adaptive_depth.plan_tree`` reads
 the tuned row to cut a chain where it stops paying.
 
     .venv/bin/python benchmarks/verify_cost.py [--tiers small,medium] [--reps 5]

@@ -52,6 +52,50 @@ def test_head_speculation_is_token_for_token_full_depth_even_with_an_untrained_h
             assert choice.lookup_rounds == 0 and choice.head_rounds >= stats.verifications
 
 
+@pytest.fixture
+def free_verification(lw):
+    """Verification costs as a GPU reports them (every pass size costs one): every draft and every
+    tree leaf with any chance is verified, so the tree path runs whatever the head predicts."""
+    saved = lw.verify_costs(9)
+    lw._verify_costs = [1.0] * 9
+    yield
+    lw._verify_costs = saved
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("head_name", ["random", "bundled"])
+def test_a_draft_tree_is_token_for_token_full_depth(tier, reference, lw, random_head, free_verification, head_name):
+    head = random_head if head_name == "random" else DraftHead.load(bundled_draft_head("small"), weights_id(tier[0]))
+    leaves = 0
+    for text in PROMPTS:
+        ids = reference.encode(Query.of(text, max_tokens=48))
+        ref = [t for t, _, _ in take(full_depth(lw, ids, len(ids) + 60, greedy), 48)]
+        stats = SpecStats()
+        out = take(head_speculative(lw, head, ids, len(ids) + 60, greedy, 6, 0.0, stats, False, None, 3), 48)
+        assert [t for t, _, _ in out] == ref, text
+        assert stats.accepted_runs and stats.drafted >= stats.accepted
+        leaves += stats.leaves_accepted
+    if head_name == "bundled":
+        assert leaves > 0  # some rounds were saved by a second or third choice
+
+
+@torch.inference_mode()
+def test_a_tree_pass_computes_each_branch_as_if_it_were_decoded_alone(reference, lw):
+    ids = reference.encode(Query.of(PROMPTS[1], max_tokens=8))
+    prompt, (a, b, c, x) = ids[:-4], ids[-4:]
+    lw.reset(len(ids) + 4)
+    lw.layers_range(lw.embed_ids(prompt), 0, 0, lw.n_layers)
+    # rows a, b, c (a chain) and x, a second child of a: the pass is a | a→b→c | a→x
+    tree = lw.logits(lw.tree_range(lw.embed_ids([a, b, c, x]), len(prompt), [-1, 0, 1, 0]))[0]
+    chain = lw.logits(lw.layers_range(lw.embed_ids([a, b, c]), len(prompt), 0, lw.n_layers))[0]
+    branch = lw.logits(lw.layers_range(lw.embed_ids([a, x]), len(prompt), 0, lw.n_layers))[0]
+    assert torch.allclose(tree[:3], chain, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(tree[3], branch[1], rtol=1e-4, atol=1e-4)
+    assert torch.equal(tree.argmax(-1), torch.cat([chain, branch[1:]]).argmax(-1))
+    with pytest.raises(ValueError, match="must come before"):
+        lw.tree_range(lw.embed_ids([a, b]), len(prompt), [-1, 1])
+
+
 @torch.inference_mode()
 @pytest.mark.parametrize("rule", KERNELS)
 def test_every_verification_kernel_computes_the_full_models_pass(reference, lw, rule):
@@ -90,9 +134,8 @@ def test_the_bundled_head_drafts_tokens_the_model_accepts(tier, reference, lw, r
         return (s.accepted + s.verifications) / s.verifications
 
     # an untrained head is almost never right; the trained one is on a good part of a GSM8K answer
-    # (a pass verifies at most the drafts that pay for it: two on this CPU unless very likely)
+    # (per pass, not per draft: how many drafts a pass verifies depends on this CPU's pass costs)
     assert per_pass(untrained) < 1.3 and per_pass(trained) > 1.4, (trained, untrained)
-    assert trained.acceptance > 0.15
 
 
 def test_worker_serves_the_head_drafter_and_matches_full_depth(tier, reference):

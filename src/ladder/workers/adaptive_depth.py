@@ -24,6 +24,7 @@ not compute; speculation saves sequential passes, not arithmetic.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -45,6 +46,7 @@ class SpecStats:
     accepted: int = 0
     verifications: int = 0
     accepted_runs: list[int] = field(default_factory=list)
+    leaves_accepted: int = 0  # draft-tree leaves (a chain's alternatives) the model accepted
 
     @property
     def acceptance(self) -> float:
@@ -191,18 +193,37 @@ def _head_drafts(
             return states
 
 
-def worth_drafting(reaches: list[float], costs: list[float]) -> int:
-    """How many of a chain's drafts to verify: the k maximising expected tokens per unit of
-    verification cost, (1 + reach_1 + … + reach_k) / cost[k] — reach_j is the chance that the
-    first j drafts are all accepted, cost[k] what a pass over the pending token and k drafts costs
-    relative to one position (``LayerwiseModel.verify_costs``). k = 0 is a plain decoding step.
-    Lossless whatever it returns: it decides how much is verified, never what is emitted."""
-    best_k, best, expected = 0, 1.0 / costs[0], 1.0
-    for k, reach in enumerate(reaches[: len(costs) - 1], start=1):
-        expected += reach
-        if expected / costs[k] > best:
-            best_k, best = k, expected / costs[k]
-    return best_k
+def plan_tree(probs: list[list[float]], costs: list[float]) -> list[tuple[int, int]]:
+    """Which drafts of a round to verify: nodes (depth, rank) of the draft tree, parents first.
+    ``probs[j][m]`` is the drafter's chance that its rank-m candidate at depth j is the model's
+    token given that the chain's rank-0 tokens up to depth j were; rank 0 continues the chain, the
+    other ranks are leaves (alternatives verified beside it, EAGLE-2's tree cut to one branch).
+    A node's value — the chance it is accepted — is its probability times the reach of its parent
+    chain token; nodes are taken best first (a child is never worth more than its parent) and
+    the count kept is the one maximising expected tokens per unit of verification cost,
+    (1 + Σ values) / cost[n] — ``costs[n]``: a pass over the pending token and n drafts relative
+    to one position (``LayerwiseModel.verify_costs``). No node is a plain decoding step. With one
+    candidate per depth this is the chain's best length. Lossless whatever it returns: it decides
+    how much is verified, never what is emitted."""
+    frontier: list[tuple[float, int, int]] = []  # (-value, rank, depth): rank 0 wins a tie
+
+    def open_depth(depth: int, reach: float) -> None:
+        if depth < len(probs):
+            for rank, q in enumerate(probs[depth]):
+                heapq.heappush(frontier, (-reach * q, rank, depth))
+
+    open_depth(0, 1.0)
+    picked: list[tuple[int, int]] = []
+    expected, best_n, best = 1.0, 0, 1.0 / costs[0]
+    while frontier and len(picked) < len(costs) - 1:
+        negative, rank, depth = heapq.heappop(frontier)
+        picked.append((depth, rank))
+        expected -= negative
+        if rank == 0:
+            open_depth(depth + 1, -negative)
+        if expected / costs[len(picked)] > best:
+            best_n, best = len(picked), expected / costs[len(picked)]
+    return picked[:best_n]
 
 
 @dataclass
@@ -225,7 +246,7 @@ class DraftChoice:
     def head_calibration(self) -> float:
         """Accepted over predicted for the head's first drafts so far (prior 1: trusted until
         verified): an untrained head, or one off its training domain, is surer than it is right,
-        and its reaches are scaled by this per chain step before ``worth_drafting`` reads them."""
+        and its reaches are scaled by this per chain step before ``plan_tree`` reads them."""
         return min(1.0, (self.head_first_accepted + 2) / (self.head_first_confidence + 2))
 
 
@@ -240,6 +261,7 @@ def head_speculative(
     stats: SpecStats | None = None,
     lookup: bool = False,
     choice: DraftChoice | None = None,
+    width: int = 1,
 ) -> Iterator[Step]:
     """Greedy decoding that emits exactly the full model's tokens (``pick`` must be greedy), with
     drafts from a learned draft head (EAGLE-style, ``workers/draft_head.py``) and, when ``lookup``,
@@ -249,11 +271,14 @@ def head_speculative(
     same first token, or when its running per-token acceptance beats the head's probability for
     its own first token — and the head, if chosen, chains on its own predictions while the product
     of its draft probabilities stays ≥ ``draft_threshold`` (draft length per step from the
-    drafter's confidence, EAGLE-2's rule), up to ``max_draft``; of those, as many are verified as
-    pay for their share of the verification pass on this machine (``worth_drafting``, from the
-    drafter's estimated reaches and ``LayerwiseModel.verify_costs``). The full model then verifies
-    the drafts in one pass from layer 0 (depth: 1 for an accepted head draft — one layer decided it —,
-    0 for an accepted lookup draft, all layers for the model's own token)."""
+    drafter's confidence, EAGLE-2's rule), up to ``max_draft``. With ``width`` > 1 the head's
+    next-best ``width - 1`` tokens at every chain depth are candidates too (leaves beside the
+    chain: where the chain's token is wrong, the model's is often the head's second choice). Of
+    all that, as many nodes are verified as pay for their share of the verification pass on this
+    machine (``plan_tree``, from the drafter's probabilities and ``LayerwiseModel.verify_costs``).
+    The full model then verifies them in one pass from layer 0, a tree pass when a leaf is in it
+    (depth: 1 for an accepted head draft — one layer decided it —, 0 for an accepted lookup draft,
+    all layers for the model's own token)."""
     stats = stats if stats is not None else SpecStats()
     choice = choice if choice is not None else DraftChoice()
     L = lw.n_layers
@@ -265,6 +290,7 @@ def head_speculative(
     # numbers an answer repeats); its LM-head rows are gathered once.
     vocab = torch.unique(torch.cat([head.vocab.to(lw.device), torch.tensor(prompt, device=lw.device)]))
     rows = lw.lm_head.weight[vocab]
+    width = min(width, len(vocab))
     feats = lw.norm(lw.layers_range(lw.embed_ids(prompt), 0, 0, L))[0]  # [P, D] features f_0..f_{P-1}
     pending, logprob = pick(lw.lm_head(feats[-1:]).float()[-1])
     context = list(prompt) + [pending]
@@ -275,47 +301,74 @@ def head_speculative(
         # Catch up: pairs (f_p, x_{p+1}) for p = head_pos..pos-1 with the true features.
         nxt = lw.embed_ids(context[head_pos + 1 : pos + 1])
         pred = head.step(known[None], nxt, head_pos, lw.rope(head_pos, len(known), nxt))[:, -1:]  # f̂_pos
-        p0 = torch.softmax((pred[0, -1] @ rows.T).float(), -1)
-        conf, best = p0.max(0)
-        first, conf = int(vocab[best]), float(conf)
+        top = _top(pred, rows, vocab, width)
+        first, conf = top[0][0], top[1][0]
         looked = lookup_draft(context, max_draft) if lookup else []
         use_lookup = bool(looked) and (looked[0] == first or choice.lookup_acceptance > conf)
         if use_lookup:
-            drafts, draft_depth = looked, 0
-            reaches = [choice.lookup_acceptance ** (j + 1) for j in range(len(looked))]
+            tokens, probs, draft_depth = [[t] for t in looked], [[choice.lookup_acceptance]] * len(looked), 0
             choice.lookup_rounds += 1
         else:
-            drafts, reaches = _chain(lw, head, rows, vocab, pred, first, conf, pos, max_draft, draft_threshold)
+            tokens, probs = _chain(lw, head, rows, vocab, pred, top, pos, max_draft, draft_threshold, width)
             draft_depth = 1
             choice.head_rounds += 1
             scale = choice.head_calibration
-            reaches = [r * scale ** (j + 1) for j, r in enumerate(reaches)]
-        drafts = drafts[: worth_drafting(reaches, costs)]
-        # Verify: the full model on [pending, drafts...] in one pass; features come with the logits.
-        f = lw.norm(lw.layers_range(lw.embed_ids([pending] + drafts), pos, 0, L))[0]  # [n+1, D]
+            probs = [[q * scale for q in row] for row in probs]
+        plan = plan_tree(probs, costs)
+        drafts = [tokens[d][0] for d, rank in plan if rank == 0]  # the chain, in depth order
+        leaves = [(d, tokens[d][rank]) for d, rank in plan if rank > 0]
+        # Verify: the full model on [pending, chain..., leaves...] in one pass; features come with
+        # the logits. A leaf at depth d hangs off row d (pending is row 0, chain draft i row i+1).
+        ids = [pending, *drafts, *(t for _, t in leaves)]
+        if leaves:
+            parents = [-1, *range(len(drafts)), *(d for d, _ in leaves)]
+            h = lw.tree_range(lw.embed_ids(ids), pos, parents)
+        else:
+            h = lw.layers_range(lw.embed_ids(ids), pos, 0, L)
+        f = lw.norm(h)[0]  # [n+1, D]
         out = linear(lw.lm_head, f).float()
-        verdicts = [pick(out[k]) for k in range(len(drafts) + 1)]
+        verdicts = [pick(out[k]) for k in range(len(ids))]
         accepted = 0
         while accepted < len(drafts) and drafts[accepted] == verdicts[accepted][0]:
             accepted += 1
-        if drafts:  # a round that drafted nothing was a plain decoding step
-            stats.drafted += len(drafts)
-            stats.accepted += accepted
+        row = accepted  # the last accepted row: its verdict is the model's next token
+        branch = next(
+            (1 + len(drafts) + i for i, (d, t) in enumerate(leaves) if d == accepted and t == verdicts[accepted][0]),
+            None,
+        )
+        path = [*drafts[:accepted]]
+        if branch is not None:  # the chain broke where a leaf was right: one more token
+            path.append(ids[branch])
+            stats.leaves_accepted += 1
+            lw.move_kv(pos + branch, pos + len(path))
+            row = branch
+        if plan:  # a round that drafted nothing was a plain decoding step
+            stats.drafted += len(plan)
+            stats.accepted += len(path)
             stats.verifications += 1
-            stats.accepted_runs.append(accepted)
+            stats.accepted_runs.append(len(path))
         if use_lookup:
             choice.lookup_drafted += len(drafts)
             choice.lookup_accepted += accepted
-        elif drafts:
+        elif plan:
             choice.head_first_confidence += conf
             choice.head_first_accepted += accepted > 0
-        for k in range(accepted):
-            yield drafts[k], verdicts[k][1], draft_depth
-        pending, logprob = verdicts[accepted]
-        context += drafts[:accepted] + [pending]
+        for k, token in enumerate(path):  # row k is the parent of the path's k-th token
+            yield token, verdicts[k][1], draft_depth
+        pending, logprob = verdicts[row]
+        context += [*path, pending]
         yield pending, logprob, L
-        known, head_pos = f[: accepted + 1], pos  # the head's predicted entries past here get overwritten
-        pos += accepted + 1
+        # the head's predicted entries past here get overwritten
+        known = f[: accepted + 1] if branch is None else torch.cat([f[: accepted + 1], f[branch : branch + 1]])
+        head_pos = pos
+        pos += len(path) + 1
+
+
+def _top(pred: torch.Tensor, rows: torch.Tensor, vocab: torch.Tensor, width: int) -> tuple[list[int], list[float]]:
+    """The head's ``width`` most likely next tokens for predicted features ``pred`` and their
+    probabilities (softmax over the draft vocabulary)."""
+    probs, best = torch.softmax((pred[0, -1] @ rows.T).float(), -1).topk(width)
+    return vocab[best].tolist(), probs.tolist()
 
 
 def _chain(
@@ -324,26 +377,25 @@ def _chain(
     rows: torch.Tensor,
     vocab: torch.Tensor,
     pred: torch.Tensor,
-    first: int,
-    conf: float,
+    top: tuple[list[int], list[float]],
     pos: int,
     max_draft: int,
     threshold: float,
-) -> tuple[list[int], list[float]]:
-    """The head's draft chain from its first proposal: feed (f̂, draft) back while the product of
-    the draft probabilities stays ≥ threshold. Returns the drafts and, per draft, that product
-    (the head's estimate that every draft up to it is accepted)."""
-    drafts, reach = [first], conf
-    reaches = [conf]
-    while len(drafts) < max_draft and reach >= threshold:
-        e = lw.embed_ids([drafts[-1]])
-        p = pos + len(drafts) - 1
+    width: int,
+) -> tuple[list[list[int]], list[list[float]]]:
+    """The head's draft chain from its first proposals ``top``: feed (f̂, best token) back while
+    the product of the best tokens' probabilities stays ≥ threshold. Returns, per depth, the
+    ``width`` candidate tokens (the chain's first) and their probabilities."""
+    tokens, probs = [top[0]], [top[1]]
+    reach = top[1][0]
+    while len(tokens) < max_draft and reach >= threshold:
+        e = lw.embed_ids([tokens[-1][0]])
+        p = pos + len(tokens) - 1
         pred = head.step(pred, e, p, lw.rope(p, 1, e))
-        probs = torch.softmax((pred[0, -1] @ rows.T).float(), -1)
-        c, best = probs.max(0)
-        reach *= float(c)
+        nxt = _top(pred, rows, vocab, width)
+        reach *= nxt[1][0]
         if reach < threshold:
             break
-        drafts.append(int(vocab[best]))
-        reaches.append(reach)
-    return drafts, reaches
+        tokens.append(nxt[0])
+        probs.append(nxt[1])
+    return tokens, probs

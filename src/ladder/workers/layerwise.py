@@ -220,6 +220,34 @@ class LayerwiseModel:
             h = self.layer(j, h, start, rope, mask)
         return h
 
+    def tree_range(self, h: torch.Tensor, start: int, parents: list[int]) -> torch.Tensor:
+        """Every layer on a draft *tree* in one pass: row i of h [1, n, D] is a token whose parent
+        is row ``parents[i]`` (-1: the cached context before ``start``). Row i is written to cache
+        slot start + i but sits at position start + its depth, and attends to the context and its
+        own ancestors only, so each root-to-node path is computed as if it had been decoded alone
+        (the rows of a plain chain, parents [-1, 0, 1, …], give ``layers_range``'s pass)."""
+        n = h.shape[1]
+        depth, seen = [0] * n, torch.zeros(n, start + n, dtype=torch.bool, device=self.device)
+        seen[:, :start] = True
+        for i, parent in enumerate(parents):
+            if parent >= i:
+                raise ValueError(f"tree row {i}: its parent {parent} must come before it")
+            if parent >= 0:
+                depth[i] = depth[parent] + 1
+                seen[i] = seen[parent]
+            seen[i, start + i] = True
+        positions = torch.tensor([[start + d for d in depth]], device=self.device)
+        rope = self.rotary(h, positions)
+        for j in range(self.n_layers):
+            h = self.layer(j, h, start, rope, seen if n > 1 else None)
+        return h
+
+    def move_kv(self, src: int, dst: int) -> None:
+        """Copy every layer's K/V of cache slot ``src`` to ``dst``: an accepted draft verified off
+        the chain (a tree branch) takes the slot its position is read from."""
+        self.k[:, :, dst] = self.k[:, :, src]
+        self.v[:, :, dst] = self.v[:, :, src]
+
     def causal(self, start: int, n: int) -> torch.Tensor:
         """The attention mask of n positions from start: query i sits at position start + i and
         sees keys up to it."""
@@ -243,7 +271,7 @@ class LayerwiseModel:
         kernels ``tune`` chooses while timing it. Timed once per model on a CPU; elsewhere 1.0 for
         every n (a GPU verifies a few positions at about the cost of one). Measured on this
         project's AMX CPU (session 24): 1.1× for 2 positions, 1.2× for 3, 1.3–1.6× for 4–8, so a
-        long draft must be likely to pay for itself (``worth_drafting``)."""
+        long draft must be likely to pay for itself (``adaptive_depth.plan_tree``)."""
         if self._verify_costs is None or len(self._verify_costs) < max_rows:
             if self.device.type != "cpu":
                 self._verify_costs = [1.0] * max_rows

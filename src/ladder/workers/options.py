@@ -173,7 +173,9 @@ class AdaptiveDepth(Options):
     ``lookup`` (prompt lookup, free), ``lookup+head`` (chosen per step by expected acceptance),
     ``exit_head`` / ``lookup+exit_head`` (the exit head after ``draft_layer`` layers). At most
     ``max_draft`` drafts per verification, fewer when the drafter's confidence drops below
-    ``draft_threshold``. ``heads`` / ``draft_head``: folders; null = the ones bundled for the tier.
+    ``draft_threshold``; ``draft_width`` > 1: the draft head's next-best tokens at each chain depth
+    are verified beside it (a draft tree) where they pay. ``heads`` / ``draft_head``: folders;
+    null = the ones bundled for the tier.
     ``greedy_match``: what a greedy request is promised against plain decoding of the same tier —
     ``exact`` (identical tokens: float32, where the verifier's several-position pass rounds like
     the one-position pass to far below top-2 gaps) or ``approximate`` (bfloat16/float16: the
@@ -188,6 +190,7 @@ class AdaptiveDepth(Options):
     draft_layer: int | None = Field(default=None, ge=1)  # None: the heads' chosen one
     max_draft: int = Field(default=6, ge=1, le=32)
     draft_threshold: float = Field(default=0.0, ge=0, lt=1)
+    draft_width: int = Field(default=1, ge=1, le=8)
     greedy_match: Literal["exact", "approximate"] = "exact"
     # What the heads must have been trained on (refused otherwise): set by compose from the tier's
     # source, never written in a config file.

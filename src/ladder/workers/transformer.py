@@ -277,6 +277,7 @@ class TransformersWorker:
                 a.max_draft,
                 a.draft_threshold,
                 lookup=a.drafter.uses_lookup,
+                width=a.draft_width,
             )
         if a.mode is AdaptiveMode.SPECULATIVE and sampling.greedy:  # lossless only means something for greedy
             return self_speculative(
