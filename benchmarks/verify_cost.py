@@ -51,7 +51,7 @@ def measure(tier: str, reps: int) -> dict:
     set_kernel_rule("tuned")
     lw.tune(MAX_ROWS)  # the choice Ladder would run with, reported beside the costs
     kernels = {str(n): kernel for n, kernel in sorted(lw.kernels.items())}
-    one = min(b[0] for b in best.values())  # one position runs F.linear under every rule
+    one = min(b[0] for b in best.values())  # the fastest one-position pass of any rule
     return {
         "one_position_ms": round(one * 1e3, 2),
         "tuned_kernels": kernels,

@@ -104,7 +104,7 @@ def test_every_verification_kernel_computes_the_full_models_pass(reference, lw, 
     set_kernel_rule(rule)
     try:
         lw.tune(6, reps=1)
-        assert lw.kernels == {n: rule for n in range(2, 7)}
+        assert lw.kernels == {n: rule for n in range(1, 7)}
         # oneDNN's packed copy (twice the weight memory) is kept only when a pass size uses it
         assert {getattr(m, "_ladder_packed", None) is not None for m in lw.linears()} == {rule == "packed"}
         lw.reset(len(ids))
@@ -230,4 +230,4 @@ def test_verification_costs_are_timed_once_and_are_not_a_requests_work(lw):
     assert len(costs) == 5 and costs[0] == 1.0 and all(c > 0.5 for c in costs)
     assert (lw.layer_calls, lw.layer_positions) == (calls, positions)
     assert lw.verify_costs(3) == costs[:3]  # kept: a request never pays for the timing again
-    assert set(range(2, 6)) <= set(lw.kernels) and set(lw.kernels.values()) <= set(KERNELS)
+    assert set(range(1, 6)) <= set(lw.kernels) and set(lw.kernels.values()) <= set(KERNELS)

@@ -24,8 +24,8 @@ SUPPORTED = ("llama", "qwen2")
 _TIMING_CONTEXT = list(range(1, 65))  # token ids of the context a timed pass attends to
 
 
-# How ``linear`` computes a pass over a few positions (a speculative verification). Rows 1
-# (plain decoding) and more than the tuned range (prefill) always run ``F.linear``.
+# How ``linear`` computes a pass over a few positions (a plain decoding step or a speculative
+# verification). More rows than the tuned range (prefill) always run ``F.linear``.
 KERNELS = ("plain", "transposed", "packed")  # F.linear; W @ xᵀ (issue 22); oneDNN's packed weight
 KERNEL_RULES = ("tuned", *KERNELS)  # tuned: per row count, whichever full pass was fastest
 PACK_ROWS = 8  # the row count oneDNN blocks the packed weight for (it serves any count)
@@ -122,12 +122,15 @@ class LayerwiseModel:
         return [*out, self.lm_head]
 
     def tune(self, max_rows: int = 9, reps: int = 2) -> list[float]:
-        """Choose, for each pass size n = 2..max_rows, the kernel (``linear``) whose full-depth
+        """Choose, for each pass size n = 1..max_rows, the kernel (``linear``) whose full-depth
         pass is fastest under the current rule (``set_kernel_rule``), and return the seconds of a
         pass over n = 1..max_rows with the kernels chosen. Whole passes are timed, not products
         one at a time: a projection small enough to stay in cache times fast alone but streams
         from memory in a pass (small's 3.5 MB MLP weights: 0.03 ms alone, several times that in a
-        pass). About 3 s for the small tier, 8 s for medium; nothing to time off the CPU."""
+        pass). One row is tuned too: on the AMD EPYC of session 26, ``F.linear`` over one row ran a
+        small-tier pass in ~65 ms and oneDNN's packed weight in ~45 ms, and a verification's cost
+        is relative to the one-row pass this runner really makes. About 3 s for the small tier,
+        8 s for medium; nothing to time off the CPU."""
         self._verify_costs = None
         self.kernels.clear()
         if self.device.type != "cpu":
@@ -142,8 +145,8 @@ class LayerwiseModel:
             for module in linears:
                 pack(module)
         with self._timing_context(max_rows):
-            times = [self._pass_seconds(1, reps)]
-            for n in range(2, max_rows + 1):
+            times = []
+            for n in range(1, max_rows + 1):
                 timed = {}
                 for kernel in candidates:
                     self.kernels[n] = kernel
