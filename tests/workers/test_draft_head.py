@@ -140,7 +140,9 @@ def test_the_bundled_head_drafts_tokens_the_model_accepts(tier, reference, lw, r
 
 def test_worker_serves_the_head_drafter_and_matches_full_depth(tier, reference):
     t, model_dir = tier
-    a = AdaptiveDepth("speculative", "lookup+head", weights_id=weights_id(t), draft_head=bundled_draft_head("small"))
+    a = AdaptiveDepth(
+        "speculative", "lookup+head", weights_id=weights_id(t), draft_head=bundled_draft_head("small"), draft_width=3
+    )
     spec = TransformersWorker("small", model_dir, DeviceConfig(dtype="float32"), a).load()
     for text in PROMPTS[:2]:
         q = Query.of(text, max_tokens=32)
@@ -168,6 +170,13 @@ def test_draft_head_file_round_trip_and_refusals(tmp_path: Path, random_head):
         DraftHead.load(tmp_path / "bad")
     with pytest.raises(WeightsUnavailable, match="--drafter head"):
         DraftHead.load(tmp_path / "missing")
+
+
+def test_a_draft_width_outside_1_to_8_is_refused_with_the_field_named():
+    with pytest.raises(ValueError, match="draft_width"):
+        AdaptiveDepth("speculative", "lookup+head", draft_width=0)
+    with pytest.raises(ValueError, match="draft_width"):
+        AdaptiveDepth("speculative", "lookup+head", draft_width=9)
 
 
 def test_a_16_bit_speculative_tier_must_state_its_approximate_guarantee():
