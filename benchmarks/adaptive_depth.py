@@ -326,35 +326,32 @@ def run_domains(name: str, args: argparse.Namespace) -> dict:
     out = {
         "tier": name,
         "mode": mode,
+        "chain": chain,
         "selection": {"prompt_ids": selection_ids, "rows": chosen["rows"]},
         "domains": {},
     }
     for d in args.domains:
         prompts, ids, _ = domain_prompts(d, args, args.prompts_per_domain, args.select)
         got = bench.measure(prompts, ["full", FULL_TUNED, mode, *([chain] if chain else [])], f"{name}: {d}")
-        row = next(r for r in got["rows"] if r["mode"] == mode)
-        spec = speculation(got["stats"])[mode]
-        if chain:
-            c, cspec = next(r for r in got["rows"] if r["mode"] == chain), speculation(got["stats"])[chain]
-            out["chain"] = chain
-            out["domains"].setdefault(d, {})["chain"] = {
-                "speedup": c["speedup"],
-                "tokens_per_verification": cspec["tokens_per_verification"],
-                "identical_outputs": c["identical_outputs"],
-            }
-        out["domains"][d] = {
-            **out["domains"].get(d, {}),
+        rows, spec = {r["mode"]: r for r in got["rows"]}, speculation(got["stats"])
+        entry = {
             "prompt_ids": ids,
-            "speedup": row["speedup"],
-            "acceptance": spec["acceptance"],
-            "tokens_per_verification": spec["tokens_per_verification"],
-            "identical_outputs": row["identical_outputs"],
-            "tokens_per_s": row["tokens_per_s"],
-            "full_tokens_per_s": max(r["tokens_per_s"] for r in got["rows"] if r["mode"] in ("full", FULL_TUNED)),
-            "full_depth_tokens_per_s": {
-                r["mode"]: r["tokens_per_s"] for r in got["rows"] if r["mode"].startswith("full")
-            },
+            "speedup": rows[mode]["speedup"],
+            "acceptance": spec[mode]["acceptance"],  # per verified node: a tree's leaves count too
+            "tokens_per_verification": spec[mode]["tokens_per_verification"],
+            "leaves_accepted": spec[mode]["leaves_accepted"],
+            "identical_outputs": rows[mode]["identical_outputs"],
+            "tokens_per_s": rows[mode]["tokens_per_s"],
+            "full_tokens_per_s": max(rows["full"]["tokens_per_s"], rows[FULL_TUNED]["tokens_per_s"]),
+            "full_depth_tokens_per_s": {m: rows[m]["tokens_per_s"] for m in ("full", FULL_TUNED)},
         }
+        if chain:
+            entry["chain"] = {
+                "speedup": rows[chain]["speedup"],
+                "tokens_per_verification": spec[chain]["tokens_per_verification"],
+                "identical_outputs": rows[chain]["identical_outputs"],
+            }
+        out["domains"][d] = entry
     return out
 
 
