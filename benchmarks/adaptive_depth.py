@@ -25,7 +25,7 @@ on prompts other than the reported ones (``run_domains``), written to adaptive_d
         [--prompts-per-domain 8] [--head-thresholds 0.2,0.4,0.6] [--head-widths 1,2] [--tiers small]
 
 A head mode may name a draft-tree width after its threshold, ``spec:lookup+head@0.4/w2`` (the
-head's two best tokens at every chain depth are candidates); with ``--head-widths`` the selection
+head expands its two best nodes per depth, two children each); with ``--head-widths`` the selection
 sweeps thresholds × widths, and when a tree wins, the fastest chain is reported beside it per domain.
 """
 
@@ -235,7 +235,7 @@ def speculation(stats: dict) -> dict:
             "drafted": s.drafted,
             "accepted": s.accepted,
             "verifications": s.verifications,
-            "leaves_accepted": s.leaves_accepted,
+            "branch_rounds": s.branch_rounds,
             "tokens_per_verification": round((s.accepted + s.verifications) / max(1, s.verifications), 3),
         }
         for m, s in stats.items()
@@ -339,7 +339,7 @@ def run_domains(name: str, args: argparse.Namespace) -> dict:
             "speedup": rows[mode]["speedup"],
             "acceptance": spec[mode]["acceptance"],  # per verified node: a tree's leaves count too
             "tokens_per_verification": spec[mode]["tokens_per_verification"],
-            "leaves_accepted": spec[mode]["leaves_accepted"],
+            "branch_rounds": spec[mode]["branch_rounds"],
             "identical_outputs": rows[mode]["identical_outputs"],
             "tokens_per_s": rows[mode]["tokens_per_s"],
             "full_tokens_per_s": max(rows["full"]["tokens_per_s"], rows[FULL_TUNED]["tokens_per_s"]),

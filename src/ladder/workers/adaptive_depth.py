@@ -46,7 +46,7 @@ class SpecStats:
     accepted: int = 0
     verifications: int = 0
     accepted_runs: list[int] = field(default_factory=list)
-    leaves_accepted: int = 0  # draft-tree leaves (a chain's alternatives) the model accepted
+    branch_rounds: int = 0  # rounds whose accepted branch left the drafter's first-choice chain
 
     @property
     def acceptance(self) -> float:
@@ -193,34 +193,41 @@ def _head_drafts(
             return states
 
 
-def plan_tree(probs: list[list[float]], costs: list[float]) -> list[tuple[int, int]]:
-    """Which drafts of a round to verify: nodes (depth, rank) of the draft tree, parents first.
-    ``probs[j][m]`` is the drafter's chance that its rank-m candidate at depth j is the model's
-    token given that the chain's rank-0 tokens up to depth j were; rank 0 continues the chain, the
-    other ranks are leaves (alternatives verified beside it, EAGLE-2's tree cut to one branch).
-    A node's value — the chance it is accepted — is its probability times the reach of its parent
-    chain token; nodes are taken best first (a child is never worth more than its parent) and
-    the count kept is the one maximising expected tokens per unit of verification cost,
-    (1 + Σ values) / cost[n] — ``costs[n]``: a pass over the pending token and n drafts relative
-    to one position (``LayerwiseModel.verify_costs``). No node is a plain decoding step. With one
-    candidate per depth this is the chain's best length. Lossless whatever it returns: it decides
-    how much is verified, never what is emitted."""
-    frontier: list[tuple[float, int, int]] = []  # (-value, rank, depth): rank 0 wins a tie
+@dataclass
+class DraftNode:
+    """One drafted token of a round's draft tree."""
 
-    def open_depth(depth: int, reach: float) -> None:
-        if depth < len(probs):
-            for rank, q in enumerate(probs[depth]):
-                heapq.heappush(frontier, (-reach * q, rank, depth))
+    token: int
+    parent: int  # index of the parent node in the round's node list; -1: the pending token
+    depth: int  # 0: a candidate for the position right after the pending token
+    rank: int  # 0: its parent's most likely continuation by the drafter
+    value: float  # the drafter's chance that it and every ancestor are the model's tokens
 
-    open_depth(0, 1.0)
-    picked: list[tuple[int, int]] = []
+
+def plan_tree(nodes: list[DraftNode], costs: list[float]) -> list[int]:
+    """Which nodes of a round's draft tree to verify, parents first (indices into ``nodes``).
+    Nodes are taken best first by value, a node only once its parent is in, and the count kept is
+    the one maximising expected tokens per unit of verification cost, (1 + Σ values) / cost[n] —
+    ``costs[n]``: a pass over the pending token and n drafts relative to one position
+    (``LayerwiseModel.verify_costs``). None is a plain decoding step. For a chain this is its best
+    length. Lossless whatever it returns: it decides how much is verified, never what is emitted."""
+    children: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        children.setdefault(node.parent, []).append(i)
+    frontier: list[tuple[float, int, int]] = []  # (-value, depth, index): a tie goes to the shallower
+
+    def open_children(parent: int) -> None:
+        for i in children.get(parent, []):
+            heapq.heappush(frontier, (-nodes[i].value, nodes[i].depth, i))
+
+    open_children(-1)
+    picked: list[int] = []
     expected, best_n, best = 1.0, 0, 1.0 / costs[0]
     while frontier and len(picked) < len(costs) - 1:
-        negative, rank, depth = heapq.heappop(frontier)
-        picked.append((depth, rank))
+        negative, _, i = heapq.heappop(frontier)
+        picked.append(i)
         expected -= negative
-        if rank == 0:
-            open_depth(depth + 1, -negative)
+        open_children(i)
         if expected / costs[len(picked)] > best:
             best_n, best = len(picked), expected / costs[len(picked)]
     return picked[:best_n]
@@ -266,26 +273,25 @@ def head_speculative(
     """Greedy decoding that emits exactly the full model's tokens (``pick`` must be greedy), with
     drafts from a learned draft head (EAGLE-style, ``workers/draft_head.py``) and, when ``lookup``,
     from prompt lookup. Every round: the head catches up on the positions the full model verified
-    last round (their true features), which also proposes the first draft token with its
-    probability; then one drafter is chosen by expected acceptance — lookup when it proposes the
+    last round (their true features), which also proposes the first draft tokens with their
+    probabilities; then one drafter is chosen by expected acceptance — lookup when it proposes the
     same first token, or when its running per-token acceptance beats the head's probability for
-    its own first token — and the head, if chosen, chains on its own predictions while the product
-    of its draft probabilities stays ≥ ``draft_threshold`` (draft length per step from the
-    drafter's confidence, EAGLE-2's rule), up to ``max_draft``. With ``width`` > 1 the head's
-    next-best ``width - 1`` tokens at every chain depth are candidates too (leaves beside the
-    chain: where the chain's token is wrong, the model's is often the head's second choice). Of
-    all that, as many nodes are verified as pay for their share of the verification pass on this
-    machine (``plan_tree``, from the drafter's probabilities and ``LayerwiseModel.verify_costs``).
-    The full model then verifies them in one pass from layer 0, a tree pass when a leaf is in it
-    (depth: 1 for an accepted head draft — one layer decided it —, 0 for an accepted lookup draft,
-    all layers for the model's own token)."""
+    its own first token. The head, if chosen, grows a draft *tree* (EAGLE-2's): at every depth it
+    expands the ``width`` most likely nodes that reach ``draft_threshold`` (the chance that they
+    and their ancestors are all accepted; draft length from the drafter's confidence), each with
+    its ``width`` most likely next tokens, up to ``max_draft`` deep; ``width`` 1 is a chain. Of the
+    tree, as many nodes are verified as pay for their share of the verification pass on this
+    machine (``plan_tree``, from the drafter's probabilities and ``LayerwiseModel.verify_costs``),
+    by the full model in one tree-masked pass from layer 0; the longest branch it agrees with is
+    emitted, then its own next token (depth: 1 for an accepted head draft — one layer decided it —,
+    0 for an accepted lookup draft, all layers for the model's own token)."""
     stats = stats if stats is not None else SpecStats()
     choice = choice if choice is not None else DraftChoice()
     L = lw.n_layers
     size = max_len + max_draft + 1
     costs = lw.verify_costs(max_draft + 1)
     lw.reset(size)
-    head.reset(size, lw.device, lw.dtype)
+    head.reset(max_len + width * max_draft + 1, lw.device, lw.dtype)  # a tree's head rows take slots
     # The draft vocabulary of this request: the head's, plus the prompt's own tokens (names and
     # numbers an answer repeats); its LM-head rows are gathered once.
     vocab = torch.unique(torch.cat([head.vocab.to(lw.device), torch.tensor(prompt, device=lw.device)]))
@@ -306,72 +312,68 @@ def head_speculative(
         looked = lookup_draft(context, max_draft) if lookup else []
         use_lookup = bool(looked) and (looked[0] == first or choice.lookup_acceptance > conf)
         if use_lookup:
-            tokens, probs, draft_depth = [[t] for t in looked], [[choice.lookup_acceptance]] * len(looked), 0
+            a = choice.lookup_acceptance
+            nodes = [DraftNode(t, j - 1, j, 0, a ** (j + 1)) for j, t in enumerate(looked)]
+            draft_depth = 0
             choice.lookup_rounds += 1
         else:
-            tokens, probs = _chain(lw, head, rows, vocab, pred, top, pos, max_draft, draft_threshold, width)
+            nodes = _grow(lw, head, rows, vocab, pred, top, pos, max_draft, draft_threshold, width)
             draft_depth = 1
             choice.head_rounds += 1
-            scale = choice.head_calibration
-            probs = [[q * scale for q in row] for row in probs]
-        plan = plan_tree(probs, costs)
-        drafts = [tokens[d][0] for d, rank in plan if rank == 0]  # the chain, in depth order
-        leaves = [(d, tokens[d][rank]) for d, rank in plan if rank > 0]
-        # Verify: the full model on [pending, chain..., leaves...] in one pass; features come with
-        # the logits. A leaf at depth d hangs off row d (pending is row 0, chain draft i row i+1).
-        ids = [pending, *drafts, *(t for _, t in leaves)]
-        if leaves:
-            parents = [-1, *range(len(drafts)), *(d for d, _ in leaves)]
-            h = lw.tree_range(lw.embed_ids(ids), pos, parents)
-        else:
+            scale = choice.head_calibration  # an overconfident head's values, scaled per depth
+            planned = [DraftNode(n.token, n.parent, n.depth, n.rank, n.value * scale ** (n.depth + 1)) for n in nodes]
+        plan = plan_tree(nodes if use_lookup else planned, costs)
+        # Verify: the full model on [pending, planned nodes...] in one pass (row 0 is pending, node
+        # plan[k] row k + 1); features come with the logits.
+        row_of = {i: k + 1 for k, i in enumerate(plan)}
+        parents = [-1, *(row_of.get(nodes[i].parent, 0) for i in plan)]
+        ids = [pending, *(nodes[i].token for i in plan)]
+        if all(p == r - 1 for r, p in enumerate(parents)):  # a chain: the plain causal pass
             h = lw.layers_range(lw.embed_ids(ids), pos, 0, L)
+        else:
+            h = lw.tree_range(lw.embed_ids(ids), pos, parents)
         f = lw.norm(h)[0]  # [n+1, D]
         out = linear(lw.lm_head, f).float()
         verdicts = [pick(out[k]) for k in range(len(ids))]
-        accepted = 0
-        while accepted < len(drafts) and drafts[accepted] == verdicts[accepted][0]:
-            accepted += 1
-        row = accepted  # the last accepted row: its verdict is the model's next token
-        branch = next(
-            (1 + len(drafts) + i for i, (d, t) in enumerate(leaves) if d == accepted and t == verdicts[accepted][0]),
-            None,
-        )
-        path = [*drafts[:accepted]]
-        if branch is not None:  # the chain broke where a leaf was right: one more token
-            path.append(ids[branch])
-            stats.leaves_accepted += 1
-            lw.move_kv(pos + branch, pos + len(path))
-            row = branch
+        path, row = [], 0  # the accepted branch's rows; the last accepted row
+        while True:
+            row = next((r for r in range(1, len(ids)) if parents[r] == row and ids[r] == verdicts[row][0]), None)
+            if row is None:
+                break
+            path.append(row)
+        row = path[-1] if path else 0
+        for k, r in enumerate(path, start=1):  # the branch's K/V to the positions it is read from
+            if r != k:
+                lw.move_kv(pos + r, pos + k)
         if plan:  # a round that drafted nothing was a plain decoding step
             stats.drafted += len(plan)
             stats.accepted += len(path)
             stats.verifications += 1
             stats.accepted_runs.append(len(path))
+            stats.branch_rounds += any(nodes[plan[r - 1]].rank > 0 for r in path)
         if use_lookup:
-            choice.lookup_drafted += len(drafts)
-            choice.lookup_accepted += accepted
+            choice.lookup_drafted += len(plan)
+            choice.lookup_accepted += len(path)
         elif plan:
             choice.head_first_confidence += conf
-            choice.head_first_accepted += accepted > 0
-        for k, token in enumerate(path):  # row k is the parent of the path's k-th token
-            yield token, verdicts[k][1], draft_depth
+            choice.head_first_accepted += bool(path) and nodes[plan[path[0] - 1]].rank == 0
+        for k, r in enumerate(path):
+            yield ids[r], verdicts[parents[r]][1], draft_depth
         pending, logprob = verdicts[row]
-        context += [*path, pending]
+        context += [*(ids[r] for r in path), pending]
         yield pending, logprob, L
-        # the head's predicted entries past here get overwritten
-        known = f[: accepted + 1] if branch is None else torch.cat([f[: accepted + 1], f[branch : branch + 1]])
-        head_pos = pos
+        known, head_pos = f[[0, *path]], pos  # the head's predicted entries past here get overwritten
         pos += len(path) + 1
 
 
 def _top(pred: torch.Tensor, rows: torch.Tensor, vocab: torch.Tensor, width: int) -> tuple[list[int], list[float]]:
-    """The head's ``width`` most likely next tokens for predicted features ``pred`` and their
-    probabilities (softmax over the draft vocabulary)."""
+    """The head's ``width`` most likely next tokens for one predicted feature ``pred`` [1, 1, D]
+    and their probabilities (softmax over the draft vocabulary)."""
     probs, best = torch.softmax((pred[0, -1] @ rows.T).float(), -1).topk(width)
     return vocab[best].tolist(), probs.tolist()
 
 
-def _chain(
+def _grow(
     lw: LayerwiseModel,
     head: DraftHead,
     rows: torch.Tensor,
@@ -382,20 +384,36 @@ def _chain(
     max_draft: int,
     threshold: float,
     width: int,
-) -> tuple[list[list[int]], list[list[float]]]:
-    """The head's draft chain from its first proposals ``top``: feed (f̂, best token) back while
-    the product of the best tokens' probabilities stays ≥ threshold. Returns, per depth, the
-    ``width`` candidate tokens (the chain's first) and their probabilities."""
-    tokens, probs = [top[0]], [top[1]]
-    reach = top[1][0]
-    while len(tokens) < max_draft and reach >= threshold:
-        e = lw.embed_ids([tokens[-1][0]])
-        p = pos + len(tokens) - 1
-        pred = head.step(pred, e, p, lw.rope(p, 1, e))
-        nxt = _top(pred, rows, vocab, width)
-        reach *= nxt[1][0]
-        if reach < threshold:
+) -> list[DraftNode]:
+    """The head's draft tree from its first proposals ``top`` (candidates after the pending token,
+    whose predicted feature is ``pred``). Depth by depth, the ``width`` best nodes whose value
+    reaches ``threshold`` are fed back to the head in one step — each row its parent's predicted
+    feature and its own token, at its depth's position, attending to the head's context and its
+    own ancestors' rows only — and each gets its ``width`` most likely children."""
+    nodes = [DraftNode(t, -1, 0, rank, q) for rank, (t, q) in enumerate(zip(*top))]
+    fed: dict[int, tuple[int, torch.Tensor]] = {}  # node -> (head cache slot, predicted feature)
+    level, slot = list(range(len(nodes))), pos
+    for depth in range(max_draft - 1):
+        grow = [i for i in sorted(level, key=lambda i: -nodes[i].value)[:width] if nodes[i].value >= threshold]
+        if not grow:
             break
-        tokens.append(nxt[0])
-        probs.append(nxt[1])
-    return tokens, probs
+        n, end = len(grow), slot + len(grow)
+        mask = torch.zeros(n, end, dtype=torch.bool, device=lw.device)
+        mask[:, :pos] = True  # the context the head caught up on
+        for r, i in enumerate(grow):
+            mask[r, slot + r] = True
+            a = nodes[i].parent
+            while a >= 0:
+                mask[r, fed[a][0]] = True
+                a = nodes[a].parent
+        inputs = torch.cat([pred if nodes[i].parent < 0 else fed[nodes[i].parent][1] for i in grow], 1)
+        e = lw.embed_ids([nodes[i].token for i in grow])
+        out = head.step(inputs, e, slot, lw.rotary(e, torch.full((1, n), pos + depth, device=lw.device)), mask)
+        level = []
+        for r, i in enumerate(grow):
+            fed[i] = (slot + r, out[:, r : r + 1])
+            for rank, (t, q) in enumerate(zip(*_top(out[:, r : r + 1], rows, vocab, width))):
+                level.append(len(nodes))
+                nodes.append(DraftNode(t, i, depth + 1, rank, nodes[i].value * q))
+        slot = end
+    return nodes

@@ -138,16 +138,24 @@ class DraftHead(nn.Module):
             self.vc = torch.empty_like(self.kc)
 
     def step(
-        self, features: torch.Tensor, next_embeds: torch.Tensor, start: int, rope: tuple[torch.Tensor, torch.Tensor]
+        self,
+        features: torch.Tensor,
+        next_embeds: torch.Tensor,
+        start: int,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Pairs (f_p, x_{p+1}) for p = start..start+n-1 ([1, n, D] each) -> predicted f_{p+1} [1, n, D].
-        Writes their K/V at those positions; attends to every earlier position's."""
+        Writes their K/V at cache slots start..start+n-1; attends to every earlier slot's, or, with
+        ``mask`` [n, start + n] (a draft tree's rows: ``rope`` then gives each row its position),
+        to the slots it allows."""
         x = self.fuse(features, next_embeds)
         q, k, v = self.qkv(x, *rope)
         n, end = x.shape[1], start + x.shape[1]
         self.kc[:, start:end] = k[0]
         self.vc[:, start:end] = v[0]
-        mask = None if n == 1 else torch.ones(n, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        if mask is None and n > 1:
+            mask = torch.ones(n, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
         return self.finish(x, q, self.kc[None, :, :end], self.vc[None, :, :end], mask)
 
     # -- files -------------------------------------------------------------------------------
