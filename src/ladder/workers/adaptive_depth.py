@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -321,18 +321,14 @@ def head_speculative(
             draft_depth = 1
             choice.head_rounds += 1
             scale = choice.head_calibration  # an overconfident head's values, scaled per depth
-            planned = [DraftNode(n.token, n.parent, n.depth, n.rank, n.value * scale ** (n.depth + 1)) for n in nodes]
-        plan = plan_tree(nodes if use_lookup else planned, costs)
+            nodes = [replace(n, value=n.value * scale ** (n.depth + 1)) for n in nodes]
+        plan = plan_tree(nodes, costs)
         # Verify: the full model on [pending, planned nodes...] in one pass (row 0 is pending, node
         # plan[k] row k + 1); features come with the logits.
         row_of = {i: k + 1 for k, i in enumerate(plan)}
         parents = [-1, *(row_of.get(nodes[i].parent, 0) for i in plan)]
         ids = [pending, *(nodes[i].token for i in plan)]
-        if all(p == r - 1 for r, p in enumerate(parents)):  # a chain: the plain causal pass
-            h = lw.layers_range(lw.embed_ids(ids), pos, 0, L)
-        else:
-            h = lw.tree_range(lw.embed_ids(ids), pos, parents)
-        f = lw.norm(h)[0]  # [n+1, D]
+        f = lw.norm(lw.tree_range(lw.embed_ids(ids), pos, parents))[0]  # [n+1, D]; a chain: the causal pass
         out = linear(lw.lm_head, f).float()
         verdicts = [pick(out[k]) for k in range(len(ids))]
         path, row = [], 0  # the accepted branch's rows; the last accepted row

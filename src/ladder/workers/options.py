@@ -174,8 +174,8 @@ class AdaptiveDepth(Options):
     ``exit_head`` / ``lookup+exit_head`` (the exit head after ``draft_layer`` layers). At most
     ``max_draft`` drafts per verification, fewer when the drafter's confidence drops below
     ``draft_threshold``; ``draft_width`` > 1: the draft head grows a tree, expanding its
-    ``draft_width`` best nodes per depth with as many children each (1: a chain). ``heads`` / ``draft_head``: folders;
-    null = the ones bundled for the tier.
+    ``draft_width`` best nodes per depth with as many children each (1: a chain). ``heads`` /
+    ``draft_head``: folders; null = the ones bundled for the tier.
     ``greedy_match``: what a greedy request is promised against plain decoding of the same tier —
     ``exact`` (identical tokens: float32, where the verifier's several-position pass rounds like
     the one-position pass to far below top-2 gaps) or ``approximate`` (bfloat16/float16: the
